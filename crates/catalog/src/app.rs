@@ -1,0 +1,117 @@
+//! Assembles the service from its configuration and runs it until told to
+//! stop: store (migrated), HTTP router, listener.
+//!
+//! Shutdown order: stop accepting → let in-flight requests finish (each is
+//! bounded by the request timeout) → close the store's pool.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpListener;
+
+use crate::config::ServeConfig;
+use crate::http::{self, AppState};
+use crate::seed;
+use crate::service::ProductService;
+use crate::store::{self, Store};
+
+/// A built service, bound to its address, not yet serving.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    store: Arc<dyn Store>,
+}
+
+impl Application {
+    /// Connects and migrates the store, seeds `seed` products if the table is
+    /// empty, and binds the listener.
+    ///
+    /// # Errors
+    /// The store cannot be reached or migrated, or the address cannot be bound.
+    pub async fn build(config: ServeConfig, seed: Option<u64>) -> anyhow::Result<Self> {
+        let store: Arc<dyn Store> = Arc::from(
+            store::connect(config.db.database_url.expose_secret(), &config.db.pool())
+                .await
+                .context("could not connect to the store at DATABASE_URL")?,
+        );
+        store
+            .migrate()
+            .await
+            .context("could not migrate the store")?;
+        if let Some(count) = seed {
+            seed_if_empty(store.as_ref(), count).await?;
+        }
+        let state = AppState {
+            products: ProductService::new(Arc::clone(&store)),
+            api_token: Arc::new(config.api_token.unwrap_or_else(generated_token)),
+        };
+        let router = http::router(state, config.request_timeout);
+        let listener = TcpListener::bind(config.bind_addr)
+            .await
+            .with_context(|| format!("could not listen on {}", config.bind_addr))?;
+        Ok(Self {
+            listener,
+            router,
+            store,
+        })
+    }
+
+    /// The address the server listens on (useful with port 0).
+    ///
+    /// # Panics
+    /// Never in practice: a bound TCP listener has a local address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has a local address")
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests.
+    ///
+    /// # Errors
+    /// The server failed while accepting connections.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "catalog listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("the HTTP server failed")?;
+        self.store.close().await;
+        tracing::info!("catalog stopped");
+        Ok(())
+    }
+}
+
+async fn seed_if_empty(store: &dyn Store, count: u64) -> anyhow::Result<()> {
+    let existing = store.count().await.context("could not count products")?;
+    if existing > 0 {
+        tracing::info!(existing, "products exist already; not seeding");
+        return Ok(());
+    }
+    let inserted = seed::seed(store, count)
+        .await
+        .context("could not seed products")?;
+    tracing::info!(inserted, "seeded sample products");
+    Ok(())
+}
+
+/// A random token for this run, logged once so that the operator can use it.
+fn generated_token() -> SecretString {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    tracing::warn!(
+        token = %token,
+        "CATALOG_API_TOKEN is not set: generated a bearer token for this run (writes need it)"
+    );
+    SecretString::from(token)
+}

@@ -1,0 +1,118 @@
+//! Configuration: every setting is a `catalog` flag that can also come from
+//! the environment (or a `.env` file). Values are parsed into typed fields at
+//! start, so a bad value is one clear line naming the variable, and nothing
+//! reads the environment later.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use secrecy::SecretString;
+
+use crate::store::PoolSettings;
+
+/// The embedded default store: a SQLite file in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://catalog.db?mode=rwc";
+
+fn secret(value: &str) -> Result<SecretString, Infallible> {
+    Ok(SecretString::from(value))
+}
+
+fn seconds(value: &str) -> Result<Duration, String> {
+    match value.parse::<u64>() {
+        Ok(0) => Err("must be at least 1 (seconds)".into()),
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => Err(format!("{value:?} is not a whole number of seconds")),
+    }
+}
+
+/// Where the products live.
+#[derive(Debug, Clone, Args)]
+pub struct DbConfig {
+    /// Store URL: `postgres://…` for PostgreSQL, `sqlite://FILE?mode=rwc`
+    /// for the embedded store.
+    #[arg(
+        long,
+        env = "DATABASE_URL", value_name = "DATABASE_URL",
+        default_value = DEFAULT_DATABASE_URL,
+        value_parser = secret,
+    )]
+    pub database_url: SecretString,
+
+    /// Most open database connections.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", value_name = "DB_MAX_CONNECTIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_max_connections: u32,
+
+    /// Seconds a query waits for a connection before the store counts as down.
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_SECS", value_name = "DB_ACQUIRE_TIMEOUT_SECS", default_value = "5", value_parser = seconds)]
+    pub db_acquire_timeout: Duration,
+}
+
+impl DbConfig {
+    /// A configuration for `url` with default pool settings.
+    pub fn new(url: &str) -> Self {
+        let defaults = PoolSettings::default();
+        Self {
+            database_url: SecretString::from(url),
+            db_max_connections: defaults.max_connections,
+            db_acquire_timeout: defaults.acquire_timeout,
+        }
+    }
+
+    pub fn pool(&self) -> PoolSettings {
+        PoolSettings {
+            max_connections: self.db_max_connections,
+            acquire_timeout: self.db_acquire_timeout,
+        }
+    }
+}
+
+/// Settings of `catalog serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    #[command(flatten)]
+    pub db: DbConfig,
+
+    /// Address the HTTP server listens on.
+    #[arg(
+        long,
+        env = "BIND_ADDR",
+        value_name = "BIND_ADDR",
+        default_value = "127.0.0.1:8000"
+    )]
+    pub bind_addr: SocketAddr,
+
+    /// Bearer token for writes and cache administration. Unset: a random
+    /// token is generated at start and logged once.
+    #[arg(long, env = "CATALOG_API_TOKEN", value_name = "CATALOG_API_TOKEN", value_parser = secret)]
+    pub api_token: Option<SecretString>,
+
+    /// Seconds one request may take; also bounds how long shutdown waits
+    /// for in-flight requests.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", value_name = "REQUEST_TIMEOUT_SECS", default_value = "30", value_parser = seconds)]
+    pub request_timeout: Duration,
+}
+
+impl ServeConfig {
+    /// Defaults for `url`, listening on an ephemeral local port: the shape
+    /// tests and embedders start from.
+    pub fn new(url: &str) -> Self {
+        Self {
+            db: DbConfig::new(url),
+            bind_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_token: None,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}

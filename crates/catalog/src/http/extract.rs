@@ -1,0 +1,351 @@
+//! Request extractors that fail with [`ApiError`] (problem+json) instead of
+//! axum's plain-text rejections: JSON bodies, product ids, the bearer token,
+//! and the conditional-request headers.
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::StatusCode;
+use axum::http::header::{self, HeaderMap};
+use axum::http::request::Parts;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde_json::error::Category;
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::store::Expected;
+
+/// Largest accepted request body (SPEC §3).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A JSON body, validated while it is parsed: malformed JSON is a 400, a
+/// field that breaks a rule is a 422 naming the field, a body that is not
+/// JSON is a 415, one over [`MAX_BODY_BYTES`] a 413.
+#[derive(Debug)]
+pub(super) struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType(
+                "the body must be JSON (Content-Type: application/json)".into(),
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge {
+                    limit: MAX_BODY_BYTES,
+                }
+            } else {
+                ApiError::BadRequest("the request body could not be read".into())
+            }
+        })?;
+        parse_json(&bytes).map(Self)
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses `bytes` as `T`, mapping serde's errors to 400 (syntax) or 422 (data).
+pub(super) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        // A data error can surface before a later syntax error (`{} x`):
+        // malformed JSON is a 400 whatever the fields, so check the syntax
+        // of the whole body on this (rare) path.
+        if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            return classify(&syntax, ".".to_owned());
+        }
+        let path = err.path().to_string();
+        classify(&err.into_inner(), path)
+    })?;
+    // The streaming deserializer accepts trailing data unless told to check.
+    deserializer
+        .end()
+        .map_err(|err| classify(&err, ".".to_owned()))?;
+    Ok(value)
+}
+
+fn classify(err: &serde_json::Error, path: String) -> ApiError {
+    let message = without_position(&err.to_string());
+    match err.classify() {
+        Category::Data => {
+            let field = if path == "." {
+                backticked(&message).unwrap_or_else(|| "body".to_owned())
+            } else {
+                path
+            };
+            ApiError::Validation {
+                field,
+                reason: message,
+            }
+        }
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::BadRequest(format!("malformed JSON: {message}"))
+        }
+    }
+}
+
+/// serde_json appends " at line L column C"; a client gets the field instead.
+fn without_position(message: &str) -> String {
+    match message.rsplit_once(" at line ") {
+        Some((head, _)) => head.to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// The field named in serde's "missing field `x`" / "unknown field `x`".
+fn backticked(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(message[start..start + len].to_owned())
+}
+
+/// Parses a positive 64-bit id: ASCII digits only, so `+1`, `1.5`, ` 1`,
+/// `0` and `-1` are all rejected.
+pub(super) fn parse_id(raw: &str) -> Option<i64> {
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse::<i64>().ok().filter(|id| *id > 0)
+}
+
+/// The `{id}` of a `/products/{id}` path; 400 unless a positive 64-bit integer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ProductId(pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for ProductId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::BadRequest("the path is missing a product id".into()))?;
+        parse_id(&raw).map(Self).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "product id must be a positive 64-bit integer, got {raw:?}"
+            ))
+        })
+    }
+}
+
+/// Proof that the request carries the API's bearer token. Put it first in a
+/// handler's arguments so that auth is checked before anything else.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Authenticated;
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then_some(token.trim())
+            })
+            .ok_or(ApiError::Unauthorized)?;
+        // Constant time over the bytes: timing does not reveal how much of a
+        // guess was right (only the length, which is not secret).
+        if bool::from(presented.as_bytes().ct_eq(state.token_bytes())) {
+            Ok(Self)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+/// Entity tags listed in a conditional header, with `W/` prefixes removed
+/// (weak comparison is what `If-None-Match` asks for). `None` means `*`.
+fn listed_tags(headers: &HeaderMap, name: header::HeaderName) -> Option<Option<Vec<String>>> {
+    let mut tags = Vec::new();
+    let mut seen = false;
+    for value in headers.get_all(name) {
+        seen = true;
+        let Ok(value) = value.to_str() else { continue };
+        for tag in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if tag == "*" {
+                return Some(None);
+            }
+            tags.push(tag.trim_start_matches("W/").to_owned());
+        }
+    }
+    seen.then_some(Some(tags))
+}
+
+/// Whether `If-None-Match` matches `etag` (so a GET answers 304).
+pub(super) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    match listed_tags(headers, header::IF_NONE_MATCH) {
+        None => false,
+        Some(None) => true,
+        Some(Some(tags)) => tags.iter().any(|t| t == etag),
+    }
+}
+
+/// The revision an `If-Match` header allows a write to replace.
+///
+/// Absent or `*` → any revision. Otherwise the ETag must be one this API
+/// issued for product `id` (`"id-version"`); a tag that cannot match (another
+/// product, a weak or foreign tag) makes the precondition fail with 412.
+pub(super) fn if_match(headers: &HeaderMap, id: i64) -> Result<Expected, ApiError> {
+    let tags = match listed_tags(headers, header::IF_MATCH) {
+        None | Some(None) => return Ok(Expected::Any),
+        Some(Some(tags)) => tags,
+    };
+    let is_weak = headers
+        .get_all(header::IF_MATCH)
+        .iter()
+        .any(|v| v.as_bytes().starts_with(b"W/"));
+    let version = tags
+        .iter()
+        .find_map(|tag| {
+            let (tag_id, version) = tag.strip_prefix('"')?.strip_suffix('"')?.split_once('-')?;
+            (tag_id.parse::<i64>().ok()? == id).then(|| version.parse::<i64>().ok())?
+        })
+        .filter(|_| !is_weak)
+        .ok_or(ApiError::PreconditionFailed)?;
+    Ok(Expected::Version(version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(name: header::HeaderName, value: &str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(name, HeaderValue::from_str(value).unwrap());
+        map
+    }
+
+    #[test]
+    fn ids_must_be_positive_64_bit_integers() {
+        assert_eq!(parse_id("1"), Some(1));
+        assert_eq!(parse_id("9223372036854775807"), Some(i64::MAX));
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "+1",
+            "1.5",
+            "abc",
+            " 1",
+            "9223372036854775808",
+        ] {
+            assert_eq!(parse_id(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn json_errors_are_classified_and_name_the_field() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[expect(dead_code, reason = "fields exist to be deserialised")]
+        struct Body {
+            name: String,
+            price: f64,
+        }
+        assert!(matches!(
+            parse_json::<Body>(b"{\"name\":"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_json::<Body>(b"{\"name\":\"a\",\"price\":1} x"),
+            Err(ApiError::BadRequest(_))
+        ));
+        match parse_json::<Body>(br#"{"name":"a","price":"x"}"#) {
+            Err(ApiError::Validation { field, .. }) => assert_eq!(field, "price"),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+        match parse_json::<Body>(br#"{"price":1}"#) {
+            Err(ApiError::Validation { field, reason }) => {
+                assert_eq!(field, "name");
+                assert!(!reason.contains("line"), "{reason}");
+            }
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+        match parse_json::<Body>(br#"{"name":"a","price":1,"colour":"red"}"#) {
+            Err(ApiError::Validation { field, .. }) => assert_eq!(field, "colour"),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn content_type_must_be_json() {
+        assert!(is_json(&headers(
+            header::CONTENT_TYPE,
+            "application/json; charset=utf-8"
+        )));
+        assert!(is_json(&headers(
+            header::CONTENT_TYPE,
+            "application/merge-patch+json"
+        )));
+        assert!(!is_json(&headers(header::CONTENT_TYPE, "text/plain")));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn if_none_match_uses_weak_comparison_and_lists() {
+        let etag = "\"3-2\"";
+        assert!(if_none_match(
+            &headers(header::IF_NONE_MATCH, "\"1-1\", W/\"3-2\""),
+            etag
+        ));
+        assert!(if_none_match(&headers(header::IF_NONE_MATCH, "*"), etag));
+        assert!(!if_none_match(
+            &headers(header::IF_NONE_MATCH, "\"3-1\""),
+            etag
+        ));
+        assert!(!if_none_match(&HeaderMap::new(), etag));
+    }
+
+    #[test]
+    fn if_match_yields_the_expected_version_or_fails() {
+        assert_eq!(if_match(&HeaderMap::new(), 3).unwrap(), Expected::Any);
+        assert_eq!(
+            if_match(&headers(header::IF_MATCH, "*"), 3).unwrap(),
+            Expected::Any
+        );
+        assert_eq!(
+            if_match(&headers(header::IF_MATCH, "\"3-7\""), 3).unwrap(),
+            Expected::Version(7)
+        );
+        for bad in ["\"4-7\"", "W/\"3-7\"", "\"garbage\"", "3-7"] {
+            assert!(
+                matches!(
+                    if_match(&headers(header::IF_MATCH, bad), 3),
+                    Err(ApiError::PreconditionFailed)
+                ),
+                "{bad}"
+            );
+        }
+    }
+}

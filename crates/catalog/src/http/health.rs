@@ -1,0 +1,54 @@
+//! `GET /health`: is the store reachable, and in what state is L2.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+
+/// A health probe must answer quickly even when the database hangs.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The health report (SPEC §3).
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Health {
+    /// `ok`, or `degraded` when a dependency is down.
+    status: &'static str,
+    /// `up` or `down`.
+    db: &'static str,
+    /// `up`, `down` or `disabled` (no `REDIS_URL`).
+    l2: &'static str,
+}
+
+/// Service health.
+#[utoipa::path(
+    get, path = "/health", tag = "operations",
+    responses(
+        (status = 200, description = "The store is up", body = Health),
+        (status = 503, description = "The store is down", body = Health),
+    )
+)]
+pub(super) async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let db_up = matches!(
+        tokio::time::timeout(PING_TIMEOUT, state.products.store().ping()).await,
+        Ok(Ok(()))
+    );
+    let l2 = "disabled";
+    let (status, code) = if db_up {
+        ("ok", StatusCode::OK)
+    } else {
+        ("degraded", StatusCode::SERVICE_UNAVAILABLE)
+    };
+    (
+        code,
+        Json(Health {
+            status,
+            db: if db_up { "up" } else { "down" },
+            l2,
+        }),
+    )
+}

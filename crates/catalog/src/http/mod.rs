@@ -1,0 +1,204 @@
+//! The HTTP API (SPEC §3): routes, shared state and the middleware stack.
+//!
+//! Handlers are thin: they extract, call [`ProductService`], and shape the
+//! response. Every error leaves as problem+json, whether a handler returned
+//! it, an extractor rejected the request, a layer refused it or a handler
+//! panicked.
+
+mod error;
+mod extract;
+mod health;
+mod openapi;
+mod products;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware;
+use secrecy::{ExposeSecret, SecretString};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use error::{ApiError, PROBLEM_JSON, Problem};
+pub use extract::MAX_BODY_BYTES;
+
+use crate::service::ProductService;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub products: ProductService,
+    /// The bearer token writes must present.
+    pub api_token: Arc<SecretString>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("products", &self.products)
+            .field("api_token", &"[redacted]")
+            .finish()
+    }
+}
+
+impl AppState {
+    fn token_bytes(&self) -> &[u8] {
+        self.api_token.expose_secret().as_bytes()
+    }
+}
+
+/// The OpenAPI document, as served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().split_for_parts().1
+}
+
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(products::list_products, products::create_product))
+        .routes(routes!(
+            products::get_product,
+            products::replace_product,
+            products::patch_product,
+            products::delete_product
+        ))
+        .routes(routes!(health::health))
+}
+
+/// The whole application: API routes, docs, and the middleware stack.
+/// `request_timeout` bounds each request (also how long shutdown waits for
+/// in-flight requests).
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    let (api, spec) = api_routes().split_for_parts();
+    let app = api
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
+        .fallback(|| async { ApiError::NotFound("no such resource".into()) })
+        .with_state(state);
+    with_middleware(app, request_timeout)
+}
+
+/// Request ids, tracing, problem+json for bare errors, panics as 500s, the
+/// request timeout and the body limit, outermost first.
+fn with_middleware(app: Router, request_timeout: Duration) -> Router {
+    let stack = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let request_id = request
+                    .headers()
+                    .get(REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    uri = %request.uri(),
+                    request_id,
+                )
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(middleware::map_response(error::problem_for_bare_errors))
+        .layer(CatchPanicLayer::custom(error::panic_response))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    app.layer(stack)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn call(app: Router, path: &str) -> (StatusCode, axum::http::HeaderMap, String) {
+        let response = app
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, headers, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_a_500_problem_without_the_message() {
+        let app = with_middleware(
+            Router::new().route(
+                "/boom",
+                get(|| async {
+                    panic!("secret detail: SELECT * FROM products");
+                    #[expect(unreachable_code, reason = "the handler must have a type")]
+                    ""
+                }),
+            ),
+            Duration::from_secs(5),
+        );
+
+        let (status, headers, body) = call(app, "/boom").await;
+
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(headers["content-type"], PROBLEM_JSON);
+        assert!(!body.contains("secret"), "{body}");
+        assert!(headers.contains_key("x-request-id"));
+    }
+
+    #[tokio::test]
+    async fn a_slow_request_times_out_as_a_408_problem() {
+        let app = with_middleware(
+            Router::new().route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    "late"
+                }),
+            ),
+            Duration::from_millis(20),
+        );
+
+        let (status, headers, body) = call(app, "/slow").await;
+
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(headers["content-type"], PROBLEM_JSON);
+        assert!(body.contains("\"status\":408"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_given_request_id_is_echoed() {
+        let app = with_middleware(
+            Router::new().route("/", get(|| async { "ok" })),
+            Duration::from_secs(5),
+        );
+
+        let response = app
+            .oneshot(
+                Request::get("/")
+                    .header("x-request-id", "abc-123")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+
+        assert_eq!(response.headers()["x-request-id"], "abc-123");
+    }
+}

@@ -1,0 +1,320 @@
+//! `/products` handlers: thin — extract, call the service, shape the response.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::error::{ApiError, Problem};
+use super::extract::{Authenticated, JsonBody, ProductId, if_match, if_none_match, parse_id};
+use crate::domain::{Category, NewProduct, Product, ProductPatch};
+use crate::service::{DEFAULT_PAGE_LIMIT, MAX_BATCH_IDS, MAX_PAGE_LIMIT};
+
+/// `X-Cache` names the level that answered a product read.
+pub(super) const X_CACHE: &str = "x-cache";
+
+/// Query of `GET /products`: either `ids` (a batch) or a page.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ListParams {
+    /// Comma-separated product ids (at most 100) for a batch read.
+    ids: Option<String>,
+    /// Only products of this category.
+    category: Option<String>,
+    /// Page size, 1–100 (default 20).
+    limit: Option<String>,
+    /// Return products with an id greater than this one (the previous
+    /// page's `next_after`).
+    after: Option<String>,
+}
+
+/// Answer to a batch read.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct BatchResponse {
+    /// Found products, in the order requested.
+    items: Vec<Product>,
+    /// Requested ids that do not exist.
+    missing: Vec<i64>,
+}
+
+/// One keyset page.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct PageResponse {
+    items: Vec<Product>,
+    /// Pass as `after` to get the next page; `null` on the last page.
+    next_after: Option<i64>,
+}
+
+/// A product response with its `ETag`.
+fn product_response(status: StatusCode, product: &Product) -> Response {
+    let mut response = (status, Json(product)).into_response();
+    set_etag(response.headers_mut(), &product.etag());
+    response
+}
+
+fn set_etag(headers: &mut HeaderMap, etag: &str) {
+    headers.insert(
+        header::ETAG,
+        HeaderValue::from_str(etag).expect("an ETag built from two integers is a valid header"),
+    );
+}
+
+/// Get one product.
+#[utoipa::path(
+    get, path = "/products/{id}", tag = "products",
+    params(("id" = i64, Path, description = "Product id (positive)"),
+           ("If-None-Match" = Option<String>, Header, description = "ETag of a cached copy")),
+    responses(
+        (status = 200, description = "The product; `X-Cache` says which level answered", body = Product,
+         headers(("ETag" = String), ("X-Cache" = String, description = "HIT-L1, HIT-L2, MISS or STALE"))),
+        (status = 304, description = "The client's copy is current"),
+        (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn get_product(
+    State(state): State<AppState>,
+    ProductId(id): ProductId,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let product = state
+        .products
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::product_not_found(id))?;
+    let etag = product.etag();
+    let mut response = if if_none_match(&headers, &etag) {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        set_etag(response.headers_mut(), &etag);
+        response
+    } else {
+        product_response(StatusCode::OK, &product)
+    };
+    response
+        .headers_mut()
+        .insert(X_CACHE, HeaderValue::from_static("MISS"));
+    Ok(response)
+}
+
+/// List products: a batch by `ids`, or a keyset page (optionally of one category).
+#[utoipa::path(
+    get, path = "/products", tag = "products",
+    params(ListParams),
+    responses(
+        (status = 200, description = "With `ids`: a batch; otherwise a page", body = PageResponse),
+        (status = 400, description = "Bad `ids`, `limit`, `after` or `category`", body = Problem,
+         content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn list_products(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    if let Some(ids) = &params.ids {
+        if params.category.is_some() || params.limit.is_some() || params.after.is_some() {
+            return Err(ApiError::BadRequest(
+                "`ids` cannot be combined with `category`, `limit` or `after`".into(),
+            ));
+        }
+        let ids = parse_ids(ids)?;
+        let batch = state.products.get_many(&ids).await?;
+        return Ok(Json(BatchResponse {
+            items: batch.items,
+            missing: batch.missing,
+        })
+        .into_response());
+    }
+    let category = params
+        .category
+        .as_deref()
+        .map(|raw| {
+            Category::parse(raw)
+                .map(|c| c.as_str().to_owned())
+                .map_err(|reason| ApiError::BadRequest(format!("category: {reason}")))
+        })
+        .transpose()?;
+    let limit = match params.limit.as_deref() {
+        None => DEFAULT_PAGE_LIMIT,
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "limit must be an integer from 1 to {MAX_PAGE_LIMIT}, got {raw:?}"
+                ))
+            })?,
+    };
+    let after = match params.after.as_deref() {
+        None => 0,
+        Some(raw) => parse_id(raw).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "after must be a positive 64-bit integer, got {raw:?}"
+            ))
+        })?,
+    };
+    let page = state.products.page(category, after, limit).await?;
+    Ok(Json(PageResponse {
+        items: page.items,
+        next_after: page.next_after,
+    })
+    .into_response())
+}
+
+/// Parses `1,2,3` into distinct ids in first-seen order.
+fn parse_ids(raw: &str) -> Result<Vec<i64>, ApiError> {
+    let mut ids = Vec::new();
+    for item in raw.split(',') {
+        let id = parse_id(item).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "ids must be positive 64-bit integers separated by commas, got {item:?}"
+            ))
+        })?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+        if ids.len() > MAX_BATCH_IDS {
+            return Err(ApiError::BadRequest(format!(
+                "at most {MAX_BATCH_IDS} ids per request"
+            )));
+        }
+    }
+    Ok(ids)
+}
+
+/// Create a product.
+#[utoipa::path(
+    post, path = "/products", tag = "products", request_body = NewProduct,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = Product, headers(("Location" = String), ("ETag" = String))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field breaks a rule", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn create_product(
+    _: Authenticated,
+    State(state): State<AppState>,
+    JsonBody(new): JsonBody<NewProduct>,
+) -> Result<Response, ApiError> {
+    let product = state.products.create(&new).await?;
+    let mut response = product_response(StatusCode::CREATED, &product);
+    response.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&format!("/products/{}", product.id))
+            .expect("a path built from an integer is a valid header"),
+    );
+    Ok(response)
+}
+
+/// Replace a product.
+#[utoipa::path(
+    put, path = "/products/{id}", tag = "products", request_body = NewProduct,
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Product id"),
+           ("If-Match" = Option<String>, Header, description = "Only replace this revision")),
+    responses(
+        (status = 200, description = "Replaced", body = Product, headers(("ETag" = String))),
+        (status = 400, description = "Bad id or malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field breaks a rule", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn replace_product(
+    _: Authenticated,
+    State(state): State<AppState>,
+    ProductId(id): ProductId,
+    headers: HeaderMap,
+    JsonBody(new): JsonBody<NewProduct>,
+) -> Result<Response, ApiError> {
+    let expected = if_match(&headers, id)?;
+    let product = state.products.replace(id, &new, expected).await?;
+    Ok(product_response(StatusCode::OK, &product))
+}
+
+/// Change some fields of a product.
+#[utoipa::path(
+    patch, path = "/products/{id}", tag = "products", request_body = ProductPatch,
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Product id"),
+           ("If-Match" = Option<String>, Header, description = "Only change this revision")),
+    responses(
+        (status = 200, description = "Updated", body = Product, headers(("ETag" = String))),
+        (status = 400, description = "Bad id or malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field breaks a rule, or no field given", body = Problem,
+         content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn patch_product(
+    _: Authenticated,
+    State(state): State<AppState>,
+    ProductId(id): ProductId,
+    headers: HeaderMap,
+    JsonBody(patch): JsonBody<ProductPatch>,
+) -> Result<Response, ApiError> {
+    if patch.is_empty() {
+        return Err(ApiError::Validation {
+            field: "body".into(),
+            reason: "give at least one of name, description, price, category, in_stock".into(),
+        });
+    }
+    let expected = if_match(&headers, id)?;
+    let product = state.products.patch(id, &patch, expected).await?;
+    Ok(product_response(StatusCode::OK, &product))
+}
+
+/// Delete a product.
+#[utoipa::path(
+    delete, path = "/products/{id}", tag = "products",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Product id"),
+           ("If-Match" = Option<String>, Header, description = "Only delete this revision")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn delete_product(
+    _: Authenticated,
+    State(state): State<AppState>,
+    ProductId(id): ProductId,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let expected = if_match(&headers, id)?;
+    state.products.delete(id, expected).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_deduplicated_in_order_and_bounded() {
+        assert_eq!(parse_ids("3,1,3,2").unwrap(), vec![3, 1, 2]);
+        for bad in ["", "1,,2", "1,abc", "0", "-1", "1.5", "1,"] {
+            assert!(parse_ids(bad).is_err(), "{bad:?}");
+        }
+        let hundred: Vec<String> = (1..=100).map(|i| i.to_string()).collect();
+        assert_eq!(parse_ids(&hundred.join(",")).unwrap().len(), 100);
+        let too_many: Vec<String> = (1..=101).map(|i| i.to_string()).collect();
+        assert!(parse_ids(&too_many.join(",")).is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! Persistence: one [`Store`] trait, two implementations with the same
+//! behaviour (PostgreSQL for production, SQLite as the embedded default).
+//!
+//! Invariants every implementation keeps:
+//! - `version` starts at 1 and each update increments it atomically in the
+//!   same statement that changes the row (`UPDATE … RETURNING`);
+//! - batch lookups are one query and pages are keyset pages ordered by id;
+//! - all SQL is parameterised, and no `sqlx::Error` escapes: it is mapped to
+//!   a [`StoreError`] a caller can act on.
+
+mod postgres;
+mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, Utc};
+
+use crate::domain::{NewProduct, Product, ProductPatch};
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// Connection-pool settings shared by both stores.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Most connections the pool opens.
+    pub max_connections: u32,
+    /// How long a query waits for a connection (including connecting) before
+    /// the store counts as unavailable.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Which revision a conditional write applies to (from `If-Match`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// Unconditional: any revision.
+    Any,
+    /// Only if the stored `version` equals this one.
+    Version(i64),
+}
+
+impl Expected {
+    fn version(self) -> Option<i64> {
+        match self {
+            Self::Any => None,
+            Self::Version(v) => Some(v),
+        }
+    }
+}
+
+/// One keyset page request: products with `id > after`, ordered by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub category: Option<String>,
+    /// Exclusive lower bound on the id; 0 starts at the beginning.
+    pub after: i64,
+    pub limit: u32,
+}
+
+/// What a caller can act on when the store fails.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("product not found")]
+    NotFound,
+    /// A conditional write named a version that is no longer current.
+    #[error("product version does not match")]
+    VersionConflict,
+    /// The database cannot be reached (connect, pool or I/O failure): retry later.
+    #[error("store unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// Anything else: a bug or a broken schema, never the caller's fault.
+    #[error("store query failed")]
+    Query(#[source] sqlx::Error),
+    #[error("migration failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::RowNotFound => Self::NotFound,
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(err),
+            other => Self::Query(other),
+        }
+    }
+}
+
+/// The catalog's persistence contract.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Applies the embedded migrations (idempotent).
+    async fn migrate(&self) -> Result<(), StoreError>;
+    /// A cheap round trip, for health checks.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Closes the pool, waiting for checked-out connections to come back.
+    async fn close(&self);
+    async fn get(&self, id: i64) -> Result<Option<Product>, StoreError>;
+    /// The products among `ids` that exist, in one query, in no particular order.
+    async fn get_many(&self, ids: &[i64]) -> Result<Vec<Product>, StoreError>;
+    /// Up to `limit` products after `after`, ordered by id.
+    async fn list(&self, page: &PageRequest) -> Result<Vec<Product>, StoreError>;
+    async fn create(&self, new: &NewProduct) -> Result<Product, StoreError>;
+    /// Inserts many products in one transaction; returns how many.
+    async fn create_many(&self, new: &[NewProduct]) -> Result<u64, StoreError>;
+    /// Replaces every field; [`StoreError::NotFound`] or
+    /// [`StoreError::VersionConflict`] when the row is absent or newer.
+    async fn replace(
+        &self,
+        id: i64,
+        new: &NewProduct,
+        expected: Expected,
+    ) -> Result<Product, StoreError>;
+    /// Changes the fields present in `patch`; errors as [`Store::replace`].
+    async fn patch(
+        &self,
+        id: i64,
+        patch: &ProductPatch,
+        expected: Expected,
+    ) -> Result<Product, StoreError>;
+    /// Deletes the row; errors as [`Store::replace`].
+    async fn delete(&self, id: i64, expected: Expected) -> Result<(), StoreError>;
+    async fn count(&self) -> Result<i64, StoreError>;
+}
+
+/// Opens the store `url` names: `postgres://`/`postgresql://` → PostgreSQL,
+/// `sqlite:` → SQLite.
+///
+/// # Errors
+/// An unsupported scheme is [`StoreError::Query`] with a configuration error;
+/// an unreachable database is [`StoreError::Unavailable`].
+pub async fn connect(url: &str, pool: &PoolSettings) -> Result<Box<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Box::new(PgStore::connect(url, pool).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Box::new(SqliteStore::connect(url, pool).await?))
+    } else {
+        Err(StoreError::Query(sqlx::Error::Configuration(
+            "DATABASE_URL must start with postgres://, postgresql:// or sqlite:".into(),
+        )))
+    }
+}
+
+/// Now, at the microsecond precision both databases keep, so a timestamp a
+/// write returns equals the one a later read returns.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// Resolves a write that matched no row: the row is gone, or its version moved.
+fn missed_write(current_version: Option<i64>) -> StoreError {
+    match current_version {
+        None => StoreError::NotFound,
+        Some(_) => StoreError::VersionConflict,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_failures_are_unavailable_and_the_rest_are_query_errors() {
+        assert!(matches!(
+            StoreError::from(sqlx::Error::PoolTimedOut),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            StoreError::from(sqlx::Error::RowNotFound),
+            StoreError::NotFound
+        ));
+        assert!(matches!(
+            StoreError::from(sqlx::Error::Protocol("x".into())),
+            StoreError::Query(_)
+        ));
+    }
+
+    #[test]
+    fn now_has_microsecond_precision() {
+        assert_eq!(now().timestamp_subsec_nanos() % 1_000, 0);
+    }
+}

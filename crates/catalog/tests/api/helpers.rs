@@ -1,0 +1,319 @@
+//! Test support: a private database per test (a PostgreSQL database or a
+//! SQLite file), the app on an ephemeral port, and a typed HTTP client.
+
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock};
+
+use catalog::app::Application;
+use catalog::config::ServeConfig;
+use catalog::store::{self, PoolSettings, Store};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use secrecy::SecretString;
+use serde_json::Value;
+use sqlx::{Connection, Executor, PgConnection};
+use tokio_util::sync::CancellationToken;
+
+/// The bearer token every test app accepts.
+pub(crate) const TOKEN: &str = "test-token-0123456789";
+
+const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const PG_START: &str = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
+
+/// Logs from the app under test, shown only with `TEST_LOG=1`.
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var_os("TEST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter("info,catalog=debug")
+            .with_test_writer()
+            .init();
+    }
+});
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// The PostgreSQL server tests use: `DATABASE_URL` when it names one,
+/// else the standard local port.
+fn pg_admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|url| url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        .unwrap_or_else(|| DEFAULT_PG_URL.to_owned())
+}
+
+/// `url` with its database name replaced by `db`.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_end = base
+        .find("://")
+        .map(|i| i + 3)
+        .and_then(|start| base[start..].find('/').map(|i| start + i))
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{db}", &base[..authority_end]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// A database that exists for one test and is removed when dropped.
+#[derive(Debug)]
+pub(crate) enum TestDb {
+    Postgres { admin_url: String, name: String },
+    Sqlite { path: PathBuf },
+}
+
+impl TestDb {
+    pub(crate) async fn create(backend: Backend) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        match backend {
+            Backend::Postgres => {
+                let admin_url = pg_admin_url();
+                let mut conn = PgConnection::connect(&admin_url)
+                    .await
+                    .unwrap_or_else(|err| {
+                        panic!(
+                            "PostgreSQL is not reachable at {admin_url} ({err}); start it with: \
+                         {PG_START} (or set DATABASE_URL to a PostgreSQL server)"
+                        )
+                    });
+                let name = format!("test_{id}");
+                conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .await
+                    .expect("the test role may create databases");
+                Self::Postgres { admin_url, name }
+            }
+            Backend::Sqlite => Self::Sqlite {
+                path: std::env::temp_dir().join(format!("catalog_test_{id}.db")),
+            },
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        match self {
+            Self::Postgres { admin_url, name } => with_database(admin_url, name),
+            Self::Sqlite { path } => format!("sqlite://{}?mode=rwc", path.display()),
+        }
+    }
+
+    /// A migrated store on this database.
+    pub(crate) async fn store(&self) -> Arc<dyn Store> {
+        let store: Arc<dyn Store> = Arc::from(
+            store::connect(&self.url(), &PoolSettings::default())
+                .await
+                .expect("the test database accepts connections"),
+        );
+        store.migrate().await.expect("migrations apply");
+        store
+    }
+
+    /// Removes the database now, even while the app still holds connections
+    /// (to simulate a store that went away).
+    pub(crate) async fn destroy(&self) {
+        match self {
+            Self::Postgres { admin_url, name } => drop_pg_database(admin_url, name).await,
+            Self::Sqlite { path } => remove_sqlite_files(path),
+        }
+    }
+}
+
+async fn drop_pg_database(admin_url: &str, name: &str) {
+    let mut conn = PgConnection::connect(admin_url)
+        .await
+        .expect("PostgreSQL is reachable");
+    conn.execute(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .await
+    .expect("the test database can be dropped");
+}
+
+fn remove_sqlite_files(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        match self {
+            Self::Sqlite { path } => remove_sqlite_files(path),
+            Self::Postgres { admin_url, name } => {
+                let (admin_url, name) = (admin_url.clone(), name.clone());
+                // Drop may run inside a runtime that is shutting down: use a
+                // thread with a runtime of its own.
+                let cleanup = std::thread::spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a cleanup runtime starts")
+                        .block_on(drop_pg_database(&admin_url, &name));
+                });
+                let _ = cleanup.join();
+            }
+        }
+    }
+}
+
+/// A running app on its own database.
+#[derive(Debug)]
+pub(crate) struct TestApp {
+    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) client: reqwest::Client,
+    pub(crate) db: TestDb,
+    stop: CancellationToken,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub(crate) async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Spawns with a configuration adjusted by `configure`.
+    pub(crate) async fn spawn_with(
+        backend: Backend,
+        configure: impl FnOnce(&mut ServeConfig),
+    ) -> Self {
+        LazyLock::force(&TRACING);
+        let db = TestDb::create(backend).await;
+        let mut config = ServeConfig::new(&db.url());
+        config.api_token = Some(SecretString::from(TOKEN));
+        configure(&mut config);
+        let app = Application::build(config, None)
+            .await
+            .expect("the app builds");
+        let addr = app.local_addr();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
+        Self {
+            addr,
+            client: reqwest::Client::new(),
+            db,
+            stop,
+            server: Some(server),
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    /// A request carrying the bearer token.
+    pub(crate) fn authed(&self, method: Method, path: &str) -> RequestBuilder {
+        self.request(method, path).bearer_auth(TOKEN)
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path)
+            .send()
+            .await
+            .expect("GET is sent")
+    }
+
+    pub(crate) async fn create(&self, body: Value) -> Response {
+        self.authed(Method::POST, "/products")
+            .json(&body)
+            .send()
+            .await
+            .expect("POST is sent")
+    }
+
+    /// Creates a valid product and returns its JSON.
+    pub(crate) async fn create_product(&self, name: &str, category: &str, price: f64) -> Value {
+        let response = self
+            .create(serde_json::json!({
+                "name": name, "description": format!("{name} for tests"),
+                "price": price, "category": category,
+            }))
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.expect("a product body")
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub(crate) async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("the server task does not panic")
+                .expect("the server stops cleanly");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Asserts a problem+json response with `status`, and returns its body.
+pub(crate) async fn assert_problem(response: Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.expect("a problem body is JSON");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["title"].is_string(), "{body}");
+    assert!(body["type"].is_string(), "{body}");
+    assert!(body["detail"].is_string(), "{body}");
+    body
+}
+
+/// Runs each listed `async fn(Backend)` test against PostgreSQL and SQLite.
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Postgres).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use both_stores;
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn database_name_is_replaced_and_options_kept() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres?sslmode=disable", "t1"),
+            "postgres://u@h:5432/t1?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
+    }
+}

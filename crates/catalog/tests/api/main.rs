@@ -1,0 +1,8 @@
+//! Integration tests of the catalog over real HTTP, against real PostgreSQL
+//! and SQLite (one database per test).
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+mod process;
+mod products;
+mod store;

@@ -1,0 +1,161 @@
+//! The released binary as a user runs it: configuration errors, the
+//! generated token, seeding, and graceful shutdown on SIGTERM / SIGINT.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{Backend, TestDb};
+
+fn catalog() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_catalog"));
+    // The child must not pick up a developer's settings.
+    for var in [
+        "DATABASE_URL",
+        "BIND_ADDR",
+        "CATALOG_API_TOKEN",
+        "RUST_LOG",
+        "LOG_FORMAT",
+        "DB_MAX_CONNECTIONS",
+        "DB_ACQUIRE_TIMEOUT_SECS",
+        "REQUEST_TIMEOUT_SECS",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (bounded) until the server answers `/health`.
+fn wait_until_healthy(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("catalog exited early with {status}");
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "catalog did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn a_bad_setting_exits_non_zero_naming_the_variable() {
+    for (var, value) in [
+        ("BIND_ADDR", "not-an-address"),
+        ("DB_MAX_CONNECTIONS", "0"),
+        ("REQUEST_TIMEOUT_SECS", "soon"),
+        ("LOG_FORMAT", "xml"),
+    ] {
+        let output = catalog().arg("serve").env(var, value).output().unwrap();
+
+        assert!(!output.status.success(), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(first.contains(var), "{var}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_store_exits_non_zero_with_a_clear_error() {
+    let port = free_port();
+    let output = catalog()
+        .args(["serve", "--db-acquire-timeout", "1"])
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{port}/none"),
+        )
+        .output()
+        .unwrap();
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+}
+
+#[tokio::test]
+async fn serve_seeds_logs_the_generated_token_once_and_stops_gracefully() {
+    for signal_name in ["TERM", "INT"] {
+        let db = TestDb::create(Backend::Sqlite).await;
+        let port = free_port();
+        let mut child = catalog()
+            .args(["serve", "--seed", "50"])
+            .env("DATABASE_URL", db.url())
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until_healthy(port, &mut child);
+        let page: serde_json::Value =
+            reqwest::get(format!("http://127.0.0.1:{port}/products?limit=100"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+
+        signal(&child, signal_name);
+        let output = child.wait_with_output().unwrap();
+
+        assert!(
+            output.status.success(),
+            "exit after SIG{signal_name}: {:?}",
+            output.status
+        );
+        assert_eq!(page["items"].as_array().unwrap().len(), 50);
+        let logs = String::from_utf8_lossy(&output.stdout);
+        let token_lines: Vec<&str> = logs.lines().filter(|l| l.contains("\"token\"")).collect();
+        assert_eq!(token_lines.len(), 1, "{logs}");
+        assert!(logs.contains("catalog stopped"), "{logs}");
+    }
+}
+
+#[tokio::test]
+async fn seed_and_migrate_commands_work_on_a_fresh_database() {
+    let db = TestDb::create(Backend::Postgres).await;
+
+    let migrate = catalog()
+        .arg("migrate")
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    let seed = catalog()
+        .args(["seed", "2500"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    assert!(
+        seed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seed.stderr)
+    );
+    let store = db.store().await;
+    assert_eq!(store.count().await.unwrap(), 2500);
+    let _ = BufReader::new(&seed.stdout[..]).lines().count();
+}
