@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+export PGOPTIONS="-c client_min_messages=warning"
 DURATION=${DURATION:-15s}
 CONNECTIONS=${CONNECTIONS:-64}
 PRODUCTS=${PRODUCTS:-100000}

@@ -109,9 +109,6 @@ fn generated_token() -> SecretString {
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    tracing::warn!(
-        token = %token,
-        "CATALOG_API_TOKEN is not set: generated a bearer token for this run (writes need it)"
-    );
+    tracing::warn!("CATALOG_API_TOKEN is not set; bearer token for writes in this run: {token}");
     SecretString::from(token)
 }

@@ -37,6 +37,7 @@ pub struct DbConfig {
         env = "DATABASE_URL", value_name = "DATABASE_URL",
         default_value = DEFAULT_DATABASE_URL,
         value_parser = secret,
+        hide_env_values = true
     )]
     pub database_url: SecretString,
 
@@ -86,7 +87,13 @@ pub struct ServeConfig {
 
     /// Bearer token for writes and cache administration. Unset: a random
     /// token is generated at start and logged once.
-    #[arg(long, env = "CATALOG_API_TOKEN", value_name = "CATALOG_API_TOKEN", value_parser = secret)]
+    #[arg(
+        long,
+        env = "CATALOG_API_TOKEN",
+        value_name = "CATALOG_API_TOKEN",
+        value_parser = secret,
+        hide_env_values = true
+    )]
     pub api_token: Option<SecretString>,
 
     /// Seconds one request may take; also bounds how long shutdown waits

@@ -124,7 +124,10 @@ async fn serve_seeds_logs_the_generated_token_once_and_stops_gracefully() {
         );
         assert_eq!(page["items"].as_array().unwrap().len(), 50);
         let logs = String::from_utf8_lossy(&output.stdout);
-        let token_lines: Vec<&str> = logs.lines().filter(|l| l.contains("\"token\"")).collect();
+        let token_lines: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("bearer token for writes in this run"))
+            .collect();
         assert_eq!(token_lines.len(), 1, "{logs}");
         assert!(logs.contains("catalog stopped"), "{logs}");
     }
