@@ -1,0 +1,338 @@
+//! [`TieredCacheBuilder`]: every knob of a [`TieredCache`], with its default.
+//!
+//! The builder only collects and validates settings; `build` creates the
+//! levels. It never reads the environment: services map their own
+//! configuration (e.g. `L1_MAX_ENTRIES`) onto these methods.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+use crate::local::LocalCache;
+use crate::manager::{CacheKey, Settings, TieredCache};
+use crate::remote::breaker::BreakerConfig;
+use crate::remote::codec::{Codec, JsonCodec};
+use crate::remote::topology::{RedisTopology, redact};
+use crate::remote::{RemoteCache, RemoteConfig};
+
+/// Default for [`TieredCacheBuilder::namespace`].
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// Default for [`TieredCacheBuilder::key_prefix`] (SPEC §5 `CACHE_PREFIX`).
+pub const DEFAULT_KEY_PREFIX: &str = "cache:";
+/// Default for [`TieredCacheBuilder::l1_max_entries`].
+pub const DEFAULT_L1_MAX_ENTRIES: u64 = 10_000;
+/// Default for [`TieredCacheBuilder::l1_max_bytes`]: 64 MiB.
+pub const DEFAULT_L1_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Default for [`TieredCacheBuilder::l1_ttl`].
+pub const DEFAULT_L1_TTL: Duration = Duration::from_secs(300);
+/// Default for [`TieredCacheBuilder::l2_ttl`].
+pub const DEFAULT_L2_TTL: Duration = Duration::from_secs(3_600);
+/// Default for [`TieredCacheBuilder::negative_ttl`].
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
+/// Default for [`TieredCacheBuilder::ttl_jitter`].
+pub const DEFAULT_TTL_JITTER: f64 = 0.1;
+/// Default for [`TieredCacheBuilder::l2_timeout`].
+pub const DEFAULT_L2_TIMEOUT: Duration = Duration::from_millis(100);
+/// Default for [`TieredCacheBuilder::l2_connect_timeout`].
+pub const DEFAULT_L2_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default for [`TieredCacheBuilder::breaker_failure_threshold`].
+pub const DEFAULT_BREAKER_FAILURE_THRESHOLD: u32 = 5;
+/// Default for [`TieredCacheBuilder::breaker_cooldown`].
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+
+/// Where the builder's Redis setting came from; URLs are parsed in `build`.
+#[derive(Clone)]
+enum RedisSetting {
+    None,
+    Url(String),
+    Topology(RedisTopology),
+}
+
+impl fmt::Debug for RedisSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Url(url) => f.debug_tuple("Url").field(&redact(url)).finish(),
+            Self::Topology(topology) => f.debug_tuple("Topology").field(topology).finish(),
+        }
+    }
+}
+
+/// Configures and builds a [`TieredCache`]; obtained from [`TieredCache::builder`].
+///
+/// Every setting has a default (see each method), so
+/// `TieredCache::builder().build().await` gives an L1-only cache.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tiercache::{PostcardCodec, TieredCache};
+///
+/// # async fn example() -> Result<(), tiercache::Error> {
+/// let cache: TieredCache<i64, String> = TieredCache::builder()
+///     .namespace("product")
+///     .key_prefix("cache:")
+///     .redis_url("redis://127.0.0.1:6379")
+///     .l1_max_entries(50_000)
+///     .l1_ttl(Duration::from_secs(60))
+///     .codec(PostcardCodec)
+///     .compression_threshold(Some(4 * 1024))
+///     .build()
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct TieredCacheBuilder<K, V> {
+    namespace: String,
+    key_prefix: String,
+    l1_max_entries: u64,
+    l1_max_bytes: u64,
+    l1_ttl: Duration,
+    l2_ttl: Duration,
+    negative_ttl: Duration,
+    ttl_jitter: f64,
+    codec: Arc<dyn Codec<V>>,
+    compression_threshold: Option<usize>,
+    redis: RedisSetting,
+    l2_timeout: Duration,
+    l2_connect_timeout: Duration,
+    breaker_failure_threshold: u32,
+    breaker_cooldown: Duration,
+    _key: PhantomData<fn() -> K>,
+}
+
+impl<K, V> fmt::Debug for TieredCacheBuilder<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TieredCacheBuilder")
+            .field("namespace", &self.namespace)
+            .field("key_prefix", &self.key_prefix)
+            .field("l1_max_entries", &self.l1_max_entries)
+            .field("l1_max_bytes", &self.l1_max_bytes)
+            .field("l1_ttl", &self.l1_ttl)
+            .field("l2_ttl", &self.l2_ttl)
+            .field("negative_ttl", &self.negative_ttl)
+            .field("ttl_jitter", &self.ttl_jitter)
+            .field("codec", &self.codec)
+            .field("compression_threshold", &self.compression_threshold)
+            .field("redis", &self.redis)
+            .field("l2_timeout", &self.l2_timeout)
+            .field("l2_connect_timeout", &self.l2_connect_timeout)
+            .field("breaker_failure_threshold", &self.breaker_failure_threshold)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .finish()
+    }
+}
+
+impl<K, V> TieredCacheBuilder<K, V>
+where
+    K: CacheKey,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    pub(crate) fn new() -> Self {
+        Self {
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            l1_max_entries: DEFAULT_L1_MAX_ENTRIES,
+            l1_max_bytes: DEFAULT_L1_MAX_BYTES,
+            l1_ttl: DEFAULT_L1_TTL,
+            l2_ttl: DEFAULT_L2_TTL,
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
+            ttl_jitter: DEFAULT_TTL_JITTER,
+            codec: Arc::new(JsonCodec),
+            compression_threshold: None,
+            redis: RedisSetting::None,
+            l2_timeout: DEFAULT_L2_TIMEOUT,
+            l2_connect_timeout: DEFAULT_L2_CONNECT_TIMEOUT,
+            breaker_failure_threshold: DEFAULT_BREAKER_FAILURE_THRESHOLD,
+            breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
+            _key: PhantomData,
+        }
+    }
+
+    /// Names this cache's keyspace; Redis keys are
+    /// `{key_prefix}{namespace}:{key}`. Default [`DEFAULT_NAMESPACE`].
+    ///
+    /// Caches of different value types sharing one Redis must use different
+    /// namespaces. Must be non-empty and must not contain `:`, so that
+    /// [`clear`](TieredCache::clear) of one namespace cannot match another's
+    /// keys.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Prefix of every Redis key, shared by all caches of a service.
+    /// Default [`DEFAULT_KEY_PREFIX`] (`cache:`).
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Most entries L1 holds, negative entries included.
+    /// Default [`DEFAULT_L1_MAX_ENTRIES`] (10,000).
+    pub fn l1_max_entries(mut self, max: u64) -> Self {
+        self.l1_max_entries = max;
+        self
+    }
+
+    /// Most bytes L1 holds, an entry weighing its encoded size plus a small
+    /// fixed overhead. Default [`DEFAULT_L1_MAX_BYTES`] (64 MiB).
+    pub fn l1_max_bytes(mut self, max: u64) -> Self {
+        self.l1_max_bytes = max;
+        self
+    }
+
+    /// How long a value stays in L1. Default [`DEFAULT_L1_TTL`] (300 s).
+    ///
+    /// This bounds how long an instance can serve a value that was changed
+    /// elsewhere without an invalidation reaching it.
+    pub fn l1_ttl(mut self, ttl: Duration) -> Self {
+        self.l1_ttl = ttl;
+        self
+    }
+
+    /// How long a value stays in Redis. Default [`DEFAULT_L2_TTL`] (3,600 s).
+    pub fn l2_ttl(mut self, ttl: Duration) -> Self {
+        self.l2_ttl = ttl;
+        self
+    }
+
+    /// How long "not found" is remembered, in both levels.
+    /// Default [`DEFAULT_NEGATIVE_TTL`] (30 s). `Duration::ZERO` disables
+    /// negative caching.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = ttl;
+        self
+    }
+
+    /// Fraction by which each stored TTL is randomly shortened, so entries
+    /// filled together do not expire together. `0.1` stores a 300 s TTL as
+    /// 270–300 s. Must be in `[0, 1)`. Default [`DEFAULT_TTL_JITTER`] (0.1).
+    pub fn ttl_jitter(mut self, fraction: f64) -> Self {
+        self.ttl_jitter = fraction;
+        self
+    }
+
+    /// How values are encoded in Redis. Default [`JsonCodec`].
+    pub fn codec(mut self, codec: impl Codec<V>) -> Self {
+        self.codec = Arc::new(codec);
+        self
+    }
+
+    /// Encoded values of at least this many bytes are LZ4-compressed in
+    /// Redis (when that makes them smaller). Default `None`: never, so that
+    /// JSON values stay readable by any client.
+    pub fn compression_threshold(mut self, bytes: Option<usize>) -> Self {
+        self.compression_threshold = bytes;
+        self
+    }
+
+    /// Uses Redis as L2, given a URL in any form [`RedisTopology::parse`]
+    /// accepts; parsed by [`build`](Self::build). Default: no L2.
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis = RedisSetting::Url(url.into());
+        self
+    }
+
+    /// Uses Redis as L2 at `topology`. Default: no L2.
+    pub fn redis(mut self, topology: RedisTopology) -> Self {
+        self.redis = RedisSetting::Topology(topology);
+        self
+    }
+
+    /// Bound on every Redis call; a call that takes longer counts as an L2
+    /// error and the lookup falls through. Default [`DEFAULT_L2_TIMEOUT`] (100 ms).
+    pub fn l2_timeout(mut self, timeout: Duration) -> Self {
+        self.l2_timeout = timeout;
+        self
+    }
+
+    /// Bound on every attempt to connect to Redis, including the one
+    /// `build` waits for. Default [`DEFAULT_L2_CONNECT_TIMEOUT`] (1 s).
+    pub fn l2_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.l2_connect_timeout = timeout;
+        self
+    }
+
+    /// Consecutive failed Redis calls after which Redis is skipped (the
+    /// circuit breaker opens). Default [`DEFAULT_BREAKER_FAILURE_THRESHOLD`] (5).
+    pub fn breaker_failure_threshold(mut self, failures: u32) -> Self {
+        self.breaker_failure_threshold = failures;
+        self
+    }
+
+    /// How long Redis is skipped once the breaker opens before a probe is
+    /// sent; also the probe interval while it stays down.
+    /// Default [`DEFAULT_BREAKER_COOLDOWN`] (1 s).
+    pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// Builds the cache.
+    ///
+    /// With Redis configured, makes one connection attempt (bounded by
+    /// [`l2_connect_timeout`](Self::l2_connect_timeout)) and returns whether
+    /// or not it succeeded: an unreachable Redis yields a working cache whose
+    /// L2 is [`Down`](crate::L2State::Down) and reconnects in the background.
+    /// Must be called within a Tokio runtime when Redis is configured.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid setting: zero L1 bounds, a namespace
+    /// that is empty or contains `:`, a jitter outside `[0, 1)`, zero
+    /// timeouts, a zero breaker cooldown, or a Redis URL that does not parse.
+    pub async fn build(self) -> Result<TieredCache<K, V>, Error> {
+        if self.namespace.is_empty() || self.namespace.contains(':') {
+            return Err(Error::config(format!(
+                "namespace must be non-empty and contain no ':' (got {:?})",
+                self.namespace
+            )));
+        }
+        if !(0.0..1.0).contains(&self.ttl_jitter) {
+            return Err(Error::config(format!(
+                "ttl_jitter must be in [0, 1) (got {})",
+                self.ttl_jitter
+            )));
+        }
+        if self.breaker_cooldown.is_zero() {
+            return Err(Error::config("breaker_cooldown must be positive"));
+        }
+        let topology = match self.redis {
+            RedisSetting::None => None,
+            RedisSetting::Url(url) => Some(RedisTopology::parse(&url)?),
+            RedisSetting::Topology(topology) => Some(topology),
+        };
+        let l1 = LocalCache::new(self.l1_max_entries, self.l1_max_bytes)?;
+        let l2 = match topology {
+            None => None,
+            Some(topology) => Some(
+                RemoteCache::connect(RemoteConfig {
+                    topology,
+                    timeout: self.l2_timeout,
+                    connect_timeout: self.l2_connect_timeout,
+                    breaker: BreakerConfig {
+                        failure_threshold: self.breaker_failure_threshold,
+                        cooldown: self.breaker_cooldown,
+                    },
+                })
+                .await?,
+            ),
+        };
+        let settings = Settings {
+            key_prefix: format!("{}{}:", self.key_prefix, self.namespace),
+            l1_ttl: self.l1_ttl,
+            l2_ttl: self.l2_ttl,
+            negative_ttl: self.negative_ttl,
+            ttl_jitter: self.ttl_jitter,
+            compression_threshold: self.compression_threshold,
+        };
+        Ok(TieredCache::from_parts(l1, l2, self.codec, settings))
+    }
+}

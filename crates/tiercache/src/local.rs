@@ -1,0 +1,490 @@
+//! L1: the in-process level, on `quick_cache`'s sharded S3-FIFO cache.
+//!
+//! Owns per-entry expiry, both size bounds and the L1 counters. Does not know
+//! about Redis, codecs or loaders: the manager decides what to store and
+//! weighs it.
+//!
+//! # How both bounds hold
+//!
+//! quick_cache bounds one number, the total *weight*. An entry of `b` bytes
+//! weighs `max(b, u)` with `u = ceil(max_bytes / max_entries)`, and the total
+//! weight capacity is `max_bytes`. Then
+//!
+//! - bytes: `Σ b ≤ Σ weight ≤ max_bytes`, and
+//! - entries: `n · u ≤ Σ weight ≤ max_bytes`, so `n ≤ max_bytes / u ≤ max_entries`.
+//!
+//! Each entry is charged for whichever bound it uses up faster. The price is
+//! some slack: a mix of tiny and huge entries fills neither bound exactly, but
+//! never less than half of both (`max(a, b) ≥ (a + b) / 2`). quick_cache splits
+//! capacity evenly over its shards, so the capacity passed to it is rounded
+//! down to a multiple of the shard count to keep the sum within `max_bytes`.
+//! A value heavier than about one shard's capacity (`max_bytes / shards`) is
+//! not admitted at all and counted as an eviction.
+//!
+//! # Expiry
+//!
+//! Each entry carries an `expires_at` on the [coarse clock](crate::clock::coarse);
+//! a read past it is a miss and removes the entry. Expired entries nobody
+//! reads again stay until eviction pushes them out (they are cold, so they
+//! go first). There is no background sweeper.
+//!
+//! # Byte accounting
+//!
+//! `bytes` is exact, not the weight: inserts add, and every way out subtracts
+//! (eviction through the [`Lifecycle`] hook, removal, replacement, clear).
+//! Replacement must see the old value, which plain `insert` hides, so inserts
+//! go through `entry(.., ReplaceWithGuard)` and fill the placeholder.
+
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
+
+use crate::clock::coarse;
+use crate::error::Error;
+use crate::stats::{L1Stats, Striped};
+
+const HITS: usize = 0;
+const MISSES: usize = 1;
+
+/// Shards quick_cache may use; it lowers the count for small capacities.
+const SHARDS: usize = 16;
+
+/// A bounded, TTL-aware, concurrent in-process cache: the L1 of a
+/// [`TieredCache`](crate::TieredCache), usable on its own.
+///
+/// Values are handed out by `clone`, so `T` should be cheap to clone (an
+/// `Arc`, `Option<Arc<_>>`, `Bytes`…): a hit clones `T` and nothing else.
+/// Eviction is quick_cache's S3-FIFO (scan-resistant, LRU-class).
+///
+/// Cloning a `LocalCache` is cheap and yields a handle to the same cache.
+///
+/// # Bounds
+///
+/// Both bounds hold at all times: an entry of `b` bytes is charged
+/// `max(b, max_bytes / max_entries)` against a budget of `max_bytes`, so
+/// neither the byte total nor the entry count can exceed its bound. Mixed
+/// sizes may leave up to half of each bound unused. A value larger than one
+/// shard's share of `max_bytes` (quick_cache splits capacity over up to 16
+/// shards) is not stored.
+///
+/// # Expiry
+///
+/// Each entry has its own TTL, checked on read (a read past it is a miss
+/// and removes the entry) with millisecond resolution. Expired entries
+/// nobody reads are removed by eviction, not by a background sweep.
+///
+/// # Example
+///
+/// ```
+/// use std::{sync::Arc, time::Duration};
+/// use tiercache::LocalCache;
+///
+/// let cache: LocalCache<u64, Arc<String>> = LocalCache::new(1_000, 1 << 20)?;
+/// let value = Arc::new("hello".to_owned());
+/// cache.insert(&1, Arc::clone(&value), value.len(), Duration::from_secs(60));
+/// assert_eq!(cache.get(&1), Some(value));
+/// assert_eq!(cache.stats().hits, 1);
+/// # Ok::<(), tiercache::Error>(())
+/// ```
+pub struct LocalCache<K, T> {
+    cache: Arc<Cache<K, Slot<T>, SlotWeighter, DefaultHashBuilder, Accounting>>,
+    shared: Arc<Shared>,
+    _clock: Arc<coarse::Handle>,
+}
+
+impl<K, T> Clone for LocalCache<K, T> {
+    fn clone(&self) -> Self {
+        Self {
+            cache: Arc::clone(&self.cache),
+            shared: Arc::clone(&self.shared),
+            _clock: Arc::clone(&self._clock),
+        }
+    }
+}
+
+impl<K, T> fmt::Debug for LocalCache<K, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalCache")
+            .field("max_entries", &self.shared.max_entries)
+            .field("max_bytes", &self.shared.max_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the cache stores per key.
+#[derive(Clone)]
+struct Slot<T> {
+    value: T,
+    /// Coarse-clock millisecond at which the entry stops being served.
+    expires_at: u64,
+    bytes: u64,
+}
+
+/// Counters shared by the cache handle and its lifecycle hook.
+#[derive(Debug)]
+struct Shared {
+    counters: Striped<2>,
+    evictions: AtomicU64,
+    /// Signed because an eviction can be recorded before its insert's add
+    /// becomes visible to a concurrent reader; snapshots clamp at zero.
+    bytes: AtomicI64,
+    max_entries: u64,
+    max_bytes: u64,
+}
+
+impl Shared {
+    fn sub_bytes(&self, bytes: u64) {
+        self.bytes
+            .fetch_sub(i64::try_from(bytes).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    fn add_bytes(&self, bytes: u64) {
+        self.bytes
+            .fetch_add(i64::try_from(bytes).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+}
+
+#[derive(Clone)]
+struct SlotWeighter {
+    /// Weight of the smallest entry: `ceil(max_bytes / max_entries)`.
+    unit: u64,
+}
+
+impl<K, T> Weighter<K, Slot<T>> for SlotWeighter {
+    #[inline]
+    fn weight(&self, _key: &K, slot: &Slot<T>) -> u64 {
+        slot.bytes.max(self.unit)
+    }
+}
+
+/// Counts evictions and keeps `bytes` exact when quick_cache pushes entries out.
+#[derive(Clone)]
+struct Accounting(Arc<Shared>);
+
+impl<K, T> Lifecycle<K, Slot<T>> for Accounting {
+    /// Evicted entries are dropped after the shard lock is released, so that
+    /// dropping the last `Arc` of a large value never happens under the lock.
+    type RequestState = Vec<(K, Slot<T>)>;
+
+    fn on_evict(&self, state: &mut Self::RequestState, key: K, slot: Slot<T>) {
+        self.0.evictions.fetch_add(1, Ordering::Relaxed);
+        self.0.sub_bytes(slot.bytes);
+        state.push((key, slot));
+    }
+}
+
+impl<K, T> LocalCache<K, T>
+where
+    K: Eq + Hash + Clone,
+    T: Clone,
+{
+    /// Creates a cache holding at most `max_entries` entries and at most
+    /// `max_bytes` bytes (as weighed on insert), whichever binds first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if either bound is zero.
+    pub fn new(max_entries: u64, max_bytes: u64) -> Result<Self, Error> {
+        if max_entries == 0 || max_bytes == 0 {
+            return Err(Error::config("L1 bounds must be positive"));
+        }
+        let unit = max_bytes.div_ceil(max_entries);
+        let shards = u64::try_from(SHARDS).unwrap_or(1);
+        // Rounding down keeps Σ shard capacities ≤ max_bytes also after
+        // quick_cache halves the shard count for small caches.
+        let capacity = (max_bytes / shards * shards).max(unit);
+        let options = OptionsBuilder::new()
+            .shards(SHARDS)
+            .estimated_items_capacity(usize::try_from(max_entries).unwrap_or(usize::MAX))
+            .weight_capacity(capacity)
+            .build()
+            .map_err(|e| Error::config(format!("L1 options: {e}")))?;
+        let shared = Arc::new(Shared {
+            counters: Striped::new(),
+            evictions: AtomicU64::new(0),
+            bytes: AtomicI64::new(0),
+            max_entries,
+            max_bytes,
+        });
+        let cache = Cache::with_options(
+            options,
+            SlotWeighter { unit },
+            DefaultHashBuilder::default(),
+            Accounting(Arc::clone(&shared)),
+        );
+        Ok(Self {
+            cache: Arc::new(cache),
+            shared,
+            _clock: Arc::new(coarse::acquire()),
+        })
+    }
+
+    /// Returns the value for `key` if present and not expired.
+    ///
+    /// Counts a hit or a miss. An expired entry is removed and is a miss.
+    /// Takes a shard read lock; never allocates.
+    #[inline]
+    pub fn get(&self, key: &K) -> Option<T> {
+        let found = self.lookup(key);
+        self.shared
+            .counters
+            .incr(if found.is_some() { HITS } else { MISSES });
+        found
+    }
+
+    /// Like [`get`](Self::get) but without touching the hit/miss counters.
+    pub fn peek(&self, key: &K) -> Option<T> {
+        self.lookup(key)
+    }
+
+    #[inline]
+    fn lookup(&self, key: &K) -> Option<T> {
+        let slot = self.cache.get(key)?;
+        let now = coarse::now_ms();
+        if slot.expires_at > now {
+            return Some(slot.value);
+        }
+        self.remove_expired(key, now);
+        None
+    }
+
+    #[cold]
+    fn remove_expired(&self, key: &K, now: u64) {
+        // Only if still expired: a fresh insert may have landed since the read.
+        if let Some((_, old)) = self.cache.remove_if(key, |s| s.expires_at <= now) {
+            self.shared.sub_bytes(old.bytes);
+        }
+    }
+
+    /// Stores `value` under `key` for `ttl`, weighing it as `bytes`.
+    ///
+    /// `bytes` is the caller's measure of the entry's size; the manager
+    /// passes the encoded size of the value plus a fixed per-entry overhead.
+    /// It drives the byte bound and the `bytes` statistic. Inserting may
+    /// evict other entries; a value too large for the cache is not stored
+    /// (and counted as an eviction). A zero `ttl` stores nothing.
+    pub fn insert(&self, key: &K, value: T, bytes: usize, ttl: Duration) {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        if ttl_ms == 0 {
+            self.remove(key);
+            return;
+        }
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        let slot = Slot {
+            value,
+            expires_at: coarse::now_ms().saturating_add(ttl_ms),
+            bytes,
+        };
+        // Added before the slot is visible, so the eviction of this very
+        // slot (e.g. when too large to admit) never drives the total below
+        // what is actually held.
+        self.shared.add_bytes(bytes);
+        let mut evicted = Vec::new();
+        let guard = match self
+            .cache
+            .entry(key, None, |_, _| EntryAction::<()>::ReplaceWithGuard)
+        {
+            EntryResult::Replaced(guard, old) => {
+                self.shared.sub_bytes(old.bytes);
+                guard
+            }
+            EntryResult::Vacant(guard) => guard,
+            // The callback never retains or removes, and without a timeout
+            // `entry` waits instead of timing out.
+            EntryResult::Retained(()) | EntryResult::Removed(..) | EntryResult::Timeout => {
+                self.shared.sub_bytes(bytes);
+                return;
+            }
+        };
+        if let Err(slot) = guard.insert_with_lifecycle(slot, &mut evicted) {
+            // A concurrent remove or clear took the placeholder: that
+            // operation happened after this insert, so the value stays out.
+            self.shared.sub_bytes(slot.bytes);
+        }
+        drop(evicted);
+    }
+
+    /// Removes `key`; returns whether an entry (expired or not) was present.
+    pub fn remove(&self, key: &K) -> bool {
+        match self.cache.remove(key) {
+            Some((_, old)) => {
+                self.shared.sub_bytes(old.bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes every entry.
+    ///
+    /// Entries inserted concurrently with the clear may survive it.
+    pub fn clear(&self) {
+        for (_, old) in self.cache.drain() {
+            self.shared.sub_bytes(old.bytes);
+        }
+    }
+
+    /// Number of entries held, expired ones not yet removed included.
+    pub fn len(&self) -> u64 {
+        u64::try_from(self.cache.len()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the cache holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> L1Stats {
+        L1Stats {
+            hits: self.shared.counters.sum(HITS),
+            misses: self.shared.counters.sum(MISSES),
+            entries: self.len(),
+            bytes: u64::try_from(self.shared.bytes.load(Ordering::Relaxed)).unwrap_or(0),
+            evictions: self.shared.evictions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The entry bound this cache was built with.
+    pub fn max_entries(&self) -> u64 {
+        self.shared.max_entries
+    }
+
+    /// The byte bound this cache was built with.
+    pub fn max_bytes(&self) -> u64 {
+        self.shared.max_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn get_after_insert_hits_and_counts() {
+        let cache = LocalCache::new(100, 1 << 20).unwrap();
+        cache.insert(&1u64, Arc::new("a"), 10, MINUTE);
+        assert_eq!(cache.get(&1).as_deref(), Some(&"a"));
+        assert_eq!(cache.get(&2), None);
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses, stats.entries), (1, 1, 1));
+    }
+
+    #[test]
+    fn bytes_follow_insert_replace_remove_and_clear() {
+        let cache = LocalCache::new(100, 1 << 20).unwrap();
+        cache.insert(&1u64, (), 100, MINUTE);
+        cache.insert(&2u64, (), 50, MINUTE);
+        assert_eq!(cache.stats().bytes, 150);
+        cache.insert(&1u64, (), 30, MINUTE);
+        assert_eq!(cache.stats().bytes, 80);
+        assert!(cache.remove(&2));
+        assert!(!cache.remove(&2));
+        assert_eq!(cache.stats().bytes, 30);
+        cache.clear();
+        assert_eq!(cache.stats(), L1Stats::default());
+    }
+
+    #[test]
+    fn entry_bound_holds_for_tiny_values() {
+        let cache = LocalCache::new(64, 1 << 30).unwrap();
+        for i in 0..10_000u64 {
+            cache.insert(&i, (), 1, MINUTE);
+        }
+        let stats = cache.stats();
+        assert!(stats.entries <= 64, "{stats:?}");
+        assert!(stats.evictions >= 10_000 - 64, "{stats:?}");
+        assert_eq!(stats.bytes, stats.entries);
+    }
+
+    #[test]
+    fn byte_bound_holds_for_large_values() {
+        let cache = LocalCache::new(1_000_000, 64 * 1024).unwrap();
+        for i in 0..1_000u64 {
+            cache.insert(&i, (), 1_000, MINUTE);
+        }
+        let stats = cache.stats();
+        assert!(stats.bytes <= 64 * 1024, "{stats:?}");
+        assert!(stats.entries > 0, "{stats:?}");
+        assert_eq!(stats.bytes, stats.entries * 1_000);
+    }
+
+    #[test]
+    fn value_larger_than_a_shard_is_rejected_and_counted() {
+        let cache = LocalCache::new(1_000, 10_000).unwrap();
+        cache.insert(&1u64, (), 1_000_000, MINUTE);
+        assert_eq!(cache.get(&1), None);
+        let stats = cache.stats();
+        assert_eq!((stats.entries, stats.bytes, stats.evictions), (0, 0, 1));
+    }
+
+    #[test]
+    fn expired_entry_is_a_miss_and_is_removed() {
+        let cache = LocalCache::new(100, 1 << 20).unwrap();
+        cache.insert(&1u64, (), 10, Duration::from_millis(1));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while cache.peek(&1).is_some() {
+            assert!(std::time::Instant::now() < deadline, "entry never expired");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(cache.get(&1), None);
+        assert_eq!(cache.stats().entries, 0);
+        assert_eq!(cache.stats().bytes, 0);
+    }
+
+    #[test]
+    fn zero_ttl_stores_nothing() {
+        let cache = LocalCache::new(100, 1 << 20).unwrap();
+        cache.insert(&1u64, (), 10, MINUTE);
+        cache.insert(&1u64, (), 10, Duration::ZERO);
+        assert_eq!(cache.peek(&1), None);
+        assert_eq!(cache.stats().bytes, 0);
+    }
+
+    #[test]
+    fn zero_bounds_are_rejected() {
+        assert!(LocalCache::<u64, ()>::new(0, 10).is_err());
+        assert!(LocalCache::<u64, ()>::new(10, 0).is_err());
+    }
+
+    #[test]
+    fn concurrent_inserts_keep_bytes_exact() {
+        let cache = LocalCache::new(1_000, 1 << 30).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let cache = cache.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000u64 {
+                        cache.insert(
+                            &(i % 3_000),
+                            (),
+                            usize::try_from(t + i % 7).unwrap(),
+                            MINUTE,
+                        );
+                        if i % 5 == 0 {
+                            cache.remove(&(i % 3_000));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let stats = cache.stats();
+        let mut sum = 0;
+        for i in 0..3_000u64 {
+            if cache.cache.peek(&i).is_some() {
+                sum += cache.cache.peek(&i).map_or(0, |s| s.bytes);
+            }
+        }
+        assert_eq!(stats.bytes, sum);
+    }
+}

@@ -1,0 +1,537 @@
+//! [`TieredCache`]: cache-aside over L1 → L2 → loader.
+//!
+//! Owns the read paths (single, batch), the fill-on-the-way-back policy,
+//! single-flight, negative caching, TTL jitter and the manager counters.
+//! Levels themselves live in [`crate::local`] and [`crate::remote`]; the
+//! plumbing of a miss (L2 lookups, write-backs, encoding, TTLs) in `fill`.
+//!
+//! Invariant: no cache level can fail a caller. L2 trouble (errors,
+//! timeouts, undecodable values) is a miss; encoding trouble skips L2. The
+//! only error a read returns is the loader's own.
+
+use std::collections::{HashMap, HashSet};
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::builder::TieredCacheBuilder;
+use crate::error::Error;
+use crate::flight::Flights;
+use crate::local::LocalCache;
+use crate::remote::RemoteCache;
+use crate::remote::codec::Codec;
+use crate::stats::{CacheStats, L2State, L2Stats, LoaderStats, Striped};
+
+mod fill;
+
+/// Keys a [`TieredCache`] accepts: anything hashable whose `Display` form is
+/// unique per key (it becomes the Redis key suffix), e.g. `i64`, `u64`,
+/// `String`, `Uuid`.
+///
+/// Implemented for every type with those bounds; there is nothing to
+/// implement by hand. Two keys that are not equal must not display equal,
+/// or they would share a Redis entry.
+pub trait CacheKey: fmt::Display + Eq + Hash + Clone + Send + Sync + 'static {}
+
+impl<T> CacheKey for T where T: fmt::Display + Eq + Hash + Clone + Send + Sync + 'static {}
+
+/// Which level answered a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Source {
+    /// The in-process cache.
+    L1,
+    /// Redis.
+    L2,
+    /// The caller's loader (a miss in every level).
+    Loader,
+}
+
+/// The answer to a lookup: the value (or "not found") and where it came from.
+#[derive(Debug)]
+pub struct Lookup<V> {
+    /// The value, shared with the cache; `None` means the loader said it
+    /// does not exist (possibly remembered as a negative entry).
+    pub value: Option<Arc<V>>,
+    /// The level that answered.
+    pub source: Source,
+}
+
+impl<V> Clone for Lookup<V> {
+    fn clone(&self) -> Self {
+        Self {
+            value: self.value.clone(),
+            source: self.source,
+        }
+    }
+}
+
+impl<V> Lookup<V> {
+    /// Whether a value was found.
+    pub fn is_found(&self) -> bool {
+        self.value.is_some()
+    }
+
+    /// Whether a cache level answered (the loader was not needed).
+    pub fn is_cache_hit(&self) -> bool {
+        self.source != Source::Loader
+    }
+
+    /// The value, dropping the source.
+    pub fn into_value(self) -> Option<Arc<V>> {
+        self.value
+    }
+}
+
+/// Settings the manager applies on every fill; built by the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// `{key_prefix}{namespace}:`, the start of every Redis key of this cache.
+    pub(crate) key_prefix: String,
+    pub(crate) l1_ttl: Duration,
+    pub(crate) l2_ttl: Duration,
+    pub(crate) negative_ttl: Duration,
+    pub(crate) ttl_jitter: f64,
+    pub(crate) compression_threshold: Option<usize>,
+}
+
+// Manager counters (see `CacheStats` for meanings).
+const NEGATIVE_HITS: usize = 0;
+const L2_HITS: usize = 1;
+const L2_MISSES: usize = 2;
+const DECODE_ERRORS: usize = 3;
+const LOADS: usize = 4;
+const COALESCED: usize = 5;
+const LOADER_ERRORS: usize = 6;
+const COUNTERS: usize = 7;
+
+/// Per-entry weight on top of the encoded value: key, slot and map overhead.
+const ENTRY_OVERHEAD: usize = 64;
+/// Encoding, compression and decoding above this size run on the blocking
+/// pool, so a huge value cannot stall a runtime worker.
+const BLOCKING_FROM: usize = 64 * 1024;
+
+type Shared<V> = Option<Arc<V>>;
+type FlightResult<V> = Result<(Shared<V>, Source), Arc<dyn StdError + Send + Sync>>;
+
+/// A multi-level cache: in-process L1, optional Redis L2, and the caller's
+/// loader behind them.
+///
+/// Cloning is cheap (an `Arc`); clones share everything. `TieredCache` is
+/// `Send + Sync` and every future it returns is `Send` when the loader's is.
+///
+/// # Reads
+///
+/// [`get_or_load`](Self::get_or_load) tries L1, then Redis, then the loader,
+/// and fills the levels above the one that answered. "Not found" (`Ok(None)`
+/// from the loader) is remembered for the negative TTL in both levels, so
+/// floods of unknown keys do not reach the store.
+///
+/// # Concurrent calls on the same key
+///
+/// Concurrent misses of one key are coalesced: one caller's loader runs
+/// (after one Redis lookup) and the others wait and receive the same result
+/// (counted in [`LoaderStats::coalesced`]); the other loaders are dropped
+/// unrun. A loader error is handed to every waiter as the same
+/// [`Error::Loader`] and is not cached. If the running caller is cancelled,
+/// a waiting caller runs its own loader instead. Batch reads
+/// ([`get_many_or_load`](Self::get_many_or_load)) are not coalesced.
+///
+/// # Consistency
+///
+/// Each level has its own TTL; an L2 hit refills L1 with a full L1 TTL.
+/// Writes ([`set`](Self::set), [`invalidate`](Self::invalidate)) go to Redis
+/// first, then L1. A load racing an invalidation can put the old value back
+/// (the classic cache-aside race); bounded by the TTLs until version-checked
+/// sets arrive. If Redis is unreachable during an invalidation, the Redis
+/// copy lives until its TTL.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::collections::HashMap;
+/// use tiercache::{Source, TieredCache};
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("database unavailable")]
+/// struct DbError;
+///
+/// # async fn example() -> Result<(), tiercache::Error> {
+/// let cache: TieredCache<i64, String> = TieredCache::builder()
+///     .namespace("greeting")
+///     .redis_url("redis://127.0.0.1:6379")
+///     .build()
+///     .await?;
+///
+/// let hit = cache
+///     .get_or_load(&1, || async { Ok::<_, DbError>(Some("hello".to_owned())) })
+///     .await?;
+/// assert_eq!(hit.value.as_deref().map(String::as_str), Some("hello"));
+///
+/// let again = cache.get_or_load(&1, || async { Ok::<_, DbError>(None) }).await?;
+/// assert_eq!(again.source, Source::L1);
+/// # Ok(())
+/// # }
+/// ```
+pub struct TieredCache<K, V> {
+    inner: Arc<Inner<K, V>>,
+}
+
+impl<K, V> Clone for TieredCache<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K, V> fmt::Debug for TieredCache<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TieredCache")
+            .field("key_prefix", &self.inner.settings.key_prefix)
+            .field("l1", &self.inner.l1)
+            .field("l2", &self.inner.l2)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<K, V> {
+    l1: LocalCache<K, Shared<V>>,
+    l2: Option<RemoteCache>,
+    codec: Arc<dyn Codec<V>>,
+    flights: Flights<K, FlightResult<V>>,
+    settings: Settings,
+    counters: Striped<COUNTERS>,
+}
+
+impl<K, V> TieredCache<K, V>
+where
+    K: CacheKey,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Starts configuring a cache; see [`TieredCacheBuilder`] for the knobs
+    /// and their defaults.
+    pub fn builder() -> TieredCacheBuilder<K, V> {
+        TieredCacheBuilder::new()
+    }
+
+    pub(crate) fn from_parts(
+        l1: LocalCache<K, Shared<V>>,
+        l2: Option<RemoteCache>,
+        codec: Arc<dyn Codec<V>>,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                l1,
+                l2,
+                codec,
+                flights: Flights::new(),
+                settings,
+                counters: Striped::new(),
+            }),
+        }
+    }
+
+    /// Returns the value for `key`: from L1, else Redis, else `loader`.
+    ///
+    /// An L2 hit fills L1; a loader result fills Redis and L1 (`Ok(None)` as
+    /// a negative entry). Concurrent misses of one key run one loader (see
+    /// the type-level docs). An L1 hit takes no lock beyond a shard read
+    /// lock, allocates nothing and does not await.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Loader`] when the loader (this caller's or the one it
+    /// waited for) fails. Cache-level failures are never errors.
+    pub async fn get_or_load<F, Fut, E>(&self, key: &K, loader: F) -> Result<Lookup<V>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<V>, E>>,
+        E: StdError + Send + Sync + 'static,
+    {
+        if let Some(value) = self.inner.l1.get(key) {
+            if value.is_none() {
+                self.inner.counters.incr(NEGATIVE_HITS);
+            }
+            return Ok(Lookup {
+                value,
+                source: Source::L1,
+            });
+        }
+        let inner = &*self.inner;
+        let (result, ran) = inner.flights.run(key, || inner.fill(key, loader)).await;
+        if !ran {
+            inner.counters.incr(COALESCED);
+        }
+        match result {
+            Ok((value, source)) => Ok(Lookup { value, source }),
+            Err(error) => Err(Error::Loader(error)),
+        }
+    }
+
+    /// Returns the values for `keys`, in order (duplicates answered each
+    /// time): L1 first, then one Redis `MGET` for the keys L1 lacked, then
+    /// one `loader` call for the keys still missing.
+    ///
+    /// The loader gets each missing key once and returns the values it
+    /// found; keys absent from its map are "not found" and stored as
+    /// negative entries. Loaded values fill Redis in one pipeline, and L1.
+    /// If every key is cached, the loader is not called.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Loader`] when the loader fails; nothing is cached then.
+    pub async fn get_many_or_load<F, Fut, E>(
+        &self,
+        keys: &[K],
+        loader: F,
+    ) -> Result<Vec<(K, Lookup<V>)>, Error>
+    where
+        F: FnOnce(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<HashMap<K, V>, E>>,
+        E: StdError + Send + Sync + 'static,
+    {
+        let inner = &*self.inner;
+        let mut answers: HashMap<&K, Lookup<V>> = HashMap::with_capacity(keys.len());
+        let mut missing: Vec<&K> = Vec::new();
+        let mut seen: HashSet<&K> = HashSet::with_capacity(keys.len());
+        for key in keys {
+            if !seen.insert(key) {
+                continue;
+            }
+            match inner.l1.get(key) {
+                Some(value) => {
+                    if value.is_none() {
+                        inner.counters.incr(NEGATIVE_HITS);
+                    }
+                    answers.insert(
+                        key,
+                        Lookup {
+                            value,
+                            source: Source::L1,
+                        },
+                    );
+                }
+                None => missing.push(key),
+            }
+        }
+        if !missing.is_empty() {
+            missing = inner.fill_many_from_l2(missing, &mut answers).await;
+        }
+        if !missing.is_empty() {
+            inner.counters.incr(LOADS);
+            let mut loaded = match loader(missing.iter().map(|k| (*k).clone()).collect()).await {
+                Ok(loaded) => loaded,
+                Err(error) => {
+                    inner.counters.incr(LOADER_ERRORS);
+                    return Err(Error::Loader(Arc::new(error)));
+                }
+            };
+            let mut fills = Vec::with_capacity(missing.len());
+            for key in missing {
+                let value = loaded.remove(key).map(Arc::new);
+                fills.push(((*key).clone(), value.clone()));
+                answers.insert(
+                    key,
+                    Lookup {
+                        value,
+                        source: Source::Loader,
+                    },
+                );
+            }
+            inner.store_many(fills, true).await;
+        }
+        Ok(keys
+            .iter()
+            .map(|key| {
+                let answer = answers
+                    .get(key)
+                    .cloned()
+                    .expect("every key was answered by L1, L2 or the loader");
+                (key.clone(), answer)
+            })
+            .collect())
+    }
+
+    /// Stores `value` under `key` in Redis (one `SET … PX`) and L1, with the
+    /// usual TTLs. If the value cannot be encoded it is kept in L1 only.
+    pub async fn set(&self, key: &K, value: V) {
+        self.inner.store(key, Some(Arc::new(value))).await;
+    }
+
+    /// Removes `key` from Redis (`UNLINK`), then from this instance's L1.
+    ///
+    /// If Redis is unreachable, its copy stays until its TTL.
+    pub async fn invalidate(&self, key: &K) {
+        self.invalidate_many(std::slice::from_ref(key)).await;
+    }
+
+    /// Removes `keys` from Redis (one `UNLINK`), then from this instance's L1.
+    pub async fn invalidate_many(&self, keys: &[K]) {
+        let inner = &*self.inner;
+        if let Some(l2) = &inner.l2 {
+            let redis_keys: Vec<String> = keys.iter().map(|k| inner.redis_key(k)).collect();
+            l2.delete(&redis_keys).await;
+        }
+        for key in keys {
+            inner.l1.remove(key);
+        }
+    }
+
+    /// Removes `key` from this instance's L1 only (e.g. on an invalidation
+    /// message from another instance).
+    pub fn invalidate_local(&self, key: &K) {
+        self.inner.l1.remove(key);
+    }
+
+    /// Removes every key of this cache (`{key_prefix}{namespace}:*`) from
+    /// Redis, by `SCAN` + `UNLINK` in batches (never `KEYS` or `FLUSHDB`),
+    /// then empties this instance's L1.
+    ///
+    /// Keys written while the scan runs may survive it.
+    pub async fn clear(&self) {
+        let inner = &*self.inner;
+        if let Some(l2) = &inner.l2 {
+            match l2.clear_prefix(&inner.settings.key_prefix).await {
+                Some(unlinked) => tracing::debug!(unlinked, "L2 cleared"),
+                None => tracing::warn!("L2 clear did not complete; remaining keys expire by TTL"),
+            }
+        }
+        inner.l1.clear();
+    }
+
+    /// Empties this instance's L1 only.
+    pub fn clear_local(&self) {
+        self.inner.l1.clear();
+    }
+
+    /// Loads `keys` in batches of `batch_size` and stores every value the
+    /// loader returns in Redis (one pipeline per batch) and L1, whether or
+    /// not it was cached. Keys the loader does not return are skipped (no
+    /// negative entries). Returns how many values were stored.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Loader`] from the first failing batch; the batches before it
+    /// stay cached.
+    pub async fn warm<F, Fut, E>(
+        &self,
+        keys: Vec<K>,
+        batch_size: usize,
+        mut loader: F,
+    ) -> Result<usize, Error>
+    where
+        F: FnMut(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<HashMap<K, V>, E>>,
+        E: StdError + Send + Sync + 'static,
+    {
+        let inner = &*self.inner;
+        let mut warmed = 0;
+        for batch in keys.chunks(batch_size.max(1)) {
+            inner.counters.incr(LOADS);
+            let loaded = loader(batch.to_vec()).await.map_err(|error| {
+                inner.counters.incr(LOADER_ERRORS);
+                Error::Loader(Arc::new(error))
+            })?;
+            warmed += loaded.len();
+            let fills = loaded
+                .into_iter()
+                .map(|(key, value)| (key, Some(Arc::new(value))))
+                .collect();
+            inner.store_many(fills, false).await;
+        }
+        Ok(warmed)
+    }
+
+    /// A snapshot of every counter.
+    pub fn stats(&self) -> CacheStats {
+        let inner = &*self.inner;
+        let count = |counter| inner.counters.sum(counter);
+        CacheStats {
+            l1: inner.l1.stats(),
+            l2: L2Stats {
+                hits: count(L2_HITS),
+                misses: count(L2_MISSES),
+                errors: inner.l2.as_ref().map_or(0, RemoteCache::errors),
+                decode_errors: count(DECODE_ERRORS),
+                state: self.l2_state(),
+            },
+            loader: LoaderStats {
+                loads: count(LOADS),
+                coalesced: count(COALESCED),
+                errors: count(LOADER_ERRORS),
+            },
+            negative_hits: count(NEGATIVE_HITS),
+        }
+    }
+
+    /// Health of the Redis level: `Disabled` without Redis, else `Up` or `Down`.
+    pub fn l2_state(&self) -> L2State {
+        self.inner
+            .l2
+            .as_ref()
+            .map_or(L2State::Disabled, RemoteCache::state)
+    }
+
+    /// The Redis key under which `key` is stored: `{key_prefix}{namespace}:{key}`.
+    pub fn redis_key(&self, key: &K) -> String {
+        self.inner.redis_key(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn redis_keys_are_prefix_namespace_key() {
+        let cache: TieredCache<i64, String> = TieredCache::builder()
+            .key_prefix("cache:")
+            .namespace("product")
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(cache.redis_key(&42), "cache:product:42");
+        assert_eq!(cache.redis_key(&-1), "cache:product:-1");
+    }
+
+    #[tokio::test]
+    async fn builder_rejects_bad_settings() {
+        async fn build(
+            f: impl FnOnce(TieredCacheBuilder<u64, String>) -> TieredCacheBuilder<u64, String>,
+        ) -> Result<TieredCache<u64, String>, Error> {
+            f(TieredCache::builder()).build().await
+        }
+        assert!(build(|b| b.namespace("")).await.unwrap_err().is_config());
+        assert!(build(|b| b.namespace("a:b")).await.unwrap_err().is_config());
+        assert!(build(|b| b.ttl_jitter(1.0)).await.unwrap_err().is_config());
+        assert!(build(|b| b.ttl_jitter(-0.1)).await.unwrap_err().is_config());
+        assert!(
+            build(|b| b.l1_max_entries(0))
+                .await
+                .unwrap_err()
+                .is_config()
+        );
+        assert!(
+            build(|b| b.redis_url("http://nope"))
+                .await
+                .unwrap_err()
+                .is_config()
+        );
+        assert!(
+            build(|b| b.breaker_cooldown(Duration::ZERO))
+                .await
+                .unwrap_err()
+                .is_config()
+        );
+        assert!(build(|b| b).await.is_ok());
+    }
+}

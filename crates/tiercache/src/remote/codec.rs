@@ -1,0 +1,434 @@
+//! How values are turned into Redis strings and back.
+//!
+//! Two layers:
+//!
+//! - a [`Codec`] turns a value into bytes: [`JsonCodec`] (the default, plain
+//!   JSON any client can read) or [`PostcardCodec`] (compact binary);
+//! - the *envelope* (this module's `seal`/`open`) adds what the cache itself
+//!   needs: negative entries and optional LZ4 compression.
+//!
+//! # Stored format
+//!
+//! | first byte | meaning |
+//! |---|---|
+//! | (empty string) | negative entry: the loader said "not found" |
+//! | `0x01` | [`PostcardCodec`] value: `0x01` + postcard bytes |
+//! | `0x02` | LZ4 block: `0x02` + uncompressed length (u32 LE) + block; the block holds a codec output |
+//! | anything else | a codec output; for [`JsonCodec`], JSON text |
+//!
+//! JSON text starts with whitespace, `{`, `[`, `"`, a digit, `-`, `t`, `f`
+//! or `n` (or a UTF-8 BOM), never with a byte below `0x09`, so the markers
+//! cannot be mistaken for JSON and a change of codec turns old entries into
+//! decode errors (misses), never into wrong values. No codec output is empty,
+//! so the empty string is free to mean "negative".
+//!
+//! Decoding never panics and never allocates more than [`MAX_DECOMPRESSED`]
+//! on behalf of a corrupt length header.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// First byte of a [`PostcardCodec`] value.
+pub(crate) const POSTCARD_MARKER: u8 = 0x01;
+/// First byte of an LZ4-compressed value.
+pub(crate) const LZ4_MARKER: u8 = 0x02;
+/// Largest decompressed value accepted, whatever a length header claims.
+pub(crate) const MAX_DECOMPRESSED: usize = 512 * 1024 * 1024;
+/// LZ4's best case is about 255:1; a header claiming more is corrupt.
+const MAX_LZ4_RATIO: usize = 255;
+
+/// Turns values into bytes for Redis and back.
+///
+/// Implementations must produce non-empty output that does not start with
+/// `0x02` (reserved for compression, see the module docs); a binary format
+/// should start with its own marker byte in `0x03..=0x08` so that it can
+/// never be confused with JSON or with another codec's output.
+///
+/// `decode` must return an error, never panic, on bytes it did not produce:
+/// a cache can meet values written by an older version or another codec.
+pub trait Codec<V>: Send + Sync + fmt::Debug + 'static {
+    /// Encodes `value`.
+    ///
+    /// # Errors
+    ///
+    /// When the value cannot be represented (e.g. a map with non-string keys
+    /// in JSON).
+    fn encode(&self, value: &V) -> Result<Vec<u8>, CodecError>;
+
+    /// Decodes bytes produced by [`encode`](Codec::encode).
+    ///
+    /// # Errors
+    ///
+    /// When the bytes are not a valid encoding of `V` in this format.
+    fn decode(&self, bytes: &[u8]) -> Result<V, CodecError>;
+}
+
+/// A value could not be encoded or decoded.
+#[derive(Debug)]
+pub struct CodecError {
+    message: &'static str,
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl CodecError {
+    /// An error with a fixed description and no underlying cause.
+    pub fn new(message: &'static str) -> Self {
+        Self {
+            message,
+            source: None,
+        }
+    }
+
+    /// An error with a fixed description caused by `source`.
+    pub fn with_source(
+        message: &'static str,
+        source: impl StdError + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message,
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message)
+    }
+}
+
+impl StdError for CodecError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+/// Plain JSON (`serde_json`): the default codec.
+///
+/// The stored string is exactly the value's JSON, so `redis-cli GET` and any
+/// other client can read it (SPEC §1).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonCodec;
+
+impl<V: Serialize + DeserializeOwned> Codec<V> for JsonCodec {
+    fn encode(&self, value: &V) -> Result<Vec<u8>, CodecError> {
+        serde_json::to_vec(value).map_err(|e| CodecError::with_source("JSON encoding failed", e))
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<V, CodecError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| CodecError::with_source("not valid JSON for this type", e))
+    }
+}
+
+/// Compact binary encoding (`postcard`), marked with a leading `0x01`.
+///
+/// Typically 2–4× smaller and faster than JSON. Postcard is not
+/// self-describing: it cannot encode `#[serde(flatten)]`, untagged enums or
+/// `skip_serializing_if`, and a change to `V`'s fields makes old entries
+/// undecodable (they then count as misses). Change the cache namespace when
+/// the type changes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PostcardCodec;
+
+impl<V: Serialize + DeserializeOwned> Codec<V> for PostcardCodec {
+    fn encode(&self, value: &V) -> Result<Vec<u8>, CodecError> {
+        postcard::to_extend(value, vec![POSTCARD_MARKER])
+            .map_err(|e| CodecError::with_source("postcard encoding failed", e))
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<V, CodecError> {
+        let Some((&POSTCARD_MARKER, body)) = bytes.split_first() else {
+            return Err(CodecError::new(
+                "not a postcard value (marker byte missing)",
+            ));
+        };
+        match postcard::take_from_bytes(body) {
+            Ok((value, [])) => Ok(value),
+            Ok(_) => Err(CodecError::new("trailing bytes after postcard value")),
+            Err(e) => Err(CodecError::with_source(
+                "not valid postcard for this type",
+                e,
+            )),
+        }
+    }
+}
+
+/// A decoded envelope.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Opened<'a> {
+    /// A negative entry.
+    Absent,
+    /// A codec output, decompressed if it was compressed.
+    Value(std::borrow::Cow<'a, [u8]>),
+}
+
+/// Wraps a codec output for storage: compresses it when it is at least
+/// `compress_from` bytes long and compression actually saves space.
+///
+/// # Errors
+///
+/// When the codec output is empty or starts with the compression marker,
+/// which would make it ambiguous.
+pub(crate) fn seal(encoded: Vec<u8>, compress_from: Option<usize>) -> Result<Vec<u8>, CodecError> {
+    match encoded.first() {
+        None => return Err(CodecError::new("codec produced an empty value")),
+        Some(&LZ4_MARKER) => {
+            return Err(CodecError::new(
+                "codec output starts with the reserved byte 0x02",
+            ));
+        }
+        Some(_) => {}
+    }
+    let Some(threshold) = compress_from else {
+        return Ok(encoded);
+    };
+    if encoded.len() < threshold || encoded.len() > MAX_DECOMPRESSED {
+        return Ok(encoded);
+    }
+    let Ok(len) = u32::try_from(encoded.len()) else {
+        return Ok(encoded);
+    };
+    let block = lz4_flex::block::compress(&encoded);
+    if block.len() + 5 >= encoded.len() {
+        return Ok(encoded);
+    }
+    let mut sealed = Vec::with_capacity(block.len() + 5);
+    sealed.push(LZ4_MARKER);
+    sealed.extend_from_slice(&len.to_le_bytes());
+    sealed.extend_from_slice(&block);
+    Ok(sealed)
+}
+
+/// Unwraps a stored value: recognizes negative entries and decompresses.
+///
+/// # Errors
+///
+/// When a compressed value is truncated, corrupt or claims an implausible size.
+pub(crate) fn open(stored: &[u8]) -> Result<Opened<'_>, CodecError> {
+    let Some((&first, rest)) = stored.split_first() else {
+        return Ok(Opened::Absent);
+    };
+    if first != LZ4_MARKER {
+        return Ok(Opened::Value(std::borrow::Cow::Borrowed(stored)));
+    }
+    let Some((len_bytes, block)) = rest.split_first_chunk::<4>() else {
+        return Err(CodecError::new("compressed value is truncated"));
+    };
+    let len = usize::try_from(u32::from_le_bytes(*len_bytes))
+        .map_err(|_| CodecError::new("compressed value is too large"))?;
+    if len == 0 || len > MAX_DECOMPRESSED || len > block.len().saturating_mul(MAX_LZ4_RATIO) + 16 {
+        return Err(CodecError::new(
+            "compressed value claims an implausible size",
+        ));
+    }
+    let mut out = vec![0u8; len];
+    match lz4_flex::block::decompress_into(block, &mut out) {
+        Ok(written) if written == len => Ok(Opened::Value(std::borrow::Cow::Owned(out))),
+        Ok(_) => Err(CodecError::new(
+            "compressed value is shorter than its header says",
+        )),
+        Err(e) => Err(CodecError::with_source("compressed value is corrupt", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Product {
+        id: i64,
+        name: String,
+        price: f64,
+        tags: Vec<String>,
+        note: Option<String>,
+    }
+
+    fn product(name_len: usize) -> Product {
+        Product {
+            id: -42,
+            name: "x".repeat(name_len),
+            price: 19.99,
+            tags: vec!["a".into(), "ünïcödé".into()],
+            note: None,
+        }
+    }
+
+    fn round_trip<C: Codec<Product>>(codec: &C, compress_from: Option<usize>, value: &Product) {
+        let sealed = seal(codec.encode(value).unwrap(), compress_from).unwrap();
+        let Opened::Value(bytes) = open(&sealed).unwrap() else {
+            panic!("a value opened as a negative entry");
+        };
+        assert_eq!(&codec.decode(&bytes).unwrap(), value);
+    }
+
+    #[test]
+    fn every_codec_round_trips_with_and_without_compression() {
+        let values = [product(0), product(10), product(5_000), product(200_000)];
+        for value in &values {
+            for compress_from in [None, Some(0), Some(1), Some(1_024), Some(usize::MAX)] {
+                round_trip(&JsonCodec, compress_from, value);
+                round_trip(&PostcardCodec, compress_from, value);
+            }
+        }
+    }
+
+    #[test]
+    fn json_codec_stores_plain_json() {
+        let encoded = JsonCodec.encode(&product(3)).unwrap();
+        let sealed = seal(encoded, None).unwrap();
+        let text = std::str::from_utf8(&sealed).unwrap();
+        assert!(text.starts_with(r#"{"id":-42,"name":"xxx""#), "{text}");
+    }
+
+    #[test]
+    fn large_values_are_compressed_and_marked() {
+        let encoded = JsonCodec.encode(&product(10_000)).unwrap();
+        let plain_len = encoded.len();
+        let sealed = seal(encoded, Some(1_024)).unwrap();
+        assert_eq!(sealed[0], LZ4_MARKER);
+        assert!(sealed.len() < plain_len / 10);
+    }
+
+    #[test]
+    fn small_or_incompressible_values_stay_plain() {
+        let small = seal(b"{\"a\":1}".to_vec(), Some(1_024)).unwrap();
+        assert_eq!(small, b"{\"a\":1}");
+        let noise: Vec<u8> = (0..4_096u32)
+            .map(|i| u8::try_from(i.wrapping_mul(2_654_435_761) >> 24).unwrap())
+            .map(|b| b.max(0x20))
+            .collect();
+        let sealed = seal(noise.clone(), Some(16)).unwrap();
+        assert!(sealed == noise || sealed[0] == LZ4_MARKER);
+    }
+
+    #[test]
+    fn markers_never_start_json() {
+        let samples: Vec<Vec<u8>> = vec![
+            JsonCodec.encode(&serde_json::json!({"a": 1})).unwrap(),
+            JsonCodec.encode(&serde_json::json!([1, 2])).unwrap(),
+            JsonCodec.encode(&serde_json::json!("s")).unwrap(),
+            JsonCodec.encode(&serde_json::json!(-1)).unwrap(),
+            JsonCodec.encode(&serde_json::json!(null)).unwrap(),
+            JsonCodec.encode(&serde_json::json!(true)).unwrap(),
+        ];
+        for sample in samples {
+            assert!(sample[0] > 0x08, "{sample:?}");
+        }
+    }
+
+    #[test]
+    fn empty_string_is_the_negative_marker() {
+        assert_eq!(open(b"").unwrap(), Opened::Absent);
+    }
+
+    #[test]
+    fn ambiguous_codec_output_is_refused() {
+        assert!(seal(Vec::new(), None).is_err());
+        assert!(seal(vec![LZ4_MARKER, 1, 2], None).is_err());
+    }
+
+    #[test]
+    fn foreign_and_corrupt_values_are_errors_not_panics() {
+        let json = JsonCodec.encode(&product(3)).unwrap();
+        let postcard = PostcardCodec.encode(&product(3)).unwrap();
+        let compressed = seal(JsonCodec.encode(&product(5_000)).unwrap(), Some(1)).unwrap();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("json read as postcard", json.clone()),
+            ("postcard read as json", postcard.clone()),
+            (
+                "truncated postcard",
+                postcard[..postcard.len() / 2].to_vec(),
+            ),
+            (
+                "postcard with trailing bytes",
+                [postcard.clone(), vec![0]].concat(),
+            ),
+            ("plain text", b"hello world".to_vec()),
+            ("truncated json", json[..json.len() - 1].to_vec()),
+            ("lone marker", vec![POSTCARD_MARKER]),
+            (
+                "huge varint length",
+                vec![POSTCARD_MARKER, 0x2a, 0xff, 0xff, 0xff, 0xff, 0x0f],
+            ),
+            ("invalid utf-8", vec![0xff, 0xfe, 0xfd]),
+        ];
+        for (what, bytes) in &cases {
+            let Ok(Opened::Value(opened)) = open(bytes) else {
+                panic!("{what}: should open as a plain value");
+            };
+            let as_json: Result<Product, _> = JsonCodec.decode(&opened);
+            let as_postcard: Result<Product, _> = PostcardCodec.decode(&opened);
+            let expected_ok = match *what {
+                "json read as postcard" => (true, false),
+                "postcard read as json" => (false, true),
+                _ => (false, false),
+            };
+            assert_eq!(
+                (as_json.is_ok(), as_postcard.is_ok()),
+                expected_ok,
+                "{what}"
+            );
+        }
+
+        let envelopes: Vec<(&str, Vec<u8>)> = vec![
+            ("lz4 marker only", vec![LZ4_MARKER]),
+            ("lz4 short header", vec![LZ4_MARKER, 1, 0]),
+            ("lz4 zero length", vec![LZ4_MARKER, 0, 0, 0, 0, 1]),
+            (
+                "lz4 absurd length",
+                vec![LZ4_MARKER, 0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+            ),
+            (
+                "lz4 truncated block",
+                compressed[..compressed.len() / 2].to_vec(),
+            ),
+            (
+                "lz4 garbage block",
+                [&compressed[..5], &[0xff; 64][..]].concat(),
+            ),
+        ];
+        for (what, bytes) in &envelopes {
+            assert!(open(bytes).is_err(), "{what}");
+        }
+    }
+
+    #[test]
+    fn every_prefix_of_a_valid_value_fails_cleanly() {
+        let values: BTreeMap<&str, Vec<u8>> = BTreeMap::from([
+            (
+                "json",
+                seal(JsonCodec.encode(&product(300)).unwrap(), None).unwrap(),
+            ),
+            (
+                "postcard",
+                seal(PostcardCodec.encode(&product(300)).unwrap(), None).unwrap(),
+            ),
+            (
+                "lz4",
+                seal(JsonCodec.encode(&product(3_000)).unwrap(), Some(1)).unwrap(),
+            ),
+        ]);
+        for (what, full) in &values {
+            for cut in 1..full.len() {
+                let decoded = open(&full[..cut]).ok().and_then(|opened| match opened {
+                    Opened::Absent => None,
+                    Opened::Value(b) => {
+                        let json: Option<Product> = JsonCodec.decode(&b).ok();
+                        let postcard: Option<Product> = PostcardCodec.decode(&b).ok();
+                        json.or(postcard)
+                    }
+                });
+                assert!(decoded.is_none(), "{what} cut at {cut} decoded");
+            }
+        }
+    }
+}

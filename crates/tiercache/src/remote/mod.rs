@@ -1,0 +1,515 @@
+//! L2: Redis, behind a timeout, a circuit breaker and a supervisor.
+//!
+//! Owns the connection, the breaker and the L2 error counter. Works on
+//! already-encoded bytes and full Redis keys; it knows nothing about value
+//! types (see [`codec`]) or about which key belongs to which cache.
+//!
+//! # Failure model
+//!
+//! Nothing here returns an error to its caller. Every operation answers
+//! `None`/`false` when Redis could not be used: not connected yet, breaker
+//! open, error or timeout (each call is bounded by the configured timeout).
+//! Failures are counted and logged at most once per [`LOG_EVERY`], with the
+//! number of suppressed ones. The manager turns "unavailable" into a miss.
+//!
+//! # Connection lifecycle
+//!
+//! [`RemoteCache::connect`] makes one connection attempt and returns whether
+//! or not it worked; the L2 starts `Down` if it did not. A supervisor task
+//! (aborted when the last handle is dropped) then
+//!
+//! - retries the first connection with exponential backoff (100 ms → 2 s);
+//! - while the breaker is open, sends a `PING` probe every cooldown, so the
+//!   level comes back `Up` even when no traffic would probe it;
+//! - rebuilds the connection from scratch after [`REBUILD_AFTER`] failed
+//!   probes, in case the old one is wedged (e.g. its reconnect gave up).
+//!
+//! Between those, redis-rs reconnects a dropped connection by itself
+//! (`ConnectionManager` for one server, the cluster client per node).
+
+pub(crate) mod codec;
+
+pub(crate) mod breaker;
+pub(crate) mod topology;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use redis::{Cmd, RedisError};
+use tokio::task::JoinHandle;
+
+use crate::clock::SystemClock;
+use crate::error::Error;
+use crate::stats::L2State;
+use breaker::{Breaker, BreakerConfig, Permit};
+use topology::{Conn, ConnectSettings, RedisTopology};
+
+/// At most one L2 warning per this interval; the rest are counted.
+pub(crate) const LOG_EVERY: Duration = Duration::from_secs(5);
+/// Failed probes after which the supervisor rebuilds the connection.
+const REBUILD_AFTER: u32 = 3;
+/// `SCAN … COUNT`: keys examined per round trip when clearing a prefix.
+const SCAN_COUNT: usize = 500;
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(2);
+
+/// Everything the L2 needs to connect and behave.
+#[derive(Debug, Clone)]
+pub(crate) struct RemoteConfig {
+    pub(crate) topology: RedisTopology,
+    /// Bound on every call.
+    pub(crate) timeout: Duration,
+    /// Bound on every connection attempt.
+    pub(crate) connect_timeout: Duration,
+    pub(crate) breaker: BreakerConfig,
+}
+
+/// A handle to the Redis level; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct RemoteCache {
+    inner: Arc<Inner>,
+    _supervisor: Arc<AbortOnDrop>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: RemoteConfig,
+    /// `None` until the first connection succeeds.
+    conn: RwLock<Option<Conn>>,
+    breaker: Breaker,
+    errors: AtomicU64,
+    log: LogLimiter,
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl RemoteCache {
+    /// Makes one connection attempt and starts the supervisor.
+    ///
+    /// Never fails because Redis is unreachable: the L2 then starts `Down`.
+    /// Must be called within a Tokio runtime.
+    pub(crate) async fn connect(config: RemoteConfig) -> Result<Self, Error> {
+        if config.timeout.is_zero() || config.connect_timeout.is_zero() {
+            return Err(Error::config("L2 timeouts must be positive"));
+        }
+        let inner = Arc::new(Inner {
+            breaker: Breaker::new(config.breaker, Arc::new(SystemClock)),
+            conn: RwLock::new(None),
+            errors: AtomicU64::new(0),
+            log: LogLimiter::default(),
+            config,
+        });
+        if !inner.try_establish().await {
+            inner.breaker.trip();
+        }
+        let supervisor = tokio::spawn(supervise(Arc::downgrade(&inner)));
+        Ok(Self {
+            inner,
+            _supervisor: Arc::new(AbortOnDrop(supervisor)),
+        })
+    }
+
+    /// `Up` when connected with the breaker closed, else `Down`.
+    pub(crate) fn state(&self) -> L2State {
+        if self.inner.current_conn().is_some() && self.inner.breaker.is_closed() {
+            L2State::Up
+        } else {
+            L2State::Down
+        }
+    }
+
+    /// Failed calls so far.
+    pub(crate) fn errors(&self) -> u64 {
+        self.inner.errors.load(Ordering::Relaxed)
+    }
+
+    /// `GET key`: `Some(None)` when absent, `None` when Redis was unusable.
+    pub(crate) async fn get(&self, key: &str) -> Option<Option<Vec<u8>>> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        self.inner
+            .call("GET", |conn| async move { conn.query(&cmd).await })
+            .await
+    }
+
+    /// One `MGET` for all `keys`, answers in key order.
+    pub(crate) async fn get_many(&self, keys: &[String]) -> Option<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(keys);
+        let values: Vec<Option<Vec<u8>>> = self
+            .inner
+            .call("MGET", |conn| async move { conn.query(&cmd).await })
+            .await?;
+        // A reply of another length would misattribute values to keys.
+        (values.len() == keys.len()).then_some(values)
+    }
+
+    /// `SET key value PX ttl`; returns whether Redis took it.
+    pub(crate) async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> bool {
+        let cmd = set_cmd(key, value, ttl);
+        self.inner
+            .call("SET", |conn| async move { conn.query::<()>(&cmd).await })
+            .await
+            .is_some()
+    }
+
+    /// All SETs in one pipeline (one round trip on a single server).
+    pub(crate) async fn set_many(&self, items: &[(String, Vec<u8>, Duration)]) -> bool {
+        if items.is_empty() {
+            return true;
+        }
+        let cmds: Vec<Cmd> = items
+            .iter()
+            .map(|(key, value, ttl)| set_cmd(key, value, *ttl))
+            .collect();
+        self.inner
+            .call(
+                "SET pipeline",
+                |conn| async move { conn.exec_batch(cmds).await },
+            )
+            .await
+            .is_some()
+    }
+
+    /// `UNLINK` of all `keys` in one command; returns whether Redis took it.
+    pub(crate) async fn delete(&self, keys: &[String]) -> bool {
+        if keys.is_empty() {
+            return true;
+        }
+        let mut cmd = redis::cmd("UNLINK");
+        cmd.arg(keys);
+        self.inner
+            .call(
+                "UNLINK",
+                |conn| async move { conn.query::<u64>(&cmd).await },
+            )
+            .await
+            .is_some()
+    }
+
+    /// Deletes every key starting with `prefix`: `SCAN MATCH prefix* COUNT 500`
+    /// on every node holding keys, `UNLINK` per batch found.
+    ///
+    /// Each round trip has its own timeout, so a large keyspace is cleared
+    /// in many short calls. Returns the number of keys unlinked, or `None`
+    /// if Redis failed part way (some keys may be left).
+    pub(crate) async fn clear_prefix(&self, prefix: &str) -> Option<u64> {
+        let pattern = format!("{}*", escape_glob(prefix));
+        let nodes = self
+            .inner
+            .call(
+                "cluster nodes",
+                |conn| async move { conn.key_holders().await },
+            )
+            .await?;
+        let mut unlinked = 0;
+        for node in &nodes {
+            let mut cursor = 0u64;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT);
+                let (next, keys): (u64, Vec<Vec<u8>>) = self
+                    .inner
+                    .call(
+                        "SCAN",
+                        |conn| async move { conn.query_node(node, scan).await },
+                    )
+                    .await?;
+                if !keys.is_empty() {
+                    let mut unlink = redis::cmd("UNLINK");
+                    unlink.arg(&keys);
+                    // UNLINK is split per slot by the cluster client, so the
+                    // keys of one node's batch need not share a slot.
+                    unlinked += self
+                        .inner
+                        .call(
+                            "UNLINK",
+                            |conn| async move { conn.query::<u64>(&unlink).await },
+                        )
+                        .await?;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Some(unlinked)
+    }
+}
+
+fn set_cmd(key: &str, value: &[u8], ttl: Duration) -> Cmd {
+    // PX keeps sub-second TTLs (negative entries, tests) exact; never 0,
+    // which Redis rejects.
+    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key).arg(value).arg("PX").arg(ms);
+    cmd
+}
+
+/// Escapes the glob metacharacters of `SCAN MATCH`, so a prefix is literal.
+fn escape_glob(prefix: &str) -> String {
+    let mut escaped = String::with_capacity(prefix.len() + 4);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// Whether `error` says Redis is unavailable (as opposed to Redis having
+/// answered and rejected this particular command).
+pub(crate) fn is_availability_failure(error: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    match error.kind() {
+        ErrorKind::Server(kind) => matches!(
+            kind,
+            ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ReadOnly
+                | ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+        ),
+        // Redis answered: with an error code redis-rs has no name for
+        // (WRONGTYPE, OOM, NOAUTH…), or with a reply of an unexpected type.
+        ErrorKind::Extension | ErrorKind::Parse | ErrorKind::UnexpectedReturnType => false,
+        // I/O, cluster routing, authentication, client-side failures of the
+        // connection: when in doubt, protect the caller from waiting.
+        _ => true,
+    }
+}
+
+impl Inner {
+    fn current_conn(&self) -> Option<Conn> {
+        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn connect_settings(&self) -> ConnectSettings {
+        ConnectSettings {
+            response_timeout: self.config.timeout,
+            connect_timeout: self.config.connect_timeout,
+        }
+    }
+
+    /// One bounded connection attempt; on success installs the connection
+    /// and closes the breaker.
+    async fn try_establish(&self) -> bool {
+        let attempt = Conn::establish(&self.config.topology, self.connect_settings());
+        let error = match tokio::time::timeout(self.config.connect_timeout, attempt).await {
+            Ok(Ok(conn)) => {
+                *self.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+                self.breaker.on_success();
+                tracing::info!(redis = %self.config.topology, "L2 connected");
+                return true;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "connection attempt timed out".to_owned(),
+        };
+        self.log.warn(|suppressed| {
+            tracing::warn!(redis = %self.config.topology, %error, suppressed, "L2 unavailable; serving without it");
+        });
+        false
+    }
+
+    /// Runs one Redis call under the breaker and the timeout.
+    async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Option<T>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        if self.breaker.permit() == Permit::Refused {
+            return None;
+        }
+        self.run(what, f).await
+    }
+
+    /// Runs one Redis call under the timeout, the breaker having allowed it.
+    async fn run<T, F, Fut>(&self, what: &'static str, f: F) -> Option<T>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let conn = self.current_conn()?;
+        let failure = match tokio::time::timeout(self.config.timeout, f(conn)).await {
+            Ok(Ok(value)) => {
+                self.record_success();
+                return Some(value);
+            }
+            Ok(Err(error)) => {
+                if is_availability_failure(&error) {
+                    self.record_failure();
+                } else {
+                    self.record_success();
+                }
+                error.to_string()
+            }
+            Err(_) => {
+                self.record_failure();
+                format!("timed out after {:?}", self.config.timeout)
+            }
+        };
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.log.warn(|suppressed| {
+            tracing::warn!(command = what, error = %failure, suppressed, "L2 call failed; treated as a miss");
+        });
+        None
+    }
+
+    fn record_success(&self) {
+        if self.breaker.on_success() {
+            tracing::info!(redis = %self.config.topology, "L2 is back; circuit breaker closed");
+        }
+    }
+
+    fn record_failure(&self) {
+        if self.breaker.on_failure() {
+            tracing::warn!(
+                redis = %self.config.topology,
+                cooldown = ?self.config.breaker.cooldown,
+                "L2 failing; circuit breaker open, skipping Redis until a probe succeeds"
+            );
+        }
+    }
+
+    /// Sends a `PING` if the breaker wants a probe now; `None` if it does not.
+    async fn probe(&self) -> Option<bool> {
+        if self.breaker.permit() == Permit::Refused {
+            return None;
+        }
+        let ping = redis::cmd("PING");
+        let answered = self
+            .run(
+                "PING",
+                |conn| async move { conn.query::<String>(&ping).await },
+            )
+            .await;
+        Some(answered.is_some())
+    }
+}
+
+/// Background care of one L2: first connection, probes, rebuilds.
+///
+/// Holds only a `Weak`, so it never keeps a dropped cache alive; it also
+/// exits when upgrading fails.
+async fn supervise(inner: Weak<Inner>) {
+    let mut retry = FIRST_RETRY;
+    let mut failed_probes = 0u32;
+    loop {
+        let pause = {
+            let Some(inner) = inner.upgrade() else { return };
+            if inner.current_conn().is_none() || failed_probes >= REBUILD_AFTER {
+                if inner.try_establish().await {
+                    failed_probes = 0;
+                    retry = FIRST_RETRY;
+                    inner.config.breaker.cooldown
+                } else {
+                    inner.breaker.trip();
+                    let pause = retry;
+                    retry = (retry * 2).min(MAX_RETRY);
+                    pause
+                }
+            } else {
+                if !inner.breaker.is_closed() {
+                    match inner.probe().await {
+                        Some(true) => failed_probes = 0,
+                        Some(false) => failed_probes += 1,
+                        None => {}
+                    }
+                }
+                inner.config.breaker.cooldown
+            }
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Lets one warning through per [`LOG_EVERY`] and counts the rest.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    last: Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl LogLimiter {
+    /// Calls `log` with the number of warnings suppressed since the last
+    /// one, or counts this one as suppressed.
+    fn warn(&self, log: impl FnOnce(u64)) {
+        let now = Instant::now();
+        {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| now.duration_since(at) < LOG_EVERY) {
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            *last = Some(now);
+        }
+        log(self.suppressed.swap(0, Ordering::Relaxed));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_metacharacters_are_escaped() {
+        assert_eq!(escape_glob("cache:"), "cache:");
+        assert_eq!(escape_glob("a*b?c[d]e\\"), "a\\*b\\?c\\[d\\]e\\\\");
+    }
+
+    #[test]
+    fn set_command_never_has_a_zero_ttl() {
+        let packed = set_cmd("k", b"v", Duration::from_micros(10)).get_packed_command();
+        let text = String::from_utf8(packed).unwrap();
+        assert!(text.ends_with("$2\r\nPX\r\n$1\r\n1\r\n"), "{text:?}");
+    }
+
+    #[test]
+    fn rejected_commands_do_not_count_as_unavailability() {
+        let unexpected = RedisError::from((redis::ErrorKind::UnexpectedReturnType, "x"));
+        assert!(!is_availability_failure(&unexpected));
+        let wrong_type = redis::make_extension_error("WRONGTYPE".into(), None);
+        assert!(!is_availability_failure(&wrong_type));
+        let loading = RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading),
+            "loading",
+        ));
+        assert!(is_availability_failure(&loading));
+        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(is_availability_failure(&io));
+    }
+
+    #[test]
+    fn log_limiter_lets_one_warning_through_per_interval() {
+        let limiter = LogLimiter::default();
+        let mut logged = Vec::new();
+        for _ in 0..5 {
+            limiter.warn(|suppressed| logged.push(suppressed));
+        }
+        assert_eq!(logged, vec![0]);
+        assert_eq!(limiter.suppressed.load(Ordering::Relaxed), 4);
+        *limiter.last.lock().unwrap() = Some(Instant::now() - LOG_EVERY);
+        limiter.warn(|suppressed| logged.push(suppressed));
+        assert_eq!(logged, vec![0, 4]);
+    }
+}

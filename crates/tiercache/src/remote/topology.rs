@@ -1,0 +1,375 @@
+//! Where Redis is ([`RedisTopology`]) and the live connection to it (`Conn`).
+//!
+//! Both topologies share one command path (`Conn::query`); they differ only
+//! in how a batch of SETs is sent and how keys are enumerated, because of
+//! what redis-rs 1.8's cluster client does with multi-key traffic:
+//!
+//! - `MGET`, `UNLINK`, `DEL`, `EXISTS` and `MSET` are split per hash slot,
+//!   sent to the owning nodes in parallel and reassembled in key order
+//!   (`cluster_routing::multi_shard`, response policy `CombineArrays` /
+//!   `Aggregate(Sum)`), so one logical `MGET` works across slots.
+//! - A pipeline is routed whole to the node of its first keyed command;
+//!   commands for another slot make it fail with `CrossSlot`
+//!   (`cluster_async::routing::route_for_pipeline`). So on a cluster a batch
+//!   of SETs is sent as concurrent single commands on the multiplexed
+//!   connection instead (the same number of round trips in flight).
+//! - `SCAN` has no routing of its own (it would reach one random node), so
+//!   on a cluster each primary is scanned by address.
+//!
+//! Keys carry no hash tag on purpose: one tag per namespace would put a whole
+//! namespace on one node. Every operation above is slot-agnostic instead.
+
+use std::fmt;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
+use redis::io::tcp::TcpSettings;
+use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, IntoConnectionInfo, RedisResult, Value};
+
+use crate::error::Error;
+
+/// Where the Redis level lives.
+///
+/// Build one with [`RedisTopology::parse`] from the `REDIS_URL` forms of
+/// SPEC §5, or directly. `Debug` hides passwords.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RedisTopology {
+    /// One Redis server, e.g. `redis://127.0.0.1:6379/0`.
+    Single(String),
+    /// A Redis Cluster, given by one or more seed nodes
+    /// (`redis://host:port` each); the rest are discovered.
+    Cluster(Vec<String>),
+}
+
+impl RedisTopology {
+    /// Parses a Redis URL.
+    ///
+    /// - `redis://…`, `rediss://…`, `redis+unix://…`, `unix://…` → one server;
+    /// - `redis+cluster://h1:p1[,h2:p2…]` → a cluster with those seed nodes;
+    /// - a comma-separated list of URLs (`redis://a:1,redis://b:2`) → a cluster.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when a URL does not parse. The message never
+    /// contains the password.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tiercache::RedisTopology;
+    ///
+    /// assert_eq!(
+    ///     RedisTopology::parse("redis+cluster://10.0.0.1:7000,10.0.0.2:7000")?,
+    ///     RedisTopology::Cluster(vec!["redis://10.0.0.1:7000".into(), "redis://10.0.0.2:7000".into()]),
+    /// );
+    /// # Ok::<(), tiercache::Error>(())
+    /// ```
+    pub fn parse(url: &str) -> Result<Self, Error> {
+        let url = url.trim();
+        let (scheme, rest, cluster) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            ("redis://", rest, true)
+        } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
+            ("rediss://", rest, true)
+        } else {
+            ("redis://", url, url.contains(','))
+        };
+        if !cluster {
+            check_url(url)?;
+            return Ok(Self::Single(url.to_owned()));
+        }
+        let nodes = rest
+            .split(',')
+            .map(str::trim)
+            .map(|node| {
+                if node.contains("://") {
+                    node.to_owned()
+                } else {
+                    format!("{scheme}{node}")
+                }
+            })
+            .collect::<Vec<_>>();
+        if nodes.iter().any(|n| n.ends_with("://")) {
+            return Err(Error::config(format!(
+                "Redis cluster URL has an empty node: {}",
+                redact(url)
+            )));
+        }
+        for node in &nodes {
+            check_url(node)?;
+        }
+        Ok(Self::Cluster(nodes))
+    }
+
+    /// Whether this is a cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+impl fmt::Debug for RedisTopology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Single(url) => f.debug_tuple("Single").field(&redact(url)).finish(),
+            Self::Cluster(nodes) => f
+                .debug_tuple("Cluster")
+                .field(&nodes.iter().map(|n| redact(n)).collect::<Vec<_>>())
+                .finish(),
+        }
+    }
+}
+
+impl fmt::Display for RedisTopology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Single(url) => f.write_str(&redact(url)),
+            Self::Cluster(nodes) => {
+                f.write_str("cluster[")?;
+                for (i, node) in nodes.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    f.write_str(&redact(node))?;
+                }
+                f.write_str("]")
+            }
+        }
+    }
+}
+
+fn check_url(url: &str) -> Result<(), Error> {
+    url.into_connection_info()
+        .map(drop)
+        .map_err(|e| Error::config(format!("bad Redis URL {}: {e}", redact(url))))
+}
+
+/// The URL with any user:password part replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Timeouts used when (re)connecting.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectSettings {
+    /// Bound on each command.
+    pub(crate) response_timeout: Duration,
+    /// Bound on each connection attempt.
+    pub(crate) connect_timeout: Duration,
+}
+
+/// A live, multiplexed connection; cloning it is cheap and shares it.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Single(_) => f.write_str("Conn::Single"),
+            Self::Cluster(_) => f.write_str("Conn::Cluster"),
+        }
+    }
+}
+
+fn tcp_settings() -> TcpSettings {
+    // redis 1.x leaves Nagle on (DEPS.md P6), which delays small writes.
+    TcpSettings::default().set_nodelay(true)
+}
+
+impl Conn {
+    /// Connects once; fails fast when Redis is unreachable.
+    pub(crate) async fn establish(
+        topology: &RedisTopology,
+        settings: ConnectSettings,
+    ) -> RedisResult<Self> {
+        match topology {
+            RedisTopology::Single(url) => {
+                let info = url
+                    .as_str()
+                    .into_connection_info()?
+                    .set_tcp_settings(tcp_settings());
+                let client = redis::Client::open(info)?;
+                // ConnectionManager retries its first connect with backoff;
+                // one plain attempt first keeps start-up fast when Redis is
+                // down (the supervisor paces retries instead).
+                let probe = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(settings.connect_timeout))
+                    .set_response_timeout(Some(settings.connect_timeout));
+                drop(
+                    client
+                        .get_multiplexed_async_connection_with_config(&probe)
+                        .await?,
+                );
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(settings.connect_timeout))
+                    .set_response_timeout(Some(settings.response_timeout))
+                    .set_number_of_retries(3)
+                    .set_min_delay(Duration::from_millis(100))
+                    .set_max_delay(Duration::from_secs(1));
+                let manager = ConnectionManager::new_with_config(client, config).await?;
+                Ok(Self::Single(manager))
+            }
+            RedisTopology::Cluster(nodes) => {
+                let client =
+                    redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                        .tcp_settings(tcp_settings())
+                        .connection_timeout(settings.connect_timeout)
+                        .response_timeout(settings.response_timeout)
+                        .retries(3)
+                        .build()?;
+                Ok(Self::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+
+    /// Sends one command.
+    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
+        match self {
+            Self::Single(conn) => cmd.query_async(&mut conn.clone()).await,
+            Self::Cluster(conn) => cmd.query_async(&mut conn.clone()).await,
+        }
+    }
+
+    /// Sends `cmds` (each a keyed write) in as few round trips as the topology allows.
+    pub(crate) async fn exec_batch(&self, cmds: Vec<Cmd>) -> RedisResult<()> {
+        match self {
+            Self::Single(conn) => {
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd).ignore();
+                }
+                pipe.exec_async(&mut conn.clone()).await
+            }
+            Self::Cluster(conn) => {
+                let sends = cmds.iter().map(|cmd| {
+                    let mut conn = conn.clone();
+                    async move { cmd.exec_async(&mut conn).await }
+                });
+                join_all(sends).await.into_iter().collect()
+            }
+        }
+    }
+
+    /// The nodes that each hold a share of the keys: the server itself, or
+    /// every cluster primary (as `host:port`).
+    pub(crate) async fn key_holders(&self) -> RedisResult<Vec<Node>> {
+        match self {
+            Self::Single(_) => Ok(vec![Node::Only]),
+            Self::Cluster(conn) => {
+                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                // Without a response policy the cluster client answers with
+                // a map from each node's address to its reply.
+                let reply = conn
+                    .clone()
+                    .route_command(redis::cmd("PING"), routing)
+                    .await?;
+                let Value::Map(replies) = reply else {
+                    return Err(unexpected("PING to all primaries did not answer per node"));
+                };
+                replies
+                    .into_iter()
+                    .map(|(address, _)| {
+                        let address = String::from_redis_value(address)?;
+                        let (host, port) = address
+                            .rsplit_once(':')
+                            .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
+                            .ok_or_else(|| unexpected("cluster node address is not host:port"))?;
+                        Ok(Node::Address { host, port })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Sends `cmd` to one node of [`key_holders`](Self::key_holders).
+    pub(crate) async fn query_node<T: FromRedisValue>(
+        &self,
+        node: &Node,
+        cmd: Cmd,
+    ) -> RedisResult<T> {
+        match (self, node) {
+            (Self::Cluster(conn), Node::Address { host, port }) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                let value = conn.clone().route_command(cmd, routing).await?;
+                Ok(T::from_redis_value(value)?)
+            }
+            (_, Node::Only | Node::Address { .. }) => self.query(&cmd).await,
+        }
+    }
+}
+
+/// One node to scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Node {
+    /// The single server.
+    Only,
+    /// A cluster primary.
+    Address { host: String, port: u16 },
+}
+
+fn unexpected(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_url_is_a_single_node() {
+        assert_eq!(
+            RedisTopology::parse(" redis://127.0.0.1:6379/2 ").unwrap(),
+            RedisTopology::Single("redis://127.0.0.1:6379/2".into())
+        );
+    }
+
+    #[test]
+    fn cluster_scheme_and_lists_are_clusters() {
+        let expected =
+            RedisTopology::Cluster(vec!["redis://a:7000".into(), "redis://b:7001".into()]);
+        assert_eq!(
+            RedisTopology::parse("redis+cluster://a:7000,b:7001").unwrap(),
+            expected
+        );
+        assert_eq!(
+            RedisTopology::parse("redis://a:7000, redis://b:7001").unwrap(),
+            expected
+        );
+        assert_eq!(
+            RedisTopology::parse("redis+cluster://a:7000").unwrap(),
+            RedisTopology::Cluster(vec!["redis://a:7000".into()])
+        );
+        assert!(expected.is_cluster());
+    }
+
+    #[test]
+    fn bad_urls_are_config_errors_without_passwords() {
+        for url in ["http://x", "redis+cluster://a:1,", "not a url"] {
+            assert!(RedisTopology::parse(url).unwrap_err().is_config(), "{url}");
+        }
+        let error = RedisTopology::parse("redis://user:s3cret@host:notaport").unwrap_err();
+        assert!(!error.to_string().contains("s3cret"), "{error}");
+    }
+
+    #[test]
+    fn debug_and_display_hide_passwords() {
+        let topology = RedisTopology::parse("redis://:s3cret@localhost:6379").unwrap();
+        assert!(!format!("{topology:?}").contains("s3cret"));
+        assert_eq!(topology.to_string(), "redis://***@localhost:6379");
+        assert_eq!(redact("redis://localhost"), "redis://localhost");
+    }
+}

@@ -1,0 +1,291 @@
+//! Statistics: the public snapshot types and the striped counters behind them.
+//!
+//! Counters written on the hit path must not become a shared cache line that
+//! every core writes on every hit: that line would bounce between cores and
+//! cost more than the lookup itself. [`Striped`] gives each thread its own
+//! cache-line-sized stripe and sums the stripes when a snapshot is taken.
+//! Snapshots are therefore not atomic across counters; each counter is
+//! monotonic.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use serde::Serialize;
+
+/// A point-in-time snapshot of a [`TieredCache`](crate::TieredCache)'s counters.
+///
+/// Counters are monotonic since the cache was built; `entries` and `bytes`
+/// are gauges. Each counter is read independently, so under load two fields
+/// may be a few operations apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// The in-process level.
+    pub l1: L1Stats,
+    /// The Redis level.
+    pub l2: L2Stats,
+    /// Calls of the caller-supplied loaders.
+    pub loader: LoaderStats,
+    /// Lookups answered "not found" from a negative entry (L1 or L2) without
+    /// calling the loader. They are also counted as hits of their level.
+    pub negative_hits: u64,
+}
+
+/// Counters of the in-process level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[non_exhaustive]
+pub struct L1Stats {
+    /// Lookups answered from L1, negative entries included.
+    pub hits: u64,
+    /// Lookups L1 could not answer (absent or expired).
+    pub misses: u64,
+    /// Entries currently held, negative entries included.
+    pub entries: u64,
+    /// Bytes currently held, as weighed on insert (see
+    /// [`LocalCache::insert`](crate::LocalCache::insert)).
+    pub bytes: u64,
+    /// Entries pushed out to respect the entry or byte bound, plus values too
+    /// large to be admitted at all. Expiry and explicit removal are not
+    /// evictions.
+    pub evictions: u64,
+}
+
+/// Counters of the Redis level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct L2Stats {
+    /// Lookups answered from Redis, negative entries included.
+    pub hits: u64,
+    /// Lookups Redis could not answer: key absent, value undecodable, Redis
+    /// failing, or the circuit breaker open.
+    pub misses: u64,
+    /// Failed Redis calls (errors and timeouts). Never surfaced to callers.
+    pub errors: u64,
+    /// Values found in Redis that the codec could not decode (foreign or
+    /// corrupt); each was treated as a miss.
+    pub decode_errors: u64,
+    /// Whether the level is usable right now.
+    pub state: L2State,
+}
+
+/// Counters of the loaders passed to `get_or_load` and friends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[non_exhaustive]
+pub struct LoaderStats {
+    /// Loader invocations (a batch loader call counts once).
+    pub loads: u64,
+    /// Callers that waited for another caller's in-flight load of the same
+    /// key instead of running their own loader.
+    pub coalesced: u64,
+    /// Loader invocations that returned an error.
+    pub errors: u64,
+}
+
+/// Health of the Redis level.
+///
+/// Serialized in lowercase (`"up"`, `"down"`, `"disabled"`), the form SPEC
+/// §3 uses in `/health` and `/cache/stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum L2State {
+    /// Connected, and the circuit breaker is closed: lookups go to Redis.
+    Up,
+    /// Not connected yet, or the circuit breaker is open: lookups skip Redis
+    /// and fall through to the loader while the connection is retried.
+    Down,
+    /// No Redis configured: the cache is L1-only.
+    Disabled,
+}
+
+impl L2State {
+    /// The lowercase name used in serialized form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+impl std::fmt::Display for L2State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One stripe: a cache line's worth of counters.
+///
+/// 128-byte alignment covers adjacent-line prefetching on x86 and the 128-byte
+/// lines of some ARM cores.
+#[repr(align(128))]
+#[derive(Debug)]
+struct Stripe<const N: usize>([AtomicU64; N]);
+
+impl<const N: usize> Stripe<N> {
+    fn new() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+/// `N` counters, each split into per-thread stripes.
+///
+/// A thread whose process-wide slot number (see [`thread_slot`]) is below
+/// the number of owned stripes is the only writer of that stripe, so it
+/// increments with a plain load and store: no locked instruction on the hit
+/// path, and no lost updates. Other threads share one stripe and use
+/// `fetch_add`. Readers sum everything with relaxed loads.
+#[derive(Debug)]
+pub(crate) struct Striped<const N: usize> {
+    owned: Box<[Stripe<N>]>,
+    shared: Stripe<N>,
+}
+
+impl<const N: usize> Striped<N> {
+    pub(crate) fn new() -> Self {
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        // Runtime workers plus a few blocking and helper threads.
+        let owned = (cores * 4).clamp(8, 64);
+        Self {
+            owned: (0..owned).map(|_| Stripe::new()).collect(),
+            shared: Stripe::new(),
+        }
+    }
+
+    /// Adds one to counter `counter`.
+    #[inline]
+    pub(crate) fn incr(&self, counter: usize) {
+        self.add(counter, 1);
+    }
+
+    /// Adds `n` to counter `counter`.
+    #[inline]
+    pub(crate) fn add(&self, counter: usize, n: u64) {
+        match thread_slot().and_then(|slot| self.owned.get(slot)) {
+            Some(stripe) => {
+                // Sole writer: a load/store pair cannot lose an update.
+                let cell = &stripe.0[counter];
+                cell.store(
+                    cell.load(Ordering::Relaxed).wrapping_add(n),
+                    Ordering::Relaxed,
+                );
+            }
+            None => {
+                self.shared.0[counter].fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The sum of counter `counter` over all stripes.
+    pub(crate) fn sum(&self, counter: usize) -> u64 {
+        self.owned
+            .iter()
+            .chain(std::iter::once(&self.shared))
+            .map(|s| s.0[counter].load(Ordering::Relaxed))
+            .fold(0u64, u64::wrapping_add)
+    }
+}
+
+/// Slot numbers of exited threads, lowest handed out first so that live
+/// threads keep to the low numbers that own stripes.
+static FREE_SLOTS: Mutex<BinaryHeap<Reverse<usize>>> = Mutex::new(BinaryHeap::new());
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+/// A slot number held by one live thread at a time.
+struct ThreadSlot(usize);
+
+impl ThreadSlot {
+    fn claim() -> Self {
+        let reused = FREE_SLOTS.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        Self(reused.map_or_else(|| NEXT_SLOT.fetch_add(1, Ordering::Relaxed), |Reverse(s)| s))
+    }
+}
+
+impl Drop for ThreadSlot {
+    fn drop(&mut self) {
+        // The mutex also orders this thread's last counter stores before the
+        // next owner's first load of the same stripe.
+        FREE_SLOTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Reverse(self.0));
+    }
+}
+
+thread_local! {
+    static SLOT: ThreadSlot = ThreadSlot::claim();
+}
+
+/// This thread's slot number; `None` while its thread-locals are being torn down.
+#[inline]
+fn thread_slot() -> Option<usize> {
+    SLOT.try_with(|slot| slot.0).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn striped_counters_sum_increments_from_many_threads() {
+        let counters = Arc::new(Striped::<2>::new());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let counters = Arc::clone(&counters);
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        counters.incr(0);
+                    }
+                    counters.add(1, 5);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(counters.sum(0), 80_000);
+        assert_eq!(counters.sum(1), 40);
+    }
+
+    #[test]
+    fn threads_beyond_the_owned_stripes_share_one_exactly() {
+        let counters = Arc::new(Striped::<1>::new());
+        let threads = counters.owned.len() * 3;
+        let barrier = Arc::new(std::sync::Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (counters, barrier) = (Arc::clone(&counters), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    // All alive at once, so slots cannot be recycled early.
+                    barrier.wait();
+                    for _ in 0..1_000 {
+                        counters.incr(0);
+                    }
+                    barrier.wait();
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        assert_eq!(counters.sum(0), 1_000 * threads as u64);
+        assert!(counters.shared.0[0].load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn stripe_is_a_whole_cache_line() {
+        assert_eq!(std::mem::align_of::<Stripe<2>>(), 128);
+        assert_eq!(std::mem::size_of::<Stripe<10>>(), 128);
+    }
+
+    #[test]
+    fn l2_state_serializes_in_lowercase() {
+        let json = serde_json::to_string(&[L2State::Up, L2State::Down, L2State::Disabled]).unwrap();
+        assert_eq!(json, r#"["up","down","disabled"]"#);
+        assert_eq!(L2State::Down.to_string(), "down");
+    }
+}

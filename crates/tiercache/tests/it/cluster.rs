@@ -1,0 +1,130 @@
+//! The Redis level against a real three-node Redis Cluster: every
+//! multi-key operation crosses hash slots, since keys carry no hash tag.
+
+use tiercache::{L2State, Source};
+
+use crate::support::{self, Item, PrivateCluster, found, found_all};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_serves_single_and_cross_slot_operations() {
+    let cluster = PrivateCluster::start().await;
+    let seeds: Vec<String> = cluster
+        .urls()
+        .iter()
+        .map(|u| u.replace("redis://", ""))
+        .collect();
+    let url = format!("redis+cluster://{}", seeds.join(","));
+    let prefix = support::unique_prefix();
+    let build = || {
+        support::builder::<Item>(&prefix)
+            .redis_url(url.clone())
+            .build()
+    };
+    let (writer, reader) = (build().await.unwrap(), build().await.unwrap());
+    assert_eq!(writer.l2_state(), L2State::Up);
+
+    // Batch SETs across slots (warm) reach every node.
+    let warmed = writer
+        .warm((1..=100).collect(), 50, |keys| async move {
+            found_all(&keys, &[])
+        })
+        .await
+        .unwrap();
+    assert_eq!(warmed, 100);
+    let mut per_node = Vec::new();
+    for index in 0..3 {
+        let mut node = cluster.node(index).await;
+        per_node.push(
+            support::scan_keys(&mut node, &format!("{prefix}*"))
+                .await
+                .len(),
+        );
+    }
+    assert_eq!(per_node.iter().sum::<usize>(), 100);
+    assert!(
+        per_node.iter().all(|&n| n > 0),
+        "keys spread over all nodes: {per_node:?}"
+    );
+
+    // Single GET and a cross-slot MGET from another instance.
+    let one = reader.get_or_load(&1, || async { found(1) }).await.unwrap();
+    assert_eq!(one.source, Source::L2);
+    let keys: Vec<i64> = (2..=60).chain([1_000, 1_001]).collect();
+    let asked = std::sync::Mutex::new(Vec::new());
+    let many = reader
+        .get_many_or_load(&keys, |missing| {
+            asked.lock().unwrap().extend(missing.iter().copied());
+            async move { found_all(&missing, &[]) }
+        })
+        .await
+        .unwrap();
+    let mut asked = asked.into_inner().unwrap();
+    asked.sort_unstable();
+    assert_eq!(asked, vec![1_000, 1_001]);
+    for (key, lookup) in &many {
+        let expected = if *key >= 1_000 {
+            Source::Loader
+        } else {
+            Source::L2
+        };
+        assert_eq!(lookup.source, expected, "key {key}");
+        assert_eq!(lookup.value.as_deref(), Some(&Item::new(*key)));
+    }
+
+    // Cross-slot UNLINK.
+    writer.invalidate_many(&(1..=10).collect::<Vec<_>>()).await;
+    reader.clear_local();
+    let reloaded = reader.get_or_load(&5, || async { found(5) }).await.unwrap();
+    let kept = reader
+        .get_or_load(&50, || async { found(50) })
+        .await
+        .unwrap();
+    assert_eq!((reloaded.source, kept.source), (Source::Loader, Source::L2));
+
+    // Clear scans every primary.
+    writer.clear().await;
+    for index in 0..3 {
+        let mut node = cluster.node(index).await;
+        let left = support::scan_keys(&mut node, &format!("{prefix}*")).await;
+        assert!(left.is_empty(), "node {index} kept {left:?}");
+    }
+    let stats = writer.stats();
+    assert_eq!(stats.l2.errors, 0, "{stats:?}");
+    assert_eq!(reader.stats().l2.errors, 0);
+
+    redis_rs_splits_mget_per_slot_but_not_pipelines(&cluster, &prefix).await;
+}
+
+/// The redis-rs 1.8 behaviour the cluster support relies on (see
+/// `remote/topology.rs`): a cross-slot MGET is split and reassembled in key
+/// order, a cross-slot pipeline is refused.
+async fn redis_rs_splits_mget_per_slot_but_not_pipelines(cluster: &PrivateCluster, prefix: &str) {
+    let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    let keys: Vec<String> = (0..20).map(|i| format!("{prefix}raw:{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(i)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    let values: Vec<Option<usize>> = redis::cmd("MGET")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(values, (0..20).map(Some).collect::<Vec<_>>());
+
+    let mut pipe = redis::pipe();
+    for key in &keys {
+        pipe.cmd("SET").arg(key).arg("x").ignore();
+    }
+    let error = pipe.exec_async(&mut conn).await.unwrap_err();
+    assert_eq!(
+        error.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::CrossSlot)
+    );
+}

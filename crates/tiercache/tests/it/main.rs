@@ -1,0 +1,13 @@
+//! Integration tests of `tiercache` against real Redis servers.
+//!
+//! One binary (faster to link on a 2-core CI). Tests use the Redis at
+//! `REDIS_URL` (default `redis://127.0.0.1:6379`) under their own key
+//! prefix, or start private `redis-server` processes, so they run in
+//! parallel and can be repeated.
+
+#![allow(clippy::unwrap_used)]
+
+mod cluster;
+mod manager;
+mod remote;
+mod support;
