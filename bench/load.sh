@@ -1,90 +1,180 @@
 #!/usr/bin/env bash
-# Load figures for GET /products/{id}: seeds 100,000 products, then drives
-# random ids with wrk (64 connections, 15 s) against the release binary, on
-# PostgreSQL and on SQLite. Prints req/s, p50 and p99 per run.
+# Load figures for GET /products/{id}, every ratio from one run.
+#
+# Seeds 100,000 products, then drives the route with wrk (64 connections,
+# 15 s each) against release binaries:
+#   floor        examples/floor.rs: precomputed bodies in a HashMap (the ceiling)
+#   L1 hit       catalog, L1 holds every product (warmed), every request an L1 hit
+#   L2 hit       catalog, one-entry L1 + Redis holding every product
+#   no cache     catalog, one-entry L1 and no Redis: every request reads the store
+#                (PostgreSQL, and SQLite as the embedded default)
+#   Zipf mix     catalog with the default L1 (10,000) + Redis, ids ~ Zipf(1.0);
+#                hit rate from /cache/stats over the measured run, after warm-up
+# plus the reference points the targets are ratios of:
+#   redis-benchmark GET (-c 50, -P 1) and pgbench primary-key SELECT (-c 8, prepared).
 #
 # Usage: bench/load.sh            (from the repository root)
-# Env:   PG_URL  admin URL of PostgreSQL (default postgres://postgres@127.0.0.1:5432/postgres)
+# Env:   PG_URL    admin URL of PostgreSQL (default postgres://postgres@127.0.0.1:5432/postgres)
+#        REDIS_URL (default redis://127.0.0.1:6379)
 #        DURATION (15s), CONNECTIONS (64), PRODUCTS (100000), PORT (18080)
-# Client and server share this machine's cores: compare runs of one script
+# Client and server share this machine's cores: compare runs of one
 # invocation with each other, not with other machines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-export PGOPTIONS="-c client_min_messages=warning"
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 DURATION=${DURATION:-15s}
 CONNECTIONS=${CONNECTIONS:-64}
 PRODUCTS=${PRODUCTS:-100000}
 PORT=${PORT:-18080}
+export PGOPTIONS="-c client_min_messages=warning"
 BIN=target/release/catalog
+FLOOR=target/release/examples/floor
+TOKEN=bench
+PREFIX="bench:$$:"
+PG_DB=catalog_bench_$$
 WORK=$(mktemp -d)
 SERVER_PID=
 
 cleanup() {
-  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+  if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
+  psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-if ! command -v wrk >/dev/null; then
-  echo "installing wrk..." >&2
-  (apt-get update -qq && apt-get install -y -qq wrk) >&2
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v redis-benchmark >/dev/null || missing+=(redis-tools)
+command -v pgbench >/dev/null || missing+=(postgresql-client)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}..." >&2
+  (apt-get update -qq && apt-get install -y -qq "${missing[@]}") >&2
 fi
 
-cargo build --release -p catalog >&2
+cargo build --release -p catalog --bin catalog --example floor >&2
 
-# start_server NAME DATABASE_URL [extra env...]: runs the catalog seeded with
-# $PRODUCTS products and waits until it answers.
-start_server() {
-  local name=$1 url=$2
-  shift 2
-  env "$@" DATABASE_URL="$url" BIND_ADDR="127.0.0.1:$PORT" RUST_LOG=warn \
-    CATALOG_API_TOKEN=bench "$BIN" serve --seed "$PRODUCTS" >"$WORK/$name.log" 2>&1 &
-  SERVER_PID=$!
-  for _ in $(seq 1 600); do
+wait_healthy() { # wait_healthy NAME
+  for _ in $(seq 1 1200); do
     if curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then return 0; fi
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-      cat "$WORK/$name.log" >&2
-      echo "server $name exited" >&2
+      cat "$WORK/$1.log" >&2
+      echo "server $1 exited" >&2
       exit 1
     fi
     sleep 0.5
   done
-  echo "server $name did not become healthy" >&2
+  echo "server $1 did not become healthy" >&2
   exit 1
 }
 
+# start_catalog NAME DATABASE_URL [VAR=value...]: the catalog, seeded with
+# $PRODUCTS products (only when the table is empty), answering on $PORT.
+start_catalog() {
+  local name=$1 url=$2
+  shift 2
+  env "$@" DATABASE_URL="$url" BIND_ADDR="127.0.0.1:$PORT" RUST_LOG=warn \
+    CATALOG_API_TOKEN=$TOKEN CACHE_PREFIX="$PREFIX" \
+    "$BIN" serve --seed "$PRODUCTS" >"$WORK/$name.log" 2>&1 &
+  SERVER_PID=$!
+  wait_healthy "$name"
+}
+
 stop_server() {
-  kill "$SERVER_PID" && wait "$SERVER_PID" || true
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=
 }
 
-# drive NAME: one wrk run over random ids, summarised on one line.
+api() { # api METHOD PATH [JSON]
+  curl -fsS -X "$1" -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+    ${3:+-d "$3"} "http://127.0.0.1:$PORT$2"
+}
+
+stat() { # stat JSON-PATH...: a number from /cache/stats
+  api GET /cache/stats | python3 -c 'import json,sys; d=json.load(sys.stdin)
+for k in sys.argv[1:]: d=d[k]
+print(d)' "$@"
+}
+
+# drive NAME LUA: one wrk run, summarised on one line.
 drive() {
-  local name=$1 out="$WORK/$1.wrk"
+  local name=$1 script=$2 out="$WORK/$1.wrk"
   MAX_ID=$PRODUCTS wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency \
-    -s bench/random_ids.lua "http://127.0.0.1:$PORT" >"$out"
+    -s "bench/$script" "http://127.0.0.1:$PORT" >"$out"
   local rps p50 p99 errors
   rps=$(awk '/^Requests\/sec/ {print $2}' "$out")
   p50=$(awk '$1 == "50%" {print $2}' "$out")
   p99=$(awk '$1 == "99%" {print $2}' "$out")
   errors=$(awk '/Non-2xx or 3xx/ {print $5}' "$out")
-  printf '%-28s %12s req/s   p50 %9s   p99 %9s   non-2xx %s\n' \
+  printf '%-30s %10s req/s   p50 %9s   p99 %9s   non-2xx %s\n' \
     "$name" "$rps" "$p50" "$p99" "${errors:-0}"
 }
 
-echo "GET /products/{id}, $PRODUCTS products, $CONNECTIONS connections, $DURATION, wrk -t2 on $(nproc) cores"
+warmup() { # a short untimed wrk pass
+  MAX_ID=$PRODUCTS wrk -t2 -c"$CONNECTIONS" -d3s -s "bench/$1" "http://127.0.0.1:$PORT" >/dev/null
+}
 
-# PostgreSQL: a fresh database so that ids are exactly 1..$PRODUCTS.
-PG_DB=catalog_bench_$$
+echo "GET /products/{id}, $PRODUCTS products, $CONNECTIONS connections, $DURATION per run, wrk -t2, $(nproc) cores"
+
 psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $PG_DB" >/dev/null
 psql "$PG_URL" -qc "CREATE DATABASE $PG_DB" >/dev/null
-start_server postgres "${PG_URL%/*}/$PG_DB"
-drive "no cache, PostgreSQL"
-stop_server
-psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null
+PG_BENCH_URL="${PG_URL%/*}/$PG_DB"
 
-start_server sqlite "sqlite://$WORK/bench.db?mode=rwc"
-drive "no cache, SQLite"
+# (a) the floor
+"$FLOOR" "127.0.0.1:$PORT" "$PRODUCTS" >"$WORK/floor.log" 2>&1 &
+SERVER_PID=$!
+wait_healthy floor
+warmup random_ids.lua
+drive "floor (precomputed map)" random_ids.lua
 stop_server
+
+# (b) every request an L1 hit: L1 large enough for every product, warmed.
+start_catalog l1 "$PG_BENCH_URL" L1_MAX_ENTRIES=$((PRODUCTS * 2)) L1_MAX_BYTES=$((1024 * 1024 * 1024))
+api POST /cache/warm '{"all":true}' >/dev/null
+warmup random_ids.lua
+drive "catalog L1 hit" random_ids.lua
+echo "    L1 hits $(stat levels l1 hits), L1 misses $(stat levels l1 misses)"
+stop_server
+
+# (c) every request an L2 hit: a one-entry L1 in front of a warmed Redis.
+start_catalog l2 "$PG_BENCH_URL" L1_MAX_ENTRIES=1 REDIS_URL="$REDIS_URL"
+api POST /cache/warm '{"all":true}' >/dev/null
+warmup random_ids.lua
+drive "catalog L2 hit" random_ids.lua
+echo "    L2 hits $(stat levels l2 hits), L2 misses $(stat levels l2 misses), L2 errors $(stat levels l2 errors)"
+api DELETE /cache >/dev/null
+stop_server
+
+# (d) no cache: one-entry L1, no Redis; every request reads the store.
+start_catalog nocache-pg "$PG_BENCH_URL" L1_MAX_ENTRIES=1
+warmup random_ids.lua
+drive "no cache, PostgreSQL" random_ids.lua
+stop_server
+start_catalog nocache-sqlite "sqlite://$WORK/bench.db?mode=rwc" L1_MAX_ENTRIES=1
+warmup random_ids.lua
+drive "no cache, SQLite" random_ids.lua
+stop_server
+
+# (e) Zipf(1.0) with the default L1 and Redis.
+start_catalog zipf "$PG_BENCH_URL" REDIS_URL="$REDIS_URL"
+api POST /cache/warm '{"all":true}' >/dev/null
+warmup zipf_ids.lua
+hits0=$(stat cache_hits); total0=$(stat total_requests)
+l1_0=$(stat levels l1 hits); l2_0=$(stat levels l2 hits)
+drive "catalog Zipf(1.0) mix" zipf_ids.lua
+hits1=$(stat cache_hits); total1=$(stat total_requests)
+l1_1=$(stat levels l1 hits); l2_1=$(stat levels l2 hits)
+python3 -c "import sys; h,t,a,b=map(int,sys.argv[1:]); print(f'    hit rate over the run {h/t:.4f} (L1 {a/t:.4f}, L2 {b/t:.4f}) of {t} requests')" \
+  $((hits1 - hits0)) $((total1 - total0)) $((l1_1 - l1_0)) $((l2_1 - l2_0))
+api DELETE /cache >/dev/null
+stop_server
+
+# Reference points.
+redis_host=$(python3 -c "import sys,urllib.parse as u; p=u.urlparse(sys.argv[1]); print(p.hostname or '127.0.0.1', p.port or 6379)" "$REDIS_URL")
+read -r rhost rport <<<"$redis_host"
+redis-benchmark -h "$rhost" -p "$rport" -c 50 -P 1 -n 500000 -t get -q --csv 2>/dev/null |
+  awk -F'"' '$2 == "GET" {printf "%-30s %10s req/s   p50 %7s ms   p99 %7s ms\n", "redis-benchmark GET", $4, $10, $14}'
+pgbench -n -M prepared -c 8 -j 2 -T "${DURATION%s}" -D maxid="$PRODUCTS" -f bench/pk_select.sql "$PG_BENCH_URL" 2>/dev/null |
+  awk '/^tps/ {tps=$3} /latency average/ {lat=$4} END {printf "%-30s %10s tps     avg latency %s ms\n", "pgbench primary-key SELECT", tps, lat}'

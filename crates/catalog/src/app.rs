@@ -14,10 +14,10 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 
-use crate::config::ServeConfig;
+use crate::config::{CacheConfig, ServeConfig};
 use crate::http::{self, AppState};
 use crate::seed;
-use crate::service::ProductService;
+use crate::service::{ProductCache, ProductService};
 use crate::store::{self, Store};
 
 /// A built service, bound to its address, not yet serving.
@@ -47,10 +47,11 @@ impl Application {
         if let Some(count) = seed {
             seed_if_empty(store.as_ref(), count).await?;
         }
-        let state = AppState {
-            products: ProductService::new(Arc::clone(&store)),
-            api_token: Arc::new(config.api_token.unwrap_or_else(generated_token)),
-        };
+        let cache = build_cache(&config.cache).await?;
+        let state = AppState::new(
+            ProductService::new(Arc::clone(&store), cache),
+            config.api_token.unwrap_or_else(generated_token),
+        );
         let router = http::router(state, config.request_timeout);
         let listener = TcpListener::bind(config.bind_addr)
             .await
@@ -89,6 +90,41 @@ impl Application {
         tracing::info!("catalog stopped");
         Ok(())
     }
+}
+
+/// The product cache as configured: L1 always, L2 when `REDIS_URL` is set.
+///
+/// An unreachable Redis does not fail this: the cache starts with L2 down and
+/// keeps reconnecting in the background.
+///
+/// # Errors
+/// A setting the cache rejects (e.g. a malformed `REDIS_URL`).
+pub async fn build_cache(config: &CacheConfig) -> anyhow::Result<ProductCache> {
+    let mut builder = ProductCache::builder()
+        .namespace("product")
+        .key_prefix(config.cache_prefix.clone())
+        .l1_max_entries(config.l1_max_entries)
+        .l1_max_bytes(config.l1_max_bytes)
+        .l1_ttl(config.l1_ttl)
+        .l2_ttl(config.l2_ttl)
+        .l2_timeout(config.l2_timeout);
+    match &config.redis_url {
+        Some(url) => builder = builder.redis_url(url.expose_secret()),
+        None => tracing::info!(
+            "L2 is off: REDIS_URL is unset, so products are cached in this process only; \
+             set REDIS_URL=redis://127.0.0.1:6379 to share a Redis cache across instances"
+        ),
+    }
+    let cache = builder
+        .build()
+        .await
+        .context("invalid cache settings (REDIS_URL, L1_*, L2_*, CACHE_PREFIX)")?;
+    tracing::info!(
+        l2 = %cache.l2_state(),
+        write_strategy = ?config.write_strategy,
+        "product cache ready"
+    );
+    Ok(cache)
 }
 
 async fn seed_if_empty(store: &dyn Store, count: u64) -> anyhow::Result<()> {

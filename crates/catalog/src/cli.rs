@@ -1,4 +1,4 @@
-//! The `catalog` command line: `serve`, `seed`, `migrate`.
+//! The `catalog` command line: `serve`, `seed`, `warm`, `migrate`.
 
 use std::sync::Arc;
 
@@ -6,8 +6,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use secrecy::ExposeSecret;
 
-use crate::app::Application;
-use crate::config::{DbConfig, LogFormat, ServeConfig};
+use tiercache::L2State;
+
+use crate::app::{Application, build_cache};
+use crate::config::{CacheConfig, DbConfig, LogFormat, ServeConfig};
+use crate::service::{ProductService, WarmScope};
 use crate::{seed, store};
 
 /// Product catalog HTTP service on a multi-level cache.
@@ -30,6 +33,8 @@ pub enum Command {
     Seed(SeedArgs),
     /// Apply the database migrations and exit.
     Migrate(MigrateArgs),
+    /// Load products from the store into the shared Redis cache (L2).
+    Warm(WarmArgs),
 }
 
 #[derive(Debug, Args)]
@@ -50,6 +55,38 @@ pub struct SeedArgs {
 
     #[command(flatten)]
     pub db: DbConfig,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("scope").required(true).args(["all", "category", "ids"])))]
+pub struct WarmArgs {
+    /// Every product.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Every product of this category.
+    #[arg(long, value_name = "CATEGORY")]
+    pub category: Option<String>,
+
+    /// These product ids, comma-separated.
+    #[arg(long, value_name = "ID,...", value_delimiter = ',', value_parser = clap::value_parser!(i64).range(1..))]
+    pub ids: Option<Vec<i64>>,
+
+    #[command(flatten)]
+    pub db: DbConfig,
+
+    #[command(flatten)]
+    pub cache: CacheConfig,
+}
+
+impl WarmArgs {
+    fn scope(&self) -> WarmScope {
+        match (&self.ids, &self.category) {
+            (Some(ids), _) => WarmScope::Ids(ids.clone()),
+            (None, Some(category)) => WarmScope::Category(category.trim().to_owned()),
+            (None, None) => WarmScope::All,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +111,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("could not seed products")?;
             tracing::info!(inserted, "seeded products");
+            Ok(())
+        }
+        Command::Warm(args) => {
+            if args.cache.redis_url.is_none() {
+                anyhow::bail!(
+                    "REDIS_URL is required: warming from this process only helps a shared Redis cache"
+                );
+            }
+            let store = open_store(&args.db).await?;
+            let cache = build_cache(&args.cache).await?;
+            if cache.l2_state() != L2State::Up {
+                anyhow::bail!("Redis at REDIS_URL is not reachable; nothing was warmed");
+            }
+            let warmed = ProductService::new(store, cache)
+                .warm(args.scope())
+                .await
+                .context("could not warm the cache")?;
+            tracing::info!(warmed, "warmed the cache");
             Ok(())
         }
         Command::Migrate(args) => {

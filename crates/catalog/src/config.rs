@@ -70,11 +70,94 @@ impl DbConfig {
     }
 }
 
+fn milliseconds(value: &str) -> Result<Duration, String> {
+    match value.parse::<u64>() {
+        Ok(0) => Err("must be at least 1 (milliseconds)".into()),
+        Ok(ms) => Ok(Duration::from_millis(ms)),
+        Err(_) => Err(format!("{value:?} is not a whole number of milliseconds")),
+    }
+}
+
+/// How writes reach the cache (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WriteStrategy {
+    /// Write the store, then drop the key from L2 and L1.
+    Invalidate,
+}
+
+/// The product cache: L1 bounds and TTLs, and Redis for L2.
+#[derive(Debug, Clone, Args)]
+pub struct CacheConfig {
+    /// Redis for the shared L2: `redis://host:port[/db]`. Unset: L1 only.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        value_name = "REDIS_URL",
+        value_parser = secret,
+        hide_env_values = true
+    )]
+    pub redis_url: Option<SecretString>,
+
+    /// Most products kept in the in-process L1.
+    #[arg(long, env = "L1_MAX_ENTRIES", value_name = "L1_MAX_ENTRIES", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub l1_max_entries: u64,
+
+    /// Most bytes the in-process L1 may hold (64 MiB by default).
+    #[arg(long, env = "L1_MAX_BYTES", value_name = "L1_MAX_BYTES", default_value_t = 64 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    pub l1_max_bytes: u64,
+
+    /// Seconds a product stays in L1.
+    #[arg(long, env = "L1_TTL_SECS", value_name = "L1_TTL_SECS", default_value = "300", value_parser = seconds)]
+    pub l1_ttl: Duration,
+
+    /// Seconds a product stays in Redis.
+    #[arg(long, env = "L2_TTL_SECS", value_name = "L2_TTL_SECS", default_value = "3600", value_parser = seconds)]
+    pub l2_ttl: Duration,
+
+    /// Prefix of every Redis key (namespaces several deployments on one Redis).
+    #[arg(
+        long,
+        env = "CACHE_PREFIX",
+        value_name = "CACHE_PREFIX",
+        default_value = "cache:"
+    )]
+    pub cache_prefix: String,
+
+    /// Milliseconds one Redis call may take before it counts as a miss.
+    #[arg(long, env = "L2_TIMEOUT_MS", value_name = "L2_TIMEOUT_MS", default_value = "100", value_parser = milliseconds)]
+    pub l2_timeout: Duration,
+
+    /// How writes reach the cache.
+    #[arg(long, env = "CACHE_WRITE_STRATEGY", value_name = "CACHE_WRITE_STRATEGY", value_enum,
+          default_value_t = WriteStrategy::Invalidate)]
+    pub write_strategy: WriteStrategy,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            l1_max_entries: 10_000,
+            l1_max_bytes: 64 * 1024 * 1024,
+            l1_ttl: Duration::from_secs(300),
+            l2_ttl: Duration::from_secs(3_600),
+            cache_prefix: "cache:".to_owned(),
+            l2_timeout: Duration::from_millis(100),
+            write_strategy: WriteStrategy::Invalidate,
+        }
+    }
+}
+
 /// Settings of `catalog serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     #[command(flatten)]
     pub db: DbConfig,
+
+    #[command(flatten)]
+    pub cache: CacheConfig,
 
     /// Address the HTTP server listens on.
     #[arg(
@@ -108,6 +191,7 @@ impl ServeConfig {
     pub fn new(url: &str) -> Self {
         Self {
             db: DbConfig::new(url),
+            cache: CacheConfig::default(),
             bind_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             api_token: None,
             request_timeout: Duration::from_secs(30),

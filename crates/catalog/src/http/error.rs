@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::service::ServiceError;
 use crate::store::StoreError;
 
 /// The media type of every error body.
@@ -58,7 +59,7 @@ pub enum ApiError {
     Validation { field: String, reason: String },
     /// 503: the store cannot be reached; the cause is logged, not returned.
     #[error("the store is unavailable")]
-    Unavailable(#[source] StoreError),
+    Unavailable(#[source] anyhow::Error),
     /// 500: a bug; the cause is logged, not returned.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -90,8 +91,18 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::NotFound => Self::NotFound("product does not exist".into()),
             StoreError::VersionConflict => Self::PreconditionFailed,
-            StoreError::Unavailable(_) => Self::Unavailable(err),
+            StoreError::Unavailable(_) => Self::Unavailable(err.into()),
             StoreError::Query(_) | StoreError::Migrate(_) => Self::Internal(err.into()),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
+        match err {
+            ServiceError::Store(err) => err.into(),
+            ServiceError::Cache(_) if err.is_unavailable() => Self::Unavailable(err.into()),
+            ServiceError::Cache(_) => Self::Internal(err.into()),
         }
     }
 }

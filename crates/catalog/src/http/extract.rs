@@ -2,11 +2,11 @@
 //! axum's plain-text rejections: JSON bodies, product ids, the bearer token,
 //! and the conditional-request headers.
 
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::StatusCode;
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::http::HeaderValue;
 use axum::http::header::{self, HeaderMap};
 use axum::http::request::Parts;
-use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 use subtle::ConstantTimeEq;
@@ -31,21 +31,27 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
         if !is_json(req.headers()) {
             return Err(ApiError::UnsupportedMediaType(
                 "the body must be JSON (Content-Type: application/json)".into(),
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge {
-                    limit: MAX_BODY_BYTES,
+        // The limit is enforced here rather than by a layer, so that requests
+        // without a body (the read path) pay nothing for it.
+        let bytes = Limited::new(req.into_body(), MAX_BODY_BYTES)
+            .collect()
+            .await
+            .map_err(|err| {
+                if err.downcast_ref::<LengthLimitError>().is_some() {
+                    ApiError::PayloadTooLarge {
+                        limit: MAX_BODY_BYTES,
+                    }
+                } else {
+                    ApiError::BadRequest("the request body could not be read".into())
                 }
-            } else {
-                ApiError::BadRequest("the request body could not be read".into())
-            }
-        })?;
+            })?
+            .to_bytes();
         parse_json(&bytes).map(Self)
     }
 }
@@ -139,10 +145,15 @@ impl<S: Send + Sync> FromRequestParts<S> for ProductId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+        // Raw params borrow the matched path: no String per request.
+        let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|_| ApiError::BadRequest("the path is missing a product id".into()))?;
-        parse_id(&raw).map(Self).ok_or_else(|| {
+        let raw = params
+            .iter()
+            .find_map(|(name, value)| (name == "id").then_some(value))
+            .ok_or_else(|| ApiError::BadRequest("the path is missing a product id".into()))?;
+        parse_id(raw).map(Self).ok_or_else(|| {
             ApiError::BadRequest(format!(
                 "product id must be a positive 64-bit integer, got {raw:?}"
             ))
@@ -183,12 +194,13 @@ impl FromRequestParts<AppState> for Authenticated {
     }
 }
 
-/// Entity tags listed in a conditional header, with `W/` prefixes removed
-/// (weak comparison is what `If-None-Match` asks for). `None` means `*`.
-fn listed_tags(headers: &HeaderMap, name: header::HeaderName) -> Option<Option<Vec<String>>> {
+/// Entity tags listed in a conditional header's values, with `W/` prefixes
+/// removed (weak comparison is what `If-None-Match` asks for). `None`: the
+/// header is absent; `Some(None)`: it is `*`.
+fn listed_tags<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<Option<Vec<String>>> {
     let mut tags = Vec::new();
     let mut seen = false;
-    for value in headers.get_all(name) {
+    for value in values {
         seen = true;
         let Ok(value) = value.to_str() else { continue };
         for tag in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
@@ -201,12 +213,34 @@ fn listed_tags(headers: &HeaderMap, name: header::HeaderName) -> Option<Option<V
     seen.then_some(Some(tags))
 }
 
-/// Whether `If-None-Match` matches `etag` (so a GET answers 304).
-pub(super) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
-    match listed_tags(headers, header::IF_NONE_MATCH) {
-        None => false,
-        Some(None) => true,
-        Some(Some(tags)) => tags.iter().any(|t| t == etag),
+/// The `If-None-Match` header, taken without copying the rest of the headers
+/// (this extractor is on the cache-hit path).
+#[derive(Debug, Default)]
+pub(super) struct IfNoneMatch(Vec<HeaderValue>);
+
+impl IfNoneMatch {
+    /// Whether the header matches `etag`, so that a GET answers 304.
+    pub(super) fn matches(&self, etag: &HeaderValue) -> bool {
+        match listed_tags(self.0.iter()) {
+            None => false,
+            Some(None) => true,
+            Some(Some(tags)) => tags.iter().any(|t| t.as_bytes() == etag.as_bytes()),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for IfNoneMatch {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .headers
+                .get_all(header::IF_NONE_MATCH)
+                .iter()
+                .cloned()
+                .collect(),
+        ))
     }
 }
 
@@ -216,7 +250,7 @@ pub(super) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
 /// issued for product `id` (`"id-version"`); a tag that cannot match (another
 /// product, a weak or foreign tag) makes the precondition fail with 412.
 pub(super) fn if_match(headers: &HeaderMap, id: i64) -> Result<Expected, ApiError> {
-    let tags = match listed_tags(headers, header::IF_MATCH) {
+    let tags = match listed_tags(headers.get_all(header::IF_MATCH).iter()) {
         None | Some(None) => return Ok(Expected::Any),
         Some(Some(tags)) => tags,
     };
@@ -238,7 +272,6 @@ pub(super) fn if_match(headers: &HeaderMap, id: i64) -> Result<Expected, ApiErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
     fn headers(name: header::HeaderName, value: &str) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -314,17 +347,13 @@ mod tests {
 
     #[test]
     fn if_none_match_uses_weak_comparison_and_lists() {
-        let etag = "\"3-2\"";
-        assert!(if_none_match(
-            &headers(header::IF_NONE_MATCH, "\"1-1\", W/\"3-2\""),
-            etag
-        ));
-        assert!(if_none_match(&headers(header::IF_NONE_MATCH, "*"), etag));
-        assert!(!if_none_match(
-            &headers(header::IF_NONE_MATCH, "\"3-1\""),
-            etag
-        ));
-        assert!(!if_none_match(&HeaderMap::new(), etag));
+        let etag = &HeaderValue::from_static("\"3-2\"");
+        let header = |value: &'static str| IfNoneMatch(vec![HeaderValue::from_static(value)]);
+
+        assert!(header("\"1-1\", W/\"3-2\"").matches(etag));
+        assert!(header("*").matches(etag));
+        assert!(!header("\"3-1\"").matches(etag));
+        assert!(!IfNoneMatch::default().matches(etag));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
+use tiercache::L2State;
 use utoipa::ToSchema;
 
 use super::AppState;
@@ -16,7 +17,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// The health report (SPEC §3).
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct Health {
-    /// `ok`, or `degraded` when a dependency is down.
+    /// `ok`; `degraded` when the store or L2 is down.
     status: &'static str,
     /// `up` or `down`.
     db: &'static str,
@@ -37,18 +38,23 @@ pub(super) async fn health(State(state): State<AppState>) -> (StatusCode, Json<H
         tokio::time::timeout(PING_TIMEOUT, state.products.store().ping()).await,
         Ok(Ok(()))
     );
-    let l2 = "disabled";
-    let (status, code) = if db_up {
-        ("ok", StatusCode::OK)
+    let l2 = state.products.l2_state();
+    let status = if db_up && l2 != L2State::Down {
+        "ok"
     } else {
-        ("degraded", StatusCode::SERVICE_UNAVAILABLE)
+        "degraded"
+    };
+    let code = if db_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
     (
         code,
         Json(Health {
             status,
             db: if db_up { "up" } else { "down" },
-            l2,
+            l2: l2.as_str(),
         }),
     )
 }

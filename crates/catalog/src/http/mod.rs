@@ -5,6 +5,7 @@
 //! it, an extractor rejected the request, a layer refused it or a handler
 //! panicked.
 
+mod cache;
 mod error;
 mod extract;
 mod health;
@@ -12,16 +13,19 @@ mod openapi;
 mod products;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{HeaderName, StatusCode};
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware;
 use secrecy::{ExposeSecret, SecretString};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -36,12 +40,37 @@ use crate::service::ProductService;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// What every handler can reach.
+/// What every handler can reach. Cloned for every request, so it is one
+/// `Arc` (one reference-count increment per request, not one per field).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The fields of [`AppState`].
+pub struct Shared {
     pub products: ProductService,
     /// The bearer token writes must present.
-    pub api_token: Arc<SecretString>,
+    api_token: SecretString,
+}
+
+impl AppState {
+    pub fn new(products: ProductService, api_token: SecretString) -> Self {
+        Self(Arc::new(Shared {
+            products,
+            api_token,
+        }))
+    }
+
+    fn token_bytes(&self) -> &[u8] {
+        self.0.api_token.expose_secret().as_bytes()
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -53,9 +82,11 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-impl AppState {
-    fn token_bytes(&self) -> &[u8] {
-        self.api_token.expose_secret().as_bytes()
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("products", &self.products)
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,6 +105,10 @@ fn api_routes() -> OpenApiRouter<AppState> {
             products::delete_product
         ))
         .routes(routes!(health::health))
+        .routes(routes!(cache::stats))
+        .routes(routes!(cache::warm))
+        .routes(routes!(cache::clear))
+        .routes(routes!(cache::invalidate))
 }
 
 /// The whole application: API routes, docs, and the middleware stack.
@@ -88,11 +123,18 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     with_middleware(app, request_timeout)
 }
 
-/// Request ids, tracing, problem+json for bare errors, panics as 500s, the
-/// request timeout and the body limit, outermost first.
+/// Request ids, tracing, panics as 500s, problem+json for bare errors and
+/// the request timeout, outermost first.
+///
+/// Every layer here runs on every request, the cache-hit path included, so
+/// each one is chosen to cost no allocation or system call it can avoid:
+/// request ids come from a counter, not a random UUID; the problem mapper sits
+/// inside the panic catcher so that it sees axum's own body type and does not
+/// box it again; the body limit is enforced by the JSON extractor, not by a
+/// layer that touches every request's extensions.
 fn with_middleware(app: Router, request_timeout: Duration) -> Router {
     let stack = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::default()))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request| {
                 let request_id = request
@@ -109,14 +151,40 @@ fn with_middleware(app: Router, request_timeout: Duration) -> Router {
             }),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(middleware::map_response(error::problem_for_bare_errors))
         .layer(CatchPanicLayer::custom(error::panic_response))
+        .layer(middleware::map_response(error::problem_for_bare_errors))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
-        ))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+        ));
     app.layer(stack)
+}
+
+/// Request ids for requests that bring none: this process's random prefix
+/// and a counter (`4f1c9a2e-17`), unique across instances without a random
+/// draw per request.
+#[derive(Clone)]
+struct RequestIds {
+    prefix: Arc<str>,
+    next: Arc<AtomicU64>,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self {
+            prefix: format!("{:08x}", rand::random::<u32>()).into(),
+            next: Arc::new(AtomicU64::new(1)),
+        }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{}-{n}", self.prefix))
+            .ok()
+            .map(RequestId::new)
+    }
 }
 
 #[cfg(test)]
@@ -180,6 +248,19 @@ mod tests {
         assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
         assert_eq!(headers["content-type"], PROBLEM_JSON);
         assert!(body.contains("\"status\":408"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn requests_without_an_id_get_distinct_ones() {
+        let app = with_middleware(
+            Router::new().route("/", get(|| async { "ok" })),
+            Duration::from_secs(5),
+        );
+
+        let (_, first, _) = call(app.clone(), "/").await;
+        let (_, second, _) = call(app, "/").await;
+
+        assert_ne!(first["x-request-id"], second["x-request-id"]);
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@ use utoipa::{Modify, OpenApi};
     modifiers(&BearerAuth),
     tags(
         (name = "products", description = "Products"),
+        (name = "cache", description = "Cache statistics and administration"),
         (name = "operations", description = "Health and operations"),
     )
 )]

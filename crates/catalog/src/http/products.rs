@@ -1,21 +1,22 @@
 //! `/products` handlers: thin — extract, call the service, shape the response.
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, Problem};
-use super::extract::{Authenticated, JsonBody, ProductId, if_match, if_none_match, parse_id};
+use super::extract::{Authenticated, IfNoneMatch, JsonBody, ProductId, if_match, parse_id};
 use crate::domain::{Category, NewProduct, Product, ProductPatch};
 use crate::service::{DEFAULT_PAGE_LIMIT, MAX_BATCH_IDS, MAX_PAGE_LIMIT};
 
 /// `X-Cache` names the level that answered a product read.
-pub(super) const X_CACHE: &str = "x-cache";
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// Query of `GET /products`: either `ids` (a batch) or a page.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -35,9 +36,9 @@ pub(super) struct ListParams {
 
 /// Answer to a batch read.
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct BatchResponse {
+pub(super) struct BatchResponse<'a> {
     /// Found products, in the order requested.
-    items: Vec<Product>,
+    items: Vec<&'a Product>,
     /// Requested ids that do not exist.
     missing: Vec<i64>,
 }
@@ -80,24 +81,30 @@ fn set_etag(headers: &mut HeaderMap, etag: &str) {
 pub(super) async fn get_product(
     State(state): State<AppState>,
     ProductId(id): ProductId,
-    headers: HeaderMap,
+    if_none_match: IfNoneMatch,
 ) -> Result<Response, ApiError> {
-    let product = state
-        .products
-        .get(id)
-        .await?
-        .ok_or_else(|| ApiError::product_not_found(id))?;
-    let etag = product.etag();
-    let mut response = if if_none_match(&headers, &etag) {
-        let mut response = StatusCode::NOT_MODIFIED.into_response();
-        set_etag(response.headers_mut(), &etag);
-        response
-    } else {
-        product_response(StatusCode::OK, &product)
+    let read = state.products.get(id).await?;
+    let x_cache = HeaderValue::from_static(read.served.as_str());
+    let Some(product) = read.product else {
+        let mut response = ApiError::product_not_found(id).into_response();
+        response.headers_mut().insert(X_CACHE, x_cache);
+        return Ok(response);
     };
-    response
-        .headers_mut()
-        .insert(X_CACHE, HeaderValue::from_static("MISS"));
+    // The hit path: body and ETag were rendered when the product entered the
+    // cache; here they are only reference-counted clones.
+    let mut response = if if_none_match.matches(product.etag()) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut response = Response::new(Body::from(product.body().clone()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::ETAG, product.etag().clone());
+    headers.insert(X_CACHE, x_cache);
     Ok(response)
 }
 
@@ -125,7 +132,7 @@ pub(super) async fn list_products(
         let ids = parse_ids(ids)?;
         let batch = state.products.get_many(&ids).await?;
         return Ok(Json(BatchResponse {
-            items: batch.items,
+            items: batch.items.iter().map(|p| p.product()).collect(),
             missing: batch.missing,
         })
         .into_response());

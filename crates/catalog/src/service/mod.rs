@@ -1,14 +1,25 @@
-//! The catalog's use cases, between the HTTP handlers and the store: reads,
-//! batch reads, pages and writes of products.
+//! The catalog's use cases, between the HTTP handlers and the store: product
+//! reads through the tiered cache, batch reads, pages, writes and cache
+//! administration.
 //!
-//! Handlers call this and never the store directly, so that caching (and its
-//! invalidation on writes) lives in one place and not in every handler.
+//! Handlers call this and never the store or the cache directly, so that the
+//! write strategy (SPEC §4, `invalidate`: store first, then drop the key from
+//! L2 and L1) lives in one place.
+
+mod rendered;
+mod stats;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
+
+use tiercache::{L2State, Source, TieredCache};
 
 use crate::domain::{NewProduct, Product, ProductPatch};
 use crate::store::{Expected, PageRequest, Store, StoreError};
+
+pub use rendered::RenderedProduct;
+pub use stats::{RequestSnapshot, RequestStats};
 
 /// Most ids one batch read may ask for (SPEC §3).
 pub const MAX_BATCH_IDS: usize = 100;
@@ -16,12 +27,57 @@ pub const MAX_BATCH_IDS: usize = 100;
 pub const MAX_PAGE_LIMIT: u32 = 100;
 /// Page size when the client names none.
 pub const DEFAULT_PAGE_LIMIT: u32 = 20;
+/// Products per store query and Redis pipeline when warming.
+const WARM_BATCH: u32 = 500;
+
+/// The product cache: product id → rendered product (or "absent").
+pub type ProductCache = TieredCache<i64, RenderedProduct>;
+
+/// Which level answered a product read; becomes the `X-Cache` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    L1,
+    L2,
+    Store,
+}
+
+impl Served {
+    fn from_source(source: Source) -> Self {
+        match source {
+            Source::L1 => Self::L1,
+            Source::L2 => Self::L2,
+            // `Source` is non-exhaustive; anything that is not a cache level
+            // came from the loader, i.e. the store.
+            _ => Self::Store,
+        }
+    }
+
+    /// The `X-Cache` value (SPEC §3).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::L1 => "HIT-L1",
+            Self::L2 => "HIT-L2",
+            Self::Store => "MISS",
+        }
+    }
+
+    fn is_hit(self) -> bool {
+        self != Self::Store
+    }
+}
+
+/// One product read: the product (`None`: it does not exist) and who answered.
+#[derive(Debug)]
+pub struct Read {
+    pub product: Option<Arc<RenderedProduct>>,
+    pub served: Served,
+}
 
 /// The answer to a batch read: found products in request order, then the
 /// ids that do not exist.
 #[derive(Debug)]
 pub struct Batch {
-    pub items: Vec<Product>,
+    pub items: Vec<Arc<RenderedProduct>>,
     pub missing: Vec<i64>,
 }
 
@@ -32,15 +88,52 @@ pub struct Page {
     pub next_after: Option<i64>,
 }
 
-/// Product reads and writes over a [`Store`].
+/// What to warm (`POST /cache/warm`, `catalog warm`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WarmScope {
+    Ids(Vec<i64>),
+    Category(String),
+    All,
+}
+
+/// Why a service call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The cache's loader (the store) failed; the store error is inside.
+    #[error(transparent)]
+    Cache(#[from] tiercache::Error),
+}
+
+impl ServiceError {
+    /// Whether the store could not be reached (retry later) as opposed to a bug.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Store(err) => matches!(err, StoreError::Unavailable(_)),
+            Self::Cache(err) => err
+                .loader_error()
+                .and_then(|e| e.downcast_ref::<StoreError>())
+                .is_some_and(|e| matches!(e, StoreError::Unavailable(_))),
+        }
+    }
+}
+
+/// Product reads and writes over a [`Store`] and a [`ProductCache`].
 #[derive(Debug, Clone)]
 pub struct ProductService {
     store: Arc<dyn Store>,
+    cache: ProductCache,
+    stats: Arc<RequestStats>,
 }
 
 impl ProductService {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<dyn Store>, cache: ProductCache) -> Self {
+        Self {
+            store,
+            cache,
+            stats: Arc::new(RequestStats::default()),
+        }
     }
 
     /// The store, for health checks and tooling.
@@ -48,27 +141,62 @@ impl ProductService {
         &self.store
     }
 
-    pub async fn get(&self, id: i64) -> Result<Option<Product>, StoreError> {
-        self.store.get(id).await
+    pub fn cache(&self) -> &ProductCache {
+        &self.cache
     }
 
-    /// `ids` must be distinct; the result keeps their order.
-    pub async fn get_many(&self, ids: &[i64]) -> Result<Batch, StoreError> {
-        let mut found: HashMap<i64, Product> = self
-            .store
-            .get_many(ids)
-            .await?
-            .into_iter()
-            .map(|p| (p.id, p))
-            .collect();
+    /// Request-level counters of product reads.
+    pub fn request_stats(&self) -> &RequestStats {
+        &self.stats
+    }
+
+    pub fn l2_state(&self) -> L2State {
+        self.cache.l2_state()
+    }
+
+    /// One product: L1 → L2 → store, filling the levels on the way back.
+    pub async fn get(&self, id: i64) -> Result<Read, ServiceError> {
+        let started = Instant::now();
+        let lookup = self
+            .cache
+            .get_or_load(&id, || async move {
+                Ok::<_, StoreError>(self.store.get(id).await?.map(RenderedProduct::new))
+            })
+            .await?;
+        let served = Served::from_source(lookup.source);
+        self.stats.record(served.is_hit(), started.elapsed());
+        Ok(Read {
+            product: lookup.value,
+            served,
+        })
+    }
+
+    /// A batch: L1 first, then one L2 `MGET`, then one SQL query for the
+    /// rest. `ids` must be distinct; the result keeps their order.
+    pub async fn get_many(&self, ids: &[i64]) -> Result<Batch, ServiceError> {
+        let started = Instant::now();
+        let lookups = self
+            .cache
+            .get_many_or_load(ids, |missing| async move {
+                let found = self.store.get_many(&missing).await?;
+                Ok::<_, StoreError>(
+                    found
+                        .into_iter()
+                        .map(|p| (p.id, RenderedProduct::new(p)))
+                        .collect::<HashMap<_, _>>(),
+                )
+            })
+            .await?;
+        let hit = lookups.iter().all(|(_, lookup)| lookup.is_cache_hit());
+        self.stats.record(hit, started.elapsed());
         let mut batch = Batch {
-            items: Vec::with_capacity(found.len()),
+            items: Vec::with_capacity(lookups.len()),
             missing: Vec::new(),
         };
-        for id in ids {
-            match found.remove(id) {
+        for (id, lookup) in lookups {
+            match lookup.value {
                 Some(product) => batch.items.push(product),
-                None => batch.missing.push(*id),
+                None => batch.missing.push(id),
             }
         }
         Ok(batch)
@@ -81,7 +209,7 @@ impl ProductService {
         category: Option<String>,
         after: i64,
         limit: u32,
-    ) -> Result<Page, StoreError> {
+    ) -> Result<Page, ServiceError> {
         let request = PageRequest {
             category,
             after,
@@ -98,8 +226,11 @@ impl ProductService {
         Ok(Page { items, next_after })
     }
 
-    pub async fn create(&self, new: &NewProduct) -> Result<Product, StoreError> {
-        self.store.create(new).await
+    pub async fn create(&self, new: &NewProduct) -> Result<Product, ServiceError> {
+        let product = self.store.create(new).await?;
+        // A read of this id before it existed may have cached "absent".
+        self.cache.invalidate(&product.id).await;
+        Ok(product)
     }
 
     pub async fn replace(
@@ -107,8 +238,10 @@ impl ProductService {
         id: i64,
         new: &NewProduct,
         expected: Expected,
-    ) -> Result<Product, StoreError> {
-        self.store.replace(id, new, expected).await
+    ) -> Result<Product, ServiceError> {
+        let product = self.store.replace(id, new, expected).await?;
+        self.cache.invalidate(&id).await;
+        Ok(product)
     }
 
     pub async fn patch(
@@ -116,11 +249,78 @@ impl ProductService {
         id: i64,
         patch: &ProductPatch,
         expected: Expected,
-    ) -> Result<Product, StoreError> {
-        self.store.patch(id, patch, expected).await
+    ) -> Result<Product, ServiceError> {
+        let product = self.store.patch(id, patch, expected).await?;
+        self.cache.invalidate(&id).await;
+        Ok(product)
     }
 
-    pub async fn delete(&self, id: i64, expected: Expected) -> Result<(), StoreError> {
-        self.store.delete(id, expected).await
+    pub async fn delete(&self, id: i64, expected: Expected) -> Result<(), ServiceError> {
+        self.store.delete(id, expected).await?;
+        self.cache.invalidate(&id).await;
+        Ok(())
     }
+
+    /// Drops one product from every cache level.
+    pub async fn invalidate(&self, id: i64) {
+        self.cache.invalidate(&id).await;
+    }
+
+    /// Empties every cache level (L2: this prefix's keys only).
+    pub async fn clear_cache(&self) {
+        self.cache.clear().await;
+    }
+
+    /// Loads products into L2 (pipelined, in batches) and this instance's
+    /// L1; returns how many were warmed.
+    pub async fn warm(&self, scope: WarmScope) -> Result<usize, ServiceError> {
+        match scope {
+            WarmScope::Ids(ids) => Ok(self
+                .cache
+                .warm(ids, WARM_BATCH as usize, |batch| async move {
+                    let found = self.store.get_many(&batch).await?;
+                    Ok::<_, StoreError>(by_id(found))
+                })
+                .await?),
+            WarmScope::Category(category) => self.warm_pages(Some(category)).await,
+            WarmScope::All => self.warm_pages(None).await,
+        }
+    }
+
+    /// Walks the store page by page and puts each page in the cache as it
+    /// comes (no second read of rows already in hand).
+    async fn warm_pages(&self, category: Option<String>) -> Result<usize, ServiceError> {
+        let mut warmed = 0;
+        let mut after = 0;
+        loop {
+            let page = self
+                .store
+                .list(&PageRequest {
+                    category: category.clone(),
+                    after,
+                    limit: WARM_BATCH,
+                })
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok(warmed);
+            };
+            after = last.id;
+            let ids: Vec<i64> = page.iter().map(|p| p.id).collect();
+            let mut rows = Some(by_id(page));
+            warmed += self
+                .cache
+                .warm(ids, WARM_BATCH as usize, |_| {
+                    let rows = rows.take().unwrap_or_default();
+                    async move { Ok::<_, StoreError>(rows) }
+                })
+                .await?;
+        }
+    }
+}
+
+fn by_id(products: Vec<Product>) -> HashMap<i64, RenderedProduct> {
+    products
+        .into_iter()
+        .map(|p| (p.id, RenderedProduct::new(p)))
+        .collect()
 }

@@ -165,12 +165,47 @@ impl Drop for TestDb {
     }
 }
 
+/// The Redis server tests use: `REDIS_URL`, else the standard local port.
+pub(crate) fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A raw connection to the test Redis, for looking at (and tampering with)
+/// what the cache stored.
+pub(crate) async fn redis() -> redis::aio::MultiplexedConnection {
+    let url = redis_url();
+    let client = redis::Client::open(url.as_str()).expect("REDIS_URL parses");
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|err| {
+            panic!(
+                "Redis is not reachable at {url} ({err}); start it with: redis-server --daemonize yes \
+                 --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no --dir /var/lib/redis \
+                 --logfile /var/log/redis/ci.log (or set REDIS_URL)"
+            )
+        })
+}
+
+/// A key prefix no other test uses.
+pub(crate) fn test_prefix() -> String {
+    format!("test:{}:", uuid::Uuid::new_v4().simple())
+}
+
+/// Points `config` at the test Redis under `prefix`, with a short L2 TTL so
+/// that test keys do not linger.
+pub(crate) fn use_redis(config: &mut ServeConfig, prefix: &str) {
+    config.cache.redis_url = Some(SecretString::from(redis_url()));
+    config.cache.cache_prefix = prefix.to_owned();
+    config.cache.l2_ttl = std::time::Duration::from_secs(120);
+}
+
 /// A running app on its own database.
 #[derive(Debug)]
 pub(crate) struct TestApp {
     pub(crate) addr: std::net::SocketAddr,
     pub(crate) client: reqwest::Client,
-    pub(crate) db: TestDb,
+    pub(crate) db: Arc<TestDb>,
     stop: CancellationToken,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -185,8 +220,18 @@ impl TestApp {
         backend: Backend,
         configure: impl FnOnce(&mut ServeConfig),
     ) -> Self {
+        let db = Arc::new(TestDb::create(backend).await);
+        Self::spawn_on(db, configure).await
+    }
+
+    /// Another instance on the same database, configured by `configure`
+    /// (e.g. the same Redis prefix, to share L2 and the bus).
+    pub(crate) async fn spawn_peer(&self, configure: impl FnOnce(&mut ServeConfig)) -> Self {
+        Self::spawn_on(Arc::clone(&self.db), configure).await
+    }
+
+    async fn spawn_on(db: Arc<TestDb>, configure: impl FnOnce(&mut ServeConfig)) -> Self {
         LazyLock::force(&TRACING);
-        let db = TestDb::create(backend).await;
         let mut config = ServeConfig::new(&db.url());
         config.api_token = Some(SecretString::from(TOKEN));
         configure(&mut config);

@@ -1,0 +1,241 @@
+//! `/cache` handlers: statistics, warming and invalidation (SPEC §3).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, Problem};
+use super::extract::{Authenticated, JsonBody, ProductId};
+use crate::domain::Category;
+use crate::service::WarmScope;
+
+/// Most ids one warm request may name.
+const MAX_WARM_IDS: usize = 10_000;
+
+/// `GET /cache/stats`, in the SPEC's shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct CacheStatsBody {
+    /// Product reads (a batch counts once).
+    total_requests: u64,
+    /// Reads answered entirely by a cache level.
+    cache_hits: u64,
+    /// Reads that needed the store.
+    cache_misses: u64,
+    /// `cache_hits / (cache_hits + cache_misses)`, 0 when there were none.
+    hit_rate: f64,
+    avg_response_time_ms: f64,
+    levels: Levels,
+    write_behind: WriteBehind,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct Levels {
+    l1: L1Level,
+    l2: L2Level,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct L1Level {
+    hits: u64,
+    misses: u64,
+    entries: u64,
+    bytes: u64,
+    evictions: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct L2Level {
+    hits: u64,
+    misses: u64,
+    errors: u64,
+    /// `up`, `down` or `disabled`.
+    state: &'static str,
+}
+
+/// Write-behind queue counters; zero while the write strategy is `invalidate`.
+#[derive(Debug, Serialize, ToSchema)]
+struct WriteBehind {
+    pending: u64,
+    flushed: u64,
+    failed: u64,
+}
+
+/// Cache statistics.
+#[utoipa::path(
+    get, path = "/cache/stats", tag = "cache",
+    responses((status = 200, description = "Counters since start", body = CacheStatsBody))
+)]
+pub(super) async fn stats(State(state): State<AppState>) -> Json<CacheStatsBody> {
+    let requests = state.products.request_stats().snapshot();
+    let cache = state.products.cache().stats();
+    Json(CacheStatsBody {
+        total_requests: requests.requests,
+        cache_hits: requests.hits,
+        cache_misses: requests.misses,
+        hit_rate: requests.hit_rate,
+        avg_response_time_ms: requests.avg_response_time_ms,
+        levels: Levels {
+            l1: L1Level {
+                hits: cache.l1.hits,
+                misses: cache.l1.misses,
+                entries: cache.l1.entries,
+                bytes: cache.l1.bytes,
+                evictions: cache.l1.evictions,
+            },
+            l2: L2Level {
+                hits: cache.l2.hits,
+                misses: cache.l2.misses,
+                errors: cache.l2.errors,
+                state: cache.l2.state.as_str(),
+            },
+        },
+        write_behind: WriteBehind {
+            pending: 0,
+            flushed: 0,
+            failed: 0,
+        },
+    })
+}
+
+/// What to warm: exactly one of the three fields.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WarmRequest {
+    /// Product ids (at most 10,000).
+    ids: Option<Vec<i64>>,
+    /// Every product of this category.
+    category: Option<String>,
+    /// `true`: every product.
+    all: Option<bool>,
+}
+
+impl WarmRequest {
+    fn into_scope(self) -> Result<WarmScope, ApiError> {
+        let invalid = |field: &str, reason: &str| ApiError::Validation {
+            field: field.to_owned(),
+            reason: reason.to_owned(),
+        };
+        match (self.ids, self.category, self.all) {
+            (Some(ids), None, None) => {
+                if ids.is_empty() || ids.len() > MAX_WARM_IDS {
+                    return Err(invalid("ids", "must hold 1 to 10000 ids"));
+                }
+                if ids.iter().any(|id| *id <= 0) {
+                    return Err(invalid("ids", "must be positive integers"));
+                }
+                Ok(WarmScope::Ids(ids))
+            }
+            (None, Some(category), None) => Category::parse(&category)
+                .map(|c| WarmScope::Category(c.as_str().to_owned()))
+                .map_err(|reason| invalid("category", reason)),
+            (None, None, Some(true)) => Ok(WarmScope::All),
+            (None, None, Some(false)) => Err(invalid("all", "must be true when given")),
+            _ => Err(invalid(
+                "body",
+                "give exactly one of `ids`, `category` or `all`",
+            )),
+        }
+    }
+}
+
+/// The answer to a warm request.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Warmed {
+    /// Products put into L2 and this instance's L1.
+    warmed: usize,
+}
+
+/// Warm the cache.
+#[utoipa::path(
+    post, path = "/cache/warm", tag = "cache", request_body = WarmRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Warmed", body = Warmed),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not exactly one of ids, category, all", body = Problem,
+         content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn warm(
+    _: Authenticated,
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<WarmRequest>,
+) -> Result<Json<Warmed>, ApiError> {
+    let scope = request.into_scope()?;
+    let warmed = state.products.warm(scope).await?;
+    Ok(Json(Warmed { warmed }))
+}
+
+/// Clear every cache level.
+#[utoipa::path(
+    delete, path = "/cache", tag = "cache",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Cleared"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn clear(_: Authenticated, State(state): State<AppState>) -> StatusCode {
+    state.products.clear_cache().await;
+    StatusCode::NO_CONTENT
+}
+
+/// Drop one product from every cache level.
+#[utoipa::path(
+    delete, path = "/cache/products/{id}", tag = "cache",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Product id")),
+    responses(
+        (status = 204, description = "Invalidated (also when it was not cached)"),
+        (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(super) async fn invalidate(
+    _: Authenticated,
+    State(state): State<AppState>,
+    ProductId(id): ProductId,
+) -> StatusCode {
+    state.products.invalidate(id).await;
+    StatusCode::NO_CONTENT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(json: &str) -> Result<WarmScope, ApiError> {
+        serde_json::from_str::<WarmRequest>(json)
+            .unwrap()
+            .into_scope()
+    }
+
+    #[test]
+    fn exactly_one_warm_scope_is_accepted() {
+        assert_eq!(
+            scope(r#"{"ids":[1,2]}"#).unwrap(),
+            WarmScope::Ids(vec![1, 2])
+        );
+        assert_eq!(
+            scope(r#"{"category":" tools "}"#).unwrap(),
+            WarmScope::Category("tools".into())
+        );
+        assert_eq!(scope(r#"{"all":true}"#).unwrap(), WarmScope::All);
+        for bad in [
+            "{}",
+            r#"{"all":false}"#,
+            r#"{"ids":[]}"#,
+            r#"{"ids":[0]}"#,
+            r#"{"ids":[1],"all":true}"#,
+            r#"{"category":""}"#,
+        ] {
+            assert!(
+                matches!(scope(bad), Err(ApiError::Validation { .. })),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! The product cache seen from outside: `X-Cache` transitions, what lands in
+//! Redis, `/cache/*`, and Redis failing (unreachable, corrupt, restarted).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    Backend, TestApp, assert_problem, both_stores, redis, test_prefix, use_redis,
+};
+
+both_stores!(
+    reads_go_miss_then_l1_and_a_peer_hits_l2,
+    the_first_read_after_a_write_is_a_miss,
+    unknown_ids_are_cached_as_absent_until_created,
+    redis_holds_plain_json_with_a_ttl,
+    batch_reads_fill_and_use_the_cache,
+    cache_stats_have_the_spec_shape_and_move,
+    warm_fills_l2_and_the_local_l1,
+    clearing_and_invalidating_reach_every_level,
+);
+
+fn x_cache(response: &reqwest::Response) -> String {
+    response.headers()["x-cache"].to_str().unwrap().to_owned()
+}
+
+async fn read(app: &TestApp, id: i64) -> (StatusCode, String) {
+    let response = app.get(&format!("/products/{id}")).await;
+    (response.status(), x_cache(&response))
+}
+
+async fn spawn_with_redis(backend: Backend, prefix: &str) -> TestApp {
+    redis().await;
+    TestApp::spawn_with(backend, |c| use_redis(c, prefix)).await
+}
+
+async fn reads_go_miss_then_l1_and_a_peer_hits_l2(backend: Backend) {
+    let prefix = test_prefix();
+    let a = spawn_with_redis(backend, &prefix).await;
+    let b = a.spawn_peer(|c| use_redis(c, &prefix)).await;
+    let id = a.create_product("Layered", "tools", 3.0).await["id"]
+        .as_i64()
+        .unwrap();
+
+    let first = read(&a, id).await;
+    let second = read(&a, id).await;
+    let on_peer = read(&b, id).await;
+    let on_peer_again = read(&b, id).await;
+
+    assert_eq!(first, (StatusCode::OK, "MISS".into()));
+    assert_eq!(second, (StatusCode::OK, "HIT-L1".into()));
+    assert_eq!(on_peer, (StatusCode::OK, "HIT-L2".into()));
+    assert_eq!(on_peer_again, (StatusCode::OK, "HIT-L1".into()));
+    let body_a: Value = a
+        .get(&format!("/products/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let body_b: Value = b
+        .get(&format!("/products/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body_a, body_b);
+}
+
+async fn the_first_read_after_a_write_is_a_miss(backend: Backend) {
+    let app = spawn_with_redis(backend, &test_prefix()).await;
+    let id = app.create_product("Changing", "tools", 1.0).await["id"]
+        .as_i64()
+        .unwrap();
+    let path = format!("/products/{id}");
+    read(&app, id).await;
+    assert_eq!(read(&app, id).await.1, "HIT-L1");
+
+    let put = app
+        .authed(Method::PATCH, &path)
+        .json(&json!({"price": 2.5}))
+        .send()
+        .await
+        .unwrap();
+    let after_write = app.get(&path).await;
+
+    assert_eq!(put.status(), StatusCode::OK);
+    assert_eq!(x_cache(&after_write), "MISS");
+    let body: Value = after_write.json().await.unwrap();
+    assert_eq!(body["price"], json!(2.5));
+    assert_eq!(body["version"], 2);
+    let deleted = app.authed(Method::DELETE, &path).send().await.unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    assert_eq!(read(&app, id).await, (StatusCode::NOT_FOUND, "MISS".into()));
+}
+
+async fn unknown_ids_are_cached_as_absent_until_created(backend: Backend) {
+    let app = spawn_with_redis(backend, &test_prefix()).await;
+
+    let first = read(&app, 1).await;
+    let second = read(&app, 1).await;
+    let created = app.create_product("Now here", "tools", 1.0).await;
+    let after_create = read(&app, 1).await;
+
+    assert_eq!(first, (StatusCode::NOT_FOUND, "MISS".into()));
+    assert_eq!(second, (StatusCode::NOT_FOUND, "HIT-L1".into()));
+    assert_eq!(created["id"], 1);
+    assert_eq!(after_create, (StatusCode::OK, "MISS".into()));
+}
+
+async fn redis_holds_plain_json_with_a_ttl(backend: Backend) {
+    let prefix = test_prefix();
+    let app = spawn_with_redis(backend, &prefix).await;
+    let created = app.create_product("Readable", "tools", 19.99).await;
+    let id = created["id"].as_i64().unwrap();
+    read(&app, id).await;
+    let mut redis = redis().await;
+    let key = format!("{prefix}product:{id}");
+
+    let stored: String = redis.get(&key).await.unwrap();
+    let ttl: i64 = redis.ttl(&key).await.unwrap();
+
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored, created);
+    assert!(ttl > 0 && ttl <= 120, "ttl {ttl}");
+}
+
+async fn batch_reads_fill_and_use_the_cache(backend: Backend) {
+    let prefix = test_prefix();
+    let a = spawn_with_redis(backend, &prefix).await;
+    let b = a.spawn_peer(|c| use_redis(c, &prefix)).await;
+    let x = a.create_product("X", "tools", 1.0).await;
+    let y = a.create_product("Y", "tools", 2.0).await;
+    let path = format!("/products?ids={},{},777777", x["id"], y["id"]);
+
+    let first: Value = a.get(&path).await.json().await.unwrap();
+    let stats_before: Value = b.get("/cache/stats").await.json().await.unwrap();
+    let on_peer: Value = b.get(&path).await.json().await.unwrap();
+    let stats_after: Value = b.get("/cache/stats").await.json().await.unwrap();
+
+    let expected = json!({"items": [x, y], "missing": [777777]});
+    assert_eq!(first, expected);
+    assert_eq!(on_peer, expected);
+    let l2_hits = |stats: &Value| stats["levels"]["l2"]["hits"].as_u64().unwrap();
+    assert!(
+        l2_hits(&stats_after) >= l2_hits(&stats_before) + 2,
+        "{stats_after}"
+    );
+    assert_eq!(
+        stats_after["cache_hits"], 1,
+        "the peer's batch came from the cache"
+    );
+}
+
+async fn cache_stats_have_the_spec_shape_and_move(backend: Backend) {
+    let app = spawn_with_redis(backend, &test_prefix()).await;
+    let id = app.create_product("Counted", "tools", 1.0).await["id"]
+        .as_i64()
+        .unwrap();
+    let empty: Value = app.get("/cache/stats").await.json().await.unwrap();
+    read(&app, id).await;
+    read(&app, id).await;
+    read(&app, id).await;
+
+    let stats: Value = app.get("/cache/stats").await.json().await.unwrap();
+
+    assert_eq!(empty["hit_rate"], json!(0.0));
+    let keys = |v: &Value| {
+        let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(
+        keys(&stats),
+        [
+            "avg_response_time_ms",
+            "cache_hits",
+            "cache_misses",
+            "hit_rate",
+            "levels",
+            "total_requests",
+            "write_behind"
+        ]
+    );
+    assert_eq!(
+        keys(&stats["levels"]["l1"]),
+        ["bytes", "entries", "evictions", "hits", "misses"]
+    );
+    assert_eq!(
+        keys(&stats["levels"]["l2"]),
+        ["errors", "hits", "misses", "state"]
+    );
+    assert_eq!(
+        keys(&stats["write_behind"]),
+        ["failed", "flushed", "pending"]
+    );
+    assert_eq!(stats["total_requests"], 3);
+    assert_eq!(stats["cache_hits"], 2);
+    assert_eq!(stats["cache_misses"], 1);
+    assert!((stats["hit_rate"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9);
+    assert!(stats["avg_response_time_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(stats["levels"]["l1"]["hits"], 2);
+    assert_eq!(stats["levels"]["l1"]["entries"], 1);
+    assert!(stats["levels"]["l1"]["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(stats["levels"]["l2"]["state"], "up");
+    assert_eq!(stats["levels"]["l2"]["misses"], 1);
+}
+
+async fn warm_fills_l2_and_the_local_l1(backend: Backend) {
+    let prefix = test_prefix();
+    let a = spawn_with_redis(backend, &prefix).await;
+    let b = a.spawn_peer(|c| use_redis(c, &prefix)).await;
+    let mut ids = Vec::new();
+    for (name, category) in [("T1", "tools"), ("T2", "tools"), ("G1", "garden")] {
+        ids.push(
+            a.create_product(name, category, 1.0).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    let warm = |body: Value| a.authed(Method::POST, "/cache/warm").json(&body).send();
+
+    let by_category: Value = warm(json!({"category": "tools"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let by_ids: Value = warm(json!({"ids": [ids[2], 999999]}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let all: Value = warm(json!({"all": true}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let invalid = warm(json!({"all": true, "category": "tools"}))
+        .await
+        .unwrap();
+    let anonymous = a
+        .request(Method::POST, "/cache/warm")
+        .json(&json!({"all": true}))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(by_category, json!({"warmed": 2}));
+    assert_eq!(by_ids, json!({"warmed": 1}));
+    assert_eq!(all, json!({"warmed": 3}));
+    assert_problem(invalid, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_problem(anonymous, StatusCode::UNAUTHORIZED).await;
+    for id in &ids {
+        assert_eq!(read(&a, *id).await.1, "HIT-L1");
+        assert_eq!(read(&b, *id).await.1, "HIT-L2");
+    }
+}
+
+async fn clearing_and_invalidating_reach_every_level(backend: Backend) {
+    let prefix = test_prefix();
+    let app = spawn_with_redis(backend, &prefix).await;
+    let one = app.create_product("One", "tools", 1.0).await["id"]
+        .as_i64()
+        .unwrap();
+    let two = app.create_product("Two", "tools", 1.0).await["id"]
+        .as_i64()
+        .unwrap();
+    read(&app, one).await;
+    read(&app, two).await;
+    let mut redis = redis().await;
+    let keys = |mut redis: redis::aio::MultiplexedConnection, prefix: String| async move {
+        let keys: Vec<String> = redis.keys(format!("{prefix}*")).await.unwrap();
+        keys.len()
+    };
+    assert_eq!(keys(redis.clone(), prefix.clone()).await, 2);
+    // A key of another deployment on the same Redis must survive the clear.
+    let neighbour = format!("{}product:1", test_prefix());
+    let _: () = redis.set_ex(&neighbour, "{}", 60).await.unwrap();
+
+    let invalidate = app
+        .authed(Method::DELETE, &format!("/cache/products/{one}"))
+        .send()
+        .await
+        .unwrap();
+    let after_invalidate = (read(&app, one).await, read(&app, two).await);
+    let clear = app.authed(Method::DELETE, "/cache").send().await.unwrap();
+    let redis_after_clear = keys(redis.clone(), prefix.clone()).await;
+    let after_clear = read(&app, two).await;
+    let anonymous = app.request(Method::DELETE, "/cache").send().await.unwrap();
+
+    assert_eq!(invalidate.status(), StatusCode::NO_CONTENT);
+    assert_eq!(after_invalidate.0.1, "MISS");
+    assert_eq!(after_invalidate.1.1, "HIT-L1");
+    assert_eq!(clear.status(), StatusCode::NO_CONTENT);
+    assert_eq!(redis_after_clear, 0);
+    assert_eq!(after_clear.1, "MISS");
+    assert_problem(anonymous, StatusCode::UNAUTHORIZED).await;
+    let still_there: bool = redis.exists(&neighbour).await.unwrap();
+    assert!(still_there);
+    let _: () = redis.del(&neighbour).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_corrupt_value_in_redis_is_a_miss_not_an_error() {
+    let prefix = test_prefix();
+    let app = spawn_with_redis(Backend::Sqlite, &prefix).await;
+    let peer = app.spawn_peer(|c| use_redis(c, &prefix)).await;
+    let id = app.create_product("Fragile", "tools", 1.0).await["id"]
+        .as_i64()
+        .unwrap();
+    let mut redis = redis().await;
+    let key = format!("{prefix}product:{id}");
+
+    for garbage in [
+        &b"{not json"[..],
+        &[0x01, 0xff, 0xfe][..],
+        &[0x02, 9, 9, 9][..],
+        &b"[1,2]"[..],
+    ] {
+        // Empty the peer's L1 (and L2), then plant the bad value.
+        let cleared = peer.authed(Method::DELETE, "/cache").send().await.unwrap();
+        assert_eq!(cleared.status(), StatusCode::NO_CONTENT);
+        let _: () = redis.set_ex(&key, garbage, 60).await.unwrap();
+        let response = peer.get(&format!("/products/{id}")).await;
+        assert_eq!(response.status(), StatusCode::OK, "{garbage:?}");
+        assert_eq!(x_cache(&response), "MISS");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_leaves_the_service_up_and_degraded() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        use_redis(c, &test_prefix());
+        c.cache.redis_url = Some(format!("redis://127.0.0.1:{closed}").into());
+    })
+    .await;
+    let id = app.create_product("Resilient", "tools", 1.0).await["id"]
+        .as_i64()
+        .unwrap();
+
+    let health = app.get("/health").await;
+    let health_status = health.status();
+    let health: Value = health.json().await.unwrap();
+    let reads = (read(&app, id).await, read(&app, id).await);
+    let stats: Value = app.get("/cache/stats").await.json().await.unwrap();
+
+    assert_eq!(health_status, StatusCode::OK);
+    assert_eq!(
+        health,
+        json!({"status": "degraded", "db": "up", "l2": "down"})
+    );
+    assert_eq!(reads.0, (StatusCode::OK, "MISS".into()));
+    assert_eq!(reads.1, (StatusCode::OK, "HIT-L1".into()));
+    assert_eq!(stats["levels"]["l2"]["state"], "down");
+}
+
+/// A private `redis-server` on its own port, killed when dropped.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (Debian package redis-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "private redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reads every id once; returns the `X-Cache` of each and records statuses.
+async fn round(app: &TestApp, ids: &[i64], statuses: &mut Vec<StatusCode>) -> Vec<String> {
+    let mut sources = Vec::new();
+    for id in ids {
+        let (status, source) = read(app, *id).await;
+        statuses.push(status);
+        sources.push(source);
+    }
+    sources
+}
+
+#[tokio::test]
+async fn redis_killed_and_restarted_under_reads_fails_no_request() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis_server = PrivateRedis::start(port);
+    // A one-entry L1 sends most reads to L2, so L2 trouble shows.
+    let app = TestApp::spawn_with(Backend::Sqlite, |c| {
+        use_redis(c, &test_prefix());
+        c.cache.redis_url = Some(format!("redis://127.0.0.1:{}", redis_server.port).into());
+        c.cache.l1_max_entries = 1;
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            app.create_product(&format!("R{i}"), "tools", 1.0).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    let mut statuses = Vec::new();
+    round(&app, &ids, &mut statuses).await;
+    let before = round(&app, &ids, &mut statuses).await;
+    assert!(before.iter().any(|s| s == "HIT-L2"), "{before:?}");
+
+    redis_server.kill();
+    for _ in 0..20 {
+        round(&app, &ids, &mut statuses).await;
+    }
+    let down: Value = app.get("/health").await.json().await.unwrap();
+    let redis_server = PrivateRedis::start(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut l2_back = false;
+    while Instant::now() < deadline && !l2_back {
+        l2_back = round(&app, &ids, &mut statuses)
+            .await
+            .iter()
+            .any(|s| s == "HIT-L2");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(down["l2"], "down");
+    assert!(
+        l2_back,
+        "L2 was not used again within 10 s of Redis coming back"
+    );
+    let up: Value = app.get("/health").await.json().await.unwrap();
+    assert_eq!(up["l2"], "up");
+    drop(redis_server);
+}
