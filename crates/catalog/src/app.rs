@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use crate::config::{CacheConfig, ServeConfig};
 use crate::http::{self, AppState};
 use crate::seed;
-use crate::service::{ProductCache, ProductService};
+use crate::service::{ProductCache, ProductService, RenderedCodec};
 use crate::store::{self, Store};
 
 /// A built service, bound to its address, not yet serving.
@@ -102,6 +102,7 @@ impl Application {
 pub async fn build_cache(config: &CacheConfig) -> anyhow::Result<ProductCache> {
     let mut builder = ProductCache::builder()
         .namespace("product")
+        .codec(RenderedCodec)
         .key_prefix(config.cache_prefix.clone())
         .l1_max_entries(config.l1_max_entries)
         .l1_max_bytes(config.l1_max_bytes)

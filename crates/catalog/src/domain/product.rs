@@ -21,7 +21,11 @@ pub(super) const CATEGORY_MAX_CHARS: usize = 100;
 pub(super) const PRICE_MAX_CENTS: i64 = 100_000_000_000;
 
 /// A product as stored and as returned by the API.
+///
+/// Unknown fields are rejected when reading one back (from Redis), so that a
+/// foreign value is a cache miss rather than served as it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Product {
     /// Store-assigned identifier, positive.
     pub id: i64,

@@ -148,16 +148,12 @@ pub(super) fn problem(status: StatusCode, detail: String, field: Option<String>)
 
 /// Middleware body: replaces a bare error response (axum's 405, a timeout's
 /// 408: no body, no Content-Type) with a problem+json one of the same status.
-pub(super) async fn problem_for_bare_errors<B>(response: Response<B>) -> Response
-where
-    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
+pub(super) fn problem_for_bare_errors(response: Response) -> Response {
     let status = response.status();
     // Bodies we produced carry a Content-Type; the bare ones have none.
     let is_bare = !response.headers().contains_key(header::CONTENT_TYPE);
     if !(status.is_client_error() || status.is_server_error()) || !is_bare {
-        return response.map(axum::body::Body::new);
+        return response;
     }
     let detail = match status {
         StatusCode::NOT_FOUND => "no such resource".to_owned(),

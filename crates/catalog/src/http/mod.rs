@@ -6,6 +6,7 @@
 //! panicked.
 
 mod cache;
+mod context;
 mod error;
 mod extract;
 mod health;
@@ -13,21 +14,10 @@ mod openapi;
 mod products;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::middleware;
 use secrecy::{ExposeSecret, SecretString};
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -37,8 +27,7 @@ pub use error::{ApiError, PROBLEM_JSON, Problem};
 pub use extract::MAX_BODY_BYTES;
 
 use crate::service::ProductService;
-
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use context::RequestContextLayer;
 
 /// What every handler can reach. Cloned for every request, so it is one
 /// `Arc` (one reference-count increment per request, not one per field).
@@ -123,73 +112,17 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     with_middleware(app, request_timeout)
 }
 
-/// Request ids, tracing, panics as 500s, problem+json for bare errors and
-/// the request timeout, outermost first.
-///
-/// Every layer here runs on every request, the cache-hit path included, so
-/// each one is chosen to cost no allocation or system call it can avoid:
-/// request ids come from a counter, not a random UUID; the problem mapper sits
-/// inside the panic catcher so that it sees axum's own body type and does not
-/// box it again; the body limit is enforced by the JSON extractor, not by a
-/// layer that touches every request's extensions.
+/// Request ids, tracing, timeout, panics and bare errors as problems: see
+/// [`context`].
 fn with_middleware(app: Router, request_timeout: Duration) -> Router {
-    let stack = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::default()))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                let request_id = request
-                    .headers()
-                    .get(REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                tracing::info_span!(
-                    "request",
-                    method = %request.method(),
-                    uri = %request.uri(),
-                    request_id,
-                )
-            }),
-        )
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(CatchPanicLayer::custom(error::panic_response))
-        .layer(middleware::map_response(error::problem_for_bare_errors))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ));
-    app.layer(stack)
-}
-
-/// Request ids for requests that bring none: this process's random prefix
-/// and a counter (`4f1c9a2e-17`), unique across instances without a random
-/// draw per request.
-#[derive(Clone)]
-struct RequestIds {
-    prefix: Arc<str>,
-    next: Arc<AtomicU64>,
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        Self {
-            prefix: format!("{:08x}", rand::random::<u32>()).into(),
-            next: Arc::new(AtomicU64::new(1)),
-        }
-    }
-}
-
-impl MakeRequestId for RequestIds {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{}-{n}", self.prefix))
-            .ok()
-            .map(RequestId::new)
-    }
+    app.layer(RequestContextLayer::new(request_timeout))
 }
 
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
+    use axum::extract::Request;
+    use axum::http::StatusCode;
     use axum::routing::get;
     use tower::ServiceExt;
 

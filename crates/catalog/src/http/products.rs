@@ -92,10 +92,11 @@ pub(super) async fn get_product(
     };
     // The hit path: body and ETag were rendered when the product entered the
     // cache; here they are only reference-counted clones.
-    let mut response = if if_none_match.matches(product.etag()) {
+    let etag = product.etag();
+    let mut response = if if_none_match.matches(&etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let mut response = Response::new(Body::from(product.body().clone()));
+        let mut response = Response::new(Body::from(product.body()));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -103,7 +104,7 @@ pub(super) async fn get_product(
         response
     };
     let headers = response.headers_mut();
-    headers.insert(header::ETAG, product.etag().clone());
+    headers.insert(header::ETAG, etag);
     headers.insert(X_CACHE, x_cache);
     Ok(response)
 }

@@ -18,7 +18,7 @@ use tiercache::{L2State, Source, TieredCache};
 use crate::domain::{NewProduct, Product, ProductPatch};
 use crate::store::{Expected, PageRequest, Store, StoreError};
 
-pub use rendered::RenderedProduct;
+pub use rendered::{RenderedCodec, RenderedProduct};
 pub use stats::{RequestSnapshot, RequestStats};
 
 /// Most ids one batch read may ask for (SPEC §3).

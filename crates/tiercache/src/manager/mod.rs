@@ -267,7 +267,11 @@ where
             });
         }
         let inner = &*self.inner;
-        let (result, ran) = inner.flights.run(key, || inner.fill(key, loader)).await;
+        // Boxed so that the hit path's future stays small: the fill's state
+        // (Redis calls, the caller's loader) is large, and inline it would
+        // make every caller's future that large, allocated and moved on
+        // every call, hits included.
+        let (result, ran) = Box::pin(inner.flights.run(key, || inner.fill(key, loader))).await;
         if !ran {
             inner.counters.incr(COALESCED);
         }
