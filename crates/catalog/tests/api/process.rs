@@ -1,12 +1,13 @@
 //! The released binary as a user runs it: configuration errors, the
 //! generated token, seeding, and graceful shutdown on SIGTERM / SIGINT.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{Backend, TestDb};
+use redis::AsyncCommands;
+
+use crate::helpers::{Backend, TestDb, redis, redis_url, test_prefix};
 
 fn catalog() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_catalog"));
@@ -20,6 +21,14 @@ fn catalog() -> Command {
         "DB_MAX_CONNECTIONS",
         "DB_ACQUIRE_TIMEOUT_SECS",
         "REQUEST_TIMEOUT_SECS",
+        "REDIS_URL",
+        "CACHE_PREFIX",
+        "L1_MAX_ENTRIES",
+        "L1_MAX_BYTES",
+        "L1_TTL_SECS",
+        "L2_TTL_SECS",
+        "L2_TIMEOUT_MS",
+        "CACHE_WRITE_STRATEGY",
     ] {
         command.env_remove(var);
     }
@@ -64,6 +73,9 @@ async fn a_bad_setting_exits_non_zero_naming_the_variable() {
         ("DB_MAX_CONNECTIONS", "0"),
         ("REQUEST_TIMEOUT_SECS", "soon"),
         ("LOG_FORMAT", "xml"),
+        ("L1_MAX_ENTRIES", "0"),
+        ("L1_TTL_SECS", "-5"),
+        ("CACHE_WRITE_STRATEGY", "sometimes"),
     ] {
         let output = catalog().arg("serve").env(var, value).output().unwrap();
 
@@ -160,5 +172,67 @@ async fn seed_and_migrate_commands_work_on_a_fresh_database() {
     );
     let store = db.store().await;
     assert_eq!(store.count().await.unwrap(), 2500);
-    let _ = BufReader::new(&seed.stdout[..]).lines().count();
+}
+
+#[tokio::test]
+async fn warm_fills_redis_from_the_store() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let prefix = test_prefix();
+    let mut redis = redis().await;
+    let seed = catalog()
+        .args(["seed", "120"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(
+        seed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seed.stderr)
+    );
+
+    let warm = |args: &[&str]| {
+        catalog()
+            .arg("warm")
+            .args(args)
+            .env("DATABASE_URL", db.url())
+            .env("REDIS_URL", redis_url())
+            .env("CACHE_PREFIX", &prefix)
+            .env("L2_TTL_SECS", "120")
+            .output()
+            .unwrap()
+    };
+    let some = warm(&["--ids", "3,5,999999"]);
+    let keys_after_some: Vec<String> = redis.keys(format!("{prefix}*")).await.unwrap();
+    let all = warm(&["--all"]);
+    let keys_after_all: Vec<String> = redis.keys(format!("{prefix}*")).await.unwrap();
+    let without_redis = catalog()
+        .args(["warm", "--all"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    let no_scope = catalog()
+        .arg("warm")
+        .env("DATABASE_URL", db.url())
+        .env("REDIS_URL", redis_url())
+        .output()
+        .unwrap();
+
+    assert!(
+        some.status.success(),
+        "{}",
+        String::from_utf8_lossy(&some.stderr)
+    );
+    assert_eq!(keys_after_some.len(), 2, "{keys_after_some:?}");
+    assert!(
+        all.status.success(),
+        "{}",
+        String::from_utf8_lossy(&all.stderr)
+    );
+    assert_eq!(keys_after_all.len(), 120);
+    let stored: String = redis.get(format!("{prefix}product:3")).await.unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored["id"], 3);
+    assert!(!without_redis.status.success());
+    assert!(String::from_utf8_lossy(&without_redis.stderr).contains("REDIS_URL"));
+    assert!(!no_scope.status.success());
 }
