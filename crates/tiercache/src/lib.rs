@@ -117,4 +117,4 @@ pub use local::LocalCache;
 pub use manager::{CacheKey, Lookup, Source, TieredCache};
 pub use remote::codec::{Codec, CodecError, JsonCodec, PostcardCodec};
 pub use remote::topology::RedisTopology;
-pub use stats::{CacheStats, L1Stats, L2State, L2Stats, LoaderStats};
+pub use stats::{CacheStats, L1Stats, L2State, L2Stats, LoaderStats, Striped};

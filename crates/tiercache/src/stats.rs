@@ -131,7 +131,12 @@ impl<const N: usize> Stripe<N> {
     }
 }
 
-/// `N` counters, each split into per-thread stripes.
+/// `N` counters, each split into per-thread stripes: counting on a hot path
+/// without a cache line that every core writes.
+///
+/// The cache counts its own hits with this; it is public so that code
+/// counting beside the cache on the same path (a service's request counters,
+/// say) does not bring back the contention the cache avoids.
 ///
 /// A thread whose process-wide slot number (see [`thread_slot`]) is below
 /// the number of owned stripes is the only writer of that stripe, so it
@@ -139,13 +144,14 @@ impl<const N: usize> Stripe<N> {
 /// path, and no lost updates. Other threads share one stripe and use
 /// `fetch_add`. Readers sum everything with relaxed loads.
 #[derive(Debug)]
-pub(crate) struct Striped<const N: usize> {
+pub struct Striped<const N: usize> {
     owned: Box<[Stripe<N>]>,
     shared: Stripe<N>,
 }
 
 impl<const N: usize> Striped<N> {
-    pub(crate) fn new() -> Self {
+    /// `N` counters at zero, with stripes for a few times the cores.
+    pub fn new() -> Self {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
         // Runtime workers plus a few blocking and helper threads.
         let owned = (cores * 4).clamp(8, 64);
@@ -157,13 +163,19 @@ impl<const N: usize> Striped<N> {
 
     /// Adds one to counter `counter`.
     #[inline]
-    pub(crate) fn incr(&self, counter: usize) {
+    ///
+    /// # Panics
+    /// If `counter >= N`.
+    pub fn incr(&self, counter: usize) {
         self.add(counter, 1);
     }
 
     /// Adds `n` to counter `counter`.
     #[inline]
-    pub(crate) fn add(&self, counter: usize, n: u64) {
+    ///
+    /// # Panics
+    /// If `counter >= N`.
+    pub fn add(&self, counter: usize, n: u64) {
         match thread_slot().and_then(|slot| self.owned.get(slot)) {
             Some(stripe) => {
                 // Sole writer: a load/store pair cannot lose an update.
@@ -179,13 +191,23 @@ impl<const N: usize> Striped<N> {
         }
     }
 
-    /// The sum of counter `counter` over all stripes.
-    pub(crate) fn sum(&self, counter: usize) -> u64 {
+    /// The sum of counter `counter` over all stripes (a loose snapshot:
+    /// concurrent increments may or may not be included).
+    ///
+    /// # Panics
+    /// If `counter >= N`.
+    pub fn sum(&self, counter: usize) -> u64 {
         self.owned
             .iter()
             .chain(std::iter::once(&self.shared))
             .map(|s| s.0[counter].load(Ordering::Relaxed))
             .fold(0u64, u64::wrapping_add)
+    }
+}
+
+impl<const N: usize> Default for Striped<N> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

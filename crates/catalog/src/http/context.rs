@@ -8,10 +8,12 @@
 //! These are the jobs of six tower-http layers (request id set and
 //! propagate, trace, catch-panic, timeout, and a response mapper). They are
 //! one service here because every layer runs on the cache-hit path, where
-//! each allocation shows: this costs one boxed future, one timer entry and,
-//! when the client sent no id, one small header value.
+//! each allocation shows: this costs one boxed future and, when the client
+//! sent no id, one small header value; the timer is armed only for requests
+//! that wait.
 
 use std::convert::Infallible;
+use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +23,10 @@ use std::time::Duration;
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
+use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use tokio::time::error::Elapsed;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
@@ -102,7 +106,7 @@ where
         let timeout = self.timeout;
         Box::pin(
             async move {
-                let outcome = AssertUnwindSafe(tokio::time::timeout(timeout, response))
+                let outcome = AssertUnwindSafe(within(timeout, response))
                     .catch_unwind()
                     .await;
                 let mut response = match outcome {
@@ -121,6 +125,20 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+/// Runs `response` with a time limit, arming the timer only if it does not
+/// finish on its first poll.
+///
+/// A cache hit answers on the first poll; a tokio timer would cost it a
+/// clock read and a reference to the runtime's shared timer state on every
+/// request. A request that waits gets the full limit from its second poll.
+async fn within<F: Future>(limit: Duration, response: F) -> Result<F::Output, Elapsed> {
+    let mut response = std::pin::pin!(response);
+    match poll_fn(|cx| Poll::Ready(response.as_mut().poll(cx))).await {
+        Poll::Ready(output) => Ok(output),
+        Poll::Pending => tokio::time::timeout(limit, response).await,
     }
 }
 
@@ -145,7 +163,7 @@ impl Default for RequestIds {
 impl RequestIds {
     fn next(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{}-{n}", self.prefix))
+        HeaderValue::from_maybe_shared(Bytes::from(format!("{}-{n}", self.prefix)))
             .expect("hex digits, a dash and a number are a valid header value")
     }
 }

@@ -1,18 +1,21 @@
 //! Request-level counters of product reads: how many, how many a cache level
 //! answered, and their total time (for the average in `/cache/stats`).
 //!
-//! Relaxed atomics: the counters are statistics, read as a loose snapshot;
-//! no other memory depends on their order.
+//! Recorded on every read, the cache-hit path included, so they are striped
+//! per thread (`tiercache::Striped`) rather than atomics every core writes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use tiercache::Striped;
+
+const REQUESTS: usize = 0;
+const HITS: usize = 1;
+const MICROS: usize = 2;
 
 /// Counters of product reads (single and batch).
 #[derive(Debug, Default)]
 pub struct RequestStats {
-    requests: AtomicU64,
-    hits: AtomicU64,
-    total_micros: AtomicU64,
+    counters: Striped<3>,
 }
 
 /// A point-in-time copy of [`RequestStats`].
@@ -31,18 +34,20 @@ pub struct RequestSnapshot {
 impl RequestStats {
     /// Counts one read that took `elapsed`.
     pub fn record(&self, hit: bool, elapsed: Duration) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.counters.incr(REQUESTS);
         if hit {
-            self.hits.fetch_add(1, Ordering::Relaxed);
+            self.counters.incr(HITS);
         }
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.total_micros.fetch_add(micros, Ordering::Relaxed);
+        self.counters.add(MICROS, micros);
     }
 
     pub fn snapshot(&self) -> RequestSnapshot {
-        let requests = self.requests.load(Ordering::Relaxed);
-        let hits = self.hits.load(Ordering::Relaxed).min(requests);
-        let total_micros = self.total_micros.load(Ordering::Relaxed);
+        let requests = self.counters.sum(REQUESTS);
+        // Stripes are read one after another: clamp so that a hit counted
+        // after its request was summed cannot make misses negative.
+        let hits = self.counters.sum(HITS).min(requests);
+        let total_micros = self.counters.sum(MICROS);
         let ratio = |num: f64| {
             if requests == 0 {
                 0.0
