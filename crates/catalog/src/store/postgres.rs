@@ -41,12 +41,6 @@ impl PgStore {
         Ok(Self { pool })
     }
 
-    /// The underlying pool, for callers that need PostgreSQL itself (tests,
-    /// `LISTEN`).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     async fn current_version(&self, id: i64) -> Result<Option<i64>, StoreError> {
         Ok(
             sqlx::query_scalar("SELECT version FROM products WHERE id = $1")
