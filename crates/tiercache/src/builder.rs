@@ -12,9 +12,10 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::bus::{Bus, BusConfig};
 use crate::error::Error;
 use crate::local::LocalCache;
-use crate::manager::{CacheKey, Settings, TieredCache};
+use crate::manager::{CacheKey, L1Handle, Settings, TieredCache};
 use crate::remote::breaker::BreakerConfig;
 use crate::remote::codec::{Codec, JsonCodec};
 use crate::remote::topology::{RedisTopology, redact};
@@ -44,6 +45,8 @@ pub const DEFAULT_L2_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_BREAKER_FAILURE_THRESHOLD: u32 = 5;
 /// Default for [`TieredCacheBuilder::breaker_cooldown`].
 pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+/// Default for [`TieredCacheBuilder::heartbeat_interval`].
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where the builder's Redis setting came from; URLs are parsed in `build`.
 #[derive(Clone)]
@@ -104,6 +107,8 @@ pub struct TieredCacheBuilder<K, V> {
     l2_connect_timeout: Duration,
     breaker_failure_threshold: u32,
     breaker_cooldown: Duration,
+    bus: bool,
+    heartbeat_interval: Duration,
     _key: PhantomData<fn() -> K>,
 }
 
@@ -125,6 +130,8 @@ impl<K, V> fmt::Debug for TieredCacheBuilder<K, V> {
             .field("l2_connect_timeout", &self.l2_connect_timeout)
             .field("breaker_failure_threshold", &self.breaker_failure_threshold)
             .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("bus", &self.bus)
+            .field("heartbeat_interval", &self.heartbeat_interval)
             .finish()
     }
 }
@@ -151,6 +158,8 @@ where
             l2_connect_timeout: DEFAULT_L2_CONNECT_TIMEOUT,
             breaker_failure_threshold: DEFAULT_BREAKER_FAILURE_THRESHOLD,
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
+            bus: true,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             _key: PhantomData,
         }
     }
@@ -275,6 +284,27 @@ where
         self
     }
 
+    /// Whether this cache joins the invalidation bus (the pub/sub channel
+    /// `{key_prefix}{namespace}:bus`) when Redis is configured. Default
+    /// `true`; without Redis there is no bus whatever this says.
+    ///
+    /// Turn it off only for a cache that is never written to by more than
+    /// one instance: without the bus other instances' L1 copies live until
+    /// their L1 TTL.
+    pub fn bus(mut self, enabled: bool) -> Self {
+        self.bus = enabled;
+        self
+    }
+
+    /// How often this instance publishes a heartbeat on the bus. A
+    /// subscription that hears nothing (not even its own heartbeats) for
+    /// three intervals is presumed dead: L1 is cleared and the connection
+    /// rebuilt. Default [`DEFAULT_HEARTBEAT_INTERVAL`] (1 s).
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
     /// Builds the cache.
     ///
     /// With Redis configured, makes one connection attempt (bounded by
@@ -283,11 +313,17 @@ where
     /// L2 is [`Down`](crate::L2State::Down) and reconnects in the background.
     /// Must be called within a Tokio runtime when Redis is configured.
     ///
+    /// With Redis up and the bus on, also waits (at most the connect
+    /// timeout) until the bus is subscribed; otherwise the bus keeps
+    /// subscribing in the background (see
+    /// [`TieredCache::wait_subscribed`]).
+    ///
     /// # Errors
     ///
     /// [`Error::Config`] for an invalid setting: zero L1 bounds, a namespace
     /// that is empty or contains `:`, a jitter outside `[0, 1)`, zero
-    /// timeouts, a zero breaker cooldown, or a Redis URL that does not parse.
+    /// timeouts, a zero breaker cooldown or heartbeat interval, or a Redis
+    /// URL that does not parse.
     pub async fn build(self) -> Result<TieredCache<K, V>, Error> {
         if self.namespace.is_empty() || self.namespace.contains(':') {
             return Err(Error::config(format!(
@@ -303,6 +339,9 @@ where
         }
         if self.breaker_cooldown.is_zero() {
             return Err(Error::config("breaker_cooldown must be positive"));
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(Error::config("heartbeat_interval must be positive"));
         }
         let topology = match self.redis {
             RedisSetting::None => None,
@@ -325,14 +364,29 @@ where
                 .await?,
             ),
         };
+        let key_prefix = format!("{}{}:", self.key_prefix, self.namespace);
+        let bus = match &l2 {
+            Some(l2) if self.bus => {
+                let config = BusConfig {
+                    channel: format!("{key_prefix}bus"),
+                    heartbeat_interval: self.heartbeat_interval,
+                };
+                let bus = Bus::start(l2.clone(), config, Arc::new(L1Handle(l1.clone())));
+                if l2.state() == crate::L2State::Up {
+                    bus.wait_subscribed(self.l2_connect_timeout).await;
+                }
+                Some(bus)
+            }
+            _ => None,
+        };
         let settings = Settings {
-            key_prefix: format!("{}{}:", self.key_prefix, self.namespace),
+            key_prefix,
             l1_ttl: self.l1_ttl,
             l2_ttl: self.l2_ttl,
             negative_ttl: self.negative_ttl,
             ttl_jitter: self.ttl_jitter,
             compression_threshold: self.compression_threshold,
         };
-        Ok(TieredCache::from_parts(l1, l2, self.codec, settings))
+        Ok(TieredCache::from_parts(l1, l2, bus, self.codec, settings))
     }
 }

@@ -34,6 +34,21 @@
 //!
 //! **Loader**: the closure the caller passes to each read.
 //!
+//! **Invalidation bus** (with L2 only): one Redis pub/sub channel per cache,
+//! `{key_prefix}{namespace}:bus` (pub/sub ignores database numbers, so the
+//! prefix is what separates caches). Every instance has a random instance
+//! id and numbers its messages. `set`, `invalidate`, `invalidate_many`,
+//! `warm` and `clear` publish after changing Redis; a background task
+//! coalesces what is queued while a `PUBLISH` is in flight into one small
+//! JSON message (keys only, at most 500 per message), so a write burst is a
+//! few messages. Keys travel as their `Display` strings and are parsed back
+//! (`CacheKey: FromStr`) to be dropped from the receivers' L1; a key that
+//! does not parse clears the receiver's whole L1. Each instance has one
+//! dedicated pub/sub connection (to the first seed node on a cluster, where
+//! classic `PUBLISH` reaches every node), ignores its own messages, and
+//! publishes a heartbeat every heartbeat interval (1 s by default).
+//! Counters are in [`BusStats`].
+//!
 //! # Guarantees
 //!
 //! - **A cache level never fails a request.** Redis errors, timeouts (100 ms
@@ -51,6 +66,18 @@
 //!   by a random jitter (default up to 10%), never lengthened. Without an
 //!   explicit invalidation an instance serves a value at most its L1 TTL
 //!   after it was loaded.
+//! - **Cross-instance invalidation.** Once a write has returned, the other
+//!   instances drop their L1 copy about one Redis round trip later
+//!   (milliseconds; SPEC bound 1 s). Pub/sub is fire-and-forget, so every
+//!   way of missing a message ends in an L1 clear: L1 is cleared on every
+//!   (re)subscription (after subscribing, so nothing after the clear is
+//!   missed), on a gap in another instance's sequence numbers (a lost or
+//!   failed publish), and when nothing, not even the instance's own
+//!   heartbeat, was heard for three heartbeat intervals (a half-dead
+//!   connection, which is then rebuilt). An instance cut off from the bus
+//!   serves a changed value at most until its L1 TTL. `build` waits for the
+//!   first subscription while Redis is up; [`TieredCache::wait_subscribed`]
+//!   lets a service wait for it before reporting healthy.
 //!
 //! # Failure modes
 //!
@@ -63,12 +90,16 @@
 //! | value in Redis undecodable | miss, counted in `l2.decode_errors`, overwritten by the next fill |
 //! | loader fails | every coalesced caller gets the same [`Error::Loader`]; nothing is cached |
 //! | value too big for L1 | not admitted to L1 (counted as an eviction), still stored in Redis |
+//! | bus publish fails | counted in `bus.publish_errors`, logged at a rate limit; receivers see a sequence gap on the sender's next message and clear L1 |
+//! | bus connection drops | resubscribed with backoff (100 ms → 2 s), L1 cleared once subscribed |
+//! | bus silent for 3 heartbeats | connection rebuilt, L1 cleared (`bus.l1_clears.heartbeat_timeout`) |
 //!
 //! # Not yet
 //!
-//! Cross-instance invalidation (pub/sub bus), version-checked Redis writes,
-//! fail-safe stale answers, tags and write-behind are later steps; the
-//! public types are `#[non_exhaustive]` where they will grow.
+//! Version-checked Redis writes, fail-safe stale answers, tags and
+//! write-behind are later steps; the public types are `#[non_exhaustive]`
+//! where they will grow. Sharded pub/sub (`SPUBLISH`) on clusters is not
+//! used: the bus depends on the first seed node being reachable.
 //!
 //! # Example
 //!
@@ -98,6 +129,7 @@
 #![warn(missing_docs)]
 
 mod builder;
+mod bus;
 mod clock;
 mod error;
 mod flight;
@@ -107,14 +139,16 @@ mod remote;
 mod stats;
 
 pub use builder::{
-    DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURE_THRESHOLD, DEFAULT_KEY_PREFIX,
-    DEFAULT_L1_MAX_BYTES, DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_TTL, DEFAULT_L2_CONNECT_TIMEOUT,
-    DEFAULT_L2_TIMEOUT, DEFAULT_L2_TTL, DEFAULT_NAMESPACE, DEFAULT_NEGATIVE_TTL,
-    DEFAULT_TTL_JITTER, TieredCacheBuilder,
+    DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURE_THRESHOLD, DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_KEY_PREFIX, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_TTL,
+    DEFAULT_L2_CONNECT_TIMEOUT, DEFAULT_L2_TIMEOUT, DEFAULT_L2_TTL, DEFAULT_NAMESPACE,
+    DEFAULT_NEGATIVE_TTL, DEFAULT_TTL_JITTER, TieredCacheBuilder,
 };
 pub use error::Error;
 pub use local::LocalCache;
 pub use manager::{CacheKey, Lookup, Source, TieredCache};
 pub use remote::codec::{Codec, CodecError, JsonCodec, PostcardCodec};
 pub use remote::topology::RedisTopology;
-pub use stats::{CacheStats, L1Stats, L2State, L2Stats, LoaderStats, Striped};
+pub use stats::{
+    BusClears, BusState, BusStats, CacheStats, L1Stats, L2State, L2Stats, LoaderStats, Striped,
+};

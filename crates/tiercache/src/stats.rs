@@ -31,6 +31,100 @@ pub struct CacheStats {
     /// Lookups answered "not found" from a negative entry (L1 or L2) without
     /// calling the loader. They are also counted as hits of their level.
     pub negative_hits: u64,
+    /// The invalidation bus.
+    pub bus: BusStats,
+}
+
+/// Counters of the invalidation bus (all zero, state `disabled`, without one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct BusStats {
+    /// Whether this instance is subscribed right now.
+    pub state: BusState,
+    /// Messages this instance published (keys, clears and heartbeats).
+    pub published: u64,
+    /// Messages from other instances received and applied.
+    pub received: u64,
+    /// Sequence gaps detected in other instances' messages (each cleared L1).
+    pub gaps: u64,
+    /// Publishes that failed; other instances miss those messages and see
+    /// a gap on the next one they receive.
+    pub publish_errors: u64,
+    /// Times L1 was emptied by the bus, by reason.
+    pub l1_clears: BusClears,
+    /// Sum of propagation lags (receive time minus the sender's wall-clock
+    /// send time, in ms) over `lag_samples` messages from other instances.
+    /// Includes clock skew between hosts.
+    pub lag_ms_sum: u64,
+    /// Messages the lag was measured on.
+    pub lag_samples: u64,
+    /// Largest propagation lag seen, in ms.
+    pub lag_ms_max: u64,
+}
+
+impl BusStats {
+    pub(crate) fn disabled() -> Self {
+        Self {
+            state: BusState::Disabled,
+            published: 0,
+            received: 0,
+            gaps: 0,
+            publish_errors: 0,
+            l1_clears: BusClears::default(),
+            lag_ms_sum: 0,
+            lag_samples: 0,
+            lag_ms_max: 0,
+        }
+    }
+}
+
+/// Why the bus emptied L1, counted per reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[non_exhaustive]
+pub struct BusClears {
+    /// A sequence gap: messages from another instance were missed.
+    pub gap: u64,
+    /// A (re)subscription, including the first: messages may have been
+    /// missed while unsubscribed.
+    pub resubscribe: u64,
+    /// Nothing was heard for three heartbeat intervals (the subscription
+    /// was presumed half-dead and rebuilt).
+    pub heartbeat_timeout: u64,
+    /// Another instance cleared the whole cache.
+    pub remote_clear: u64,
+}
+
+/// Whether the invalidation bus is listening.
+///
+/// Serialized in lowercase (`"subscribed"`, `"connecting"`, `"disabled"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum BusState {
+    /// Subscribed: invalidations from other instances reach this one.
+    Subscribed,
+    /// Not subscribed yet, or resubscribing after the connection was lost;
+    /// L1 is cleared once subscribed again.
+    Connecting,
+    /// No bus: no Redis configured, or the bus was turned off.
+    Disabled,
+}
+
+impl BusState {
+    /// The lowercase name used in serialized form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Subscribed => "subscribed",
+            Self::Connecting => "connecting",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+impl std::fmt::Display for BusState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Counters of the in-process level.
@@ -138,7 +232,7 @@ impl<const N: usize> Stripe<N> {
 /// counting beside the cache on the same path (a service's request counters,
 /// say) does not bring back the contention the cache avoids.
 ///
-/// A thread whose process-wide slot number (see [`thread_slot`]) is below
+/// A thread whose process-wide slot number (see `thread_slot`) is below
 /// the number of owned stripes is the only writer of that stripe, so it
 /// increments with a plain load and store: no locked instruction on the hit
 /// path, and no lost updates. Other threads share one stripe and use

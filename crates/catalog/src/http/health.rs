@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
-use tiercache::L2State;
+use tiercache::{BusState, L2State};
 use utoipa::ToSchema;
 
 use super::AppState;
@@ -17,7 +17,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// The health report (SPEC §3).
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct Health {
-    /// `ok`; `degraded` when the store or L2 is down.
+    /// `ok`; `degraded` when the store or L2 is down, or this instance is
+    /// not (yet) subscribed to the invalidation bus.
     status: &'static str,
     /// `up` or `down`.
     db: &'static str,
@@ -39,7 +40,10 @@ pub(super) async fn health(State(state): State<AppState>) -> (StatusCode, Json<H
         Ok(Ok(()))
     );
     let l2 = state.products.l2_state();
-    let status = if db_up && l2 != L2State::Down {
+    // Until the bus is subscribed this instance could miss another's
+    // invalidations (SPEC §3): not healthy yet.
+    let bus_ready = state.products.cache().bus_state() != BusState::Connecting;
+    let status = if db_up && l2 != L2State::Down && bus_ready {
         "ok"
     } else {
         "degraded"

@@ -21,6 +21,8 @@ both_stores!(
     cache_stats_have_the_spec_shape_and_move,
     warm_fills_l2_and_the_local_l1,
     clearing_and_invalidating_reach_every_level,
+    writes_on_one_instance_reach_another_within_a_second,
+    a_clear_on_one_instance_empties_every_l1,
 );
 
 fn x_cache(response: &reqwest::Response) -> String {
@@ -474,4 +476,73 @@ async fn redis_killed_and_restarted_under_reads_fails_no_request() {
     let up: Value = app.get("/health").await.json().await.unwrap();
     assert_eq!(up["l2"], "up");
     drop(redis_server);
+}
+
+/// Reads `id` on `app` until `done` accepts the answer, for at most 1 s
+/// (SPEC §3: another instance stops serving an old version within 1 s).
+async fn eventually(app: &TestApp, id: i64, done: impl Fn(StatusCode, &Value) -> bool) -> bool {
+    for _ in 0..20 {
+        let response = app.get(&format!("/products/{id}")).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if done(status, &body) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn writes_on_one_instance_reach_another_within_a_second(backend: Backend) {
+    let prefix = test_prefix();
+    let a = spawn_with_redis(backend, &prefix).await;
+    let b = a.spawn_peer(|c| use_redis(c, &prefix)).await;
+    let id = a.create_product("Shared", "tools", 1.0).await["id"]
+        .as_i64()
+        .unwrap();
+    read(&b, id).await;
+    assert_eq!(read(&b, id).await.1, "HIT-L1");
+
+    let patched = a
+        .authed(Method::PATCH, &format!("/products/{id}"))
+        .json(&json!({"price": 2.5}))
+        .send()
+        .await
+        .unwrap();
+    let b_sees_update = eventually(&b, id, |_, body| body["price"] == json!(2.5)).await;
+    let deleted = a
+        .authed(Method::DELETE, &format!("/products/{id}"))
+        .send()
+        .await
+        .unwrap();
+    let b_sees_delete = eventually(&b, id, |status, _| status == StatusCode::NOT_FOUND).await;
+
+    assert_eq!(patched.status(), StatusCode::OK);
+    assert!(b_sees_update, "B kept serving the old version");
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    assert!(b_sees_delete, "B kept serving a deleted product");
+}
+
+async fn a_clear_on_one_instance_empties_every_l1(backend: Backend) {
+    let prefix = test_prefix();
+    let a = spawn_with_redis(backend, &prefix).await;
+    let b = a.spawn_peer(|c| use_redis(c, &prefix)).await;
+    let id = a.create_product("Cleared", "tools", 1.0).await["id"]
+        .as_i64()
+        .unwrap();
+    read(&b, id).await;
+    assert_eq!(read(&b, id).await.1, "HIT-L1");
+
+    let clear = a.authed(Method::DELETE, "/cache").send().await.unwrap();
+    let mut b_cleared = false;
+    for _ in 0..20 {
+        if read(&b, id).await.1 == "MISS" {
+            b_cleared = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    assert_eq!(clear.status(), StatusCode::NO_CONTENT);
+    assert!(b_cleared, "B still answered from its L1 after a clear on A");
 }

@@ -14,6 +14,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,25 +22,30 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::builder::TieredCacheBuilder;
+use crate::bus::{Bus, L1Sink};
 use crate::error::Error;
 use crate::flight::Flights;
 use crate::local::LocalCache;
 use crate::remote::RemoteCache;
 use crate::remote::codec::Codec;
-use crate::stats::{CacheStats, L2State, L2Stats, LoaderStats, Striped};
+use crate::stats::{BusState, BusStats, CacheStats, L2State, L2Stats, LoaderStats, Striped};
 
 mod fill;
 
 /// Keys a [`TieredCache`] accepts: anything hashable whose `Display` form is
-/// unique per key (it becomes the Redis key suffix), e.g. `i64`, `u64`,
-/// `String`, `Uuid`.
+/// unique per key (it becomes the Redis key suffix) and parses back
+/// (`FromStr`), e.g. `i64`, `u64`, `String`, `Uuid`.
 ///
 /// Implemented for every type with those bounds; there is nothing to
 /// implement by hand. Two keys that are not equal must not display equal,
-/// or they would share a Redis entry.
-pub trait CacheKey: fmt::Display + Eq + Hash + Clone + Send + Sync + 'static {}
+/// or they would share a Redis entry. The invalidation bus sends keys as
+/// their `Display` strings and the receiving instance parses them back to
+/// drop them from its L1, so `key.to_string().parse()` should give `key`
+/// again; a string that does not parse makes the receiver clear its whole
+/// L1 instead (safe, but costly).
+pub trait CacheKey: fmt::Display + FromStr + Eq + Hash + Clone + Send + Sync + 'static {}
 
-impl<T> CacheKey for T where T: fmt::Display + Eq + Hash + Clone + Send + Sync + 'static {}
+impl<T> CacheKey for T where T: fmt::Display + FromStr + Eq + Hash + Clone + Send + Sync + 'static {}
 
 /// Which level answered a lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -153,6 +159,17 @@ type FlightResult<V> = Result<(Shared<V>, Source), Arc<dyn StdError + Send + Syn
 /// sets arrive. If Redis is unreachable during an invalidation, the Redis
 /// copy lives until its TTL.
 ///
+/// # Other instances
+///
+/// With Redis configured, every instance listens on the invalidation bus
+/// (see the crate docs). [`set`](Self::set), [`invalidate`](Self::invalidate),
+/// [`invalidate_many`](Self::invalidate_many), [`warm`](Self::warm) and
+/// [`clear`](Self::clear) publish the keys they changed after changing
+/// Redis, and every other instance drops them from its L1, typically within
+/// milliseconds. Publishing is queued and coalesced by a background task:
+/// these methods never wait for it. A service should wait for
+/// [`wait_subscribed`](Self::wait_subscribed) before reporting healthy.
+///
 /// # Example
 ///
 /// ```no_run
@@ -205,6 +222,8 @@ impl<K, V> fmt::Debug for TieredCache<K, V> {
 struct Inner<K, V> {
     l1: LocalCache<K, Shared<V>>,
     l2: Option<RemoteCache>,
+    /// Dropped with the last handle, which stops the bus tasks.
+    bus: Option<Bus>,
     codec: Arc<dyn Codec<V>>,
     flights: Flights<K, FlightResult<V>>,
     settings: Settings,
@@ -225,6 +244,7 @@ where
     pub(crate) fn from_parts(
         l1: LocalCache<K, Shared<V>>,
         l2: Option<RemoteCache>,
+        bus: Option<Bus>,
         codec: Arc<dyn Codec<V>>,
         settings: Settings,
     ) -> Self {
@@ -232,6 +252,7 @@ where
             inner: Arc::new(Inner {
                 l1,
                 l2,
+                bus,
                 codec,
                 flights: Flights::new(),
                 settings,
@@ -366,19 +387,23 @@ where
     }
 
     /// Stores `value` under `key` in Redis (one `SET … PX`) and L1, with the
-    /// usual TTLs. If the value cannot be encoded it is kept in L1 only.
+    /// usual TTLs, then tells the other instances to drop their L1 copy. If
+    /// the value cannot be encoded it is kept in L1 only.
     pub async fn set(&self, key: &K, value: V) {
         self.inner.store(key, Some(Arc::new(value))).await;
+        self.inner.announce(std::slice::from_ref(key));
     }
 
-    /// Removes `key` from Redis (`UNLINK`), then from this instance's L1.
+    /// Removes `key` from Redis (`UNLINK`), then from this instance's L1,
+    /// then tells the other instances to drop it from theirs.
     ///
     /// If Redis is unreachable, its copy stays until its TTL.
     pub async fn invalidate(&self, key: &K) {
         self.invalidate_many(std::slice::from_ref(key)).await;
     }
 
-    /// Removes `keys` from Redis (one `UNLINK`), then from this instance's L1.
+    /// Removes `keys` from Redis (one `UNLINK`), then from this instance's
+    /// L1, then tells the other instances to drop them from theirs.
     pub async fn invalidate_many(&self, keys: &[K]) {
         let inner = &*self.inner;
         if let Some(l2) = &inner.l2 {
@@ -388,6 +413,7 @@ where
         for key in keys {
             inner.l1.remove(key);
         }
+        inner.announce(keys);
     }
 
     /// Removes `key` from this instance's L1 only (e.g. on an invalidation
@@ -398,7 +424,8 @@ where
 
     /// Removes every key of this cache (`{key_prefix}{namespace}:*`) from
     /// Redis, by `SCAN` + `UNLINK` in batches (never `KEYS` or `FLUSHDB`),
-    /// then empties this instance's L1.
+    /// then empties this instance's L1, then tells the other instances to
+    /// empty theirs.
     ///
     /// Keys written while the scan runs may survive it.
     pub async fn clear(&self) {
@@ -410,6 +437,9 @@ where
             }
         }
         inner.l1.clear();
+        if let Some(bus) = &inner.bus {
+            bus.publish_clear();
+        }
     }
 
     /// Empties this instance's L1 only.
@@ -446,11 +476,13 @@ where
                 Error::Loader(Arc::new(error))
             })?;
             warmed += loaded.len();
+            let warmed_keys: Vec<K> = loaded.keys().cloned().collect();
             let fills = loaded
                 .into_iter()
                 .map(|(key, value)| (key, Some(Arc::new(value))))
                 .collect();
             inner.store_many(fills, false).await;
+            inner.announce(&warmed_keys);
         }
         Ok(warmed)
     }
@@ -474,7 +506,49 @@ where
                 errors: count(LOADER_ERRORS),
             },
             negative_hits: count(NEGATIVE_HITS),
+            bus: inner
+                .bus
+                .as_ref()
+                .map_or_else(BusStats::disabled, Bus::stats),
         }
+    }
+
+    /// Whether this instance listens to the invalidation bus right now:
+    /// `Disabled` without Redis (or with the bus turned off), else
+    /// `Subscribed` or `Connecting`.
+    pub fn bus_state(&self) -> BusState {
+        self.inner
+            .bus
+            .as_ref()
+            .map_or(BusState::Disabled, Bus::state)
+    }
+
+    /// Waits until the invalidation bus is subscribed, at most `limit`, and
+    /// returns whether it is; `true` at once when there is no bus.
+    ///
+    /// SPEC: an instance subscribes to the bus before it reports healthy.
+    /// `build` already waits for the first subscription as long as it
+    /// waits for Redis, so this only waits when Redis was slow or down.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn example(cache: tiercache::TieredCache<i64, String>) {
+    /// use std::time::Duration;
+    /// let healthy = cache.wait_subscribed(Duration::from_secs(5)).await;
+    /// # }
+    /// ```
+    pub async fn wait_subscribed(&self, limit: Duration) -> bool {
+        match &self.inner.bus {
+            Some(bus) => bus.wait_subscribed(limit).await,
+            None => true,
+        }
+    }
+
+    /// The bus channel of this cache, `{key_prefix}{namespace}:bus`, or
+    /// `None` without a bus.
+    pub fn bus_channel(&self) -> Option<&str> {
+        self.inner.bus.as_ref().map(Bus::channel)
     }
 
     /// Health of the Redis level: `Disabled` without Redis, else `Up` or `Down`.
@@ -488,6 +562,48 @@ where
     /// The Redis key under which `key` is stored: `{key_prefix}{namespace}:{key}`.
     pub fn redis_key(&self, key: &K) -> String {
         self.inner.redis_key(key)
+    }
+}
+
+impl<K, V> Inner<K, V>
+where
+    K: CacheKey,
+{
+    /// Tells the other instances that `keys` changed.
+    fn announce(&self, keys: &[K]) {
+        if let Some(bus) = &self.bus {
+            bus.publish_keys(keys.iter().map(ToString::to_string));
+        }
+    }
+}
+
+/// The receiving side of the bus for one cache: parses keys back from their
+/// `Display` strings and drops them from L1.
+pub(crate) struct L1Handle<K, V>(pub(crate) LocalCache<K, Shared<V>>);
+
+impl<K, V> L1Sink for L1Handle<K, V>
+where
+    K: CacheKey,
+    V: Send + Sync + 'static,
+{
+    fn remove(&self, keys: &[String]) {
+        for key in keys {
+            match key.parse::<K>() {
+                Ok(key) => {
+                    self.0.remove(&key);
+                }
+                Err(_) => {
+                    // We cannot tell which entry it names; drop them all.
+                    tracing::warn!(%key, "bus key does not parse as a key of this cache; L1 cleared");
+                    self.0.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn clear(&self) {
+        self.0.clear();
     }
 }
 

@@ -83,8 +83,10 @@ struct Inner {
     log: LogLimiter,
 }
 
+/// Aborts a background task when dropped, so that tasks live exactly as
+/// long as their owner.
 #[derive(Debug)]
-struct AbortOnDrop(JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -130,6 +132,30 @@ impl RemoteCache {
     /// Failed calls so far.
     pub(crate) fn errors(&self) -> u64 {
         self.inner.errors.load(Ordering::Relaxed)
+    }
+
+    /// Where Redis is.
+    pub(crate) fn topology(&self) -> &RedisTopology {
+        &self.inner.config.topology
+    }
+
+    /// Bound on every connection attempt.
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.inner.config.connect_timeout
+    }
+
+    /// `PUBLISH channel message`; returns whether Redis took it. On a
+    /// cluster, classic `PUBLISH` reaches the subscribers of every node.
+    pub(crate) async fn publish(&self, channel: &str, message: &[u8]) -> bool {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(message);
+        self.inner
+            .call(
+                "PUBLISH",
+                |conn| async move { conn.query::<u64>(&cmd).await },
+            )
+            .await
+            .is_some()
     }
 
     /// `GET key`: `Some(None)` when absent, `None` when Redis was unusable.
@@ -445,7 +471,7 @@ async fn supervise(inner: Weak<Inner>) {
 
 /// Lets one warning through per [`LOG_EVERY`] and counts the rest.
 #[derive(Debug, Default)]
-struct LogLimiter {
+pub(crate) struct LogLimiter {
     last: Mutex<Option<Instant>>,
     suppressed: AtomicU64,
 }
@@ -453,7 +479,7 @@ struct LogLimiter {
 impl LogLimiter {
     /// Calls `log` with the number of warnings suppressed since the last
     /// one, or counts this one as suppressed.
-    fn warn(&self, log: impl FnOnce(u64)) {
+    pub(crate) fn warn(&self, log: impl FnOnce(u64)) {
         let now = Instant::now();
         {
             let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());

@@ -312,6 +312,21 @@ impl Conn {
     }
 }
 
+/// A dedicated pub/sub connection: to the server, or to the first seed
+/// node of a cluster (classic `PUBLISH` is broadcast to every node, so any
+/// node sees every message).
+pub(crate) async fn pubsub(topology: &RedisTopology) -> RedisResult<redis::aio::PubSub> {
+    let url = match topology {
+        RedisTopology::Single(url) => url.as_str(),
+        RedisTopology::Cluster(nodes) => nodes
+            .first()
+            .map(String::as_str)
+            .ok_or_else(|| unexpected("cluster topology without nodes"))?,
+    };
+    let info = url.into_connection_info()?.set_tcp_settings(tcp_settings());
+    redis::Client::open(info)?.get_async_pubsub().await
+}
+
 /// One node to scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Node {

@@ -1,9 +1,11 @@
 //! The Redis level against a real three-node Redis Cluster: every
 //! multi-key operation crosses hash slots, since keys carry no hash tag.
 
-use tiercache::{L2State, Source};
+use std::time::Duration;
 
-use crate::support::{self, Item, PrivateCluster, found, found_all};
+use tiercache::{BusState, L2State, Source};
+
+use crate::support::{self, Item, PrivateCluster, eventually, found, found_all};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_serves_single_and_cross_slot_operations() {
@@ -80,6 +82,42 @@ async fn a_cluster_serves_single_and_cross_slot_operations() {
         .await
         .unwrap();
     assert_eq!((reloaded.source, kept.source), (Source::Loader, Source::L2));
+
+    // The bus: a reader subscribed on another node than the first seed
+    // still hears the writer (classic PUBLISH reaches every node).
+    let reversed: Vec<String> = seeds.iter().rev().cloned().collect();
+    let far_reader = support::builder::<Item>(&prefix)
+        .redis_url(format!("redis+cluster://{}", reversed.join(",")))
+        .build()
+        .await
+        .unwrap();
+    for cache in [&reader, &far_reader] {
+        assert_eq!(cache.bus_state(), BusState::Subscribed);
+        cache
+            .get_or_load(&70, || async { found(70) })
+            .await
+            .unwrap();
+        let cached = cache
+            .get_or_load(&70, || async { found(70) })
+            .await
+            .unwrap();
+        assert_eq!(cached.source, Source::L1);
+    }
+    writer.invalidate(&70).await;
+    for cache in [&reader, &far_reader] {
+        eventually(
+            Duration::from_secs(1),
+            "a reader to drop key 70",
+            || async {
+                let lookup = cache
+                    .get_or_load(&70, || async { found(70) })
+                    .await
+                    .unwrap();
+                lookup.source != Source::L1
+            },
+        )
+        .await;
+    }
 
     // Clear scans every primary.
     writer.clear().await;

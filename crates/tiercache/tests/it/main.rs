@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod bus;
 mod cluster;
 mod manager;
 mod remote;
