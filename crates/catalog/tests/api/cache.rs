@@ -480,12 +480,17 @@ async fn redis_killed_and_restarted_under_reads_fails_no_request() {
 
 /// Reads `id` on `app` until `done` accepts the answer, for at most 1 s
 /// (SPEC §3: another instance stops serving an old version within 1 s).
-async fn eventually(app: &TestApp, id: i64, done: impl Fn(StatusCode, &Value) -> bool) -> bool {
+async fn eventually(
+    app: &TestApp,
+    id: i64,
+    done: impl Fn(StatusCode, &str, &Value) -> bool,
+) -> bool {
     for _ in 0..20 {
         let response = app.get(&format!("/products/{id}")).await;
         let status = response.status();
+        let source = x_cache(&response);
         let body: Value = response.json().await.unwrap_or(Value::Null);
-        if done(status, &body) {
+        if done(status, &source, &body) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -509,13 +514,13 @@ async fn writes_on_one_instance_reach_another_within_a_second(backend: Backend) 
         .send()
         .await
         .unwrap();
-    let b_sees_update = eventually(&b, id, |_, body| body["price"] == json!(2.5)).await;
+    let b_sees_update = eventually(&b, id, |_, _, body| body["price"] == json!(2.5)).await;
     let deleted = a
         .authed(Method::DELETE, &format!("/products/{id}"))
         .send()
         .await
         .unwrap();
-    let b_sees_delete = eventually(&b, id, |status, _| status == StatusCode::NOT_FOUND).await;
+    let b_sees_delete = eventually(&b, id, |status, _, _| status == StatusCode::NOT_FOUND).await;
 
     assert_eq!(patched.status(), StatusCode::OK);
     assert!(b_sees_update, "B kept serving the old version");
@@ -534,14 +539,7 @@ async fn a_clear_on_one_instance_empties_every_l1(backend: Backend) {
     assert_eq!(read(&b, id).await.1, "HIT-L1");
 
     let clear = a.authed(Method::DELETE, "/cache").send().await.unwrap();
-    let mut b_cleared = false;
-    for _ in 0..20 {
-        if read(&b, id).await.1 == "MISS" {
-            b_cleared = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let b_cleared = eventually(&b, id, |_, source, _| source == "MISS").await;
 
     assert_eq!(clear.status(), StatusCode::NO_CONTENT);
     assert!(b_cleared, "B still answered from its L1 after a clear on A");
