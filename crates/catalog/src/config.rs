@@ -20,11 +20,7 @@ fn secret(value: &str) -> Result<SecretString, Infallible> {
 }
 
 fn seconds(value: &str) -> Result<Duration, String> {
-    match value.parse::<u64>() {
-        Ok(0) => Err("must be at least 1 (seconds)".into()),
-        Ok(secs) => Ok(Duration::from_secs(secs)),
-        Err(_) => Err(format!("{value:?} is not a whole number of seconds")),
-    }
+    positive(value, "seconds").map(Duration::from_secs)
 }
 
 /// Where the products live.
@@ -71,10 +67,15 @@ impl DbConfig {
 }
 
 fn milliseconds(value: &str) -> Result<Duration, String> {
+    positive(value, "milliseconds").map(Duration::from_millis)
+}
+
+/// A whole number of `unit`, at least 1.
+fn positive(value: &str, unit: &str) -> Result<u64, String> {
     match value.parse::<u64>() {
-        Ok(0) => Err("must be at least 1 (milliseconds)".into()),
-        Ok(ms) => Ok(Duration::from_millis(ms)),
-        Err(_) => Err(format!("{value:?} is not a whole number of milliseconds")),
+        Ok(0) => Err(format!("must be at least 1 ({unit})")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{value:?} is not a whole number of {unit}")),
     }
 }
 

@@ -194,23 +194,14 @@ impl FromRequestParts<AppState> for Authenticated {
     }
 }
 
-/// Entity tags listed in a conditional header's values, with `W/` prefixes
-/// removed (weak comparison is what `If-None-Match` asks for). `None`: the
-/// header is absent; `Some(None)`: it is `*`.
-fn listed_tags<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<Option<Vec<String>>> {
-    let mut tags = Vec::new();
-    let mut seen = false;
-    for value in values {
-        seen = true;
-        let Ok(value) = value.to_str() else { continue };
-        for tag in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            if tag == "*" {
-                return Some(None);
-            }
-            tags.push(tag.trim_start_matches("W/").to_owned());
-        }
-    }
-    seen.then_some(Some(tags))
+/// The entity tags listed in a conditional header's values, trimmed, `W/`
+/// prefixes kept, `*` included; borrowed from the headers, no allocation.
+fn listed_tags<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> impl Iterator<Item = &'a str> {
+    values
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|tag| !tag.is_empty())
 }
 
 /// The `If-None-Match` header, taken without copying the rest of the headers
@@ -219,13 +210,11 @@ fn listed_tags<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<Opti
 pub(super) struct IfNoneMatch(Vec<HeaderValue>);
 
 impl IfNoneMatch {
-    /// Whether the header matches `etag`, so that a GET answers 304.
+    /// Whether the header matches `etag` (weak comparison, as `If-None-Match`
+    /// asks), so that a GET answers 304.
     pub(super) fn matches(&self, etag: &HeaderValue) -> bool {
-        match listed_tags(self.0.iter()) {
-            None => false,
-            Some(None) => true,
-            Some(Some(tags)) => tags.iter().any(|t| t.as_bytes() == etag.as_bytes()),
-        }
+        listed_tags(self.0.iter())
+            .any(|tag| tag == "*" || tag.trim_start_matches("W/").as_bytes() == etag.as_bytes())
     }
 }
 
@@ -250,23 +239,24 @@ impl<S: Send + Sync> FromRequestParts<S> for IfNoneMatch {
 /// issued for product `id` (`"id-version"`); a tag that cannot match (another
 /// product, a weak or foreign tag) makes the precondition fail with 412.
 pub(super) fn if_match(headers: &HeaderMap, id: i64) -> Result<Expected, ApiError> {
-    let tags = match listed_tags(headers.get_all(header::IF_MATCH).iter()) {
-        None | Some(None) => return Ok(Expected::Any),
-        Some(Some(tags)) => tags,
-    };
-    let is_weak = headers
-        .get_all(header::IF_MATCH)
-        .iter()
-        .any(|v| v.as_bytes().starts_with(b"W/"));
-    let version = tags
-        .iter()
-        .find_map(|tag| {
+    let mut tags = listed_tags(headers.get_all(header::IF_MATCH).iter()).peekable();
+    if tags.peek().is_none() {
+        return Ok(Expected::Any);
+    }
+    let mut version = None;
+    for tag in tags {
+        if tag == "*" {
+            return Ok(Expected::Any);
+        }
+        // Strong comparison: a weak tag (`W/"…"`) never matches.
+        version = version.or_else(|| {
             let (tag_id, version) = tag.strip_prefix('"')?.strip_suffix('"')?.split_once('-')?;
             (tag_id.parse::<i64>().ok()? == id).then(|| version.parse::<i64>().ok())?
-        })
-        .filter(|_| !is_weak)
-        .ok_or(ApiError::PreconditionFailed)?;
-    Ok(Expected::Version(version))
+        });
+    }
+    version
+        .map(Expected::Version)
+        .ok_or(ApiError::PreconditionFailed)
 }
 
 #[cfg(test)]

@@ -39,10 +39,11 @@ pub(super) async fn health(State(state): State<AppState>) -> (StatusCode, Json<H
         tokio::time::timeout(PING_TIMEOUT, state.products.store().ping()).await,
         Ok(Ok(()))
     );
-    let l2 = state.products.l2_state();
+    let cache = state.products.cache();
+    let l2 = cache.l2_state();
     // Until the bus is subscribed this instance could miss another's
     // invalidations (SPEC §3): not healthy yet.
-    let bus_ready = state.products.cache().bus_state() != BusState::Connecting;
+    let bus_ready = cache.bus_state() != BusState::Connecting;
     let status = if db_up && l2 != L2State::Down && bus_ready {
         "ok"
     } else {

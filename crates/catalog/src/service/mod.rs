@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tiercache::{L2State, Source, TieredCache};
+use tiercache::{Source, TieredCache};
 
 use crate::domain::{NewProduct, Product, ProductPatch};
 use crate::store::{Expected, PageRequest, Store, StoreError};
@@ -150,10 +150,6 @@ impl ProductService {
         &self.stats
     }
 
-    pub fn l2_state(&self) -> L2State {
-        self.cache.l2_state()
-    }
-
     /// One product: L1 → L2 → store, filling the levels on the way back.
     pub async fn get(&self, id: i64) -> Result<Read, ServiceError> {
         let started = Instant::now();
@@ -179,12 +175,7 @@ impl ProductService {
             .cache
             .get_many_or_load(ids, |missing| async move {
                 let found = self.store.get_many(&missing).await?;
-                Ok::<_, StoreError>(
-                    found
-                        .into_iter()
-                        .map(|p| (p.id, RenderedProduct::new(p)))
-                        .collect::<HashMap<_, _>>(),
-                )
+                Ok::<_, StoreError>(by_id(found))
             })
             .await?;
         let hit = lookups.iter().all(|(_, lookup)| lookup.is_cache_hit());
