@@ -17,7 +17,9 @@ use tokio::net::TcpListener;
 use crate::config::{CacheConfig, ServeConfig};
 use crate::http::{self, AppState};
 use crate::seed;
-use crate::service::{ProductCache, ProductService, RenderedCodec};
+use crate::service::{
+    Caches, PageCache, ProductCache, ProductService, RenderedCodec, RenderedProduct,
+};
 use crate::store::{self, Store};
 
 /// A built service, bound to its address, not yet serving.
@@ -47,9 +49,9 @@ impl Application {
         if let Some(count) = seed {
             seed_if_empty(store.as_ref(), count).await?;
         }
-        let cache = build_cache(&config.cache).await?;
+        let caches = build_caches(&config.cache).await?;
         let state = AppState::new(
-            ProductService::new(Arc::clone(&store), cache),
+            ProductService::new(Arc::clone(&store), caches),
             config.api_token.unwrap_or_else(generated_token),
         );
         let router = http::router(state, config.request_timeout);
@@ -92,23 +94,62 @@ impl Application {
     }
 }
 
-/// The product cache as configured: L1 always, L2 when `REDIS_URL` is set.
+/// Most category pages kept in L1 (they are few and small next to products).
+const PAGE_L1_ENTRIES: u64 = 2_000;
+/// Most bytes of category pages kept in L1.
+const PAGE_L1_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The caches as configured: L1 always, L2 when `REDIS_URL` is set.
 ///
-/// An unreachable Redis does not fail this: the cache starts with L2 down and
-/// keeps reconnecting in the background.
+/// An unreachable Redis does not fail this: the caches start with L2 down
+/// and keep reconnecting in the background.
 ///
 /// # Errors
 /// A setting the cache rejects (e.g. a malformed `REDIS_URL`).
-pub async fn build_cache(config: &CacheConfig) -> anyhow::Result<ProductCache> {
+pub async fn build_caches(config: &CacheConfig) -> anyhow::Result<Caches> {
+    let products = build_product_cache(config).await?;
+    let mut pages = PageCache::builder()
+        .namespace("page")
+        .key_prefix(config.cache_prefix.clone())
+        .l1_max_entries(PAGE_L1_ENTRIES)
+        .l1_max_bytes(PAGE_L1_BYTES)
+        .l1_ttl(config.l1_ttl)
+        .l2_ttl(config.l2_ttl)
+        .l2_timeout(config.l2_timeout)
+        .fail_safe(config.fail_safe, tiercache::DEFAULT_FAIL_SAFE_THROTTLE)
+        .loader_timeouts(
+            Some(config.loader_soft_timeout),
+            Some(config.loader_hard_timeout),
+        );
+    if let Some(url) = &config.redis_url {
+        pages = pages.redis_url(url.expose_secret());
+    }
+    let pages = pages
+        .build()
+        .await
+        .context("invalid cache settings (REDIS_URL, L1_*, L2_*, CACHE_PREFIX)")?;
+    Ok(Caches { products, pages })
+}
+
+async fn build_product_cache(config: &CacheConfig) -> anyhow::Result<ProductCache> {
     let mut builder = ProductCache::builder()
         .namespace("product")
         .codec(RenderedCodec)
+        .versioned("version", |p: &RenderedProduct| {
+            u64::try_from(p.product().version).unwrap_or(0)
+        })
         .key_prefix(config.cache_prefix.clone())
         .l1_max_entries(config.l1_max_entries)
         .l1_max_bytes(config.l1_max_bytes)
         .l1_ttl(config.l1_ttl)
         .l2_ttl(config.l2_ttl)
-        .l2_timeout(config.l2_timeout);
+        .l2_timeout(config.l2_timeout)
+        .fail_safe(config.fail_safe, tiercache::DEFAULT_FAIL_SAFE_THROTTLE)
+        .loader_timeouts(
+            Some(config.loader_soft_timeout),
+            Some(config.loader_hard_timeout),
+        )
+        .eager_refresh((config.eager_refresh > 0.0).then_some(config.eager_refresh));
     match &config.redis_url {
         Some(url) => builder = builder.redis_url(url.expose_secret()),
         None => tracing::info!(

@@ -8,7 +8,7 @@ use secrecy::ExposeSecret;
 
 use tiercache::L2State;
 
-use crate::app::{Application, build_cache};
+use crate::app::{Application, build_caches};
 use crate::config::{CacheConfig, DbConfig, LogFormat, ServeConfig};
 use crate::service::{ProductService, WarmScope};
 use crate::{seed, store};
@@ -120,11 +120,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             let store = open_store(&args.db).await?;
-            let cache = build_cache(&args.cache).await?;
-            if cache.l2_state() != L2State::Up {
+            let caches = build_caches(&args.cache).await?;
+            if caches.products.l2_state() != L2State::Up {
                 anyhow::bail!("Redis at REDIS_URL is not reachable; nothing was warmed");
             }
-            let warmed = ProductService::new(store, cache)
+            let warmed = ProductService::new(store, caches)
                 .warm(args.scope())
                 .await
                 .context("could not warm the cache")?;

@@ -134,6 +134,45 @@ pub struct CacheConfig {
     #[arg(long, env = "CACHE_WRITE_STRATEGY", value_name = "CACHE_WRITE_STRATEGY", value_enum,
           default_value_t = WriteStrategy::Invalidate)]
     pub write_strategy: WriteStrategy,
+
+    /// Seconds an expired L1 product is kept as a fail-safe answer
+    /// (`X-Cache: STALE`) for when the store fails or is slow. 0: off.
+    #[arg(long, env = "FAIL_SAFE_SECS", value_name = "FAIL_SAFE_SECS", default_value = "3600",
+          value_parser = seconds_or_zero)]
+    pub fail_safe: Duration,
+
+    /// Milliseconds a store read may take before a stale product is
+    /// answered instead (the read goes on and refreshes the cache).
+    #[arg(long, env = "LOADER_SOFT_TIMEOUT_MS", value_name = "LOADER_SOFT_TIMEOUT_MS",
+          default_value = "250", value_parser = milliseconds)]
+    pub loader_soft_timeout: Duration,
+
+    /// Milliseconds after which a store read is abandoned (stale answer if
+    /// there is one, else 503).
+    #[arg(long, env = "LOADER_HARD_TIMEOUT_MS", value_name = "LOADER_HARD_TIMEOUT_MS",
+          default_value = "5000", value_parser = milliseconds)]
+    pub loader_hard_timeout: Duration,
+
+    /// Fraction of the L1 TTL after which a hit reloads the product in the
+    /// background (0 < f < 1); 0: off.
+    #[arg(long, env = "EAGER_REFRESH", value_name = "EAGER_REFRESH", default_value_t = 0.8,
+          value_parser = fraction)]
+    pub eager_refresh: f64,
+}
+
+fn seconds_or_zero(value: &str) -> Result<Duration, String> {
+    value
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{value:?} is not a whole number of seconds"))
+}
+
+/// 0 (off) or a fraction strictly between 0 and 1.
+fn fraction(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(f) if f == 0.0 || (f > 0.0 && f < 1.0) => Ok(f),
+        _ => Err(format!("{value:?} is not 0 or a number between 0 and 1")),
+    }
 }
 
 impl Default for CacheConfig {
@@ -147,6 +186,10 @@ impl Default for CacheConfig {
             cache_prefix: "cache:".to_owned(),
             l2_timeout: Duration::from_millis(100),
             write_strategy: WriteStrategy::Invalidate,
+            fail_safe: Duration::from_secs(3_600),
+            loader_soft_timeout: Duration::from_millis(250),
+            loader_hard_timeout: Duration::from_secs(5),
+            eager_refresh: 0.8,
         }
     }
 }

@@ -14,8 +14,9 @@ use serde::de::DeserializeOwned;
 
 use crate::bus::{Bus, BusConfig};
 use crate::error::Error;
+use crate::fence::Fences;
 use crate::local::LocalCache;
-use crate::manager::{CacheKey, L1Handle, Settings, TieredCache};
+use crate::manager::{CacheKey, L1Handle, Parts, Settings, Tags, TieredCache};
 use crate::remote::breaker::BreakerConfig;
 use crate::remote::codec::{Codec, JsonCodec};
 use crate::remote::topology::{RedisTopology, redact};
@@ -47,6 +48,10 @@ pub const DEFAULT_BREAKER_FAILURE_THRESHOLD: u32 = 5;
 pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
 /// Default for [`TieredCacheBuilder::heartbeat_interval`].
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default for [`TieredCacheBuilder::fail_safe`]'s throttle.
+pub const DEFAULT_FAIL_SAFE_THROTTLE: Duration = Duration::from_secs(1);
+/// Default for [`TieredCacheBuilder::tombstone_ttl`].
+pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 
 /// Where the builder's Redis setting came from; URLs are parsed in `build`.
 #[derive(Clone)]
@@ -109,7 +114,30 @@ pub struct TieredCacheBuilder<K, V> {
     breaker_cooldown: Duration,
     bus: bool,
     heartbeat_interval: Duration,
+    versioning: Option<Versioning<V>>,
+    tombstone_ttl: Duration,
+    fail_safe_window: Duration,
+    fail_safe_throttle: Duration,
+    soft_timeout: Option<Duration>,
+    hard_timeout: Option<Duration>,
+    eager_refresh: Option<f64>,
     _key: PhantomData<fn() -> K>,
+}
+
+/// How a versioned cache reads versions: from a value in Rust, and from its
+/// stored JSON (the field) in the Redis guard script.
+pub(crate) struct Versioning<V> {
+    pub(crate) field: String,
+    pub(crate) version_of: Arc<dyn Fn(&V) -> u64 + Send + Sync>,
+}
+
+impl<V> Clone for Versioning<V> {
+    fn clone(&self) -> Self {
+        Self {
+            field: self.field.clone(),
+            version_of: Arc::clone(&self.version_of),
+        }
+    }
 }
 
 impl<K, V> fmt::Debug for TieredCacheBuilder<K, V> {
@@ -132,6 +160,16 @@ impl<K, V> fmt::Debug for TieredCacheBuilder<K, V> {
             .field("breaker_cooldown", &self.breaker_cooldown)
             .field("bus", &self.bus)
             .field("heartbeat_interval", &self.heartbeat_interval)
+            .field(
+                "versioned_field",
+                &self.versioning.as_ref().map(|v| v.field.as_str()),
+            )
+            .field("tombstone_ttl", &self.tombstone_ttl)
+            .field("fail_safe_window", &self.fail_safe_window)
+            .field("fail_safe_throttle", &self.fail_safe_throttle)
+            .field("soft_timeout", &self.soft_timeout)
+            .field("hard_timeout", &self.hard_timeout)
+            .field("eager_refresh", &self.eager_refresh)
             .finish()
     }
 }
@@ -160,6 +198,13 @@ where
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
             bus: true,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            versioning: None,
+            tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
+            fail_safe_window: Duration::ZERO,
+            fail_safe_throttle: DEFAULT_FAIL_SAFE_THROTTLE,
+            soft_timeout: None,
+            hard_timeout: None,
+            eager_refresh: None,
             _key: PhantomData,
         }
     }
@@ -305,6 +350,74 @@ where
         self
     }
 
+    /// Makes the cache *versioned*: every value has a version (from
+    /// `version_of`, increasing with every change of the underlying data),
+    /// and Redis never replaces a stored version with an older one. Values
+    /// stored by the JSON codec must carry the same number as the top-level
+    /// JSON field `field` (the guard script reads it there; other codecs
+    /// get a small version header instead).
+    ///
+    /// This closes the classic cache-aside race (a slow reader putting an
+    /// old value back after a writer's invalidation) together with
+    /// [`TieredCache::invalidate_version`], which leaves a short-lived
+    /// tombstone (see [`tombstone_ttl`](Self::tombstone_ttl)) instead of
+    /// deleting. Off by default: sets are plain `SET`s.
+    pub fn versioned(
+        mut self,
+        field: impl Into<String>,
+        version_of: impl Fn(&V) -> u64 + Send + Sync + 'static,
+    ) -> Self {
+        self.versioning = Some(Versioning {
+            field: field.into(),
+            version_of: Arc::new(version_of),
+        });
+        self
+    }
+
+    /// How long a tombstone left by [`TieredCache::invalidate_version`]
+    /// refuses older versions. It must outlast the slowest load that can
+    /// race a write (bound it with [`hard_timeout`](Self::hard_timeout)).
+    /// Default [`DEFAULT_TOMBSTONE_TTL`] (60 s).
+    pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {
+        self.tombstone_ttl = ttl;
+        self
+    }
+
+    /// Turns on fail-safe: an L1 entry past its TTL is kept `window` longer
+    /// as a fallback, answered (as [`Source::Stale`](crate::Source::Stale))
+    /// when the loader fails or times out. After such an answer the loader
+    /// of that key is not retried for `throttle`; reads in between get the
+    /// stale value at once. Redis copies are not kept longer: they are
+    /// served until their own TTL.
+    ///
+    /// Default: off (`window` zero); throttle [`DEFAULT_FAIL_SAFE_THROTTLE`].
+    pub fn fail_safe(mut self, window: Duration, throttle: Duration) -> Self {
+        self.fail_safe_window = window;
+        self.fail_safe_throttle = throttle;
+        self
+    }
+
+    /// Loader timeouts. After `soft`, a caller that has a stale fallback
+    /// (see [`fail_safe`](Self::fail_safe)) gets it, while the load goes on
+    /// in the background and fills the cache when it finishes. After
+    /// `hard`, the load is abandoned: the caller gets the stale fallback if
+    /// there is one, else [`Error::Loader`] with a [`LoaderTimedOut`](crate::LoaderTimedOut).
+    /// Default: neither.
+    pub fn loader_timeouts(mut self, soft: Option<Duration>, hard: Option<Duration>) -> Self {
+        self.soft_timeout = soft;
+        self.hard_timeout = hard;
+        self
+    }
+
+    /// Eager refresh: a hit on an L1 entry older than `fraction` of its TTL
+    /// (e.g. 0.8) reloads it in the background, once per key however many
+    /// callers hit it, so hot keys never expire into a miss. A failed
+    /// refresh is retried after the fail-safe throttle. Default: off.
+    pub fn eager_refresh(mut self, fraction: Option<f64>) -> Self {
+        self.eager_refresh = fraction;
+        self
+    }
+
     /// Builds the cache.
     ///
     /// With Redis configured, makes one connection attempt (bounded by
@@ -343,6 +456,19 @@ where
         if self.heartbeat_interval.is_zero() {
             return Err(Error::config("heartbeat_interval must be positive"));
         }
+        if let Some(fraction) = self.eager_refresh
+            && !(fraction > 0.0 && fraction < 1.0)
+        {
+            return Err(Error::config(format!(
+                "eager_refresh must be in (0, 1) (got {fraction})"
+            )));
+        }
+        if [self.soft_timeout, self.hard_timeout].contains(&Some(Duration::ZERO)) {
+            return Err(Error::config("loader timeouts must be positive"));
+        }
+        if self.versioning.is_some() && self.tombstone_ttl.is_zero() {
+            return Err(Error::config("tombstone_ttl must be positive"));
+        }
         let topology = match self.redis {
             RedisSetting::None => None,
             RedisSetting::Url(url) => Some(RedisTopology::parse(&url)?),
@@ -365,13 +491,20 @@ where
             ),
         };
         let key_prefix = format!("{}{}:", self.key_prefix, self.namespace);
+        let fences = Arc::new(Fences::new());
+        let tags = Arc::new(Tags::new());
         let bus = match &l2 {
             Some(l2) if self.bus => {
                 let config = BusConfig {
                     channel: format!("{key_prefix}bus"),
                     heartbeat_interval: self.heartbeat_interval,
                 };
-                let bus = Bus::start(l2.clone(), config, Arc::new(L1Handle(l1.clone())));
+                let sink = L1Handle {
+                    l1: l1.clone(),
+                    fences: Arc::clone(&fences),
+                    tags: Arc::clone(&tags),
+                };
+                let bus = Bus::start(l2.clone(), config, Arc::new(sink));
                 if l2.state() == crate::L2State::Up {
                     bus.wait_subscribed(self.l2_connect_timeout).await;
                 }
@@ -386,7 +519,22 @@ where
             negative_ttl: self.negative_ttl,
             ttl_jitter: self.ttl_jitter,
             compression_threshold: self.compression_threshold,
+            tombstone_ttl: self.tombstone_ttl,
+            fail_safe_window: self.fail_safe_window,
+            fail_safe_throttle: self.fail_safe_throttle,
+            soft_timeout: self.soft_timeout,
+            hard_timeout: self.hard_timeout,
+            eager_refresh: self.eager_refresh,
         };
-        Ok(TieredCache::from_parts(l1, l2, bus, self.codec, settings))
+        Ok(TieredCache::from_parts(Parts {
+            l1,
+            l2,
+            bus,
+            codec: self.codec,
+            versioning: self.versioning,
+            fences,
+            tags,
+            settings,
+        }))
     }
 }

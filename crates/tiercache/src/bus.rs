@@ -16,6 +16,7 @@
 //!
 //! ```text
 //! {"from":"<instance>","seq":7,"sent_ms":1764020000000,"op":"keys","keys":["1","2"]}
+//! {"from":"<instance>","seq":8,"sent_ms":1764020000000,"op":"tags","keys":["tools"],"gens":[1764020000123]}
 //! {"from":"<instance>","seq":8,"sent_ms":1764020000000,"op":"clear"}
 //! {"from":"<instance>","seq":9,"sent_ms":1764020000000,"op":"heartbeat"}
 //! ```
@@ -43,7 +44,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::remote::topology::{self, RedisTopology};
 use crate::remote::{AbortOnDrop, LogLimiter, RemoteCache};
-use crate::stats::{BusClears, BusState, BusStats};
+use crate::stats::{BusClears, BusState, BusStats, LAG_BUCKETS_MS};
 
 /// Most keys in one message; a larger batch becomes several messages.
 pub(crate) const MAX_KEYS_PER_MESSAGE: usize = 500;
@@ -56,7 +57,9 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 pub(crate) trait L1Sink: Send + Sync + 'static {
     /// Drops these keys (their `Display` strings) from L1.
     fn remove(&self, keys: &[String]);
-    /// Empties L1.
+    /// Raises these tags' generations (tag, generation) to at least the given ones.
+    fn tags(&self, tags: &[(String, u64)]);
+    /// Empties L1 (and forgets tag generations: they are read again from Redis).
     fn clear(&self);
 }
 
@@ -83,6 +86,8 @@ struct Shared {
 #[derive(Debug, Default)]
 struct Pending {
     keys: HashSet<String>,
+    /// Tag → highest generation queued.
+    tags: HashMap<String, u64>,
     clear: bool,
 }
 
@@ -99,6 +104,7 @@ struct Counters {
     lag_ms_sum: AtomicU64,
     lag_samples: AtomicU64,
     lag_ms_max: AtomicU64,
+    lag_buckets: [AtomicU64; LAG_BUCKETS_MS.len() + 1],
 }
 
 /// One bus message.
@@ -112,12 +118,16 @@ struct Message {
     op: Op,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     keys: Vec<String>,
+    /// For `tags`: the generation of each tag in `keys`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    gens: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Op {
     Keys,
+    Tags,
     Clear,
     Heartbeat,
 }
@@ -178,6 +188,24 @@ impl Bus {
         self.shared.wake.notify_one();
     }
 
+    /// Queues new tag generations for the next message; never waits for Redis.
+    pub(crate) fn publish_tags(&self, tags: impl IntoIterator<Item = (String, u64)>) {
+        {
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !pending.clear {
+                for (tag, generation) in tags {
+                    let queued = pending.tags.entry(tag).or_default();
+                    *queued = (*queued).max(generation);
+                }
+            }
+        }
+        self.shared.wake.notify_one();
+    }
+
     /// Queues a "clear everything" message; never waits for Redis.
     pub(crate) fn publish_clear(&self) {
         {
@@ -189,6 +217,7 @@ impl Bus {
             // A clear subsumes every key queued before it.
             pending.clear = true;
             pending.keys.clear();
+            pending.tags.clear();
         }
         self.shared.wake.notify_one();
     }
@@ -224,21 +253,28 @@ impl Bus {
             lag_ms_sum: get(&c.lag_ms_sum),
             lag_samples: get(&c.lag_samples),
             lag_ms_max: get(&c.lag_ms_max),
+            lag_buckets: c.lag_buckets.each_ref().map(get),
         }
     }
 }
 
 impl Shared {
     /// Everything queued since the last call, as the messages to send.
-    fn take_messages(&self) -> Vec<(Op, Vec<String>)> {
+    fn take_messages(&self) -> Vec<(Op, Vec<String>, Vec<u64>)> {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         if pending.clear {
-            return vec![(Op::Clear, Vec::new())];
+            return vec![(Op::Clear, Vec::new(), Vec::new())];
         }
         let keys: Vec<String> = pending.keys.into_iter().collect();
-        keys.chunks(MAX_KEYS_PER_MESSAGE)
-            .map(|chunk| (Op::Keys, chunk.to_vec()))
-            .collect()
+        let tags: Vec<(String, u64)> = pending.tags.into_iter().collect();
+        let key_messages = keys
+            .chunks(MAX_KEYS_PER_MESSAGE)
+            .map(|chunk| (Op::Keys, chunk.to_vec(), Vec::new()));
+        let tag_messages = tags.chunks(MAX_KEYS_PER_MESSAGE).map(|chunk| {
+            let (names, gens) = chunk.iter().cloned().unzip();
+            (Op::Tags, names, gens)
+        });
+        key_messages.chain(tag_messages).collect()
     }
 
     fn set_state(&self, state: BusState) {
@@ -268,9 +304,9 @@ async fn publish(shared: Arc<Shared>, l2: RemoteCache, heartbeat: Duration) {
         };
         let mut messages = shared.take_messages();
         if beat && messages.is_empty() {
-            messages.push((Op::Heartbeat, Vec::new()));
+            messages.push((Op::Heartbeat, Vec::new(), Vec::new()));
         }
-        for (op, keys) in messages {
+        for (op, keys, gens) in messages {
             seq += 1;
             let message = Message {
                 from: shared.instance.clone(),
@@ -278,6 +314,7 @@ async fn publish(shared: Arc<Shared>, l2: RemoteCache, heartbeat: Duration) {
                 sent_ms: now_ms(),
                 op,
                 keys,
+                gens,
             };
             let payload = serde_json::to_vec(&message)
                 .expect("a message of strings and integers always serializes");
@@ -404,6 +441,11 @@ fn apply(shared: &Shared, senders: &mut Senders, sink: &dyn L1Sink, payload: &[u
         counters.lag_ms_sum.fetch_add(lag, Ordering::Relaxed);
         counters.lag_samples.fetch_add(1, Ordering::Relaxed);
         counters.lag_ms_max.fetch_max(lag, Ordering::Relaxed);
+        let bucket = LAG_BUCKETS_MS
+            .iter()
+            .position(|&bound| lag <= bound)
+            .unwrap_or(LAG_BUCKETS_MS.len());
+        counters.lag_buckets[bucket].fetch_add(1, Ordering::Relaxed);
     }
     if verdict == Verdict::Gap {
         // Everything the missed messages named is dropped with the rest.
@@ -415,6 +457,10 @@ fn apply(shared: &Shared, senders: &mut Senders, sink: &dyn L1Sink, payload: &[u
     }
     match message.op {
         Op::Keys => sink.remove(&message.keys),
+        Op::Tags => {
+            let tags: Vec<(String, u64)> = message.keys.into_iter().zip(message.gens).collect();
+            sink.tags(&tags);
+        }
         Op::Clear => {
             sink.clear();
             counters.clear_remote.fetch_add(1, Ordering::Relaxed);
@@ -471,6 +517,7 @@ mod tests {
             sent_ms: 0,
             op: Op::Heartbeat,
             keys: Vec::new(),
+            gens: Vec::new(),
         }
     }
 
@@ -482,6 +529,7 @@ mod tests {
             sent_ms: 10,
             op: Op::Keys,
             keys: vec!["1".into(), "2".into()],
+            gens: Vec::new(),
         };
         assert_eq!(
             serde_json::to_string(&keys).unwrap(),
@@ -494,6 +542,16 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&clear).unwrap(),
             r#"{"from":"ab","seq":4,"sent_ms":0,"op":"clear"}"#
+        );
+        let tags = Message {
+            op: Op::Tags,
+            keys: vec!["tools".into()],
+            gens: vec![7],
+            ..message("ab", 5)
+        };
+        assert_eq!(
+            serde_json::to_string(&tags).unwrap(),
+            r#"{"from":"ab","seq":5,"sent_ms":0,"op":"tags","keys":["tools"],"gens":[7]}"#
         );
         let parsed: Message =
             serde_json::from_str(r#"{"from":"x","seq":1,"op":"heartbeat"}"#).unwrap();
@@ -564,10 +622,21 @@ mod tests {
             pending.keys.insert("1".into());
         }
         let messages = shared.take_messages();
-        let sizes: Vec<usize> = messages.iter().map(|(_, keys)| keys.len()).collect();
+        let sizes: Vec<usize> = messages.iter().map(|(_, keys, _)| keys.len()).collect();
         assert_eq!(sizes, vec![500, 500, 200]);
         assert!(shared.take_messages().is_empty());
+        {
+            let mut pending = shared.pending.lock().unwrap();
+            pending.tags.insert("a".into(), 3);
+        }
+        assert_eq!(
+            shared.take_messages(),
+            vec![(Op::Tags, vec!["a".to_owned()], vec![3])]
+        );
         shared.pending.lock().unwrap().clear = true;
-        assert_eq!(shared.take_messages(), vec![(Op::Clear, Vec::new())]);
+        assert_eq!(
+            shared.take_messages(),
+            vec![(Op::Clear, Vec::new(), Vec::new())]
+        );
     }
 }

@@ -25,7 +25,20 @@ pub enum Error {
     Config(String),
 }
 
+/// The loader error of a load abandoned at the hard timeout (see
+/// [`TieredCacheBuilder::loader_timeouts`](crate::TieredCacheBuilder::loader_timeouts)),
+/// found with [`Error::loader_error`] or [`Error::is_timeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the cache loader took longer than {0:?}")]
+pub struct LoaderTimedOut(pub std::time::Duration);
+
 impl Error {
+    /// Whether this is a load abandoned at the hard timeout.
+    pub fn is_timeout(&self) -> bool {
+        self.loader_error()
+            .is_some_and(|e| e.downcast_ref::<LoaderTimedOut>().is_some())
+    }
+
     pub(crate) fn config(message: impl Into<String>) -> Self {
         Self::Config(message.into())
     }

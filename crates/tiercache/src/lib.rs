@@ -132,6 +132,7 @@ mod builder;
 mod bus;
 mod clock;
 mod error;
+mod fence;
 mod flight;
 mod local;
 mod manager;
@@ -139,16 +140,18 @@ mod remote;
 mod stats;
 
 pub use builder::{
-    DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURE_THRESHOLD, DEFAULT_HEARTBEAT_INTERVAL,
-    DEFAULT_KEY_PREFIX, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_TTL,
-    DEFAULT_L2_CONNECT_TIMEOUT, DEFAULT_L2_TIMEOUT, DEFAULT_L2_TTL, DEFAULT_NAMESPACE,
-    DEFAULT_NEGATIVE_TTL, DEFAULT_TTL_JITTER, TieredCacheBuilder,
+    DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURE_THRESHOLD, DEFAULT_FAIL_SAFE_THROTTLE,
+    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_KEY_PREFIX, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_MAX_ENTRIES,
+    DEFAULT_L1_TTL, DEFAULT_L2_CONNECT_TIMEOUT, DEFAULT_L2_TIMEOUT, DEFAULT_L2_TTL,
+    DEFAULT_NAMESPACE, DEFAULT_NEGATIVE_TTL, DEFAULT_TOMBSTONE_TTL, DEFAULT_TTL_JITTER,
+    TieredCacheBuilder,
 };
-pub use error::Error;
+pub use error::{Error, LoaderTimedOut};
 pub use local::LocalCache;
 pub use manager::{CacheKey, Lookup, Source, TieredCache};
 pub use remote::codec::{Codec, CodecError, JsonCodec, PostcardCodec};
 pub use remote::topology::RedisTopology;
 pub use stats::{
-    BusClears, BusState, BusStats, CacheStats, L1Stats, L2State, L2Stats, LoaderStats, Striped,
+    BusClears, BusState, BusStats, CacheStats, L1Stats, L2State, L2Stats, LAG_BUCKETS_MS,
+    LoaderStats, StaleStats, Striped,
 };

@@ -23,10 +23,14 @@
 //!
 //! # Expiry
 //!
-//! Each entry carries an `expires_at` on the [coarse clock](crate::clock::coarse);
-//! a read past it is a miss and removes the entry. Expired entries nobody
-//! reads again stay until eviction pushes them out (they are cold, so they
-//! go first). There is no background sweeper.
+//! Each entry carries times on the [coarse clock](crate::clock::coarse):
+//! `fresh_until` (its TTL), `expires_at` (when it is dropped; later than
+//! `fresh_until` only for the manager's fail-safe window, during which the
+//! entry is a *stale* fallback, not a hit) and `refresh_at` (when a hit
+//! asks the manager for an eager refresh). A read past `expires_at` is a
+//! miss and removes the entry. Expired entries nobody reads again stay
+//! until eviction pushes them out (they are cold, so they go first). There
+//! is no background sweeper.
 //!
 //! # Byte accounting
 //!
@@ -116,13 +120,58 @@ impl<K, T> fmt::Debug for LocalCache<K, T> {
     }
 }
 
-/// What the cache stores per key.
+/// What the cache stores per key. Times are coarse-clock milliseconds.
 #[derive(Clone)]
 struct Slot<T> {
     value: T,
-    /// Coarse-clock millisecond at which the entry stops being served.
+    /// Served as a hit until then.
+    fresh_until: u64,
+    /// Kept as a stale fallback until then (`>= fresh_until`), then dropped.
     expires_at: u64,
+    /// A hit at or after this asks for a refresh (`u64::MAX`: never).
+    refresh_at: u64,
+    /// A fail-safe answer: while "fresh" it is served, but as stale.
+    degraded: bool,
     bytes: u64,
+}
+
+/// How long an entry lives; see [`LocalCache::insert_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lifetime {
+    /// How long it is served as a hit (its TTL).
+    pub(crate) fresh: Duration,
+    /// How much longer it is kept as a stale fallback.
+    pub(crate) stale: Duration,
+    /// After how long a hit asks for a refresh (`None`: never).
+    pub(crate) refresh_after: Option<Duration>,
+    /// Whether it is a fail-safe answer, served as stale while fresh.
+    pub(crate) degraded: bool,
+}
+
+impl Lifetime {
+    /// A plain TTL: fresh for `ttl`, then gone.
+    pub(crate) fn ttl(ttl: Duration) -> Self {
+        Self {
+            fresh: ttl,
+            stale: Duration::ZERO,
+            refresh_after: None,
+            degraded: false,
+        }
+    }
+}
+
+/// What a [`LocalCache::probe`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Probe<T> {
+    /// A hit; `refresh` says it is old enough to be refreshed.
+    Fresh { value: T, refresh: bool },
+    /// A fail-safe answer still within its throttle: serve it as stale.
+    Degraded(T),
+    /// Past its TTL but within the stale window: a fallback, not a hit
+    /// (with the weight it was stored with).
+    Stale { value: T, bytes: u64 },
+    /// Nothing usable.
+    Missing,
 }
 
 /// Counters shared by the cache handle and its lifecycle hook.
@@ -244,13 +293,51 @@ where
 
     #[inline]
     fn lookup(&self, key: &K) -> Option<T> {
-        let slot = self.cache.get(key)?;
+        match self.probe_uncounted(key) {
+            Probe::Fresh { value, .. } => Some(value),
+            Probe::Degraded(_) | Probe::Stale { .. } | Probe::Missing => None,
+        }
+    }
+
+    /// The manager's read: like [`get`](Self::get) (a `Fresh` answer counts
+    /// as a hit, anything else as a miss) but also hands out stale
+    /// fallbacks and says when a hit is due for a refresh.
+    #[inline]
+    pub(crate) fn probe(&self, key: &K) -> Probe<T> {
+        let found = self.probe_uncounted(key);
+        self.shared
+            .counters
+            .incr(if matches!(found, Probe::Fresh { .. }) {
+                HITS
+            } else {
+                MISSES
+            });
+        found
+    }
+
+    #[inline]
+    fn probe_uncounted(&self, key: &K) -> Probe<T> {
+        let Some(slot) = self.cache.get(key) else {
+            return Probe::Missing;
+        };
         let now = coarse::now_ms();
-        if slot.expires_at > now {
-            return Some(slot.value);
+        if now < slot.fresh_until {
+            if slot.degraded {
+                return Probe::Degraded(slot.value);
+            }
+            return Probe::Fresh {
+                value: slot.value,
+                refresh: now >= slot.refresh_at,
+            };
+        }
+        if now < slot.expires_at {
+            return Probe::Stale {
+                value: slot.value,
+                bytes: slot.bytes,
+            };
         }
         self.remove_expired(key, now);
-        None
+        Probe::Missing
     }
 
     #[cold]
@@ -269,15 +356,30 @@ where
     /// evict other entries; a value too large for the cache is not stored
     /// (and counted as an eviction). A zero `ttl` stores nothing.
     pub fn insert(&self, key: &K, value: T, bytes: usize, ttl: Duration) {
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        if ttl_ms == 0 {
+        self.insert_with(key, value, bytes, Lifetime::ttl(ttl));
+    }
+
+    /// [`insert`](Self::insert) with a stale window, a refresh point and
+    /// the degraded mark. A zero fresh time with no stale window stores
+    /// nothing.
+    pub(crate) fn insert_with(&self, key: &K, value: T, bytes: usize, life: Lifetime) {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (fresh_ms, stale_ms) = (ms(life.fresh), ms(life.stale));
+        if fresh_ms == 0 && stale_ms == 0 {
             self.remove(key);
             return;
         }
+        let now = coarse::now_ms();
         let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        let fresh_until = now.saturating_add(fresh_ms);
         let slot = Slot {
             value,
-            expires_at: coarse::now_ms().saturating_add(ttl_ms),
+            fresh_until,
+            expires_at: fresh_until.saturating_add(stale_ms),
+            refresh_at: life
+                .refresh_after
+                .map_or(u64::MAX, |after| now.saturating_add(ms(after))),
+            degraded: life.degraded,
             bytes,
         };
         // Added before the slot is visible, so the eviction of this very
@@ -437,6 +539,53 @@ mod tests {
         assert_eq!(cache.get(&1), None);
         assert_eq!(cache.stats().entries, 0);
         assert_eq!(cache.stats().bytes, 0);
+    }
+
+    #[test]
+    fn probe_tells_fresh_due_degraded_and_stale_entries_apart() {
+        let cache = LocalCache::new(100, 1 << 20).unwrap();
+        let life = |fresh, refresh_after, degraded| Lifetime {
+            fresh,
+            stale: MINUTE,
+            refresh_after,
+            degraded,
+        };
+        cache.insert_with(&1u64, 'a', 10, life(MINUTE, None, false));
+        cache.insert_with(&2u64, 'b', 10, life(MINUTE, Some(Duration::ZERO), false));
+        cache.insert_with(&3u64, 'c', 10, life(MINUTE, None, true));
+        cache.insert_with(&4u64, 'd', 10, life(Duration::from_millis(1), None, false));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while cache.peek(&4).is_some() {
+            assert!(std::time::Instant::now() < deadline, "entry never expired");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+
+        assert_eq!(
+            cache.probe(&1),
+            Probe::Fresh {
+                value: 'a',
+                refresh: false
+            }
+        );
+        assert_eq!(
+            cache.probe(&2),
+            Probe::Fresh {
+                value: 'b',
+                refresh: true
+            }
+        );
+        assert_eq!(cache.probe(&3), Probe::Degraded('c'));
+        assert_eq!(
+            cache.probe(&4),
+            Probe::Stale {
+                value: 'd',
+                bytes: 10
+            }
+        );
+        assert_eq!(cache.probe(&5), Probe::Missing);
+        assert_eq!(cache.get(&3), None, "a degraded entry is no hit");
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.entries), (2, 4));
     }
 
     #[test]

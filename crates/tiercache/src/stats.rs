@@ -31,9 +31,30 @@ pub struct CacheStats {
     /// Lookups answered "not found" from a negative entry (L1 or L2) without
     /// calling the loader. They are also counted as hits of their level.
     pub negative_hits: u64,
+    /// Fail-safe answers: stale values served instead of an error or a wait.
+    pub stale: StaleStats,
+    /// Fills dropped from L1 because their key was invalidated while they
+    /// loaded (the value was still returned to its caller).
+    pub fenced_fills: u64,
     /// The invalidation bus.
     pub bus: BusStats,
 }
+
+/// Stale (fail-safe) answers, by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[non_exhaustive]
+pub struct StaleStats {
+    /// The loader failed (or hit its hard timeout).
+    pub loader_error: u64,
+    /// The loader was slower than the soft timeout; it went on in the background.
+    pub soft_timeout: u64,
+    /// The loader of this key failed recently and is not retried yet.
+    pub throttled: u64,
+}
+
+/// Upper bounds (inclusive, in ms) of the propagation-lag histogram
+/// buckets, [`BusStats::lag_buckets`]; a last, implicit bucket holds the rest.
+pub const LAG_BUCKETS_MS: [u64; 8] = [1, 5, 10, 50, 100, 500, 1_000, 5_000];
 
 /// Counters of the invalidation bus (all zero, state `disabled`, without one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -60,6 +81,10 @@ pub struct BusStats {
     pub lag_samples: u64,
     /// Largest propagation lag seen, in ms.
     pub lag_ms_max: u64,
+    /// Lag histogram: `lag_buckets[i]` counts messages with a lag of at most
+    /// [`LAG_BUCKETS_MS`]`[i]` ms (and more than the bound before it); the
+    /// last element counts the rest. Not cumulative.
+    pub lag_buckets: [u64; LAG_BUCKETS_MS.len() + 1],
 }
 
 impl BusStats {
@@ -74,6 +99,7 @@ impl BusStats {
             lag_ms_sum: 0,
             lag_samples: 0,
             lag_ms_max: 0,
+            lag_buckets: [0; LAG_BUCKETS_MS.len() + 1],
         }
     }
 }
@@ -160,6 +186,9 @@ pub struct L2Stats {
     /// Values found in Redis that the codec could not decode (foreign or
     /// corrupt); each was treated as a miss.
     pub decode_errors: u64,
+    /// Writes the version guard refused because Redis held a newer version
+    /// (or a tombstone): each was a slow reader's old value kept out.
+    pub guard_rejections: u64,
     /// Whether the level is usable right now.
     pub state: L2State,
 }
@@ -173,8 +202,16 @@ pub struct LoaderStats {
     /// Callers that waited for another caller's in-flight load of the same
     /// key instead of running their own loader.
     pub coalesced: u64,
-    /// Loader invocations that returned an error.
+    /// Loader invocations that returned an error (hard timeouts included).
     pub errors: u64,
+    /// Loads that outlived the soft timeout (and went on in the background).
+    pub soft_timeouts: u64,
+    /// Loads abandoned at the hard timeout.
+    pub hard_timeouts: u64,
+    /// Background refreshes started by hits late in an entry's life.
+    pub refreshes: u64,
+    /// Background refreshes that failed.
+    pub refresh_errors: u64,
 }
 
 /// Health of the Redis level.

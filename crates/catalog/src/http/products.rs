@@ -167,12 +167,14 @@ pub(super) async fn list_products(
             ))
         })?,
     };
-    let page = state.products.page(category, after, limit).await?;
-    Ok(Json(PageResponse {
-        items: page.items,
-        next_after: page.next_after,
-    })
-    .into_response())
+    let read = state.products.page(category, after, limit).await?;
+    let mut response = Json(&*read.page).into_response();
+    if let Some(served) = read.served {
+        response
+            .headers_mut()
+            .insert(X_CACHE, HeaderValue::from_static(served.as_str()));
+    }
+    Ok(response)
 }
 
 /// Parses `1,2,3` into distinct ids in first-seen order.

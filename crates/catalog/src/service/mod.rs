@@ -6,6 +6,7 @@
 //! write strategy (SPEC §4, `invalidate`: store first, then drop the key from
 //! L2 and L1) lives in one place.
 
+mod pages;
 mod rendered;
 mod stats;
 
@@ -16,8 +17,9 @@ use std::time::Instant;
 use tiercache::{Source, TieredCache};
 
 use crate::domain::{NewProduct, Product, ProductPatch};
-use crate::store::{Expected, PageRequest, Store, StoreError};
+use crate::store::{Expected, PageRequest, Store, StoreError, Updated};
 
+pub use pages::{Page, PageCache, PageKey};
 pub use rendered::{RenderedCodec, RenderedProduct};
 pub use stats::{RequestSnapshot, RequestStats};
 
@@ -33,12 +35,21 @@ const WARM_BATCH: u32 = 500;
 /// The product cache: product id → rendered product (or "absent").
 pub type ProductCache = TieredCache<i64, RenderedProduct>;
 
+/// The service's caches.
+#[derive(Debug, Clone)]
+pub struct Caches {
+    pub products: ProductCache,
+    pub pages: PageCache,
+}
+
 /// Which level answered a product read; becomes the `X-Cache` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Served {
     L1,
     L2,
     Store,
+    /// A fail-safe answer: the store failed or was slow (SPEC §3 `STALE`).
+    Stale,
 }
 
 impl Served {
@@ -46,8 +57,9 @@ impl Served {
         match source {
             Source::L1 => Self::L1,
             Source::L2 => Self::L2,
-            // `Source` is non-exhaustive; anything that is not a cache level
-            // came from the loader, i.e. the store.
+            Source::Stale => Self::Stale,
+            // `Source` is non-exhaustive; anything else came from the
+            // loader, i.e. the store.
             _ => Self::Store,
         }
     }
@@ -58,9 +70,12 @@ impl Served {
             Self::L1 => "HIT-L1",
             Self::L2 => "HIT-L2",
             Self::Store => "MISS",
+            Self::Stale => "STALE",
         }
     }
 
+    /// Answered by a cache level (a stale answer counts: the store was not
+    /// needed, or could not be used).
     fn is_hit(self) -> bool {
         self != Self::Store
     }
@@ -81,11 +96,11 @@ pub struct Batch {
     pub missing: Vec<i64>,
 }
 
-/// One keyset page and the cursor of the next one, if there is more.
+/// One page read: the page and, for a cached (category) page, who answered.
 #[derive(Debug)]
-pub struct Page {
-    pub items: Vec<Product>,
-    pub next_after: Option<i64>,
+pub struct PageRead {
+    pub page: Arc<Page>,
+    pub served: Option<Served>,
 }
 
 /// What to warm (`POST /cache/warm`, `catalog warm`).
@@ -107,14 +122,18 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
-    /// Whether the store could not be reached (retry later) as opposed to a bug.
+    /// Whether the store could not be reached or was too slow (retry
+    /// later) as opposed to a bug.
     pub fn is_unavailable(&self) -> bool {
         match self {
             Self::Store(err) => matches!(err, StoreError::Unavailable(_)),
-            Self::Cache(err) => err
-                .loader_error()
-                .and_then(|e| e.downcast_ref::<StoreError>())
-                .is_some_and(|e| matches!(e, StoreError::Unavailable(_))),
+            Self::Cache(err) => {
+                err.is_timeout()
+                    || err
+                        .loader_error()
+                        .and_then(|e| e.downcast_ref::<StoreError>())
+                        .is_some_and(|e| matches!(e, StoreError::Unavailable(_)))
+            }
         }
     }
 }
@@ -124,14 +143,16 @@ impl ServiceError {
 pub struct ProductService {
     store: Arc<dyn Store>,
     cache: ProductCache,
+    pages: PageCache,
     stats: Arc<RequestStats>,
 }
 
 impl ProductService {
-    pub fn new(store: Arc<dyn Store>, cache: ProductCache) -> Self {
+    pub fn new(store: Arc<dyn Store>, caches: Caches) -> Self {
         Self {
             store,
-            cache,
+            cache: caches.products,
+            pages: caches.pages,
             stats: Arc::new(RequestStats::default()),
         }
     }
@@ -155,8 +176,9 @@ impl ProductService {
         let started = Instant::now();
         let lookup = self
             .cache
-            .get_or_load(&id, || async move {
-                Ok::<_, StoreError>(self.store.get(id).await?.map(RenderedProduct::new))
+            .get_or_load(&id, || {
+                let store = Arc::clone(&self.store);
+                async move { Ok::<_, StoreError>(store.get(id).await?.map(RenderedProduct::new)) }
             })
             .await?;
         let served = Served::from_source(lookup.source);
@@ -193,34 +215,53 @@ impl ProductService {
         Ok(batch)
     }
 
-    /// One page; asks the store for one row more than `limit` so that the
-    /// cursor is `null` exactly when nothing follows.
+    /// One page. Category pages are cached (and dropped by tag when a
+    /// product of the category changes); pages of all products are not, as
+    /// every write would drop them.
     pub async fn page(
         &self,
         category: Option<String>,
         after: i64,
         limit: u32,
-    ) -> Result<Page, ServiceError> {
-        let request = PageRequest {
-            category,
+    ) -> Result<PageRead, ServiceError> {
+        let Some(category) = category else {
+            let page = load_page(self.store.as_ref(), None, after, limit).await?;
+            return Ok(PageRead {
+                page: Arc::new(page),
+                served: None,
+            });
+        };
+        let key = PageKey {
+            generation: self.pages.tag_generation(&category).await,
             after,
-            limit: limit + 1,
+            limit,
+            category,
         };
-        let mut items = self.store.list(&request).await?;
-        let more = items.len() > limit as usize;
-        items.truncate(limit as usize);
-        let next_after = if more {
-            items.last().map(|p| p.id)
-        } else {
-            None
-        };
-        Ok(Page { items, next_after })
+        let lookup = self
+            .pages
+            .get_or_load(&key, || {
+                let store = Arc::clone(&self.store);
+                let category = key.category.clone();
+                async move {
+                    Ok::<_, StoreError>(Some(
+                        load_page(store.as_ref(), Some(category), after, limit).await?,
+                    ))
+                }
+            })
+            .await?;
+        let page = lookup
+            .value
+            .expect("the page loader never answers \"absent\"");
+        Ok(PageRead {
+            page,
+            served: Some(Served::from_source(lookup.source)),
+        })
     }
 
     pub async fn create(&self, new: &NewProduct) -> Result<Product, ServiceError> {
         let product = self.store.create(new).await?;
         // A read of this id before it existed may have cached "absent".
-        self.cache.invalidate(&product.id).await;
+        self.written(&product, None).await;
         Ok(product)
     }
 
@@ -230,8 +271,11 @@ impl ProductService {
         new: &NewProduct,
         expected: Expected,
     ) -> Result<Product, ServiceError> {
-        let product = self.store.replace(id, new, expected).await?;
-        self.cache.invalidate(&id).await;
+        let Updated {
+            product,
+            previous_category,
+        } = self.store.replace(id, new, expected).await?;
+        self.written(&product, Some(&previous_category)).await;
         Ok(product)
     }
 
@@ -241,15 +285,37 @@ impl ProductService {
         patch: &ProductPatch,
         expected: Expected,
     ) -> Result<Product, ServiceError> {
-        let product = self.store.patch(id, patch, expected).await?;
-        self.cache.invalidate(&id).await;
+        let Updated {
+            product,
+            previous_category,
+        } = self.store.patch(id, patch, expected).await?;
+        self.written(&product, Some(&previous_category)).await;
         Ok(product)
     }
 
     pub async fn delete(&self, id: i64, expected: Expected) -> Result<(), ServiceError> {
-        self.store.delete(id, expected).await?;
-        self.cache.invalidate(&id).await;
+        let deleted = self.store.delete(id, expected).await?;
+        // The tombstone refuses the deleted version and every older one.
+        self.cache
+            .invalidate_version(&id, version_of(&deleted).saturating_add(1))
+            .await;
+        self.pages.invalidate_tags(&[&deleted.category]).await;
         Ok(())
+    }
+
+    /// After a write the store took (SPEC §4, `invalidate`): drops the
+    /// product everywhere, with a tombstone that keeps slower readers'
+    /// older copies out of Redis, then the pages of its category (and of
+    /// the one it left).
+    async fn written(&self, product: &Product, previous_category: Option<&str>) {
+        self.cache
+            .invalidate_version(&product.id, version_of(product))
+            .await;
+        let mut tags = vec![product.category.as_str()];
+        if let Some(previous) = previous_category.filter(|c| *c != product.category) {
+            tags.push(previous);
+        }
+        self.pages.invalidate_tags(&tags).await;
     }
 
     /// Drops one product from every cache level.
@@ -260,6 +326,7 @@ impl ProductService {
     /// Empties every cache level (L2: this prefix's keys only).
     pub async fn clear_cache(&self) {
         self.cache.clear().await;
+        self.pages.clear().await;
     }
 
     /// Loads products into L2 (pipelined, in batches) and this instance's
@@ -307,6 +374,35 @@ impl ProductService {
                 .await?;
         }
     }
+}
+
+/// One page from the store; asks for one row more than `limit` so that the
+/// cursor is `null` exactly when nothing follows.
+async fn load_page(
+    store: &dyn Store,
+    category: Option<String>,
+    after: i64,
+    limit: u32,
+) -> Result<Page, StoreError> {
+    let request = PageRequest {
+        category,
+        after,
+        limit: limit + 1,
+    };
+    let mut items = store.list(&request).await?;
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    let next_after = if more {
+        items.last().map(|p| p.id)
+    } else {
+        None
+    };
+    Ok(Page { items, next_after })
+}
+
+/// A product's version as the cache counts them.
+fn version_of(product: &Product) -> u64 {
+    u64::try_from(product.version).unwrap_or(0)
 }
 
 fn by_id(products: Vec<Product>) -> HashMap<i64, RenderedProduct> {

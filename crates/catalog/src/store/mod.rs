@@ -67,6 +67,14 @@ pub struct PageRequest {
     pub limit: u32,
 }
 
+/// A product as an update left it, with the category it had before: a move
+/// between categories changes both categories' pages.
+#[derive(Debug, Clone)]
+pub struct Updated {
+    pub product: Product,
+    pub previous_category: String,
+}
+
 /// What a caller can act on when the store fails.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -123,16 +131,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         id: i64,
         new: &NewProduct,
         expected: Expected,
-    ) -> Result<Product, StoreError>;
+    ) -> Result<Updated, StoreError>;
     /// Changes the fields present in `patch`; errors as [`Store::replace`].
     async fn patch(
         &self,
         id: i64,
         patch: &ProductPatch,
         expected: Expected,
-    ) -> Result<Product, StoreError>;
-    /// Deletes the row; errors as [`Store::replace`].
-    async fn delete(&self, id: i64, expected: Expected) -> Result<(), StoreError>;
+    ) -> Result<Updated, StoreError>;
+    /// Deletes the row and returns it as it was; errors as [`Store::replace`].
+    async fn delete(&self, id: i64, expected: Expected) -> Result<Product, StoreError>;
     async fn count(&self) -> Result<i64, StoreError>;
 }
 

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{FromRow, Row};
 
-use super::{Expected, PageRequest, PoolSettings, Store, StoreError, missed_write, now};
+use super::{Expected, PageRequest, PoolSettings, Store, StoreError, Updated, missed_write, now};
 use crate::domain::{NewProduct, Price, Product, ProductPatch};
 
 /// The selected columns, as a macro so that every statement is one `&'static str`.
@@ -16,6 +16,23 @@ macro_rules! columns {
         "id, name, description, (price * 100)::bigint AS price_cents, category, in_stock, \
          version, created_at, updated_at"
     };
+}
+
+/// The row as it was before an `UPDATE`, for [`Updated::previous_category`]:
+/// locked first, so that the category read is the one the update replaced.
+macro_rules! previous {
+    () => {
+        "FROM (SELECT id AS old_id, category AS old_category FROM products \
+         WHERE id = $1 FOR UPDATE) AS old "
+    };
+}
+
+/// An `UPDATE … RETURNING columns, old_category` row.
+fn updated(row: &PgRow) -> Result<Updated, StoreError> {
+    Ok(Updated {
+        product: PgProduct::from_row(row)?.0,
+        previous_category: row.try_get("old_category")?,
+    })
 }
 
 /// The production store.
@@ -198,12 +215,14 @@ impl Store for PgStore {
         id: i64,
         new: &NewProduct,
         expected: Expected,
-    ) -> Result<Product, StoreError> {
-        let row: Option<PgProduct> = sqlx::query_as(concat!(
+    ) -> Result<Updated, StoreError> {
+        let row = sqlx::query(concat!(
             "UPDATE products SET name = $2, description = $3, price = $4::bigint::numeric / 100, \
-             category = $5, in_stock = $6, updated_at = $7, version = version + 1 \
-             WHERE id = $1 AND ($8::bigint IS NULL OR version = $8) RETURNING ",
-            columns!()
+             category = $5, in_stock = $6, updated_at = $7, version = version + 1 ",
+            previous!(),
+            "WHERE id = $1 AND old_id = $1 AND ($8::bigint IS NULL OR version = $8) RETURNING ",
+            columns!(),
+            ", old_category"
         ))
         .bind(id)
         .bind(new.name.as_str())
@@ -216,7 +235,7 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await?;
         match row {
-            Some(row) => Ok(row.0),
+            Some(row) => updated(&row),
             None => Err(missed_write(self.current_version(id).await?)),
         }
     }
@@ -226,15 +245,17 @@ impl Store for PgStore {
         id: i64,
         patch: &ProductPatch,
         expected: Expected,
-    ) -> Result<Product, StoreError> {
-        let row: Option<PgProduct> = sqlx::query_as(concat!(
+    ) -> Result<Updated, StoreError> {
+        let row = sqlx::query(concat!(
             "UPDATE products SET name = COALESCE($2, name), \
              description = COALESCE($3, description), \
              price = COALESCE($4::bigint::numeric / 100, price), \
              category = COALESCE($5, category), in_stock = COALESCE($6, in_stock), \
-             updated_at = $7, version = version + 1 \
-             WHERE id = $1 AND ($8::bigint IS NULL OR version = $8) RETURNING ",
-            columns!()
+             updated_at = $7, version = version + 1 ",
+            previous!(),
+            "WHERE id = $1 AND old_id = $1 AND ($8::bigint IS NULL OR version = $8) RETURNING ",
+            columns!(),
+            ", old_category"
         ))
         .bind(id)
         .bind(patch.name.as_ref().map(|n| n.as_str()))
@@ -247,23 +268,23 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await?;
         match row {
-            Some(row) => Ok(row.0),
+            Some(row) => updated(&row),
             None => Err(missed_write(self.current_version(id).await?)),
         }
     }
 
-    async fn delete(&self, id: i64, expected: Expected) -> Result<(), StoreError> {
-        let result = sqlx::query(
-            "DELETE FROM products WHERE id = $1 AND ($2::bigint IS NULL OR version = $2)",
-        )
+    async fn delete(&self, id: i64, expected: Expected) -> Result<Product, StoreError> {
+        let row: Option<PgProduct> = sqlx::query_as(concat!(
+            "DELETE FROM products WHERE id = $1 AND ($2::bigint IS NULL OR version = $2) RETURNING ",
+            columns!()
+        ))
         .bind(id)
         .bind(expected.version())
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        if result.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(missed_write(self.current_version(id).await?))
+        match row {
+            Some(row) => Ok(row.0),
+            None => Err(missed_write(self.current_version(id).await?)),
         }
     }
 

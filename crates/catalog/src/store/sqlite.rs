@@ -13,9 +13,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{FromRow, Row};
+use sqlx::{FromRow, Row, Sqlite, Transaction};
 
-use super::{Expected, PageRequest, PoolSettings, Store, StoreError, missed_write, now};
+use super::{Expected, PageRequest, PoolSettings, Store, StoreError, Updated, missed_write, now};
 use crate::domain::{NewProduct, Price, Product, ProductPatch};
 
 /// The selected columns, as a macro so that every statement is one `&'static str`.
@@ -57,6 +57,41 @@ impl SqliteStore {
                 .fetch_optional(&self.pool)
                 .await?,
         )
+    }
+}
+
+/// The category of `id` inside an update's transaction (`BEGIN IMMEDIATE`
+/// holds the write lock, so it is the one the update replaces); `None`
+/// when the row is absent.
+async fn category_of(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: i64,
+) -> Result<Option<String>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT category FROM products WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?,
+    )
+}
+
+/// Commits an update that returned `row`, or explains why it matched nothing.
+async fn finish_update(
+    tx: Transaction<'static, Sqlite>,
+    row: Option<SqliteProduct>,
+    previous_category: Option<String>,
+) -> Result<Updated, StoreError> {
+    match (row, previous_category) {
+        (Some(row), Some(previous_category)) => {
+            tx.commit().await?;
+            Ok(Updated {
+                product: row.0,
+                previous_category,
+            })
+        }
+        // Absent, or present at another version (the lock makes the
+        // category read and the update see the same row).
+        (_, previous) => Err(missed_write(previous.map(|_| 0))),
     }
 }
 
@@ -205,7 +240,9 @@ impl Store for SqliteStore {
         id: i64,
         new: &NewProduct,
         expected: Expected,
-    ) -> Result<Product, StoreError> {
+    ) -> Result<Updated, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let previous_category = category_of(&mut tx, id).await?;
         let row: Option<SqliteProduct> = sqlx::query_as(concat!(
             "UPDATE products SET name = ?2, description = ?3, price_cents = ?4, category = ?5, \
              in_stock = ?6, updated_at = ?7, version = version + 1 \
@@ -220,12 +257,9 @@ impl Store for SqliteStore {
         .bind(new.in_stock)
         .bind(now())
         .bind(expected.version())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        match row {
-            Some(row) => Ok(row.0),
-            None => Err(missed_write(self.current_version(id).await?)),
-        }
+        finish_update(tx, row, previous_category).await
     }
 
     async fn patch(
@@ -233,7 +267,9 @@ impl Store for SqliteStore {
         id: i64,
         patch: &ProductPatch,
         expected: Expected,
-    ) -> Result<Product, StoreError> {
+    ) -> Result<Updated, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let previous_category = category_of(&mut tx, id).await?;
         let row: Option<SqliteProduct> = sqlx::query_as(concat!(
             "UPDATE products SET name = COALESCE(?2, name), \
              description = COALESCE(?3, description), price_cents = COALESCE(?4, price_cents), \
@@ -250,25 +286,23 @@ impl Store for SqliteStore {
         .bind(patch.in_stock)
         .bind(now())
         .bind(expected.version())
+        .fetch_optional(&mut *tx)
+        .await?;
+        finish_update(tx, row, previous_category).await
+    }
+
+    async fn delete(&self, id: i64, expected: Expected) -> Result<Product, StoreError> {
+        let row: Option<SqliteProduct> = sqlx::query_as(concat!(
+            "DELETE FROM products WHERE id = ?1 AND (?2 IS NULL OR version = ?2) RETURNING ",
+            columns!()
+        ))
+        .bind(id)
+        .bind(expected.version())
         .fetch_optional(&self.pool)
         .await?;
         match row {
             Some(row) => Ok(row.0),
             None => Err(missed_write(self.current_version(id).await?)),
-        }
-    }
-
-    async fn delete(&self, id: i64, expected: Expected) -> Result<(), StoreError> {
-        let result =
-            sqlx::query("DELETE FROM products WHERE id = ?1 AND (?2 IS NULL OR version = ?2)")
-                .bind(id)
-                .bind(expected.version())
-                .execute(&self.pool)
-                .await?;
-        if result.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(missed_write(self.current_version(id).await?))
         }
     }
 

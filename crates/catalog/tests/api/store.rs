@@ -48,6 +48,7 @@ async fn concurrent_updates_each_get_their_own_version(backend: Backend) {
                     .patch(product.id, &patch, Expected::Any)
                     .await
                     .unwrap()
+                    .product
                     .version
             })
         })
@@ -150,14 +151,16 @@ async fn conditional_writes_check_the_version(backend: Backend) {
     let stale_delete = store.delete(product.id, Expected::Version(1)).await;
 
     assert!(matches!(stale, Err(StoreError::VersionConflict)));
-    assert_eq!(current.version, 2);
-    assert_eq!(current.name, "D");
+    assert_eq!(current.product.version, 2);
+    assert_eq!(current.product.name, "D");
+    assert_eq!(current.previous_category, "tools");
     assert!(matches!(absent, Err(StoreError::NotFound)));
     assert!(matches!(stale_delete, Err(StoreError::VersionConflict)));
-    store
+    let deleted = store
         .delete(product.id, Expected::Version(2))
         .await
         .unwrap();
+    assert_eq!((deleted.version, deleted.category.as_str()), (2, "garden"));
     assert!(matches!(
         store.delete(product.id, Expected::Any).await,
         Err(StoreError::NotFound)

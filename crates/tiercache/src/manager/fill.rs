@@ -14,10 +14,23 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    BLOCKING_FROM, CacheKey, DECODE_ERRORS, ENTRY_OVERHEAD, FlightResult, Inner, L2_HITS,
-    L2_MISSES, LOADER_ERRORS, LOADS, Lookup, NEGATIVE_HITS, Shared, Source,
+    BLOCKING_FROM, CacheKey, DECODE_ERRORS, ENTRY_OVERHEAD, FENCED_FILLS, FlightResult,
+    GUARD_REJECTIONS, HARD_TIMEOUTS, Inner, L2_HITS, L2_MISSES, LOADER_ERRORS, LOADS, Lookup,
+    NEGATIVE_HITS, REFRESH_ERRORS, REFRESHES, SOFT_TIMEOUTS, STALE_LOADER_ERROR,
+    STALE_SOFT_TIMEOUT, Shared, Source,
 };
+use crate::error::LoaderTimedOut;
+use crate::fence::Ticket;
+use crate::local::Lifetime;
+use crate::remote::Write;
 use crate::remote::codec::{self, Codec, Opened};
+
+type LoadError = Arc<dyn StdError + Send + Sync>;
+
+/// The loader error when the loader's task panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("the cache loader panicked")]
+struct LoaderPanicked;
 
 impl<K, V> Inner<K, V>
 where
@@ -31,13 +44,20 @@ where
         redis_key
     }
 
-    /// The leader's half of a miss: L2, then the loader, filling on the way back.
-    pub(super) async fn fill<F, Fut, E>(&self, key: &K, loader: F) -> FlightResult<V>
+    /// The leader's half of a miss: L2, then the loader, filling on the way
+    /// back; `stale` is the fail-safe fallback (value and weight), if any.
+    pub(super) async fn fill<F, Fut, E>(
+        self: &Arc<Self>,
+        key: &K,
+        loader: F,
+        stale: Option<(Shared<V>, u64)>,
+    ) -> FlightResult<V>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<V>, E>>,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: StdError + Send + Sync + 'static,
     {
+        let ticket = self.fences.start();
         // A flight that finished between our L1 miss and our joining may
         // have filled L1 already.
         if let Some(value) = self.l1.peek(key) {
@@ -50,23 +70,167 @@ where
             };
             if let Some((value, weight)) = found {
                 self.record_l2_hit(&value);
-                self.l1
-                    .insert(key, value.clone(), weight, self.l1_ttl_for(&value));
+                self.fill_l1(key, value.clone(), weight, ticket);
                 return Ok((value, Source::L2));
             }
             self.counters.incr(L2_MISSES);
         }
         self.counters.incr(LOADS);
-        match loader().await {
-            Ok(value) => {
-                let value = value.map(Arc::new);
-                self.store(key, value.clone()).await;
-                Ok((value, Source::Loader))
+        let load = self.load_and_store(loader(), key, ticket);
+        let loaded = match (self.settings.soft_timeout, &stale) {
+            (Some(soft), Some((fallback, bytes))) => {
+                // In a task, so that it can finish (and fill the cache)
+                // after we answered with the fallback.
+                let mut task = tokio::spawn(load);
+                match tokio::time::timeout(soft, &mut task).await {
+                    Ok(joined) => joined.unwrap_or_else(|_| Err(Arc::new(LoaderPanicked))),
+                    Err(_) => {
+                        self.counters.incr(SOFT_TIMEOUTS);
+                        self.counters.incr(STALE_SOFT_TIMEOUT);
+                        self.degrade(key, fallback.clone(), *bytes, ticket);
+                        if task.is_finished() {
+                            // Its fresh value may have landed before our
+                            // fallback and been overwritten: make it a miss.
+                            self.l1.remove(key);
+                        }
+                        return Ok((fallback.clone(), Source::Stale));
+                    }
+                }
             }
-            Err(error) => {
-                self.counters.incr(LOADER_ERRORS);
-                Err(Arc::new(error))
+            _ => load.await,
+        };
+        match (loaded, stale) {
+            (Ok(value), _) => Ok((value, Source::Loader)),
+            // A fallback invalidated while we loaded is known to be old.
+            (Err(error), Some((fallback, bytes))) if !self.fences.crossed(key, ticket) => {
+                self.counters.incr(STALE_LOADER_ERROR);
+                self.stale_log.warn(|suppressed| {
+                    tracing::warn!(%error, suppressed, "loader failed; serving a stale value");
+                });
+                self.degrade(key, fallback.clone(), bytes, ticket);
+                Ok((fallback, Source::Stale))
             }
+            (Err(error), _) => Err(error),
+        }
+    }
+
+    /// Runs a load (bounded by the hard timeout) and stores its result.
+    fn load_and_store<Fut, E>(
+        self: &Arc<Self>,
+        load: Fut,
+        key: &K,
+        ticket: Ticket,
+    ) -> impl Future<Output = Result<Shared<V>, LoadError>> + Send + 'static
+    where
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: StdError + Send + Sync + 'static,
+    {
+        let inner = Arc::clone(self);
+        let key = key.clone();
+        async move {
+            match inner.bounded(load).await {
+                Ok(value) => {
+                    let value = value.map(Arc::new);
+                    inner.store(&key, value.clone(), ticket).await;
+                    Ok(value)
+                }
+                Err(error) => {
+                    inner.counters.incr(LOADER_ERRORS);
+                    Err(error)
+                }
+            }
+        }
+    }
+
+    /// Reloads `key` in the background (eager refresh), unless a refresh of
+    /// it runs already or failed less than the fail-safe throttle ago.
+    pub(super) fn refresh<F, Fut, E>(self: &Arc<Self>, key: &K, loader: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: StdError + Send + Sync + 'static,
+    {
+        if !self.refreshes.begin(key) {
+            return;
+        }
+        self.counters.incr(REFRESHES);
+        let ticket = self.fences.start();
+        let load = self.load_and_store(loader(), key, ticket);
+        let inner = Arc::clone(self);
+        let key = key.clone();
+        tokio::spawn(async move {
+            let succeeded = match load.await {
+                Ok(_) => true,
+                Err(error) => {
+                    inner.counters.incr(REFRESH_ERRORS);
+                    tracing::debug!(%error, "eager refresh failed");
+                    false
+                }
+            };
+            let throttle =
+                u64::try_from(inner.settings.fail_safe_throttle.as_millis()).unwrap_or(u64::MAX);
+            inner.refreshes.end(&key, succeeded, throttle);
+        });
+    }
+
+    /// Awaits a loader, abandoning it at the hard timeout.
+    pub(super) async fn bounded<T, E>(
+        &self,
+        load: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, LoadError>
+    where
+        E: StdError + Send + Sync + 'static,
+    {
+        let Some(limit) = self.settings.hard_timeout else {
+            return load.await.map_err(|e| Arc::new(e) as LoadError);
+        };
+        match tokio::time::timeout(limit, load).await {
+            Ok(result) => result.map_err(|e| Arc::new(e) as LoadError),
+            Err(_) => {
+                self.counters.incr(HARD_TIMEOUTS);
+                Err(Arc::new(LoaderTimedOut(limit)))
+            }
+        }
+    }
+
+    /// Keeps a fail-safe answer in L1 for the throttle time, so that the
+    /// failing loader is not called again by every request meanwhile.
+    fn degrade(&self, key: &K, value: Shared<V>, bytes: u64, ticket: Ticket) {
+        let life = Lifetime {
+            fresh: self.settings.fail_safe_throttle,
+            stale: self.settings.fail_safe_window,
+            refresh_after: None,
+            degraded: true,
+        };
+        self.insert_fenced(
+            key,
+            value,
+            usize::try_from(bytes).unwrap_or(usize::MAX),
+            life,
+            ticket,
+        );
+    }
+
+    /// Puts a value that was loaded under `ticket` into L1, unless its key
+    /// was invalidated meanwhile.
+    fn fill_l1(&self, key: &K, value: Shared<V>, weight: usize, ticket: Ticket) {
+        let life = self.l1_lifetime(&value);
+        self.insert_fenced(key, value, weight, life, ticket);
+    }
+
+    fn insert_fenced(
+        &self,
+        key: &K,
+        value: Shared<V>,
+        weight: usize,
+        life: Lifetime,
+        ticket: Ticket,
+    ) {
+        self.l1.insert_with(key, value, weight, life);
+        // After the insert: see `fence.rs` for why this order is race-free.
+        if self.fences.crossed(key, ticket) {
+            self.l1.remove(key);
+            self.counters.incr(FENCED_FILLS);
         }
     }
 
@@ -75,6 +239,7 @@ where
         &self,
         missing: Vec<&'k K>,
         answers: &mut HashMap<&'k K, Lookup<V>>,
+        ticket: Ticket,
     ) -> Vec<&'k K> {
         let Some(l2) = &self.l2 else {
             return missing;
@@ -93,8 +258,7 @@ where
             match found {
                 Some((value, weight)) => {
                     self.record_l2_hit(&value);
-                    self.l1
-                        .insert(key, value.clone(), weight, self.l1_ttl_for(&value));
+                    self.fill_l1(key, value.clone(), weight, ticket);
                     answers.insert(
                         key,
                         Lookup {
@@ -119,23 +283,60 @@ where
         }
     }
 
-    /// Stores one value (or negative entry) in Redis, then L1.
-    pub(super) async fn store(&self, key: &K, value: Shared<V>) {
+    /// The guard's JSON field in a versioned cache.
+    fn guard(&self) -> Option<&str> {
+        self.versioning.as_ref().map(|v| v.field.as_str())
+    }
+
+    /// The Redis write of a stored value, with its version when versioned.
+    fn write(&self, key: &K, stored: Vec<u8>, ttl: Duration, value: &Shared<V>) -> Write {
+        let (stored, version) = match (&self.versioning, value) {
+            (Some(versioning), Some(value)) => {
+                let version = (versioning.version_of)(value);
+                (
+                    codec::with_version(stored, version),
+                    i64::try_from(version).unwrap_or(i64::MAX),
+                )
+            }
+            _ => (stored, -1),
+        };
+        Write {
+            key: self.redis_key(key),
+            value: stored,
+            ttl,
+            version,
+        }
+    }
+
+    /// Stores one value (or negative entry) in Redis, then L1 (fenced by
+    /// `ticket`). A value the version guard refused is not put in L1 either:
+    /// Redis holds a newer one.
+    pub(super) async fn store(&self, key: &K, value: Shared<V>, ticket: Ticket) {
         let (stored, weight) = self.encode(value.as_ref()).await;
         if let (Some(l2), Some(stored)) = (&self.l2, stored) {
             let ttl = self.l2_ttl_for(&value);
             if !ttl.is_zero() {
-                l2.set(&self.redis_key(key), &stored, ttl).await;
+                let write = self.write(key, stored, ttl, &value);
+                if l2.set(&write, self.guard()).await == Some(false) {
+                    self.counters.incr(GUARD_REJECTIONS);
+                    return;
+                }
             }
         }
-        let ttl = self.l1_ttl_for(&value);
-        self.l1.insert(key, value, weight, ttl);
+        self.fill_l1(key, value, weight, ticket);
     }
 
-    /// Stores many values in Redis (one pipeline), then L1. Negative entries
-    /// are stored only when `negatives` is set.
-    pub(super) async fn store_many(&self, fills: Vec<(K, Shared<V>)>, negatives: bool) {
-        let mut l2_items = Vec::with_capacity(fills.len());
+    /// Stores many values in Redis (one pipeline), then L1, like
+    /// [`store`](Self::store). Negative entries are stored only when
+    /// `negatives` is set.
+    pub(super) async fn store_many(
+        &self,
+        fills: Vec<(K, Shared<V>)>,
+        negatives: bool,
+        ticket: Ticket,
+    ) {
+        let mut writes = Vec::with_capacity(fills.len());
+        // Each L1 item with the index of its Redis write, if it has one.
         let mut l1_items = Vec::with_capacity(fills.len());
         for (key, value) in fills {
             if value.is_none() && !negatives {
@@ -143,17 +344,27 @@ where
             }
             let (stored, weight) = self.encode(value.as_ref()).await;
             let ttl = self.l2_ttl_for(&value);
+            let mut written = None;
             if let Some(stored) = stored.filter(|_| self.l2.is_some() && !ttl.is_zero()) {
-                l2_items.push((self.redis_key(&key), stored, ttl));
+                written = Some(writes.len());
+                writes.push(self.write(&key, stored, ttl, &value));
             }
-            l1_items.push((key, value, weight));
+            l1_items.push((key, value, weight, written));
         }
-        if let Some(l2) = &self.l2 {
-            l2.set_many(&l2_items).await;
-        }
-        for (key, value, weight) in l1_items {
-            let ttl = self.l1_ttl_for(&value);
-            self.l1.insert(&key, value, weight, ttl);
+        let stored = match &self.l2 {
+            Some(l2) => l2.set_many(&writes, self.guard()).await,
+            None => None,
+        };
+        for (key, value, weight, written) in l1_items {
+            let refused = match (&stored, written) {
+                (Some(stored), Some(index)) => !stored.get(index).copied().unwrap_or(true),
+                _ => false,
+            };
+            if refused {
+                self.counters.incr(GUARD_REJECTIONS);
+                continue;
+            }
+            self.fill_l1(&key, value, weight, ticket);
         }
     }
 
@@ -202,7 +413,7 @@ where
             decode_with(self.codec.as_ref(), &stored)
         };
         match decoded {
-            Ok(found) => Some(found),
+            Ok(found) => found,
             Err(error) => {
                 self.counters.incr(DECODE_ERRORS);
                 tracing::debug!(%error, "undecodable L2 value treated as a miss");
@@ -211,13 +422,20 @@ where
         }
     }
 
-    fn l1_ttl_for(&self, value: &Shared<V>) -> Duration {
-        let ttl = if value.is_some() {
-            self.settings.l1_ttl
-        } else {
-            self.settings.negative_ttl.min(self.settings.l1_ttl)
-        };
-        self.jitter(ttl)
+    /// An L1 entry's life: the (jittered) TTL; for values also the
+    /// fail-safe window and the eager-refresh point.
+    fn l1_lifetime(&self, value: &Shared<V>) -> Lifetime {
+        if value.is_none() {
+            let ttl = self.settings.negative_ttl.min(self.settings.l1_ttl);
+            return Lifetime::ttl(self.jitter(ttl));
+        }
+        let fresh = self.jitter(self.settings.l1_ttl);
+        Lifetime {
+            fresh,
+            stale: self.settings.fail_safe_window,
+            refresh_after: self.settings.eager_refresh.map(|f| fresh.mul_f64(f)),
+            degraded: false,
+        }
     }
 
     fn l2_ttl_for(&self, value: &Shared<V>) -> Duration {
@@ -243,15 +461,17 @@ fn jitter(ttl: Duration, fraction: f64, unit_random: f64) -> Duration {
     ttl.mul_f64(1.0 - fraction * unit_random)
 }
 
+/// A stored value and its weight; `None` for a tombstone (a miss).
 fn decode_with<V: 'static>(
     codec: &dyn Codec<V>,
     stored: &[u8],
-) -> Result<(Shared<V>, usize), codec::CodecError> {
+) -> Result<Option<(Shared<V>, usize)>, codec::CodecError> {
     match codec::open(stored)? {
-        Opened::Absent => Ok((None, ENTRY_OVERHEAD)),
+        Opened::Absent => Ok(Some((None, ENTRY_OVERHEAD))),
+        Opened::Tombstone => Ok(None),
         Opened::Value(bytes) => {
             let value = codec.decode(&bytes)?;
-            Ok((Some(Arc::new(value)), ENTRY_OVERHEAD + bytes.len()))
+            Ok(Some((Some(Arc::new(value)), ENTRY_OVERHEAD + bytes.len())))
         }
     }
 }
@@ -276,14 +496,15 @@ mod tests {
     fn negative_marker_decodes_as_absent_with_any_codec() {
         let json: &dyn Codec<String> = &JsonCodec;
         let postcard: &dyn Codec<String> = &PostcardCodec;
-        assert_eq!(decode_with(json, b"").unwrap().0, None);
-        assert_eq!(decode_with(postcard, b"").unwrap().0, None);
+        assert_eq!(decode_with(json, b"").unwrap().unwrap().0, None);
+        assert_eq!(decode_with(postcard, b"").unwrap().unwrap().0, None);
+        assert!(decode_with(json, &codec::tombstone(3)).unwrap().is_none());
     }
 
     #[test]
     fn decoded_values_are_weighed_by_their_encoded_size() {
         let codec: &dyn Codec<String> = &JsonCodec;
-        let (value, weight) = decode_with(codec, br#""hello""#).unwrap();
+        let (value, weight) = decode_with(codec, br#""hello""#).unwrap().unwrap();
         assert_eq!(value.as_deref().map(String::as_str), Some("hello"));
         assert_eq!(weight, ENTRY_OVERHEAD + 7);
     }

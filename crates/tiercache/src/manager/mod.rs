@@ -21,16 +21,24 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::builder::TieredCacheBuilder;
+use crate::builder::{TieredCacheBuilder, Versioning};
 use crate::bus::{Bus, L1Sink};
 use crate::error::Error;
+use crate::fence::Fences;
 use crate::flight::Flights;
-use crate::local::LocalCache;
-use crate::remote::RemoteCache;
-use crate::remote::codec::Codec;
-use crate::stats::{BusState, BusStats, CacheStats, L2State, L2Stats, LoaderStats, Striped};
+use crate::local::{LocalCache, Probe};
+use crate::remote::codec::{self, Codec};
+use crate::remote::{LogLimiter, RemoteCache, Write};
+use crate::stats::{
+    BusState, BusStats, CacheStats, L2State, L2Stats, LoaderStats, StaleStats, Striped,
+};
 
 mod fill;
+mod refresh;
+mod tags;
+
+use refresh::Refreshes;
+pub(crate) use tags::Tags;
 
 /// Keys a [`TieredCache`] accepts: anything hashable whose `Display` form is
 /// unique per key (it becomes the Redis key suffix) and parses back
@@ -58,6 +66,9 @@ pub enum Source {
     L2,
     /// The caller's loader (a miss in every level).
     Loader,
+    /// A fail-safe answer: an expired L1 value, served because the loader
+    /// failed, timed out, or failed recently (see the builder's `fail_safe`).
+    Stale,
 }
 
 /// The answer to a lookup: the value (or "not found") and where it came from.
@@ -85,9 +96,10 @@ impl<V> Lookup<V> {
         self.value.is_some()
     }
 
-    /// Whether a cache level answered (the loader was not needed).
+    /// Whether a cache level answered with a current value (neither the
+    /// loader nor a stale fallback).
     pub fn is_cache_hit(&self) -> bool {
-        self.source != Source::Loader
+        matches!(self.source, Source::L1 | Source::L2)
     }
 
     /// The value, dropping the source.
@@ -106,6 +118,26 @@ pub(crate) struct Settings {
     pub(crate) negative_ttl: Duration,
     pub(crate) ttl_jitter: f64,
     pub(crate) compression_threshold: Option<usize>,
+    pub(crate) tombstone_ttl: Duration,
+    /// Zero: fail-safe off.
+    pub(crate) fail_safe_window: Duration,
+    pub(crate) fail_safe_throttle: Duration,
+    pub(crate) soft_timeout: Option<Duration>,
+    pub(crate) hard_timeout: Option<Duration>,
+    /// Fraction of the L1 TTL after which a hit refreshes.
+    pub(crate) eager_refresh: Option<f64>,
+}
+
+/// What the builder hands to [`TieredCache::from_parts`].
+pub(crate) struct Parts<K, V> {
+    pub(crate) l1: LocalCache<K, Shared<V>>,
+    pub(crate) l2: Option<RemoteCache>,
+    pub(crate) bus: Option<Bus>,
+    pub(crate) codec: Arc<dyn Codec<V>>,
+    pub(crate) versioning: Option<Versioning<V>>,
+    pub(crate) fences: Arc<Fences>,
+    pub(crate) tags: Arc<Tags>,
+    pub(crate) settings: Settings,
 }
 
 // Manager counters (see `CacheStats` for meanings).
@@ -116,7 +148,16 @@ const DECODE_ERRORS: usize = 3;
 const LOADS: usize = 4;
 const COALESCED: usize = 5;
 const LOADER_ERRORS: usize = 6;
-const COUNTERS: usize = 7;
+const STALE_LOADER_ERROR: usize = 7;
+const STALE_SOFT_TIMEOUT: usize = 8;
+const STALE_THROTTLED: usize = 9;
+const SOFT_TIMEOUTS: usize = 10;
+const HARD_TIMEOUTS: usize = 11;
+const REFRESHES: usize = 12;
+const REFRESH_ERRORS: usize = 13;
+const GUARD_REJECTIONS: usize = 14;
+const FENCED_FILLS: usize = 15;
+const COUNTERS: usize = 16;
 
 /// Per-entry weight on top of the encoded value: key, slot and map overhead.
 const ENTRY_OVERHEAD: usize = 64;
@@ -154,10 +195,24 @@ type FlightResult<V> = Result<(Shared<V>, Source), Arc<dyn StdError + Send + Syn
 ///
 /// Each level has its own TTL; an L2 hit refills L1 with a full L1 TTL.
 /// Writes ([`set`](Self::set), [`invalidate`](Self::invalidate)) go to Redis
-/// first, then L1. A load racing an invalidation can put the old value back
-/// (the classic cache-aside race); bounded by the TTLs until version-checked
-/// sets arrive. If Redis is unreachable during an invalidation, the Redis
-/// copy lives until its TTL.
+/// first, then L1. A load racing an invalidation never puts the old value
+/// back into this instance's L1 (or another's, once the bus delivered the
+/// invalidation): fills are fenced (see `fence.rs`). Redis is protected
+/// from it in a [versioned](TieredCacheBuilder::versioned) cache, whose
+/// writes are version-checked on the server and whose writers invalidate
+/// with [`invalidate_version`](Self::invalidate_version); in an unversioned
+/// one a racing load can put an old value back into Redis until its TTL.
+/// If Redis is unreachable during an invalidation, the Redis copy lives
+/// until its TTL.
+///
+/// # Failures of the loader
+///
+/// With [fail-safe](TieredCacheBuilder::fail_safe) on, an expired L1 entry
+/// is kept for a while as a fallback: when the loader fails, or is slower
+/// than the [soft timeout](TieredCacheBuilder::loader_timeouts), the caller
+/// gets it as [`Source::Stale`] instead of an error or a wait, and the
+/// failing loader is not retried for the throttle time. Invalidation
+/// removes fallbacks too: a value known to be outdated is never served.
 ///
 /// # Other instances
 ///
@@ -225,9 +280,15 @@ struct Inner<K, V> {
     /// Dropped with the last handle, which stops the bus tasks.
     bus: Option<Bus>,
     codec: Arc<dyn Codec<V>>,
+    versioning: Option<Versioning<V>>,
+    fences: Arc<Fences>,
+    tags: Arc<Tags>,
     flights: Flights<K, FlightResult<V>>,
+    refreshes: Refreshes<K>,
     settings: Settings,
     counters: Striped<COUNTERS>,
+    /// Rate limit of the "serving stale" warnings.
+    stale_log: LogLimiter,
 }
 
 impl<K, V> TieredCache<K, V>
@@ -241,22 +302,21 @@ where
         TieredCacheBuilder::new()
     }
 
-    pub(crate) fn from_parts(
-        l1: LocalCache<K, Shared<V>>,
-        l2: Option<RemoteCache>,
-        bus: Option<Bus>,
-        codec: Arc<dyn Codec<V>>,
-        settings: Settings,
-    ) -> Self {
+    pub(crate) fn from_parts(parts: Parts<K, V>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                l1,
-                l2,
-                bus,
-                codec,
+                l1: parts.l1,
+                l2: parts.l2,
+                bus: parts.bus,
+                codec: parts.codec,
+                versioning: parts.versioning,
+                fences: parts.fences,
+                tags: parts.tags,
                 flights: Flights::new(),
-                settings,
+                refreshes: Refreshes::new(),
+                settings: parts.settings,
                 counters: Striped::new(),
+                stale_log: LogLimiter::default(),
             }),
         }
     }
@@ -268,31 +328,56 @@ where
     /// the type-level docs). An L1 hit takes no lock beyond a shard read
     /// lock, allocates nothing and does not await.
     ///
+    /// `loader` is only called on a miss (or for an eager refresh); the
+    /// future it returns must own what it needs (`'static`), because a load
+    /// may finish in the background after a soft timeout. Clone your
+    /// handles inside `loader`, not before, to keep hits free of that cost.
+    ///
     /// # Errors
     ///
     /// [`Error::Loader`] when the loader (this caller's or the one it
-    /// waited for) fails. Cache-level failures are never errors.
+    /// waited for) fails or hits the hard timeout and no stale fallback
+    /// exists. Cache-level failures are never errors.
     pub async fn get_or_load<F, Fut, E>(&self, key: &K, loader: F) -> Result<Lookup<V>, Error>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<V>, E>>,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: StdError + Send + Sync + 'static,
     {
-        if let Some(value) = self.inner.l1.get(key) {
-            if value.is_none() {
-                self.inner.counters.incr(NEGATIVE_HITS);
+        let stale = match self.inner.l1.probe(key) {
+            Probe::Fresh { value, refresh } => {
+                if value.is_none() {
+                    self.inner.counters.incr(NEGATIVE_HITS);
+                }
+                if refresh {
+                    self.inner.refresh(key, loader);
+                }
+                return Ok(Lookup {
+                    value,
+                    source: Source::L1,
+                });
             }
-            return Ok(Lookup {
-                value,
-                source: Source::L1,
-            });
-        }
-        let inner = &*self.inner;
+            Probe::Degraded(value) => {
+                self.inner.counters.incr(STALE_THROTTLED);
+                return Ok(Lookup {
+                    value,
+                    source: Source::Stale,
+                });
+            }
+            Probe::Stale { value, bytes } => Some((value, bytes)),
+            Probe::Missing => None,
+        };
+        let inner = &self.inner;
         // Boxed so that the hit path's future stays small: the fill's state
         // (Redis calls, the caller's loader) is large, and inline it would
         // make every caller's future that large, allocated and moved on
         // every call, hits included.
-        let (result, ran) = Box::pin(inner.flights.run(key, || inner.fill(key, loader))).await;
+        let (result, ran) = Box::pin(
+            inner
+                .flights
+                .run(key, || Inner::fill(inner, key, loader, stale)),
+        )
+        .await;
         if !ran {
             inner.counters.incr(COALESCED);
         }
@@ -325,6 +410,7 @@ where
         E: StdError + Send + Sync + 'static,
     {
         let inner = &*self.inner;
+        let ticket = inner.fences.start();
         let mut answers: HashMap<&K, Lookup<V>> = HashMap::with_capacity(keys.len());
         let mut missing: Vec<&K> = Vec::new();
         let mut seen: HashSet<&K> = HashSet::with_capacity(keys.len());
@@ -349,15 +435,16 @@ where
             }
         }
         if !missing.is_empty() {
-            missing = inner.fill_many_from_l2(missing, &mut answers).await;
+            missing = inner.fill_many_from_l2(missing, &mut answers, ticket).await;
         }
         if !missing.is_empty() {
             inner.counters.incr(LOADS);
-            let mut loaded = match loader(missing.iter().map(|k| (*k).clone()).collect()).await {
+            let load = loader(missing.iter().map(|k| (*k).clone()).collect());
+            let mut loaded = match inner.bounded(load).await {
                 Ok(loaded) => loaded,
                 Err(error) => {
                     inner.counters.incr(LOADER_ERRORS);
-                    return Err(Error::Loader(Arc::new(error)));
+                    return Err(Error::Loader(error));
                 }
             };
             let mut fills = Vec::with_capacity(missing.len());
@@ -372,7 +459,7 @@ where
                     },
                 );
             }
-            inner.store_many(fills, true).await;
+            inner.store_many(fills, true, ticket).await;
         }
         Ok(keys
             .iter()
@@ -386,18 +473,24 @@ where
             .collect())
     }
 
-    /// Stores `value` under `key` in Redis (one `SET … PX`) and L1, with the
-    /// usual TTLs, then tells the other instances to drop their L1 copy. If
-    /// the value cannot be encoded it is kept in L1 only.
+    /// Stores `value` under `key` in Redis (one `SET … PX`, version-checked
+    /// in a versioned cache) and L1, with the usual TTLs, then tells the
+    /// other instances to drop their L1 copy. If the value cannot be
+    /// encoded it is kept in L1 only. This is write-through: call it after
+    /// the source of truth took the write.
     pub async fn set(&self, key: &K, value: V) {
-        self.inner.store(key, Some(Arc::new(value))).await;
-        self.inner.announce(std::slice::from_ref(key));
+        let inner = &*self.inner;
+        let ticket = inner.fences.start();
+        inner.store(key, Some(Arc::new(value)), ticket).await;
+        inner.announce(std::slice::from_ref(key));
     }
 
     /// Removes `key` from Redis (`UNLINK`), then from this instance's L1,
     /// then tells the other instances to drop it from theirs.
     ///
-    /// If Redis is unreachable, its copy stays until its TTL.
+    /// If Redis is unreachable, its copy stays until its TTL. In a
+    /// versioned cache, writers should prefer
+    /// [`invalidate_version`](Self::invalidate_version).
     pub async fn invalidate(&self, key: &K) {
         self.invalidate_many(std::slice::from_ref(key)).await;
     }
@@ -410,16 +503,41 @@ where
             let redis_keys: Vec<String> = keys.iter().map(|k| inner.redis_key(k)).collect();
             l2.delete(&redis_keys).await;
         }
-        for key in keys {
-            inner.l1.remove(key);
-        }
+        inner.drop_local(keys);
         inner.announce(keys);
+    }
+
+    /// Invalidates `key` after a write that made `version` current (for a
+    /// delete: one more than the deleted version). Redis gets a tombstone
+    /// that refuses every older version for the tombstone TTL, so a slow
+    /// reader that loaded the old value cannot put it back; then this
+    /// instance's L1 and every other instance's drop the key.
+    ///
+    /// In an unversioned cache this is [`invalidate`](Self::invalidate).
+    pub async fn invalidate_version(&self, key: &K, version: u64) {
+        let inner = &*self.inner;
+        let (Some(l2), Some(versioning)) = (&inner.l2, &inner.versioning) else {
+            return self.invalidate(key).await;
+        };
+        let write = Write {
+            key: inner.redis_key(key),
+            value: codec::tombstone(version),
+            ttl: inner.settings.tombstone_ttl,
+            version: i64::try_from(version).unwrap_or(i64::MAX),
+        };
+        if l2.set(&write, Some(&versioning.field)).await != Some(true) {
+            // Refused (Redis holds a newer version, which is fine) or Redis
+            // failed (its copy lives until its TTL).
+            tracing::debug!(key = %write.key, version, "tombstone not written");
+        }
+        inner.drop_local(std::slice::from_ref(key));
+        inner.announce(std::slice::from_ref(key));
     }
 
     /// Removes `key` from this instance's L1 only (e.g. on an invalidation
     /// message from another instance).
     pub fn invalidate_local(&self, key: &K) {
-        self.inner.l1.remove(key);
+        self.inner.drop_local(std::slice::from_ref(key));
     }
 
     /// Removes every key of this cache (`{key_prefix}{namespace}:*`) from
@@ -436,15 +554,16 @@ where
                 None => tracing::warn!("L2 clear did not complete; remaining keys expire by TTL"),
             }
         }
-        inner.l1.clear();
+        inner.clear_local();
         if let Some(bus) = &inner.bus {
             bus.publish_clear();
         }
     }
 
-    /// Empties this instance's L1 only.
+    /// Empties this instance's L1 only (and forgets the tag generations it
+    /// knew; they are read from Redis again).
     pub fn clear_local(&self) {
-        self.inner.l1.clear();
+        self.inner.clear_local();
     }
 
     /// Loads `keys` in batches of `batch_size` and stores every value the
@@ -470,18 +589,22 @@ where
         let inner = &*self.inner;
         let mut warmed = 0;
         for batch in keys.chunks(batch_size.max(1)) {
+            let ticket = inner.fences.start();
             inner.counters.incr(LOADS);
-            let loaded = loader(batch.to_vec()).await.map_err(|error| {
-                inner.counters.incr(LOADER_ERRORS);
-                Error::Loader(Arc::new(error))
-            })?;
+            let loaded = inner
+                .bounded(loader(batch.to_vec()))
+                .await
+                .map_err(|error| {
+                    inner.counters.incr(LOADER_ERRORS);
+                    Error::Loader(error)
+                })?;
             warmed += loaded.len();
             let warmed_keys: Vec<K> = loaded.keys().cloned().collect();
             let fills = loaded
                 .into_iter()
                 .map(|(key, value)| (key, Some(Arc::new(value))))
                 .collect();
-            inner.store_many(fills, false).await;
+            inner.store_many(fills, false, ticket).await;
             inner.announce(&warmed_keys);
         }
         Ok(warmed)
@@ -498,18 +621,75 @@ where
                 misses: count(L2_MISSES),
                 errors: inner.l2.as_ref().map_or(0, RemoteCache::errors),
                 decode_errors: count(DECODE_ERRORS),
+                guard_rejections: count(GUARD_REJECTIONS),
                 state: self.l2_state(),
             },
             loader: LoaderStats {
                 loads: count(LOADS),
                 coalesced: count(COALESCED),
                 errors: count(LOADER_ERRORS),
+                soft_timeouts: count(SOFT_TIMEOUTS),
+                hard_timeouts: count(HARD_TIMEOUTS),
+                refreshes: count(REFRESHES),
+                refresh_errors: count(REFRESH_ERRORS),
             },
             negative_hits: count(NEGATIVE_HITS),
+            stale: StaleStats {
+                loader_error: count(STALE_LOADER_ERROR),
+                soft_timeout: count(STALE_SOFT_TIMEOUT),
+                throttled: count(STALE_THROTTLED),
+            },
+            fenced_fills: count(FENCED_FILLS),
             bus: inner
                 .bus
                 .as_ref()
                 .map_or_else(BusStats::disabled, Bus::stats),
+        }
+    }
+
+    /// The current generation of `tag`: put it into the keys of the entries
+    /// the tag covers (e.g. `format!("{generation}:{category}:{page}")`), so
+    /// that [`invalidate_tags`](Self::invalidate_tags) makes them
+    /// unreachable everywhere at once. See `manager/tags.rs` for why this
+    /// is race-free.
+    ///
+    /// Known generations cost a map lookup; an unknown one costs a Redis
+    /// `GET` (0 when Redis has none or is unreachable).
+    pub async fn tag_generation(&self, tag: &str) -> u64 {
+        let inner = &*self.inner;
+        if let Some(generation) = inner.tags.get(tag) {
+            return generation;
+        }
+        let stored = match &inner.l2 {
+            Some(l2) => l2.get(&inner.tag_key(tag)).await.flatten(),
+            None => None,
+        };
+        let generation = stored
+            .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse().ok())
+            .unwrap_or(0);
+        inner.tags.raise(tag, generation)
+    }
+
+    /// Moves each tag to a new generation (in Redis, here, and through the
+    /// bus on every other instance), so that every entry keyed with an older
+    /// generation is never read again. If Redis is unreachable only this
+    /// instance moves on (the others see a bus gap, or their L1 TTL).
+    pub async fn invalidate_tags(&self, tags: &[&str]) {
+        let inner = &*self.inner;
+        let mut published = Vec::with_capacity(tags.len());
+        for &tag in tags {
+            let bumped = match &inner.l2 {
+                Some(l2) => l2.bump_tag(&inner.tag_key(tag)).await,
+                None => None,
+            };
+            let generation = match bumped {
+                Some(generation) => inner.tags.raise(tag, generation),
+                None => inner.tags.bump_local(tag),
+            };
+            published.push((tag.to_owned(), generation));
+        }
+        if let Some(bus) = &inner.bus {
+            bus.publish_tags(published);
         }
     }
 
@@ -575,11 +755,46 @@ where
             bus.publish_keys(keys.iter().map(ToString::to_string));
         }
     }
+
+    /// Drops `keys` from L1, fencing out fills that are still loading them.
+    fn drop_local(&self, keys: &[K]) {
+        for key in keys {
+            self.fences.invalidate(key);
+            self.l1.remove(key);
+        }
+    }
+
+    fn clear_local(&self) {
+        self.fences.clear();
+        self.l1.clear();
+        self.tags.forget_all();
+    }
+
+    fn tag_key(&self, tag: &str) -> String {
+        format!("{}tag:{tag}", self.settings.key_prefix)
+    }
 }
 
 /// The receiving side of the bus for one cache: parses keys back from their
-/// `Display` strings and drops them from L1.
-pub(crate) struct L1Handle<K, V>(pub(crate) LocalCache<K, Shared<V>>);
+/// `Display` strings and drops them from L1 (fenced, like local
+/// invalidations), and learns tag generations.
+pub(crate) struct L1Handle<K, V> {
+    pub(crate) l1: LocalCache<K, Shared<V>>,
+    pub(crate) fences: Arc<Fences>,
+    pub(crate) tags: Arc<Tags>,
+}
+
+impl<K, V> L1Handle<K, V> {
+    fn clear_all(&self)
+    where
+        K: CacheKey,
+        V: Send + Sync + 'static,
+    {
+        self.fences.clear();
+        self.l1.clear();
+        self.tags.forget_all();
+    }
+}
 
 impl<K, V> L1Sink for L1Handle<K, V>
 where
@@ -590,20 +805,27 @@ where
         for key in keys {
             match key.parse::<K>() {
                 Ok(key) => {
-                    self.0.remove(&key);
+                    self.fences.invalidate(&key);
+                    self.l1.remove(&key);
                 }
                 Err(_) => {
                     // We cannot tell which entry it names; drop them all.
                     tracing::warn!(%key, "bus key does not parse as a key of this cache; L1 cleared");
-                    self.0.clear();
+                    self.clear_all();
                     return;
                 }
             }
         }
     }
 
+    fn tags(&self, tags: &[(String, u64)]) {
+        for (tag, generation) in tags {
+            self.tags.raise(tag, *generation);
+        }
+    }
+
     fn clear(&self) {
-        self.0.clear();
+        self.clear_all();
     }
 }
 

@@ -14,7 +14,17 @@
 //! | (empty string) | negative entry: the loader said "not found" |
 //! | `0x01` | [`PostcardCodec`] value: `0x01` + postcard bytes |
 //! | `0x02` | LZ4 block: `0x02` + uncompressed length (u32 LE) + block; the block holds a codec output |
+//! | `0x03` | versioned value: `0x03` + version in ASCII digits + `:` + one of the rows above |
+//! | `0x04` | tombstone: `0x04` + version in ASCII digits; "copies older than this are stale" |
 //! | anything else | a codec output; for [`JsonCodec`], JSON text |
+//!
+//! Versioned caches (see the builder's `versioned`) guard their Redis
+//! writes with a script that must read the version of what is stored. It
+//! reads plain JSON's version field itself (so JSON values stay plain JSON
+//! for other clients), and needs the `0x03` header only for values that do
+//! not start as JSON (binary codecs, compressed values). Tombstones are
+//! what an invalidation with a version leaves behind; reads treat them as
+//! misses.
 //!
 //! JSON text starts with whitespace, `{`, `[`, `"`, a digit, `-`, `t`, `f`
 //! or `n` (or a UTF-8 BOM), never with a byte below `0x09`, so the markers
@@ -35,6 +45,10 @@ use serde::de::DeserializeOwned;
 pub(crate) const POSTCARD_MARKER: u8 = 0x01;
 /// First byte of an LZ4-compressed value.
 pub(crate) const LZ4_MARKER: u8 = 0x02;
+/// First byte of a value carrying its version in a header.
+pub(crate) const VERSIONED_MARKER: u8 = 0x03;
+/// First byte of a tombstone.
+pub(crate) const TOMBSTONE_MARKER: u8 = 0x04;
 /// Largest decompressed value accepted, whatever a length header claims.
 pub(crate) const MAX_DECOMPRESSED: usize = 512 * 1024 * 1024;
 /// LZ4's best case is about 255:1; a header claiming more is corrupt.
@@ -43,8 +57,8 @@ const MAX_LZ4_RATIO: usize = 255;
 /// Turns values into bytes for Redis and back.
 ///
 /// Implementations must produce non-empty output that does not start with
-/// `0x02` (reserved for compression, see the module docs); a binary format
-/// should start with its own marker byte in `0x03..=0x08` so that it can
+/// `0x02`, `0x03` or `0x04` (reserved, see the module docs); a binary format
+/// should start with its own marker byte in `0x05..=0x08` so that it can
 /// never be confused with JSON or with another codec's output.
 ///
 /// `decode` must return an error, never panic, on bytes it did not produce:
@@ -164,6 +178,8 @@ impl<V: Serialize + DeserializeOwned> Codec<V> for PostcardCodec {
 pub(crate) enum Opened<'a> {
     /// A negative entry.
     Absent,
+    /// A tombstone left by a versioned invalidation: a miss.
+    Tombstone,
     /// A codec output, decompressed if it was compressed.
     Value(std::borrow::Cow<'a, [u8]>),
 }
@@ -178,9 +194,9 @@ pub(crate) enum Opened<'a> {
 pub(crate) fn seal(encoded: Vec<u8>, compress_from: Option<usize>) -> Result<Vec<u8>, CodecError> {
     match encoded.first() {
         None => return Err(CodecError::new("codec produced an empty value")),
-        Some(&LZ4_MARKER) => {
+        Some(&(LZ4_MARKER | VERSIONED_MARKER | TOMBSTONE_MARKER)) => {
             return Err(CodecError::new(
-                "codec output starts with the reserved byte 0x02",
+                "codec output starts with a reserved byte (0x02..=0x04)",
             ));
         }
         Some(_) => {}
@@ -214,8 +230,20 @@ pub(crate) fn open(stored: &[u8]) -> Result<Opened<'_>, CodecError> {
     let Some((&first, rest)) = stored.split_first() else {
         return Ok(Opened::Absent);
     };
-    if first != LZ4_MARKER {
-        return Ok(Opened::Value(std::borrow::Cow::Borrowed(stored)));
+    match first {
+        TOMBSTONE_MARKER => return Ok(Opened::Tombstone),
+        VERSIONED_MARKER => {
+            let Some(colon) = rest.iter().position(|&b| b == b':') else {
+                return Err(CodecError::new("versioned value has no header end"));
+            };
+            let inner = &rest[colon + 1..];
+            if inner.is_empty() || matches!(inner[0], VERSIONED_MARKER | TOMBSTONE_MARKER) {
+                return Err(CodecError::new("versioned value wraps no value"));
+            }
+            return open(inner);
+        }
+        LZ4_MARKER => {}
+        _ => return Ok(Opened::Value(std::borrow::Cow::Borrowed(stored))),
     }
     let Some((len_bytes, block)) = rest.split_first_chunk::<4>() else {
         return Err(CodecError::new("compressed value is truncated"));
@@ -235,6 +263,31 @@ pub(crate) fn open(stored: &[u8]) -> Result<Opened<'_>, CodecError> {
         )),
         Err(e) => Err(CodecError::with_source("compressed value is corrupt", e)),
     }
+}
+
+/// Marks a sealed value with its version where the guard script needs it:
+/// values that do not start as JSON text get the `0x03` header; JSON text
+/// (whose version the script reads itself) and negative entries (which
+/// have none) stay as they are.
+pub(crate) fn with_version(sealed: Vec<u8>, version: u64) -> Vec<u8> {
+    match sealed.first() {
+        Some(&first) if first < 0x09 => {
+            let mut marked = Vec::with_capacity(sealed.len() + 22);
+            marked.push(VERSIONED_MARKER);
+            marked.extend_from_slice(version.to_string().as_bytes());
+            marked.push(b':');
+            marked.extend_from_slice(&sealed);
+            marked
+        }
+        _ => sealed,
+    }
+}
+
+/// The stored form of "copies older than `version` are stale".
+pub(crate) fn tombstone(version: u64) -> Vec<u8> {
+    let mut stored = vec![TOMBSTONE_MARKER];
+    stored.extend_from_slice(version.to_string().as_bytes());
+    stored
 }
 
 #[cfg(test)]
@@ -279,6 +332,32 @@ mod tests {
                 round_trip(&PostcardCodec, compress_from, value);
             }
         }
+    }
+
+    #[test]
+    fn versioned_values_and_tombstones_open_as_values_and_misses() {
+        let value = product(3);
+        for compress_from in [None, Some(0)] {
+            for codec in [&JsonCodec as &dyn Codec<Product>, &PostcardCodec] {
+                let sealed = seal(codec.encode(&value).unwrap(), compress_from).unwrap();
+                let marked = with_version(sealed.clone(), 17);
+                if sealed[0] < 0x09 {
+                    assert!(marked.starts_with(b"\x0317:"), "{marked:?}");
+                } else {
+                    assert_eq!(marked, sealed, "JSON text stays plain");
+                }
+                let Opened::Value(bytes) = open(&marked).unwrap() else {
+                    panic!("a versioned value did not open as a value");
+                };
+                assert_eq!(codec.decode(&bytes).unwrap(), value);
+            }
+        }
+        assert_eq!(with_version(Vec::new(), 3), Vec::<u8>::new());
+        assert_eq!(open(&tombstone(9)).unwrap(), Opened::Tombstone);
+        assert_eq!(tombstone(9), b"\x049");
+        assert!(open(b"\x0312").is_err());
+        assert!(open(b"\x0312:").is_err());
+        assert!(open(b"\x0312:\x049").is_err());
     }
 
     #[test]
@@ -420,7 +499,7 @@ mod tests {
         for (what, full) in &values {
             for cut in 1..full.len() {
                 let decoded = open(&full[..cut]).ok().and_then(|opened| match opened {
-                    Opened::Absent => None,
+                    Opened::Absent | Opened::Tombstone => None,
                     Opened::Value(b) => {
                         let json: Option<Product> = JsonCodec.decode(&b).ok();
                         let postcard: Option<Product> = PostcardCodec.decode(&b).ok();

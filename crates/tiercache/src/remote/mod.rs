@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use redis::{Cmd, RedisError};
+use redis::{Cmd, RedisError, Value};
 use tokio::task::JoinHandle;
 
 use crate::clock::SystemClock;
@@ -182,31 +182,50 @@ impl RemoteCache {
         (values.len() == keys.len()).then_some(values)
     }
 
-    /// `SET key value PX ttl`; returns whether Redis took it.
-    pub(crate) async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> bool {
-        let cmd = set_cmd(key, value, ttl);
+    /// Writes one value: `SET key value PX ttl`, or through the version
+    /// guard when `guard` (the JSON version field) is given. Returns whether
+    /// Redis stored it (`Some(false)`: the guard refused it), or `None` when
+    /// Redis was unusable.
+    pub(crate) async fn set(&self, write: &Write, guard: Option<&str>) -> Option<bool> {
+        let cmd = write.cmd(guard);
         self.inner
-            .call("SET", |conn| async move { conn.query::<()>(&cmd).await })
+            .call("SET", |conn| async move { conn.query::<Value>(&cmd).await })
             .await
-            .is_some()
+            .map(|reply| is_stored(&reply))
     }
 
-    /// All SETs in one pipeline (one round trip on a single server).
-    pub(crate) async fn set_many(&self, items: &[(String, Vec<u8>, Duration)]) -> bool {
-        if items.is_empty() {
-            return true;
+    /// All writes in one pipeline (one round trip on a single server);
+    /// whether each was stored, or `None` when Redis was unusable.
+    pub(crate) async fn set_many(
+        &self,
+        writes: &[Write],
+        guard: Option<&str>,
+    ) -> Option<Vec<bool>> {
+        if writes.is_empty() {
+            return Some(Vec::new());
         }
-        let cmds: Vec<Cmd> = items
-            .iter()
-            .map(|(key, value, ttl)| set_cmd(key, value, *ttl))
-            .collect();
-        self.inner
+        let cmds: Vec<Cmd> = writes.iter().map(|write| write.cmd(guard)).collect();
+        let replies: Vec<Value> = self
+            .inner
             .call(
                 "SET pipeline",
                 |conn| async move { conn.exec_batch(cmds).await },
             )
+            .await?;
+        (replies.len() == writes.len()).then(|| replies.iter().map(is_stored).collect())
+    }
+
+    /// Raises the tag generation stored at `key` (see [`BUMP_TAG`]) and
+    /// returns the new one; `None` when Redis was unusable.
+    pub(crate) async fn bump_tag(&self, key: &str) -> Option<u64> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(BUMP_TAG).arg(1).arg(key);
+        self.inner
+            .call(
+                "EVAL bump tag",
+                |conn| async move { conn.query(&cmd).await },
+            )
             .await
-            .is_some()
     }
 
     /// `UNLINK` of all `keys` in one command; returns whether Redis took it.
@@ -280,13 +299,92 @@ impl RemoteCache {
     }
 }
 
-fn set_cmd(key: &str, value: &[u8], ttl: Duration) -> Cmd {
-    // PX keeps sub-second TTLs (negative entries, tests) exact; never 0,
-    // which Redis rejects.
-    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-    let mut cmd = redis::cmd("SET");
-    cmd.arg(key).arg(value).arg("PX").arg(ms);
-    cmd
+/// One value to store in Redis.
+#[derive(Debug, Clone)]
+pub(crate) struct Write {
+    pub(crate) key: String,
+    /// The stored form (see [`codec`]).
+    pub(crate) value: Vec<u8>,
+    pub(crate) ttl: Duration,
+    /// The value's version for the guard; `-1` for "absent" (a negative
+    /// entry), which never replaces a versioned value or a tombstone.
+    pub(crate) version: i64,
+}
+
+/// The version guard (SPEC §4: "never replace a newer version with an
+/// older one"). Stores ARGV[2] under KEYS[1] for ARGV[3] ms unless what is
+/// stored has a higher version than ARGV[1]. The stored version is read
+/// from the value itself: the digits after a `0x03` (versioned) or `0x04`
+/// (tombstone) marker, `-1` for a negative entry (the empty string), else
+/// the JSON field named ARGV[4]. A value whose version cannot be read is
+/// replaced. Returns 1 when stored, 0 when refused.
+const GUARDED_SET: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local new = tonumber(ARGV[1])
+  local first = string.byte(cur, 1)
+  local old
+  if first == nil then
+    old = -1
+  elseif first == 3 or first == 4 then
+    old = tonumber(string.match(cur, '^.(%d+)'))
+  elseif first > 8 then
+    local ok, doc = pcall(cjson.decode, cur)
+    if ok and type(doc) == 'table' then old = tonumber(doc[ARGV[4]]) end
+  end
+  if old and old > new then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+/// Whether a reply to [`Write::cmd`] means "stored": `OK` from `SET`, 1 from the guard.
+fn is_stored(reply: &Value) -> bool {
+    matches!(reply, Value::Okay | Value::Int(1))
+}
+
+/// New tag generation: `max(stored + 1, Redis time in ms)`. Time-based so
+/// that a generation never comes back after its key was deleted (by a
+/// cache clear, say): entries keyed by an old generation must stay
+/// unreachable.
+const BUMP_TAG: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local new = math.max(cur + 1, now)
+redis.call('SET', KEYS[1], string.format('%.0f', new))
+return new
+";
+
+impl Write {
+    /// `SET … PX` (replying `OK`) or the guard script (`EVAL`:
+    /// it is only sent on fills and writes, and `EVAL` needs no
+    /// `SCRIPT LOAD` per node or after a restart).
+    fn cmd(&self, guard: Option<&str>) -> Cmd {
+        // PX keeps sub-second TTLs (negative entries, tests) exact; never 0,
+        // which Redis rejects.
+        let ms = u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        match guard {
+            None => {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(&self.key).arg(&self.value).arg("PX").arg(ms);
+                cmd
+            }
+            Some(field) => {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(GUARDED_SET)
+                    .arg(1)
+                    .arg(&self.key)
+                    .arg(self.version)
+                    .arg(&self.value)
+                    .arg(ms)
+                    .arg(field);
+                cmd
+            }
+        }
+    }
 }
 
 /// Escapes the glob metacharacters of `SCAN MATCH`, so a prefix is literal.
@@ -505,7 +603,13 @@ mod tests {
 
     #[test]
     fn set_command_never_has_a_zero_ttl() {
-        let packed = set_cmd("k", b"v", Duration::from_micros(10)).get_packed_command();
+        let write = Write {
+            key: "k".into(),
+            value: b"v".to_vec(),
+            ttl: Duration::from_micros(10),
+            version: 1,
+        };
+        let packed = write.cmd(None).get_packed_command();
         let text = String::from_utf8(packed).unwrap();
         assert!(text.ends_with("$2\r\nPX\r\n$1\r\n1\r\n"), "{text:?}");
     }

@@ -241,20 +241,24 @@ impl Conn {
         }
     }
 
-    /// Sends `cmds` (each a keyed write) in as few round trips as the topology allows.
-    pub(crate) async fn exec_batch(&self, cmds: Vec<Cmd>) -> RedisResult<()> {
+    /// Sends `cmds` (each a keyed command) in as few round trips as the
+    /// topology allows; replies in command order.
+    pub(crate) async fn exec_batch<T: FromRedisValue>(
+        &self,
+        cmds: Vec<Cmd>,
+    ) -> RedisResult<Vec<T>> {
         match self {
             Self::Single(conn) => {
                 let mut pipe = redis::pipe();
                 for cmd in cmds {
-                    pipe.add_command(cmd).ignore();
+                    pipe.add_command(cmd);
                 }
-                pipe.exec_async(&mut conn.clone()).await
+                pipe.query_async(&mut conn.clone()).await
             }
             Self::Cluster(conn) => {
                 let sends = cmds.iter().map(|cmd| {
                     let mut conn = conn.clone();
-                    async move { cmd.exec_async(&mut conn).await }
+                    async move { cmd.query_async::<T>(&mut conn).await }
                 });
                 join_all(sends).await.into_iter().collect()
             }

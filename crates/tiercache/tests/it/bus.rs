@@ -33,11 +33,11 @@ async fn two_instances() -> (Cache, Cache) {
 /// Loads `id` into `cache` (and Redis) and checks that L1 now has it.
 async fn cache_in_l1(cache: &Cache, id: i64) {
     cache
-        .get_or_load(&id, || async { found(id) })
+        .get_or_load(&id, || async move { found(id) })
         .await
         .unwrap();
     let again = cache
-        .get_or_load(&id, || async { found(id) })
+        .get_or_load(&id, || async move { found(id) })
         .await
         .unwrap();
     assert_eq!(again.source, Source::L1);

@@ -9,6 +9,8 @@
 
 mod bus;
 mod cluster;
+mod consistency;
+mod failsafe;
 mod manager;
 mod remote;
 mod support;

@@ -218,10 +218,13 @@ async fn a_failing_load_is_shared_by_waiters_and_not_cached() {
 async fn not_found_is_cached_negatively_in_both_levels() {
     let (cache, prefix) = support::cache::<Item>().await;
     let mut redis = support::raw_redis().await;
-    let loads = AtomicUsize::new(0);
-    let load_nothing = || async {
-        loads.fetch_add(1, Ordering::SeqCst);
-        Ok::<Option<Item>, StoreDown>(None)
+    let loads = Arc::new(AtomicUsize::new(0));
+    let load_nothing = || {
+        let loads = Arc::clone(&loads);
+        async move {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok::<Option<Item>, StoreDown>(None)
+        }
     };
 
     let sources: Vec<Source> = {

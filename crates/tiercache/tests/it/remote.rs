@@ -98,7 +98,10 @@ async fn foreign_or_corrupt_values_in_redis_are_misses() {
 
     for (id, _) in &garbage {
         let lookup = cache
-            .get_or_load(id, || async { found(*id) })
+            .get_or_load(id, || {
+                let id = *id;
+                async move { found(id) }
+            })
             .await
             .unwrap();
         assert_eq!(lookup.source, Source::Loader, "key {id}");

@@ -1,0 +1,209 @@
+//! Fail-safe answers, loader timeouts and eager refresh (L1 only, so that
+//! only the manager's own logic is under test).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tiercache::{Source, TieredCache, TieredCacheBuilder};
+
+use crate::support::{Item, StoreDown, eventually};
+
+type Cache = TieredCache<i64, Item>;
+
+fn l1_only(ttl: Duration) -> TieredCacheBuilder<i64, Item> {
+    TieredCache::builder().ttl_jitter(0.0).l1_ttl(ttl)
+}
+
+fn named(name: &str) -> Result<Option<Item>, StoreDown> {
+    Ok(Some(Item::with_name(1, name.to_owned())))
+}
+
+fn name_of(lookup: &tiercache::Lookup<Item>) -> &str {
+    &lookup.value.as_ref().expect("a value").name
+}
+
+/// Waits until key 1's L1 entry is past its TTL (a failing read then
+/// answers stale instead of hitting).
+async fn wait_until_expired(cache: &Cache) {
+    eventually(Duration::from_secs(5), "the entry expires", || async {
+        let lookup = cache
+            .get_or_load(&1, || async { Err::<Option<Item>, _>(StoreDown) })
+            .await;
+        matches!(lookup, Ok(lookup) if lookup.source == Source::Stale)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failing_loader_gets_the_stale_value_and_is_throttled() {
+    let cache = l1_only(Duration::from_millis(100))
+        .fail_safe(Duration::from_secs(60), Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    cache
+        .get_or_load(&1, || async { named("v1") })
+        .await
+        .unwrap();
+    wait_until_expired(&cache).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let failing = || {
+        let calls = Arc::clone(&calls);
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<Option<Item>, _>(StoreDown)
+        }
+    };
+
+    let throttled = cache.get_or_load(&1, failing).await.unwrap();
+    let recovered = {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        cache
+            .get_or_load(&1, || async { named("v2") })
+            .await
+            .unwrap()
+    };
+
+    assert_eq!(
+        (throttled.source, name_of(&throttled)),
+        (Source::Stale, "v1")
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "retried within the throttle"
+    );
+    assert_eq!(
+        (recovered.source, name_of(&recovered)),
+        (Source::Loader, "v2")
+    );
+    let stats = cache.stats();
+    assert_eq!(stats.stale.loader_error, 1);
+    assert!(stats.stale.throttled >= 1, "{stats:?}");
+}
+
+#[tokio::test]
+async fn an_invalidated_value_is_never_a_fallback() {
+    let cache = l1_only(Duration::from_millis(50))
+        .fail_safe(Duration::from_secs(60), Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    cache
+        .get_or_load(&1, || async { named("v1") })
+        .await
+        .unwrap();
+    cache.invalidate(&1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let failed = cache
+        .get_or_load(&1, || async { Err::<Option<Item>, _>(StoreDown) })
+        .await;
+
+    assert!(failed.unwrap_err().is_loader());
+}
+
+#[tokio::test]
+async fn a_slow_loader_past_the_soft_timeout_answers_stale_then_fills_the_cache() {
+    let cache = l1_only(Duration::from_millis(100))
+        .fail_safe(Duration::from_secs(60), Duration::from_millis(50))
+        .loader_timeouts(Some(Duration::from_millis(50)), None)
+        .build()
+        .await
+        .unwrap();
+    cache
+        .get_or_load(&1, || async { named("v1") })
+        .await
+        .unwrap();
+    wait_until_expired(&cache).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let first = cache
+        .get_or_load(&1, || async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            named("v2")
+        })
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the background load fills L1",
+        || async {
+            let lookup = cache
+                .get_or_load(&1, || async { Err::<Option<Item>, _>(StoreDown) })
+                .await
+                .unwrap();
+            lookup.source == Source::L1 && name_of(&lookup) == "v2"
+        },
+    )
+    .await;
+
+    assert_eq!((first.source, name_of(&first)), (Source::Stale, "v1"));
+    let stats = cache.stats();
+    assert_eq!(stats.loader.soft_timeouts, 1);
+    assert_eq!(stats.stale.soft_timeout, 1);
+}
+
+#[tokio::test]
+async fn a_loader_past_the_hard_timeout_without_fallback_is_a_timeout_error() {
+    let cache = l1_only(Duration::from_secs(60))
+        .loader_timeouts(None, Some(Duration::from_millis(50)))
+        .build()
+        .await
+        .unwrap();
+
+    let error = cache
+        .get_or_load(&1, || async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            named("never")
+        })
+        .await
+        .unwrap_err();
+
+    assert!(error.is_timeout(), "{error:?}");
+    assert_eq!(cache.stats().loader.hard_timeouts, 1);
+}
+
+#[tokio::test]
+async fn a_hit_late_in_an_entrys_life_refreshes_it_once_in_the_background() {
+    let cache = l1_only(Duration::from_secs(5))
+        .eager_refresh(Some(0.05))
+        .build()
+        .await
+        .unwrap();
+    cache
+        .get_or_load(&1, || async { named("v1") })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+
+    let hits = futures_util::future::join_all((0..20).map(|_| {
+        let calls = Arc::clone(&calls);
+        cache.get_or_load(&1, move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            named("v2")
+        })
+    }))
+    .await;
+    eventually(
+        Duration::from_secs(3),
+        "the refreshed value is served",
+        || async {
+            let lookup = cache
+                .get_or_load(&1, || async { Err::<Option<Item>, _>(StoreDown) })
+                .await
+                .unwrap();
+            name_of(&lookup) == "v2"
+        },
+    )
+    .await;
+
+    for hit in hits {
+        assert_eq!(hit.unwrap().source, Source::L1);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.stats().loader.refreshes, 1);
+}
