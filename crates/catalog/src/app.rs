@@ -1,8 +1,10 @@
 //! Assembles the service from its configuration and runs it until told to
-//! stop: store (migrated), HTTP router, listener.
+//! stop: store (migrated), HTTP router, TCP listener, and on PostgreSQL the
+//! listener for changes made outside the service.
 //!
 //! Shutdown order: stop accepting → let in-flight requests finish (each is
-//! bounded by the request timeout) → close the store's pool.
+//! bounded by the request timeout) → stop the change listener → close the
+//! store's pool.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,11 +18,13 @@ use tokio::net::TcpListener;
 
 use crate::config::{CacheConfig, ServeConfig};
 use crate::http::{self, AppState};
+use crate::metrics::Metrics;
 use crate::seed;
 use crate::service::{
-    Caches, PageCache, ProductCache, ProductService, RenderedCodec, RenderedProduct,
+    Caches, ChangeListener, ListenerStats, PageCache, ProductCache, ProductService, RenderedCodec,
+    RenderedProduct,
 };
-use crate::store::{self, Store};
+use crate::store::{self, InstrumentedStore, Store};
 
 /// A built service, bound to its address, not yet serving.
 #[derive(Debug)]
@@ -28,6 +32,9 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     store: Arc<dyn Store>,
+    /// PostgreSQL only: invalidates the cache on changes made outside the
+    /// service.
+    changes: Option<ChangeListener>,
 }
 
 impl Application {
@@ -37,11 +44,15 @@ impl Application {
     /// # Errors
     /// The store cannot be reached or migrated, or the address cannot be bound.
     pub async fn build(config: ServeConfig, seed: Option<u64>) -> anyhow::Result<Self> {
-        let store: Arc<dyn Store> = Arc::from(
-            store::connect(config.db.database_url.expose_secret(), &config.db.pool())
-                .await
-                .context("could not connect to the store at DATABASE_URL")?,
-        );
+        let metrics = Metrics::start();
+        let store: Arc<dyn Store> = Arc::new(InstrumentedStore::new(
+            Arc::from(
+                store::connect(config.db.database_url.expose_secret(), &config.db.pool())
+                    .await
+                    .context("could not connect to the store at DATABASE_URL")?,
+            ),
+            &metrics,
+        ));
         store
             .migrate()
             .await
@@ -50,9 +61,11 @@ impl Application {
             seed_if_empty(store.as_ref(), count).await?;
         }
         let caches = build_caches(&config.cache).await?;
+        let changes = spawn_change_listener(&config, &caches).await?;
         let state = AppState::new(
             ProductService::new(Arc::clone(&store), caches),
             config.api_token.unwrap_or_else(generated_token),
+            metrics,
         );
         let router = http::router(state, config.request_timeout);
         let listener = TcpListener::bind(config.bind_addr)
@@ -62,7 +75,14 @@ impl Application {
             listener,
             router,
             store,
+            changes,
         })
+    }
+
+    /// The change listener's counters; `None` on SQLite, which has no
+    /// change notifications.
+    pub fn change_listener_stats(&self) -> Option<ListenerStats> {
+        self.changes.as_ref().map(ChangeListener::stats)
     }
 
     /// The address the server listens on (useful with port 0).
@@ -88,6 +108,9 @@ impl Application {
             .with_graceful_shutdown(shutdown)
             .await
             .context("the HTTP server failed")?;
+        if let Some(changes) = self.changes {
+            changes.stop().await;
+        }
         self.store.close().await;
         tracing::info!("catalog stopped");
         Ok(())
@@ -167,6 +190,22 @@ async fn build_product_cache(config: &CacheConfig) -> anyhow::Result<ProductCach
         "product cache ready"
     );
     Ok(cache)
+}
+
+/// On PostgreSQL, starts listening for changes made outside the service
+/// before any request is served, so that none is missed.
+async fn spawn_change_listener(
+    config: &ServeConfig,
+    caches: &Caches,
+) -> anyhow::Result<Option<ChangeListener>> {
+    let url = config.db.database_url.expose_secret();
+    if !store::is_postgres_url(url) {
+        return Ok(None);
+    }
+    let changes = ChangeListener::spawn(url, &config.db.pool(), caches.clone())
+        .await
+        .context("could not LISTEN for product changes in PostgreSQL")?;
+    Ok(Some(changes))
 }
 
 async fn seed_if_empty(store: &dyn Store, count: u64) -> anyhow::Result<()> {

@@ -1,10 +1,14 @@
-//! The `catalog` command line: `serve`, `seed`, `warm`, `migrate`.
+//! The `catalog` command line: `serve`, `seed`, `warm`, `migrate`, `stats`.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use secrecy::ExposeSecret;
+use serde::Deserialize;
 
 use tiercache::L2State;
 
@@ -35,6 +39,8 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Load products from the store into the shared Redis cache (L2).
     Warm(WarmArgs),
+    /// Print a running instance's cache statistics (`GET /cache/stats`).
+    Stats(StatsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -90,6 +96,13 @@ impl WarmArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Base URL of the running catalog instance.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+}
+
+#[derive(Debug, Args)]
 pub struct MigrateArgs {
     #[command(flatten)]
     pub db: DbConfig,
@@ -136,7 +149,107 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Command::Stats(args) => {
+            let stats = fetch_stats(&args.url).await?;
+            std::io::stdout()
+                .lock()
+                .write_all(stats_table(&stats).as_bytes())
+                .context("could not write to stdout")
+        }
     }
+}
+
+/// How long `catalog stats` waits for the instance.
+const STATS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The parts of `GET /cache/stats` (SPEC §3 `CacheStats`) the table shows.
+#[derive(Debug, Deserialize)]
+struct StatsView {
+    total_requests: u64,
+    hit_rate: f64,
+    avg_response_time_ms: f64,
+    levels: LevelsView,
+    write_behind: WriteBehindView,
+}
+
+#[derive(Debug, Deserialize)]
+struct LevelsView {
+    l1: L1View,
+    l2: L2View,
+}
+
+#[derive(Debug, Deserialize)]
+struct L1View {
+    hits: u64,
+    misses: u64,
+    entries: u64,
+    bytes: u64,
+    evictions: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct L2View {
+    hits: u64,
+    misses: u64,
+    errors: u64,
+    state: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct WriteBehindView {
+    pending: u64,
+    flushed: u64,
+    failed: u64,
+}
+
+async fn fetch_stats(base: &str) -> anyhow::Result<StatsView> {
+    let url = format!("{}/cache/stats", base.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(STATS_TIMEOUT)
+        .build()
+        .context("could not set up the HTTP client")?;
+    client
+        .get(&url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("could not get {url}"))?
+        .json()
+        .await
+        .with_context(|| format!("{url} did not answer with cache statistics"))
+}
+
+/// The statistics as a two-column table, one figure per line.
+fn stats_table(stats: &StatsView) -> String {
+    let (l1, l2, wb) = (&stats.levels.l1, &stats.levels.l2, &stats.write_behind);
+    let rows: [(&str, String); 15] = [
+        ("requests", stats.total_requests.to_string()),
+        ("hit rate", format!("{:.1} %", stats.hit_rate * 100.0)),
+        (
+            "avg response",
+            format!("{:.3} ms", stats.avg_response_time_ms),
+        ),
+        ("L1 hits", l1.hits.to_string()),
+        ("L1 misses", l1.misses.to_string()),
+        ("L1 entries", l1.entries.to_string()),
+        ("L1 bytes", l1.bytes.to_string()),
+        ("L1 evictions", l1.evictions.to_string()),
+        ("L2 hits", l2.hits.to_string()),
+        ("L2 misses", l2.misses.to_string()),
+        ("L2 errors", l2.errors.to_string()),
+        ("L2 state", l2.state.clone()),
+        ("write-behind pending", wb.pending.to_string()),
+        ("write-behind flushed", wb.flushed.to_string()),
+        ("write-behind failed", wb.failed.to_string()),
+    ];
+    let label_width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0);
+    let value_width = rows.iter().map(|(_, value)| value.len()).max().unwrap_or(0);
+    let mut table = String::new();
+    for (label, value) in rows {
+        // Writing into a String cannot fail.
+        let _ = writeln!(table, "{label:<label_width$}  {value:>value_width$}");
+    }
+    table
 }
 
 async fn open_store(db: &DbConfig) -> anyhow::Result<Arc<dyn store::Store>> {
@@ -179,4 +292,37 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stats_table_aligns_every_figure() {
+        let stats: StatsView = serde_json::from_value(serde_json::json!({
+            "total_requests": 8, "cache_hits": 6, "cache_misses": 2, "hit_rate": 0.75,
+            "avg_response_time_ms": 0.5,
+            "levels": {"l1": {"hits": 5, "misses": 3, "entries": 2, "bytes": 1234, "evictions": 0},
+                       "l2": {"hits": 1, "misses": 2, "errors": 0, "state": "up"}},
+            "write_behind": {"pending": 0, "flushed": 0, "failed": 0}
+        }))
+        .unwrap();
+
+        let table = stats_table(&stats);
+
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 15);
+        assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{table}");
+        assert!(
+            lines[0].starts_with("requests") && lines[0].ends_with(" 8"),
+            "{table}"
+        );
+        assert!(lines[1].ends_with("75.0 %"), "{table}");
+        assert!(
+            lines[6].starts_with("L1 bytes") && lines[6].ends_with(" 1234"),
+            "{table}"
+        );
+        assert!(lines[11].ends_with(" up"), "{table}");
+    }
 }

@@ -10,6 +10,7 @@ mod context;
 mod error;
 mod extract;
 mod health;
+mod metrics;
 mod openapi;
 mod products;
 
@@ -26,8 +27,14 @@ use utoipa_swagger_ui::SwaggerUi;
 pub use error::{ApiError, PROBLEM_JSON, Problem};
 pub use extract::MAX_BODY_BYTES;
 
+use crate::metrics::Metrics;
 use crate::service::ProductService;
-use context::RequestContextLayer;
+use context::{RequestContextLayer, RequestTimers};
+
+/// Where Swagger UI is served.
+const DOCS_PATH: &str = "/docs";
+/// Where the OpenAPI document is served.
+const SPEC_PATH: &str = "/openapi.json";
 
 /// What every handler can reach. Cloned for every request, so it is one
 /// `Arc` (one reference-count increment per request, not one per field).
@@ -37,14 +44,17 @@ pub struct AppState(Arc<Shared>);
 /// The fields of [`AppState`].
 pub struct Shared {
     pub products: ProductService,
+    /// This application's metrics registry (never the process-global one).
+    pub metrics: Metrics,
     /// The bearer token writes must present.
     api_token: SecretString,
 }
 
 impl AppState {
-    pub fn new(products: ProductService, api_token: SecretString) -> Self {
+    pub fn new(products: ProductService, api_token: SecretString, metrics: Metrics) -> Self {
         Self(Arc::new(Shared {
             products,
+            metrics,
             api_token,
         }))
     }
@@ -89,6 +99,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
             products::delete_product
         ))
         .routes(routes!(health::health))
+        .routes(routes!(metrics::metrics))
         .routes(routes!(cache::stats))
         .routes(routes!(cache::warm))
         .routes(routes!(cache::clear))
@@ -100,17 +111,32 @@ fn api_routes() -> OpenApiRouter<AppState> {
 /// in-flight requests).
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let (api, spec) = api_routes().split_for_parts();
+    // Every route template, for the request-duration series: the documented
+    // paths plus the routes `SwaggerUi` adds.
+    let docs_routes = [
+        DOCS_PATH.to_owned(),
+        format!("{DOCS_PATH}/"),
+        format!("{DOCS_PATH}/{{*rest}}"),
+        SPEC_PATH.to_owned(),
+    ];
+    let templates = spec
+        .paths
+        .paths
+        .keys()
+        .map(String::as_str)
+        .chain(docs_routes.iter().map(String::as_str));
+    let timers = RequestTimers::new(&state.metrics, templates);
     let app = api
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
+        .merge(SwaggerUi::new(DOCS_PATH).url(SPEC_PATH, spec))
         .fallback(|| async { ApiError::NotFound("no such resource".into()) })
         .with_state(state);
-    with_middleware(app, request_timeout)
+    with_middleware(app, request_timeout, timers)
 }
 
-/// Request ids, tracing, timeout, panics and bare errors as problems: see
-/// [`context`].
-fn with_middleware(app: Router, request_timeout: Duration) -> Router {
-    app.layer(RequestContextLayer::new(request_timeout))
+/// Request ids, tracing, timeout, panics, bare errors as problems and
+/// request durations: see [`context`].
+fn with_middleware(app: Router, request_timeout: Duration, timers: RequestTimers) -> Router {
+    app.layer(RequestContextLayer::new(request_timeout, timers))
 }
 
 #[cfg(test)]
@@ -122,6 +148,12 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+
+    /// The middleware alone, with request-duration series for the test routes.
+    fn middleware(app: Router, request_timeout: Duration) -> Router {
+        let timers = RequestTimers::new(&Metrics::start(), ["/", "/boom", "/slow"]);
+        with_middleware(app, request_timeout, timers)
+    }
 
     async fn call(app: Router, path: &str) -> (StatusCode, axum::http::HeaderMap, String) {
         let response = app
@@ -138,7 +170,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_handler_becomes_a_500_problem_without_the_message() {
-        let app = with_middleware(
+        let app = middleware(
             Router::new().route(
                 "/boom",
                 get(|| async {
@@ -160,7 +192,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_request_times_out_as_a_408_problem() {
-        let app = with_middleware(
+        let app = middleware(
             Router::new().route(
                 "/slow",
                 get(|| async {
@@ -180,7 +212,7 @@ mod tests {
 
     #[tokio::test]
     async fn requests_without_an_id_get_distinct_ones() {
-        let app = with_middleware(
+        let app = middleware(
             Router::new().route("/", get(|| async { "ok" })),
             Duration::from_secs(5),
         );
@@ -193,7 +225,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_given_request_id_is_echoed() {
-        let app = with_middleware(
+        let app = middleware(
             Router::new().route("/", get(|| async { "ok" })),
             Duration::from_secs(5),
         );

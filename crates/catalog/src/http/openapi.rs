@@ -17,7 +17,7 @@ use utoipa::{Modify, OpenApi};
     tags(
         (name = "products", description = "Products"),
         (name = "cache", description = "Cache statistics and administration"),
-        (name = "operations", description = "Health and operations"),
+        (name = "operations", description = "Health and metrics"),
     )
 )]
 pub(super) struct ApiDoc;

@@ -6,6 +6,7 @@
 //! write strategy (SPEC §4, `invalidate`: store first, then drop the key from
 //! L2 and L1) lives in one place.
 
+mod listen;
 mod pages;
 mod rendered;
 mod stats;
@@ -19,6 +20,7 @@ use tiercache::{Source, TieredCache};
 use crate::domain::{NewProduct, Product, ProductPatch};
 use crate::store::{Expected, PageRequest, Store, StoreError, Updated};
 
+pub use listen::{CHANNEL, ChangeListener, LISTENER_APPLICATION_NAME, ListenerStats};
 pub use pages::{Page, PageCache, PageKey};
 pub use rendered::{RenderedCodec, RenderedProduct};
 pub use stats::{RequestSnapshot, RequestStats};

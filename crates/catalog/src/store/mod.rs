@@ -7,7 +7,12 @@
 //! - batch lookups are one query and pages are keyset pages ordered by id;
 //! - all SQL is parameterised, and no `sqlx::Error` escapes: it is mapped to
 //!   a [`StoreError`] a caller can act on.
+//!
+//! PostgreSQL also announces changes made outside the service (trigger in
+//! `migrations/postgres/0002_products_notify.sql`), which the service's
+//! change listener turns into cache invalidations; SQLite has no equivalent.
 
+mod instrumented;
 mod postgres;
 mod sqlite;
 
@@ -17,6 +22,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::domain::{NewProduct, Product, ProductPatch};
+
+pub use instrumented::InstrumentedStore;
+
+/// The `application_name` of the store's connections; the change trigger
+/// does not notify for sessions with this name (the service invalidates its
+/// own writes).
+pub const APPLICATION_NAME: &str = "catalog";
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -151,7 +163,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// An unsupported scheme is [`StoreError::Query`] with a configuration error;
 /// an unreachable database is [`StoreError::Unavailable`].
 pub async fn connect(url: &str, pool: &PoolSettings) -> Result<Box<dyn Store>, StoreError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres_url(url) {
         Ok(Box::new(PgStore::connect(url, pool).await?))
     } else if url.starts_with("sqlite:") {
         Ok(Box::new(SqliteStore::connect(url, pool).await?))
@@ -160,6 +172,12 @@ pub async fn connect(url: &str, pool: &PoolSettings) -> Result<Box<dyn Store>, S
             "DATABASE_URL must start with postgres://, postgresql:// or sqlite:".into(),
         )))
     }
+}
+
+/// Whether `url` names a PostgreSQL database (and so has change
+/// notifications to listen to).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// Now, at the microsecond precision both databases keep, so a timestamp a

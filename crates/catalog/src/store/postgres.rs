@@ -2,12 +2,21 @@
 //!
 //! Prices cross the wire as integer cents (`price * 100` cast to bigint, and
 //! `cents::numeric / 100` on the way in), so no float ever touches a price.
+//!
+//! Every connection of the pool identifies itself as
+//! [`APPLICATION_NAME`](super::APPLICATION_NAME): the change trigger skips
+//! those sessions, because the service invalidates its own writes already.
+
+use std::str::FromStr;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{FromRow, Row};
 
-use super::{Expected, PageRequest, PoolSettings, Store, StoreError, Updated, missed_write, now};
+use super::{
+    APPLICATION_NAME, Expected, PageRequest, PoolSettings, Store, StoreError, Updated,
+    missed_write, now,
+};
 use crate::domain::{NewProduct, Price, Product, ProductPatch};
 
 /// The selected columns, as a macro so that every statement is one `&'static str`.
@@ -43,16 +52,18 @@ pub struct PgStore {
 
 impl PgStore {
     /// Connects a pool to `url`; waits at most `acquire_timeout` for the first
-    /// connection.
+    /// connection. An `application_name` in `url` is replaced by
+    /// [`APPLICATION_NAME`](super::APPLICATION_NAME).
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the server cannot be reached.
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?.application_name(APPLICATION_NAME);
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .min_connections(1)
             .acquire_timeout(settings.acquire_timeout)
-            .connect(url)
+            .connect_with(options)
             .await
             .map_err(StoreError::from)?;
         Ok(Self { pool })

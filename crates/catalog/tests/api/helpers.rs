@@ -6,6 +6,7 @@ use std::sync::{Arc, LazyLock};
 
 use catalog::app::Application;
 use catalog::config::ServeConfig;
+use catalog::service::ListenerStats;
 use catalog::store::{self, PoolSettings, Store};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use secrecy::SecretString;
@@ -206,6 +207,8 @@ pub(crate) struct TestApp {
     pub(crate) addr: std::net::SocketAddr,
     pub(crate) client: reqwest::Client,
     pub(crate) db: Arc<TestDb>,
+    /// The PostgreSQL change listener's counters (`None` on SQLite).
+    pub(crate) changes: Option<ListenerStats>,
     stop: CancellationToken,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -239,12 +242,14 @@ impl TestApp {
             .await
             .expect("the app builds");
         let addr = app.local_addr();
+        let changes = app.change_listener_stats();
         let stop = CancellationToken::new();
         let server = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
         Self {
             addr,
             client: reqwest::Client::new(),
             db,
+            changes,
             stop,
             server: Some(server),
         }

@@ -4,6 +4,8 @@
 
 mod cache;
 mod helpers;
+mod listen;
+mod metrics;
 mod process;
 mod products;
 mod store;

@@ -1,5 +1,6 @@
 //! The released binary as a user runs it: configuration errors, the
-//! generated token, seeding, and graceful shutdown on SIGTERM / SIGINT.
+//! generated token, seeding, graceful shutdown on SIGTERM / SIGINT, and
+//! `catalog stats` against a running instance.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 
-use crate::helpers::{Backend, TestDb, redis, redis_url, test_prefix};
+use crate::helpers::{Backend, TestApp, TestDb, redis, redis_url, test_prefix};
 
 fn catalog() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_catalog"));
@@ -235,4 +236,69 @@ async fn warm_fills_redis_from_the_store() {
     assert!(!without_redis.status.success());
     assert!(String::from_utf8_lossy(&without_redis.stderr).contains("REDIS_URL"));
     assert!(!no_scope.status.success());
+}
+
+#[tokio::test]
+async fn stats_prints_a_running_instance_figures() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let id = app.create_product("Counted", "tools", 2.0).await["id"]
+        .as_i64()
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(app.get(&format!("/products/{id}")).await.status(), 200);
+    }
+    let url = app.url("");
+
+    // The child calls back into this test's runtime: wait for it off the
+    // runtime's thread.
+    let output = tokio::task::spawn_blocking(move || {
+        catalog().args(["stats", "--url", &url]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stats: serde_json::Value = app.get("/cache/stats").await.json().await.unwrap();
+
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = String::from_utf8_lossy(&output.stdout);
+    let row = |label: &str| -> String {
+        let line = table
+            .lines()
+            .find(|line| line.starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} row in:\n{table}"));
+        line[label.len()..].trim().to_owned()
+    };
+    assert_eq!(row("requests"), "3");
+    assert_eq!(stats["total_requests"], 3);
+    assert_eq!(row("hit rate"), "66.7 %");
+    assert_eq!(row("L1 hits"), stats["levels"]["l1"]["hits"].to_string());
+    assert_eq!(row("L1 hits"), "2");
+    assert_eq!(
+        row("L1 misses"),
+        stats["levels"]["l1"]["misses"].to_string()
+    );
+    assert_eq!(row("L1 entries"), "1");
+    assert_eq!(row("L1 bytes"), stats["levels"]["l1"]["bytes"].to_string());
+    assert_eq!(row("L2 state"), "disabled");
+    assert_eq!(row("write-behind pending"), "0");
+    let widths: Vec<usize> = table.lines().map(str::len).collect();
+    assert!(widths.iter().all(|w| *w == widths[0]), "{table}");
+}
+
+#[tokio::test]
+async fn stats_against_an_unreachable_url_fails_in_one_line() {
+    let port = free_port();
+
+    let output = catalog()
+        .args(["stats", "--url", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
 }

@@ -1,0 +1,560 @@
+//! Prometheus metrics: every metric name (SPEC §3 "Metrics" and our
+//! additions) as a constant, their registration with HELP text, and the
+//! rendering of `GET /metrics`.
+//!
+//! **Facility.** `metrics` + `metrics-exporter-prometheus` (without its HTTP
+//! listener and push gateway), chosen over `prometheus-client` because:
+//! - each [`Metrics`] owns its own `PrometheusRecorder`, never installed as
+//!   the process-global recorder, so the many applications an integration
+//!   test binary runs at once keep separate numbers; handles are registered
+//!   on that recorder directly instead of through the `counter!` macros,
+//!   which would go to the global one;
+//! - the exporter writes the classic text format (`text/plain;
+//!   version=0.0.4`, `# TYPE cache_hits_total counter`) that the SPEC's
+//!   names and `promtool check metrics` expect; `prometheus-client` writes
+//!   OpenMetrics, where a counter family drops its `_total`;
+//! - values the cache already counts (striped, per thread) are copied from a
+//!   [`CacheStats`] snapshot into counters with `Counter::absolute` and into
+//!   gauges at scrape time, so the hit path pays nothing extra for them.
+//!
+//! **Per-request cost.** The only metrics written on the request path are the
+//! two duration histograms. Their handles are registered once, at start (one
+//! per route template and one per store operation), so recording is a push
+//! into the handle's lock-free bucket, never a registry lookup by name and
+//! labels. Those buckets grow until drained, so an upkeep task drains them
+//! every [`UPKEEP_INTERVAL`] even when nobody scrapes.
+//!
+//! Every family is registered when [`Metrics`] is built, so a scrape right
+//! after start shows all of them at zero.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+use tiercache::{BusState, CacheStats, L2State, LAG_BUCKETS_MS};
+use tokio_util::task::AbortOnDropHandle;
+
+/// Lookups answered by a cache level, `cache_type="l1"|"l2"` (negative
+/// entries included).
+pub const CACHE_HITS: &str = "cache_hits_total";
+/// Lookups a level could not answer, `cache_type="l1"|"l2"`.
+pub const CACHE_MISSES: &str = "cache_misses_total";
+/// Handling time of HTTP requests by route template, `endpoint`.
+pub const REQUEST_DURATION: &str = "request_duration_seconds";
+/// Bytes held by L1, `cache_type="l1"`.
+pub const CACHE_SIZE_BYTES: &str = "cache_size_bytes";
+/// Entries held by L1, `cache_type="l1"`.
+pub const CACHE_ENTRIES: &str = "cache_entries";
+/// L1 entries pushed out by its entry or byte bound.
+pub const CACHE_EVICTIONS: &str = "cache_evictions_total";
+/// Failed Redis calls (errors and timeouts).
+pub const CACHE_L2_ERRORS: &str = "cache_l2_errors_total";
+/// Invalidation-bus messages, `direction="published"|"received"`.
+pub const CACHE_INVALIDATIONS: &str = "cache_invalidations_total";
+/// Lookups that waited for another caller's load of the same key.
+pub const CACHE_LOADER_COALESCED: &str = "cache_loader_coalesced_total";
+/// Writes queued by write-behind and not yet in the store.
+pub const WRITE_BEHIND_PENDING: &str = "write_behind_pending";
+/// Time of store calls by operation, `op`.
+pub const DB_QUERY_DURATION: &str = "db_query_duration_seconds";
+
+/// Loader (store) calls made by the cache.
+pub const CACHE_LOADER_LOADS: &str = "cache_loader_loads_total";
+/// Loader calls that failed.
+pub const CACHE_LOADER_ERRORS: &str = "cache_loader_errors_total";
+/// Redis values the codec could not decode (each treated as a miss).
+pub const CACHE_L2_DECODE_ERRORS: &str = "cache_l2_decode_errors_total";
+/// Lookups answered "absent" from a negative entry.
+pub const CACHE_NEGATIVE_HITS: &str = "cache_negative_hits_total";
+/// L2 state as a state set, `state="up"|"down"|"disabled"`: 1 for the
+/// current state, 0 for the others.
+pub const CACHE_L2_STATE: &str = "cache_l2_state";
+/// Sequence gaps seen in other instances' bus messages.
+pub const CACHE_BUS_GAPS: &str = "cache_bus_gaps_total";
+/// Bus publishes that failed.
+pub const CACHE_BUS_PUBLISH_ERRORS: &str = "cache_bus_publish_errors_total";
+/// Bus state as a state set, `state="subscribed"|"connecting"|"disabled"`.
+pub const CACHE_BUS_STATE: &str = "cache_bus_state";
+/// Times the bus emptied L1, `reason="gap"|"resubscribe"|"heartbeat_timeout"|"remote_clear"`.
+pub const CACHE_L1_CLEARS: &str = "cache_l1_clears_total";
+
+/// Answers served stale (fail-safe), `reason="loader_error"|"soft_timeout"|"throttled"`.
+pub const CACHE_STALE_ANSWERS: &str = "cache_stale_answers_total";
+/// Loads that outlived a loader timeout, `kind="soft"|"hard"`.
+pub const CACHE_LOADER_TIMEOUTS: &str = "cache_loader_timeouts_total";
+/// Background refreshes of entries late in their life.
+pub const CACHE_EAGER_REFRESHES: &str = "cache_eager_refreshes_total";
+/// Background refreshes that failed.
+pub const CACHE_EAGER_REFRESH_ERRORS: &str = "cache_eager_refresh_errors_total";
+/// Redis writes the version guard refused (an older version kept out).
+pub const CACHE_L2_GUARD_REJECTIONS: &str = "cache_l2_guard_rejections_total";
+/// L1 fills dropped because their key was invalidated while they loaded.
+pub const CACHE_FENCED_FILLS: &str = "cache_fenced_fills_total";
+/// Propagation lag of invalidations from other instances (publish → applied).
+pub const CACHE_INVALIDATION_LAG: &str = "cache_invalidation_lag_seconds";
+
+/// How often histogram samples are drained into their buckets when no
+/// scrape does it.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Bucket bounds of both duration histograms, in seconds: from an L1 hit
+/// (tens of µs) to the request timeout's order of magnitude.
+const DURATION_BUCKETS: [f64; 17] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+
+/// Bounds of the lag histogram: tiercache's own buckets, in seconds.
+const LAG_BUCKETS_SECONDS: [f64; LAG_BUCKETS_MS.len()] = {
+    let mut seconds = [0.0; LAG_BUCKETS_MS.len()];
+    let mut i = 0;
+    while i < seconds.len() {
+        seconds[i] = LAG_BUCKETS_MS[i] as f64 / 1_000.0;
+        i += 1;
+    }
+    seconds
+};
+/// Where lags above the last bound are recorded (anything above it lands
+/// in the `+Inf` bucket).
+const LAG_OVERFLOW_SECONDS: f64 = 10.0;
+
+/// The exporter ignores metadata; the recorder API wants some.
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// The L2 states, in the order of [`CacheHandles::l2_state`].
+const L2_STATES: [L2State; 3] = [L2State::Up, L2State::Down, L2State::Disabled];
+/// The bus states, in the order of [`CacheHandles::bus_state`].
+const BUS_STATES: [BusState; 3] = [
+    BusState::Subscribed,
+    BusState::Connecting,
+    BusState::Disabled,
+];
+
+/// One application's metrics registry. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+struct Inner {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    cache: CacheHandles,
+    /// Drains histogram samples every [`UPKEEP_INTERVAL`]; aborted when the
+    /// last clone of [`Metrics`] goes.
+    _upkeep: AbortOnDropHandle<()>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Handles of the values copied from [`CacheStats`] at scrape time.
+struct CacheHandles {
+    l1_hits: Counter,
+    l1_misses: Counter,
+    l2_hits: Counter,
+    l2_misses: Counter,
+    l1_bytes: Gauge,
+    l1_entries: Gauge,
+    evictions: Counter,
+    l2_errors: Counter,
+    l2_decode_errors: Counter,
+    l2_state: [Gauge; L2_STATES.len()],
+    negative_hits: Counter,
+    loader_loads: Counter,
+    loader_errors: Counter,
+    coalesced: Counter,
+    published: Counter,
+    received: Counter,
+    bus_gaps: Counter,
+    bus_publish_errors: Counter,
+    bus_state: [Gauge; BUS_STATES.len()],
+    clears_gap: Counter,
+    clears_resubscribe: Counter,
+    clears_heartbeat_timeout: Counter,
+    clears_remote_clear: Counter,
+    stale_loader_error: Counter,
+    stale_soft_timeout: Counter,
+    stale_throttled: Counter,
+    soft_timeouts: Counter,
+    hard_timeouts: Counter,
+    refreshes: Counter,
+    refresh_errors: Counter,
+    guard_rejections: Counter,
+    fenced_fills: Counter,
+    lag: Histogram,
+    /// The lag bucket counts already recorded into `lag`.
+    lag_seen: std::sync::Mutex<[u64; LAG_BUCKETS_MS.len() + 1]>,
+    write_behind_pending: Gauge,
+}
+
+impl Metrics {
+    /// A fresh registry with every family described and the cache's series
+    /// registered at zero, plus its upkeep task.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the upkeep task is spawned on it).
+    pub fn start() -> Self {
+        let mut builder = PrometheusBuilder::new();
+        for name in [REQUEST_DURATION, DB_QUERY_DURATION] {
+            builder = builder
+                .set_buckets_for_metric(Matcher::Full(name.to_owned()), &DURATION_BUCKETS)
+                .expect("the bucket list is a non-empty constant");
+        }
+        builder = builder
+            .set_buckets_for_metric(
+                Matcher::Full(CACHE_INVALIDATION_LAG.to_owned()),
+                &LAG_BUCKETS_SECONDS,
+            )
+            .expect("the bucket list is a non-empty constant");
+        let recorder = builder.build_recorder();
+        describe(&recorder);
+        let handle = recorder.handle();
+        let upkeep = {
+            let handle = handle.clone();
+            AbortOnDropHandle::new(tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
+                loop {
+                    ticks.tick().await;
+                    // Draining is proportional to the requests since the
+                    // last drain: keep it off the request workers.
+                    let handle = handle.clone();
+                    let _ = tokio::task::spawn_blocking(move || handle.run_upkeep()).await;
+                }
+            }))
+        };
+        let cache = CacheHandles::register(&recorder);
+        Self(Arc::new(Inner {
+            recorder,
+            handle,
+            cache,
+            _upkeep: upkeep,
+        }))
+    }
+
+    /// The `request_duration_seconds` series of one route template
+    /// (`/products/{id}`, never a concrete path, so the series stay few).
+    pub fn request_timer(&self, endpoint: &str) -> Histogram {
+        self.0.recorder.register_histogram(
+            &Key::from_parts(
+                REQUEST_DURATION,
+                vec![Label::new("endpoint", endpoint.to_owned())],
+            ),
+            &METADATA,
+        )
+    }
+
+    /// The `db_query_duration_seconds` series of one store operation.
+    pub fn store_timer(&self, op: &'static str) -> Histogram {
+        self.0.recorder.register_histogram(
+            &Key::from_parts(DB_QUERY_DURATION, vec![Label::from_static_parts("op", op)]),
+            &METADATA,
+        )
+    }
+
+    /// The exposition text, with the cache's counters as of `cache` and the
+    /// write-behind queue length `write_behind_pending`.
+    pub fn render(&self, cache: &CacheStats, write_behind_pending: u64) -> String {
+        self.0.cache.update(cache, write_behind_pending);
+        self.0.handle.render()
+    }
+}
+
+/// HELP text of every family; registered before any series.
+fn describe(recorder: &PrometheusRecorder) {
+    let counters = [
+        (
+            CACHE_HITS,
+            "Cache lookups answered by a level (negative entries included), by level.",
+        ),
+        (
+            CACHE_MISSES,
+            "Cache lookups a level could not answer, by level.",
+        ),
+        (
+            CACHE_EVICTIONS,
+            "L1 entries pushed out by its entry or byte bound, or too large to admit.",
+        ),
+        (
+            CACHE_L2_ERRORS,
+            "Failed Redis calls (errors and timeouts); each was served as a miss.",
+        ),
+        (
+            CACHE_INVALIDATIONS,
+            "Invalidation-bus messages (invalidations, clears and heartbeats) this instance published or received from others.",
+        ),
+        (
+            CACHE_LOADER_COALESCED,
+            "Lookups that waited for another caller's load of the same key instead of loading.",
+        ),
+        (
+            CACHE_LOADER_LOADS,
+            "Loader calls the cache made (a batch counts once).",
+        ),
+        (CACHE_LOADER_ERRORS, "Loader calls that failed."),
+        (
+            CACHE_L2_DECODE_ERRORS,
+            "Redis values that could not be decoded; each was treated as a miss.",
+        ),
+        (
+            CACHE_NEGATIVE_HITS,
+            "Lookups answered 'absent' from a negative entry without calling the loader.",
+        ),
+        (
+            CACHE_BUS_GAPS,
+            "Sequence gaps detected in other instances' bus messages.",
+        ),
+        (CACHE_BUS_PUBLISH_ERRORS, "Bus publishes that failed."),
+        (
+            CACHE_L1_CLEARS,
+            "Times the invalidation bus emptied L1, by reason.",
+        ),
+        (
+            CACHE_STALE_ANSWERS,
+            "Answers served from an expired entry because the loader failed, was slow, or failed recently, by reason.",
+        ),
+        (
+            CACHE_LOADER_TIMEOUTS,
+            "Loads that outlived the soft (answered stale, finished in the background) or hard (abandoned) timeout.",
+        ),
+        (
+            CACHE_EAGER_REFRESHES,
+            "Background reloads of entries hit late in their life.",
+        ),
+        (
+            CACHE_EAGER_REFRESH_ERRORS,
+            "Background reloads that failed.",
+        ),
+        (
+            CACHE_L2_GUARD_REJECTIONS,
+            "Redis writes refused by the version guard because Redis held a newer version or a tombstone.",
+        ),
+        (
+            CACHE_FENCED_FILLS,
+            "L1 fills dropped because their key was invalidated while they loaded.",
+        ),
+    ];
+    for (name, help) in counters {
+        recorder.describe_counter(KeyName::from_const_str(name), None, help.into());
+    }
+    let gauges = [
+        (
+            CACHE_SIZE_BYTES,
+            "Bytes held by the cache level, as weighed on insert.",
+        ),
+        (
+            CACHE_ENTRIES,
+            "Entries held by the cache level, negative entries included.",
+        ),
+        (
+            WRITE_BEHIND_PENDING,
+            "Writes queued by write-behind and not yet in the store.",
+        ),
+        (
+            CACHE_L2_STATE,
+            "Redis level state: 1 for the current state, 0 for the others.",
+        ),
+        (
+            CACHE_BUS_STATE,
+            "Invalidation-bus state: 1 for the current state, 0 for the others.",
+        ),
+    ];
+    for (name, help) in gauges {
+        recorder.describe_gauge(KeyName::from_const_str(name), None, help.into());
+    }
+    let histograms = [
+        (
+            REQUEST_DURATION,
+            "Time to produce an HTTP response, by route template.",
+        ),
+        (
+            DB_QUERY_DURATION,
+            "Time of store (database) calls, by operation.",
+        ),
+        (
+            CACHE_INVALIDATION_LAG,
+            "Time from another instance publishing an invalidation to this one applying it (wall clocks; bucketed by the cache, so the sum is an upper bound).",
+        ),
+    ];
+    for (name, help) in histograms {
+        recorder.describe_histogram(KeyName::from_const_str(name), None, help.into());
+    }
+}
+
+impl CacheHandles {
+    fn register(recorder: &PrometheusRecorder) -> Self {
+        let key = |name: &'static str, labels: &[(&'static str, &'static str)]| {
+            let labels: Vec<Label> = labels
+                .iter()
+                .map(|&(key, value)| Label::from_static_parts(key, value))
+                .collect();
+            Key::from_parts(name, labels)
+        };
+        let counter = |name, labels: &[_]| recorder.register_counter(&key(name, labels), &METADATA);
+        let gauge = |name, labels: &[_]| recorder.register_gauge(&key(name, labels), &METADATA);
+        let l1 = [("cache_type", "l1")];
+        let l2 = [("cache_type", "l2")];
+        Self {
+            l1_hits: counter(CACHE_HITS, &l1),
+            l1_misses: counter(CACHE_MISSES, &l1),
+            l2_hits: counter(CACHE_HITS, &l2),
+            l2_misses: counter(CACHE_MISSES, &l2),
+            l1_bytes: gauge(CACHE_SIZE_BYTES, &l1),
+            l1_entries: gauge(CACHE_ENTRIES, &l1),
+            evictions: counter(CACHE_EVICTIONS, &[]),
+            l2_errors: counter(CACHE_L2_ERRORS, &[]),
+            l2_decode_errors: counter(CACHE_L2_DECODE_ERRORS, &[]),
+            l2_state: L2_STATES.map(|s| gauge(CACHE_L2_STATE, &[("state", s.as_str())])),
+            negative_hits: counter(CACHE_NEGATIVE_HITS, &[]),
+            loader_loads: counter(CACHE_LOADER_LOADS, &[]),
+            loader_errors: counter(CACHE_LOADER_ERRORS, &[]),
+            coalesced: counter(CACHE_LOADER_COALESCED, &[]),
+            published: counter(CACHE_INVALIDATIONS, &[("direction", "published")]),
+            received: counter(CACHE_INVALIDATIONS, &[("direction", "received")]),
+            bus_gaps: counter(CACHE_BUS_GAPS, &[]),
+            bus_publish_errors: counter(CACHE_BUS_PUBLISH_ERRORS, &[]),
+            bus_state: BUS_STATES.map(|s| gauge(CACHE_BUS_STATE, &[("state", s.as_str())])),
+            clears_gap: counter(CACHE_L1_CLEARS, &[("reason", "gap")]),
+            clears_resubscribe: counter(CACHE_L1_CLEARS, &[("reason", "resubscribe")]),
+            clears_heartbeat_timeout: counter(CACHE_L1_CLEARS, &[("reason", "heartbeat_timeout")]),
+            clears_remote_clear: counter(CACHE_L1_CLEARS, &[("reason", "remote_clear")]),
+            stale_loader_error: counter(CACHE_STALE_ANSWERS, &[("reason", "loader_error")]),
+            stale_soft_timeout: counter(CACHE_STALE_ANSWERS, &[("reason", "soft_timeout")]),
+            stale_throttled: counter(CACHE_STALE_ANSWERS, &[("reason", "throttled")]),
+            soft_timeouts: counter(CACHE_LOADER_TIMEOUTS, &[("kind", "soft")]),
+            hard_timeouts: counter(CACHE_LOADER_TIMEOUTS, &[("kind", "hard")]),
+            refreshes: counter(CACHE_EAGER_REFRESHES, &[]),
+            refresh_errors: counter(CACHE_EAGER_REFRESH_ERRORS, &[]),
+            guard_rejections: counter(CACHE_L2_GUARD_REJECTIONS, &[]),
+            fenced_fills: counter(CACHE_FENCED_FILLS, &[]),
+            lag: recorder.register_histogram(&key(CACHE_INVALIDATION_LAG, &[]), &METADATA),
+            lag_seen: std::sync::Mutex::new([0; LAG_BUCKETS_MS.len() + 1]),
+            write_behind_pending: gauge(WRITE_BEHIND_PENDING, &[]),
+        }
+    }
+
+    /// Copies a snapshot in. The cache's counters are monotonic, so
+    /// `absolute` (which never moves a counter backwards) keeps the
+    /// exported ones monotonic even when two scrapes race.
+    fn update(&self, stats: &CacheStats, write_behind_pending: u64) {
+        self.l1_hits.absolute(stats.l1.hits);
+        self.l1_misses.absolute(stats.l1.misses);
+        self.l2_hits.absolute(stats.l2.hits);
+        self.l2_misses.absolute(stats.l2.misses);
+        self.l1_bytes.set(stats.l1.bytes as f64);
+        self.l1_entries.set(stats.l1.entries as f64);
+        self.evictions.absolute(stats.l1.evictions);
+        self.l2_errors.absolute(stats.l2.errors);
+        self.l2_decode_errors.absolute(stats.l2.decode_errors);
+        for (gauge, state) in self.l2_state.iter().zip(L2_STATES) {
+            gauge.set(if stats.l2.state == state { 1.0 } else { 0.0 });
+        }
+        self.negative_hits.absolute(stats.negative_hits);
+        self.loader_loads.absolute(stats.loader.loads);
+        self.loader_errors.absolute(stats.loader.errors);
+        self.coalesced.absolute(stats.loader.coalesced);
+        self.published.absolute(stats.bus.published);
+        self.received.absolute(stats.bus.received);
+        self.bus_gaps.absolute(stats.bus.gaps);
+        self.bus_publish_errors.absolute(stats.bus.publish_errors);
+        for (gauge, state) in self.bus_state.iter().zip(BUS_STATES) {
+            gauge.set(if stats.bus.state == state { 1.0 } else { 0.0 });
+        }
+        self.clears_gap.absolute(stats.bus.l1_clears.gap);
+        self.clears_resubscribe
+            .absolute(stats.bus.l1_clears.resubscribe);
+        self.clears_heartbeat_timeout
+            .absolute(stats.bus.l1_clears.heartbeat_timeout);
+        self.clears_remote_clear
+            .absolute(stats.bus.l1_clears.remote_clear);
+        self.stale_loader_error.absolute(stats.stale.loader_error);
+        self.stale_soft_timeout.absolute(stats.stale.soft_timeout);
+        self.stale_throttled.absolute(stats.stale.throttled);
+        self.soft_timeouts.absolute(stats.loader.soft_timeouts);
+        self.hard_timeouts.absolute(stats.loader.hard_timeouts);
+        self.refreshes.absolute(stats.loader.refreshes);
+        self.refresh_errors.absolute(stats.loader.refresh_errors);
+        self.guard_rejections.absolute(stats.l2.guard_rejections);
+        self.fenced_fills.absolute(stats.fenced_fills);
+        self.record_lag(&stats.bus.lag_buckets);
+        self.write_behind_pending.set(write_behind_pending as f64);
+    }
+
+    /// Replays the lags counted since the last scrape into the histogram,
+    /// each at its bucket's upper bound: the bucket counts come out exact,
+    /// the sum an upper bound.
+    fn record_lag(&self, buckets: &[u64; LAG_BUCKETS_MS.len() + 1]) {
+        let mut seen = self.lag_seen.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, (&now, before)) in buckets.iter().zip(seen.iter_mut()).enumerate() {
+            let new = usize::try_from(now.saturating_sub(*before)).unwrap_or(usize::MAX);
+            if new > 0 {
+                let bound = LAG_BUCKETS_SECONDS
+                    .get(i)
+                    .copied()
+                    .unwrap_or(LAG_OVERFLOW_SECONDS);
+                self.lag.record_many(bound, new);
+            }
+            *before = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::{ProductCache, RenderedCodec};
+
+    async fn l1_only_stats() -> CacheStats {
+        ProductCache::builder()
+            .namespace("product")
+            .codec(RenderedCodec)
+            .build()
+            .await
+            .unwrap()
+            .stats()
+    }
+
+    #[tokio::test]
+    async fn each_registry_keeps_its_own_numbers() {
+        let stats = l1_only_stats().await;
+        let (one, two) = (Metrics::start(), Metrics::start());
+
+        one.request_timer("/things/{id}")
+            .record(Duration::from_millis(3));
+        // Registered in the second registry too, but never recorded there.
+        let _idle = two.request_timer("/things/{id}");
+        let (one, two) = (one.render(&stats, 0), two.render(&stats, 0));
+
+        assert!(
+            one.contains(r#"request_duration_seconds_count{endpoint="/things/{id}"} 1"#),
+            "{one}"
+        );
+        assert!(
+            two.contains(r#"request_duration_seconds_count{endpoint="/things/{id}"} 0"#),
+            "{two}"
+        );
+    }
+
+    #[tokio::test]
+    async fn state_sets_mark_exactly_the_current_state() {
+        let metrics = Metrics::start();
+
+        let text = metrics.render(&l1_only_stats().await, 7);
+
+        assert!(
+            text.contains(r#"cache_l2_state{state="disabled"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"cache_l2_state{state="up"} 0"#), "{text}");
+        assert!(
+            text.contains(r#"cache_bus_state{state="disabled"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("write_behind_pending 7"), "{text}");
+    }
+}

@@ -1,0 +1,372 @@
+//! Invalidation from PostgreSQL itself: changes made with plain SQL (as
+//! `psql` would) reach every instance's cache through the trigger and the
+//! change listener, API writes are not announced twice, and a killed
+//! listener connection reconnects and clears what it missed. PostgreSQL
+//! only: SQLite has no change notifications.
+
+use std::time::{Duration, Instant};
+
+use catalog::service::{CHANNEL, LISTENER_APPLICATION_NAME};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, Executor, PgConnection};
+
+use crate::helpers::{Backend, TestApp, TestDb, redis, test_prefix, use_redis};
+
+/// SPEC §4: a change made outside the API is seen within a second.
+const WITHIN: Duration = Duration::from_secs(1);
+
+/// Two instances sharing the test database, Redis and key prefix.
+async fn spawn_pair() -> (TestApp, TestApp) {
+    redis().await;
+    let prefix = test_prefix();
+    let a = TestApp::spawn_with(Backend::Postgres, |c| use_redis(c, &prefix)).await;
+    let b = a.spawn_peer(|c| use_redis(c, &prefix)).await;
+    (a, b)
+}
+
+/// A connection of our own to the app's database, like `psql`'s (its
+/// `application_name` is not the service's, so the trigger announces it).
+async fn sql(app: &TestApp) -> PgConnection {
+    PgConnection::connect(&app.db.url()).await.unwrap()
+}
+
+/// `GET /products/{id}`: status, `X-Cache` and body.
+async fn read(app: &TestApp, id: i64) -> (StatusCode, String, Value) {
+    let response = app.get(&format!("/products/{id}")).await;
+    let status = response.status();
+    let source = response.headers()["x-cache"].to_str().unwrap().to_owned();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, source, body)
+}
+
+/// Reads `id` on `app` until `done` accepts the answer or `deadline` passes.
+async fn eventually(
+    app: &TestApp,
+    id: i64,
+    deadline: Instant,
+    done: impl Fn(StatusCode, &Value) -> bool,
+) -> bool {
+    loop {
+        let (status, _, body) = read(app, id).await;
+        if done(status, &body) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `condition` holds, for at most `limit`.
+async fn wait_until(limit: Duration, condition: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// Creates a product through `app` and reads it twice on each of `apps`, so
+/// that every one holds it in L1.
+async fn cached_product(app: &TestApp, apps: &[&TestApp]) -> i64 {
+    let id = app.create_product("Listened", "tools", 1.0).await["id"]
+        .as_i64()
+        .unwrap();
+    for app in apps {
+        // A read that races the bus message of the create is rightly kept
+        // out of L1; read until the product is held.
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            let (status, source, _) = read(app, id).await;
+            assert_eq!(status, StatusCode::OK);
+            if source == "HIT-L1" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never cached in L1");
+        }
+    }
+    id
+}
+
+/// The ids on the first page of `category`, and its `X-Cache`.
+async fn page_ids(app: &TestApp, category: &str) -> (Vec<i64>, String) {
+    let response = app.get(&format!("/products?category={category}")).await;
+    let source = response.headers()["x-cache"].to_str().unwrap().to_owned();
+    let body: Value = response.json().await.unwrap();
+    let ids = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_i64().unwrap())
+        .collect();
+    (ids, source)
+}
+
+#[tokio::test]
+async fn a_category_move_in_sql_refreshes_both_pages_and_bumps_the_version() {
+    let (a, b) = spawn_pair().await;
+    let id = cached_product(&a, &[&a, &b]).await;
+    for app in [&a, &b] {
+        // Until both pages are cached (the create's tag message may still
+        // be on its way and move the generation once more).
+        let deadline = Instant::now() + WITHIN;
+        while (page_ids(app, "tools").await, page_ids(app, "garden").await)
+            != (
+                (vec![id], "HIT-L1".to_owned()),
+                (vec![], "HIT-L1".to_owned()),
+            )
+        {
+            assert!(Instant::now() < deadline, "pages never cached");
+        }
+    }
+    let mut conn = sql(&a).await;
+
+    // No `version = version + 1`: the database bumps it itself.
+    sqlx::query("UPDATE products SET category = 'garden' WHERE id = $1")
+        .bind(id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WITHIN;
+    let mut moved = Vec::new();
+    for app in [&a, &b] {
+        loop {
+            let pages = (
+                page_ids(app, "tools").await.0,
+                page_ids(app, "garden").await.0,
+            );
+            if pages == (vec![], vec![id]) {
+                moved.push(true);
+                break;
+            }
+            if Instant::now() >= deadline {
+                moved.push(false);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (_, _, product) = read(&b, id).await;
+
+    assert_eq!(moved, vec![true, true], "a page kept the old category");
+    assert_eq!(product["version"], 2);
+    assert_eq!(product["category"], "garden");
+}
+
+#[tokio::test]
+async fn an_update_in_sql_is_served_fresh_by_every_instance_within_a_second() {
+    let (a, b) = spawn_pair().await;
+    let id = cached_product(&a, &[&a, &b]).await;
+    let mut conn = sql(&a).await;
+
+    sqlx::query("UPDATE products SET price = 42.50, version = version + 1 WHERE id = $1")
+        .bind(id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WITHIN;
+    let fresh = |status: StatusCode, body: &Value| {
+        status == StatusCode::OK && body["price"] == json!(42.5) && body["version"] == 2
+    };
+    let a_fresh = eventually(&a, id, deadline, fresh).await;
+    let b_fresh = eventually(&b, id, deadline, fresh).await;
+
+    assert!(a_fresh, "A kept serving the old version");
+    assert!(b_fresh, "B kept serving the old version");
+}
+
+#[tokio::test]
+async fn a_delete_in_sql_is_a_404_on_every_instance_within_a_second() {
+    let (a, b) = spawn_pair().await;
+    let id = cached_product(&a, &[&a, &b]).await;
+    let mut conn = sql(&a).await;
+
+    sqlx::query("DELETE FROM products WHERE id = $1")
+        .bind(id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WITHIN;
+    let gone = |status: StatusCode, _: &Value| status == StatusCode::NOT_FOUND;
+    let a_gone = eventually(&a, id, deadline, gone).await;
+    let b_gone = eventually(&b, id, deadline, gone).await;
+
+    assert!(a_gone, "A kept serving a deleted product");
+    assert!(b_gone, "B kept serving a deleted product");
+}
+
+#[tokio::test]
+async fn an_insert_in_sql_replaces_a_cached_absence() {
+    let (a, b) = spawn_pair().await;
+    let id = cached_product(&a, &[]).await;
+    let next = id + 1;
+    for app in [&a, &b] {
+        assert_eq!(read(app, next).await.0, StatusCode::NOT_FOUND);
+    }
+    let mut conn = sql(&a).await;
+
+    sqlx::query(
+        "INSERT INTO products (name, price, category, created_at) \
+         VALUES ('Inserted', 3.00, 'tools', now())",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let deadline = Instant::now() + WITHIN;
+    let found = |status: StatusCode, body: &Value| {
+        status == StatusCode::OK && body["name"] == json!("Inserted")
+    };
+    let a_found = eventually(&a, next, deadline, found).await;
+    let b_found = eventually(&b, next, deadline, found).await;
+
+    assert!(a_found, "A kept answering 404 for an inserted product");
+    assert!(b_found, "B kept answering 404 for an inserted product");
+}
+
+#[tokio::test]
+async fn a_truncate_in_sql_empties_every_instance() {
+    let (a, b) = spawn_pair().await;
+    let id = cached_product(&a, &[&a, &b]).await;
+    let mut conn = sql(&a).await;
+
+    conn.execute("TRUNCATE products").await.unwrap();
+    let deadline = Instant::now() + WITHIN;
+    let gone = |status: StatusCode, _: &Value| status == StatusCode::NOT_FOUND;
+    let a_gone = eventually(&a, id, deadline, gone).await;
+    let b_gone = eventually(&b, id, deadline, gone).await;
+
+    assert!(a_gone, "A kept serving a truncated product");
+    assert!(b_gone, "B kept serving a truncated product");
+}
+
+#[tokio::test]
+async fn api_writes_are_not_announced_again_by_the_database() {
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let stats = app
+        .changes
+        .clone()
+        .expect("PostgreSQL has a change listener");
+    let mut watcher = PgListener::connect(&app.db.url()).await.unwrap();
+    watcher.listen(CHANNEL).await.unwrap();
+
+    let kept = app.create_product("Kept", "tools", 1.0).await["id"]
+        .as_i64()
+        .unwrap();
+    let removed = app.create_product("Removed", "tools", 1.0).await["id"]
+        .as_i64()
+        .unwrap();
+    let put = app
+        .authed(Method::PUT, &format!("/products/{kept}"))
+        .json(&json!({"name": "Kept", "price": 2.0, "category": "tools"}))
+        .send()
+        .await
+        .unwrap();
+    let patch = app
+        .authed(Method::PATCH, &format!("/products/{kept}"))
+        .json(&json!({"price": 3.0}))
+        .send()
+        .await
+        .unwrap();
+    let delete = app
+        .authed(Method::DELETE, &format!("/products/{removed}"))
+        .send()
+        .await
+        .unwrap();
+    // A change from outside, after the API writes: notifications arrive in
+    // commit order, so it is the first one only if they sent none.
+    let mut conn = sql(&app).await;
+    sqlx::query("UPDATE products SET version = version + 1 WHERE id = $1")
+        .bind(kept)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), watcher.recv())
+        .await
+        .expect("the outside change is notified")
+        .unwrap();
+    let first: Value = serde_json::from_str(first.payload()).unwrap();
+    let listener_saw_one = wait_until(Duration::from_secs(5), || stats.notifications() >= 1).await;
+
+    assert_eq!(put.status(), StatusCode::OK);
+    assert_eq!(patch.status(), StatusCode::OK);
+    assert_eq!(delete.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        first,
+        json!({"op": "UPDATE", "id": kept, "version": 4, "category": "tools", "old_category": "tools"})
+    );
+    assert!(
+        listener_saw_one,
+        "the app's listener missed the outside change"
+    );
+    assert_eq!(stats.notifications(), 1);
+}
+
+#[tokio::test]
+async fn a_killed_listener_reconnects_and_clears_what_it_missed() {
+    redis().await;
+    let prefix = test_prefix();
+    let app = TestApp::spawn_with(Backend::Postgres, |c| use_redis(c, &prefix)).await;
+    let stats = app
+        .changes
+        .clone()
+        .expect("PostgreSQL has a change listener");
+    let id = cached_product(&app, &[&app]).await;
+    let TestDb::Postgres { admin_url, name } = &*app.db else {
+        unreachable!("a PostgreSQL app runs on a PostgreSQL database")
+    };
+    let mut admin = PgConnection::connect(admin_url).await.unwrap();
+    let mut conn = sql(&app).await;
+
+    // Keep the listener out while the row changes, so that the change is
+    // certainly not notified to it.
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS false"
+        )))
+        .await
+        .unwrap();
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND application_name = $2",
+    )
+    .bind(name)
+    .bind(LISTENER_APPLICATION_NAME)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    let noticed = wait_until(Duration::from_secs(5), || !stats.is_listening()).await;
+    sqlx::query("UPDATE products SET price = 7.00, version = version + 1 WHERE id = $1")
+        .bind(id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (_, while_down, stale) = read(&app, id).await;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS true"
+        )))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let recovered = eventually(&app, id, deadline, |status, body| {
+        status == StatusCode::OK && body["price"] == json!(7.0) && body["version"] == 2
+    })
+    .await;
+
+    assert_eq!(terminated, [true], "one listener connection was killed");
+    assert!(noticed, "the listener did not notice its connection died");
+    assert_eq!(
+        (while_down.as_str(), &stale["version"]),
+        ("HIT-L1", &json!(1)),
+        "the change was missed while the listener was down"
+    );
+    assert!(recovered, "the missed change was never served");
+    assert!(stats.is_listening());
+    assert_eq!(stats.reconnects(), 1);
+}
