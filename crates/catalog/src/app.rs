@@ -63,7 +63,7 @@ impl Application {
         let caches = build_caches(&config.cache).await?;
         let changes = spawn_change_listener(&config, &caches).await?;
         let state = AppState::new(
-            ProductService::new(Arc::clone(&store), caches),
+            ProductService::new(Arc::clone(&store), caches, config.cache.write_strategy),
             config.api_token.unwrap_or_else(generated_token),
             metrics,
         );

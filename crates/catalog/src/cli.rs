@@ -137,7 +137,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if caches.products.l2_state() != L2State::Up {
                 anyhow::bail!("Redis at REDIS_URL is not reachable; nothing was warmed");
             }
-            let warmed = ProductService::new(store, caches)
+            let warmed = ProductService::new(store, caches, args.cache.write_strategy)
                 .warm(args.scope())
                 .await
                 .context("could not warm the cache")?;

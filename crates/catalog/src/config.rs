@@ -84,6 +84,9 @@ fn positive(value: &str, unit: &str) -> Result<u64, String> {
 pub enum WriteStrategy {
     /// Write the store, then drop the key from L2 and L1.
     Invalidate,
+    /// Write the store, then put the new version in L2 and L1 (the other
+    /// instances drop their old copy).
+    WriteThrough,
 }
 
 /// The product cache: L1 bounds and TTLs, and Redis for L2.

@@ -376,7 +376,7 @@ where
 
     /// How long a tombstone left by [`TieredCache::invalidate_version`]
     /// refuses older versions. It must outlast the slowest load that can
-    /// race a write (bound it with [`hard_timeout`](Self::hard_timeout)).
+    /// race a write (bound it with [`loader_timeouts`](Self::loader_timeouts)).
     /// Default [`DEFAULT_TOMBSTONE_TTL`] (60 s).
     pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {
         self.tombstone_ttl = ttl;

@@ -78,6 +78,24 @@
 //!   serves a changed value at most until its L1 TTL. `build` waits for the
 //!   first subscription while Redis is up; [`TieredCache::wait_subscribed`]
 //!   lets a service wait for it before reporting healthy.
+//! - **Race-free fills.** A load that started before an invalidation of its
+//!   key (here or, through the bus, on another instance) never lands in L1
+//!   (fill fences, `fence.rs`). In a [versioned](TieredCacheBuilder::versioned)
+//!   cache, Redis writes go through a Lua script that refuses a version
+//!   older than the stored one, and [`TieredCache::invalidate_version`]
+//!   leaves a tombstone that refuses the old version for a while: a slow
+//!   reader cannot put an old value back anywhere.
+//! - **Fail-safe.** With [`TieredCacheBuilder::fail_safe`], an expired L1
+//!   value stays as a fallback for a window and is answered
+//!   ([`Source::Stale`]) when the loader fails, hits its hard timeout, or is
+//!   slower than the soft timeout (the load then finishes in the background);
+//!   the failing loader is not retried for a throttle time. Invalidated
+//!   values are never fallbacks.
+//! - **Eager refresh.** With [`TieredCacheBuilder::eager_refresh`], a hit
+//!   late in an entry's life reloads it in the background, once per key.
+//! - **Tags.** [`TieredCache::tag_generation`] / [`TieredCache::invalidate_tags`]:
+//!   entries keyed by a tag's generation become unreachable on every
+//!   instance when the tag is invalidated.
 //!
 //! # Failure modes
 //!
@@ -88,7 +106,8 @@
 //! | Redis comes back | a probe every cooldown (1 s) closes the breaker; redis-rs reconnects; L2 is `Up` again within seconds |
 //! | Redis slow | each call is cut at the timeout and counted as an error |
 //! | value in Redis undecodable | miss, counted in `l2.decode_errors`, overwritten by the next fill |
-//! | loader fails | every coalesced caller gets the same [`Error::Loader`]; nothing is cached |
+//! | loader fails | with a fallback (fail-safe): [`Source::Stale`], loader throttled; else every coalesced caller gets the same [`Error::Loader`]; nothing is cached |
+//! | loader slow | past the soft timeout: fallback answered, load finishes in the background; past the hard timeout: abandoned ([`LoaderTimedOut`]) |
 //! | value too big for L1 | not admitted to L1 (counted as an eviction), still stored in Redis |
 //! | bus publish fails | counted in `bus.publish_errors`, logged at a rate limit; receivers see a sequence gap on the sender's next message and clear L1 |
 //! | bus connection drops | resubscribed with backoff (100 ms → 2 s), L1 cleared once subscribed |
@@ -96,10 +115,11 @@
 //!
 //! # Not yet
 //!
-//! Version-checked Redis writes, fail-safe stale answers, tags and
-//! write-behind are later steps; the public types are `#[non_exhaustive]`
-//! where they will grow. Sharded pub/sub (`SPUBLISH`) on clusters is not
-//! used: the bus depends on the first seed node being reachable.
+//! Write-behind is a later step; the public types are `#[non_exhaustive]`
+//! where they will grow. Fail-safe keeps stale values in L1 only (Redis
+//! copies live until their own TTL). Sharded pub/sub (`SPUBLISH`) on
+//! clusters is not used: the bus depends on the first seed node being
+//! reachable.
 //!
 //! # Example
 //!

@@ -3,8 +3,9 @@
 //! administration.
 //!
 //! Handlers call this and never the store or the cache directly, so that the
-//! write strategy (SPEC §4, `invalidate`: store first, then drop the key from
-//! L2 and L1) lives in one place.
+//! write strategy (SPEC §4: `invalidate`, store first, then drop the key from
+//! L2 and L1; `write-through`, store first, then put the new version in L2
+//! and L1) lives in one place.
 
 mod listen;
 mod pages;
@@ -17,6 +18,7 @@ use std::time::Instant;
 
 use tiercache::{Source, TieredCache};
 
+use crate::config::WriteStrategy;
 use crate::domain::{NewProduct, Product, ProductPatch};
 use crate::store::{Expected, PageRequest, Store, StoreError, Updated};
 
@@ -146,15 +148,17 @@ pub struct ProductService {
     store: Arc<dyn Store>,
     cache: ProductCache,
     pages: PageCache,
+    write_strategy: WriteStrategy,
     stats: Arc<RequestStats>,
 }
 
 impl ProductService {
-    pub fn new(store: Arc<dyn Store>, caches: Caches) -> Self {
+    pub fn new(store: Arc<dyn Store>, caches: Caches, write_strategy: WriteStrategy) -> Self {
         Self {
             store,
             cache: caches.products,
             pages: caches.pages,
+            write_strategy,
             stats: Arc::new(RequestStats::default()),
         }
     }
@@ -305,14 +309,24 @@ impl ProductService {
         Ok(())
     }
 
-    /// After a write the store took (SPEC §4, `invalidate`): drops the
+    /// After a write the store took (SPEC §4). `invalidate`: drops the
     /// product everywhere, with a tombstone that keeps slower readers'
-    /// older copies out of Redis, then the pages of its category (and of
-    /// the one it left).
+    /// older copies out of Redis. `write-through`: stores the new version in
+    /// Redis (version-checked) and L1, and the other instances drop theirs.
+    /// Either way, then the pages of its category (and of the one it left).
     async fn written(&self, product: &Product, previous_category: Option<&str>) {
-        self.cache
-            .invalidate_version(&product.id, version_of(product))
-            .await;
+        match self.write_strategy {
+            WriteStrategy::Invalidate => {
+                self.cache
+                    .invalidate_version(&product.id, version_of(product))
+                    .await;
+            }
+            WriteStrategy::WriteThrough => {
+                self.cache
+                    .set(&product.id, RenderedProduct::new(product.clone()))
+                    .await;
+            }
+        }
         let mut tags = vec![product.category.as_str()];
         if let Some(previous) = previous_category.filter(|c| *c != product.category) {
             tags.push(previous);

@@ -23,6 +23,8 @@ both_stores!(
     clearing_and_invalidating_reach_every_level,
     writes_on_one_instance_reach_another_within_a_second,
     a_clear_on_one_instance_empties_every_l1,
+    write_through_puts_the_new_version_in_every_level,
+    category_pages_are_cached_and_dropped_when_a_product_moves,
 );
 
 fn x_cache(response: &reqwest::Response) -> String {
@@ -546,4 +548,100 @@ async fn a_clear_on_one_instance_empties_every_l1(backend: Backend) {
 
     assert_eq!(clear.status(), StatusCode::NO_CONTENT);
     assert!(b_cleared, "B still answered from its L1 after a clear on A");
+}
+
+async fn write_through_puts_the_new_version_in_every_level(backend: Backend) {
+    let prefix = test_prefix();
+    let write_through = |c: &mut catalog::config::ServeConfig| {
+        use_redis(c, &prefix);
+        c.cache.write_strategy = catalog::config::WriteStrategy::WriteThrough;
+    };
+    let a = TestApp::spawn_with(backend, write_through).await;
+    let b = a.spawn_peer(write_through).await;
+    let id = a.create_product("Written", "tools", 1.0).await["id"]
+        .as_i64()
+        .unwrap();
+    let after_create = read(&a, id).await;
+    assert!(eventually(&b, id, |_, source, _| source == "HIT-L1").await);
+
+    let replaced = a
+        .authed(Method::PUT, &format!("/products/{id}"))
+        .json(&json!({"name": "Rewritten", "price": 2.0, "category": "tools"}))
+        .send()
+        .await
+        .unwrap();
+    let on_a = a.get(&format!("/products/{id}")).await;
+    let on_a = (x_cache(&on_a), on_a.json::<Value>().await.unwrap());
+    let b_fresh = eventually(&b, id, |_, _, body| body["version"] == 2).await;
+    let mut redis = redis().await;
+    let stored: String = redis.get(format!("{prefix}product:{id}")).await.unwrap();
+    let in_store = a.db.store().await.get(id).await.unwrap().unwrap();
+
+    assert_eq!(after_create, (StatusCode::OK, "HIT-L1".to_owned()));
+    assert_eq!(replaced.status(), StatusCode::OK);
+    assert_eq!(on_a.0, "HIT-L1", "write-through fills the writer's L1");
+    assert_eq!(
+        (on_a.1["name"].as_str(), on_a.1["version"].as_i64()),
+        (Some("Rewritten"), Some(2))
+    );
+    assert!(b_fresh, "B kept serving version 1");
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored["version"], 2);
+    assert_eq!((in_store.name.as_str(), in_store.version), ("Rewritten", 2));
+}
+
+async fn category_pages_are_cached_and_dropped_when_a_product_moves(backend: Backend) {
+    let prefix = test_prefix();
+    let a = spawn_with_redis(backend, &prefix).await;
+    let b = a.spawn_peer(|c| use_redis(c, &prefix)).await;
+    let id = a.create_product("Mover", "tools", 1.0).await["id"]
+        .as_i64()
+        .unwrap();
+    let first = page(&a, "tools").await;
+    let second = page(&a, "tools").await;
+    let uncached = a.get("/products?limit=5").await;
+
+    let moved = a
+        .authed(Method::PATCH, &format!("/products/{id}"))
+        .json(&json!({"category": "garden"}))
+        .send()
+        .await
+        .unwrap();
+    let tools_after = page(&a, "tools").await;
+    let garden_after = page(&a, "garden").await;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut b_pages = (page(&b, "tools").await.0, page(&b, "garden").await.0);
+    while b_pages != (vec![], vec![id]) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        b_pages = (page(&b, "tools").await.0, page(&b, "garden").await.0);
+    }
+
+    assert_eq!(first, (vec![id], "MISS".to_owned()));
+    assert_eq!(second, (vec![id], "HIT-L1".to_owned()));
+    assert!(
+        uncached.headers().get("x-cache").is_none(),
+        "pages of all products are not cached"
+    );
+    assert_eq!(moved.status(), StatusCode::OK);
+    assert_eq!(tools_after, (vec![], "MISS".to_owned()));
+    assert_eq!(garden_after, (vec![id], "MISS".to_owned()));
+    assert_eq!(
+        b_pages,
+        (vec![], vec![id]),
+        "B served a page of the old category"
+    );
+}
+
+/// The ids on the first page of `category`, and its `X-Cache`.
+async fn page(app: &TestApp, category: &str) -> (Vec<i64>, String) {
+    let response = app.get(&format!("/products?category={category}")).await;
+    let source = x_cache(&response);
+    let body: Value = response.json().await.unwrap();
+    let ids = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_i64().unwrap())
+        .collect();
+    (ids, source)
 }
