@@ -7,6 +7,7 @@
 
 mod cache;
 mod context;
+mod dashboard;
 mod error;
 mod extract;
 mod health;
@@ -104,6 +105,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(cache::warm))
         .routes(routes!(cache::clear))
         .routes(routes!(cache::invalidate))
+        .routes(routes!(dashboard::dashboard))
 }
 
 /// The whole application: API routes, docs, and the middleware stack.

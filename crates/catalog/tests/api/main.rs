@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cache;
+mod dashboard;
 mod helpers;
 mod listen;
 mod metrics;
