@@ -16,13 +16,13 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 
-use crate::config::{CacheConfig, ServeConfig};
+use crate::config::{CacheConfig, ServeConfig, WriteStrategy};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::seed;
 use crate::service::{
     Caches, ChangeListener, ListenerStats, PageCache, ProductCache, ProductService, RenderedCodec,
-    RenderedProduct,
+    RenderedProduct, StoreFlusher,
 };
 use crate::store::{self, InstrumentedStore, Store};
 
@@ -35,6 +35,8 @@ pub struct Application {
     /// PostgreSQL only: invalidates the cache on changes made outside the
     /// service.
     changes: Option<ChangeListener>,
+    /// Held to drain its write-behind queue at shutdown.
+    products: ProductCache,
 }
 
 impl Application {
@@ -60,7 +62,8 @@ impl Application {
         if let Some(count) = seed {
             seed_if_empty(store.as_ref(), count).await?;
         }
-        let caches = build_caches(&config.cache).await?;
+        let caches = build_caches(&config.cache, &store).await?;
+        let products = caches.products.clone();
         let changes = spawn_change_listener(&config, &caches).await?;
         let state = AppState::new(
             ProductService::new(Arc::clone(&store), caches, config.cache.write_strategy),
@@ -76,6 +79,7 @@ impl Application {
             router,
             store,
             changes,
+            products,
         })
     }
 
@@ -111,11 +115,21 @@ impl Application {
         if let Some(changes) = self.changes {
             changes.stop().await;
         }
+        // SPEC §4: graceful shutdown drains the write-behind queue first.
+        if !self.products.drain_write_behind(WRITE_BEHIND_DRAIN).await {
+            tracing::warn!(
+                "write-behind queue not empty at shutdown; the remaining changes stay in Redis \
+                 and are flushed by the next instance that starts"
+            );
+        }
         self.store.close().await;
         tracing::info!("catalog stopped");
         Ok(())
     }
 }
+
+/// Longest graceful shutdown waits for the write-behind queue to empty.
+const WRITE_BEHIND_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Most category pages kept in L1 (they are few and small next to products).
 const PAGE_L1_ENTRIES: u64 = 2_000;
@@ -129,8 +143,10 @@ const PAGE_L1_BYTES: u64 = 16 * 1024 * 1024;
 ///
 /// # Errors
 /// A setting the cache rejects (e.g. a malformed `REDIS_URL`).
-pub async fn build_caches(config: &CacheConfig) -> anyhow::Result<Caches> {
-    let products = build_product_cache(config).await?;
+/// With `CACHE_WRITE_STRATEGY=write-behind`, the product cache queues
+/// changes for `store`; that needs Redis, and is refused without it.
+pub async fn build_caches(config: &CacheConfig, store: &Arc<dyn Store>) -> anyhow::Result<Caches> {
+    let products = build_product_cache(config, store).await?;
     let mut pages = PageCache::builder()
         .namespace("page")
         .key_prefix(config.cache_prefix.clone())
@@ -154,7 +170,10 @@ pub async fn build_caches(config: &CacheConfig) -> anyhow::Result<Caches> {
     Ok(Caches { products, pages })
 }
 
-async fn build_product_cache(config: &CacheConfig) -> anyhow::Result<ProductCache> {
+async fn build_product_cache(
+    config: &CacheConfig,
+    store: &Arc<dyn Store>,
+) -> anyhow::Result<ProductCache> {
     let mut builder = ProductCache::builder()
         .namespace("product")
         .codec(RenderedCodec)
@@ -173,6 +192,17 @@ async fn build_product_cache(config: &CacheConfig) -> anyhow::Result<ProductCach
             Some(config.loader_hard_timeout),
         )
         .eager_refresh((config.eager_refresh > 0.0).then_some(config.eager_refresh));
+    if config.write_strategy == WriteStrategy::WriteBehind {
+        if config.redis_url.is_none() {
+            anyhow::bail!(
+                "CACHE_WRITE_STRATEGY=write-behind needs REDIS_URL: its durable queue is a Redis Stream"
+            );
+        }
+        builder = builder.write_behind(
+            StoreFlusher::new(Arc::clone(store)),
+            config.write_behind_interval,
+        );
+    }
     match &config.redis_url {
         Some(url) => builder = builder.redis_url(url.expose_secret()),
         None => tracing::info!(

@@ -133,7 +133,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             let store = open_store(&args.db).await?;
-            let caches = build_caches(&args.cache).await?;
+            let caches = build_caches(&args.cache, &store).await?;
             if caches.products.l2_state() != L2State::Up {
                 anyhow::bail!("Redis at REDIS_URL is not reachable; nothing was warmed");
             }

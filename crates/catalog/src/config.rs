@@ -87,6 +87,9 @@ pub enum WriteStrategy {
     /// Write the store, then put the new version in L2 and L1 (the other
     /// instances drop their old copy).
     WriteThrough,
+    /// Put updates and deletes in the cache and a durable Redis queue at
+    /// once; a background flusher writes them to the store in batches.
+    WriteBehind,
 }
 
 /// The product cache: L1 bounds and TTLs, and Redis for L2.
@@ -156,6 +159,12 @@ pub struct CacheConfig {
           default_value = "5000", value_parser = milliseconds)]
     pub loader_hard_timeout: Duration,
 
+    /// Milliseconds between write-behind flushes when the queue is idle
+    /// (a write wakes the flusher at once).
+    #[arg(long, env = "WRITE_BEHIND_INTERVAL_MS", value_name = "WRITE_BEHIND_INTERVAL_MS",
+          default_value = "100", value_parser = milliseconds)]
+    pub write_behind_interval: Duration,
+
     /// Fraction of the L1 TTL after which a hit reloads the product in the
     /// background (0 < f < 1); 0: off.
     #[arg(long, env = "EAGER_REFRESH", value_name = "EAGER_REFRESH", default_value_t = 0.8,
@@ -193,6 +202,7 @@ impl Default for CacheConfig {
             loader_soft_timeout: Duration::from_millis(250),
             loader_hard_timeout: Duration::from_secs(5),
             eager_refresh: 0.8,
+            write_behind_interval: Duration::from_millis(100),
         }
     }
 }

@@ -257,10 +257,9 @@ impl Metrics {
         )
     }
 
-    /// The exposition text, with the cache's counters as of `cache` and the
-    /// write-behind queue length `write_behind_pending`.
-    pub fn render(&self, cache: &CacheStats, write_behind_pending: u64) -> String {
-        self.0.cache.update(cache, write_behind_pending);
+    /// The exposition text, with the cache's counters as of `cache`.
+    pub fn render(&self, cache: &CacheStats) -> String {
+        self.0.cache.update(cache);
         self.0.handle.render()
     }
 }
@@ -441,7 +440,7 @@ impl CacheHandles {
     /// Copies a snapshot in. The cache's counters are monotonic, so
     /// `absolute` (which never moves a counter backwards) keeps the
     /// exported ones monotonic even when two scrapes race.
-    fn update(&self, stats: &CacheStats, write_behind_pending: u64) {
+    fn update(&self, stats: &CacheStats) {
         self.l1_hits.absolute(stats.l1.hits);
         self.l1_misses.absolute(stats.l1.misses);
         self.l2_hits.absolute(stats.l2.hits);
@@ -482,7 +481,8 @@ impl CacheHandles {
         self.guard_rejections.absolute(stats.l2.guard_rejections);
         self.fenced_fills.absolute(stats.fenced_fills);
         self.record_lag(&stats.bus.lag_buckets);
-        self.write_behind_pending.set(write_behind_pending as f64);
+        self.write_behind_pending
+            .set(stats.write_behind.pending as f64);
     }
 
     /// Replays the lags counted since the last scrape into the histogram,
@@ -528,7 +528,7 @@ mod tests {
             .record(Duration::from_millis(3));
         // Registered in the second registry too, but never recorded there.
         let _idle = two.request_timer("/things/{id}");
-        let (one, two) = (one.render(&stats, 0), two.render(&stats, 0));
+        let (one, two) = (one.render(&stats), two.render(&stats));
 
         assert!(
             one.contains(r#"request_duration_seconds_count{endpoint="/things/{id}"} 1"#),
@@ -544,7 +544,7 @@ mod tests {
     async fn state_sets_mark_exactly_the_current_state() {
         let metrics = Metrics::start();
 
-        let text = metrics.render(&l1_only_stats().await, 7);
+        let text = metrics.render(&l1_only_stats().await);
 
         assert!(
             text.contains(r#"cache_l2_state{state="disabled"} 1"#),
@@ -555,6 +555,6 @@ mod tests {
             text.contains(r#"cache_bus_state{state="disabled"} 1"#),
             "{text}"
         );
-        assert!(text.contains("write_behind_pending 7"), "{text}");
+        assert!(text.contains("write_behind_pending 0"), "{text}");
     }
 }

@@ -21,6 +21,7 @@ use crate::remote::breaker::BreakerConfig;
 use crate::remote::codec::{Codec, JsonCodec};
 use crate::remote::topology::{RedisTopology, redact};
 use crate::remote::{RemoteCache, RemoteConfig};
+use crate::write_behind::{self, Flush, WriteBehind};
 
 /// Default for [`TieredCacheBuilder::namespace`].
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -121,6 +122,7 @@ pub struct TieredCacheBuilder<K, V> {
     soft_timeout: Option<Duration>,
     hard_timeout: Option<Duration>,
     eager_refresh: Option<f64>,
+    write_behind: Option<(Arc<dyn Flush<K, V>>, Duration)>,
     _key: PhantomData<fn() -> K>,
 }
 
@@ -170,6 +172,10 @@ impl<K, V> fmt::Debug for TieredCacheBuilder<K, V> {
             .field("soft_timeout", &self.soft_timeout)
             .field("hard_timeout", &self.hard_timeout)
             .field("eager_refresh", &self.eager_refresh)
+            .field(
+                "write_behind_interval",
+                &self.write_behind.as_ref().map(|(_, interval)| interval),
+            )
             .finish()
     }
 }
@@ -205,6 +211,7 @@ where
             soft_timeout: None,
             hard_timeout: None,
             eager_refresh: None,
+            write_behind: None,
             _key: PhantomData,
         }
     }
@@ -409,6 +416,15 @@ where
         self
     }
 
+    /// Turns on write-behind (see [`TieredCache::write_behind`]): changes
+    /// are queued in a Redis Stream and `flush` writes them to the store in
+    /// batches, polling every `interval` when idle. Needs a versioned cache
+    /// and a single Redis node (not a cluster). Default: off.
+    pub fn write_behind(mut self, flush: impl Flush<K, V>, interval: Duration) -> Self {
+        self.write_behind = Some((Arc::new(flush), interval));
+        self
+    }
+
     /// Eager refresh: a hit on an L1 entry older than `fraction` of its TTL
     /// (e.g. 0.8) reloads it in the background, once per key however many
     /// callers hit it, so hot keys never expire into a miss. A failed
@@ -469,6 +485,32 @@ where
         if self.versioning.is_some() && self.tombstone_ttl.is_zero() {
             return Err(Error::config("tombstone_ttl must be positive"));
         }
+        if let Some((_, interval)) = &self.write_behind {
+            if self.versioning.is_none() {
+                return Err(Error::config("write-behind needs a versioned cache"));
+            }
+            if interval.is_zero() {
+                return Err(Error::config("the write-behind interval must be positive"));
+            }
+            match &self.redis {
+                RedisSetting::None => {
+                    return Err(Error::config(
+                        "write-behind needs Redis: its queue is a Redis Stream",
+                    ));
+                }
+                RedisSetting::Url(url) if RedisTopology::parse(url)?.is_cluster() => {
+                    return Err(Error::config(
+                        "write-behind needs a single Redis node, not a cluster",
+                    ));
+                }
+                RedisSetting::Topology(topology) if topology.is_cluster() => {
+                    return Err(Error::config(
+                        "write-behind needs a single Redis node, not a cluster",
+                    ));
+                }
+                RedisSetting::Url(_) | RedisSetting::Topology(_) => {}
+            }
+        }
         let topology = match self.redis {
             RedisSetting::None => None,
             RedisSetting::Url(url) => Some(RedisTopology::parse(&url)?),
@@ -526,10 +568,20 @@ where
             hard_timeout: self.hard_timeout,
             eager_refresh: self.eager_refresh,
         };
+        let write_behind = match (self.write_behind, &l2) {
+            (Some((flush, interval)), Some(l2)) => Some(WriteBehind::start(
+                l2.clone(),
+                Arc::clone(&self.codec),
+                &settings.key_prefix,
+                write_behind::Config { flush, interval },
+            )),
+            _ => None,
+        };
         Ok(TieredCache::from_parts(Parts {
             l1,
             l2,
             bus,
+            write_behind,
             codec: self.codec,
             versioning: self.versioning,
             fences,

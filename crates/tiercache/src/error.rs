@@ -19,6 +19,17 @@ pub enum Error {
     #[error("the cache loader failed")]
     Loader(#[source] Arc<dyn StdError + Send + Sync>),
 
+    /// A write-behind change whose version is not newer than the one Redis
+    /// holds: another writer got there first. Read the current value again
+    /// and retry.
+    #[error("a newer version of this key is cached already")]
+    Conflict,
+
+    /// A write-behind change could not be queued: Redis is unreachable (or
+    /// the cache has no write-behind queue). Nothing was changed.
+    #[error("the write-behind queue is unavailable")]
+    Unavailable,
+
     /// The cache was configured with an invalid value (a bound of zero, a
     /// Redis URL that does not parse…). Only returned while building.
     #[error("invalid cache configuration: {0}")]
@@ -48,6 +59,16 @@ impl Error {
         matches!(self, Self::Loader(_))
     }
 
+    /// Whether this is a write-behind version conflict.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict)
+    }
+
+    /// Whether a write-behind change could not be queued.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable)
+    }
+
     /// Whether this is a configuration error.
     pub fn is_config(&self) -> bool {
         matches!(self, Self::Config(_))
@@ -67,7 +88,7 @@ impl Error {
     pub fn loader_error(&self) -> Option<&(dyn StdError + Send + Sync + 'static)> {
         match self {
             Self::Loader(source) => Some(source.as_ref()),
-            Self::Config(_) => None,
+            Self::Config(_) | Self::Conflict | Self::Unavailable => None,
         }
     }
 }

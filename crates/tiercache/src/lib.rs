@@ -115,8 +115,7 @@
 //!
 //! # Not yet
 //!
-//! Write-behind is a later step; the public types are `#[non_exhaustive]`
-//! where they will grow. Fail-safe keeps stale values in L1 only (Redis
+//! The public types are `#[non_exhaustive]` where they will grow. Fail-safe keeps stale values in L1 only (Redis
 //! copies live until their own TTL). Sharded pub/sub (`SPUBLISH`) on
 //! clusters is not used: the bus depends on the first seed node being
 //! reachable.
@@ -158,6 +157,7 @@ mod local;
 mod manager;
 mod remote;
 mod stats;
+mod write_behind;
 
 pub use builder::{
     DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURE_THRESHOLD, DEFAULT_FAIL_SAFE_THROTTLE,
@@ -173,5 +173,6 @@ pub use remote::codec::{Codec, CodecError, JsonCodec, PostcardCodec};
 pub use remote::topology::RedisTopology;
 pub use stats::{
     BusClears, BusState, BusStats, CacheStats, L1Stats, L2State, L2Stats, LAG_BUCKETS_MS,
-    LoaderStats, StaleStats, Striped,
+    LoaderStats, StaleStats, Striped, WriteBehindStats,
 };
+pub use write_behind::{CLAIM_IDLE, Change, Flush, FlushError, Queued};

@@ -38,6 +38,31 @@ pub struct CacheStats {
     pub fenced_fills: u64,
     /// The invalidation bus.
     pub bus: BusStats,
+    /// The write-behind queue (all zero without one).
+    pub write_behind: WriteBehindStats,
+}
+
+/// Counters of the write-behind queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[non_exhaustive]
+pub struct WriteBehindStats {
+    /// Changes in the queue not yet in the store (all instances'), as of
+    /// the flusher's last round.
+    pub pending: u64,
+    /// Queue entries this instance flushed (coalesced ones included).
+    pub flushed: u64,
+    /// Flush attempts that failed (retried) or were rejected.
+    pub failed: u64,
+    /// Changes the store rejected for good, moved to the dead letters.
+    pub dead_lettered: u64,
+    /// Batches written to the store.
+    pub batches: u64,
+    /// Entries made redundant by a newer change of the same key in their batch.
+    pub coalesced: u64,
+    /// Size (distinct keys) of the last batch.
+    pub last_batch: u64,
+    /// Total time spent in the store's flush, in ms.
+    pub flush_ms_sum: u64,
 }
 
 /// Stale (fail-safe) answers, by reason.

@@ -55,11 +55,14 @@ struct L2Level {
     state: &'static str,
 }
 
-/// Write-behind queue counters; zero while the write strategy is `invalidate`.
+/// Write-behind queue counters; zero unless the write strategy is `write-behind`.
 #[derive(Debug, Serialize, ToSchema)]
 struct WriteBehind {
+    /// Changes queued and not yet in the store (every instance's).
     pending: u64,
+    /// Queue entries this instance wrote to the store.
     flushed: u64,
+    /// Flush attempts that failed (and were retried) or were rejected.
     failed: u64,
 }
 
@@ -93,9 +96,9 @@ pub(super) async fn stats(State(state): State<AppState>) -> Json<CacheStatsBody>
             },
         },
         write_behind: WriteBehind {
-            pending: 0,
-            flushed: 0,
-            failed: 0,
+            pending: cache.write_behind.pending,
+            flushed: cache.write_behind.flushed,
+            failed: cache.write_behind.failed,
         },
     })
 }

@@ -22,7 +22,6 @@ const EXPOSITION: &str = "text/plain; version=0.0.4; charset=utf-8";
 )]
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let cache = state.products.cache().stats();
-    // Write-behind does not exist yet: nothing is ever pending.
-    let body = state.metrics.render(&cache, 0);
+    let body = state.metrics.render(&cache);
     ([(CONTENT_TYPE, EXPOSITION)], body)
 }

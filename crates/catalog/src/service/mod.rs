@@ -11,12 +11,13 @@ mod listen;
 mod pages;
 mod rendered;
 mod stats;
+mod write_behind;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tiercache::{Source, TieredCache};
+use tiercache::{Change, Source, TieredCache};
 
 use crate::config::WriteStrategy;
 use crate::domain::{NewProduct, Product, ProductPatch};
@@ -26,6 +27,7 @@ pub use listen::{CHANNEL, ChangeListener, LISTENER_APPLICATION_NAME, ListenerSta
 pub use pages::{Page, PageCache, PageKey};
 pub use rendered::{RenderedCodec, RenderedProduct};
 pub use stats::{RequestSnapshot, RequestStats};
+pub use write_behind::StoreFlusher;
 
 /// Most ids one batch read may ask for (SPEC §3).
 pub const MAX_BATCH_IDS: usize = 100;
@@ -35,6 +37,8 @@ pub const MAX_PAGE_LIMIT: u32 = 100;
 pub const DEFAULT_PAGE_LIMIT: u32 = 20;
 /// Products per store query and Redis pipeline when warming.
 const WARM_BATCH: u32 = 500;
+/// Write-behind updates retried this often when other writers keep winning.
+const WRITE_BEHIND_ATTEMPTS: usize = 5;
 
 /// The product cache: product id → rendered product (or "absent").
 pub type ProductCache = TieredCache<i64, RenderedProduct>;
@@ -132,7 +136,11 @@ impl ServiceError {
         match self {
             Self::Store(err) => matches!(err, StoreError::Unavailable(_)),
             Self::Cache(err) => {
-                err.is_timeout()
+                // A queue Redis cannot take, or writers that kept winning
+                // the race for the next version: retry later.
+                err.is_unavailable()
+                    || err.is_conflict()
+                    || err.is_timeout()
                     || err
                         .loader_error()
                         .and_then(|e| e.downcast_ref::<StoreError>())
@@ -280,7 +288,15 @@ impl ProductService {
         let Updated {
             product,
             previous_category,
-        } = self.store.replace(id, new, expected).await?;
+        } = match self.write_strategy {
+            WriteStrategy::WriteBehind => {
+                self.queue_update(id, expected, |current| write_behind::replaced(current, new))
+                    .await?
+            }
+            WriteStrategy::Invalidate | WriteStrategy::WriteThrough => {
+                self.store.replace(id, new, expected).await?
+            }
+        };
         self.written(&product, Some(&previous_category)).await;
         Ok(product)
     }
@@ -294,12 +310,27 @@ impl ProductService {
         let Updated {
             product,
             previous_category,
-        } = self.store.patch(id, patch, expected).await?;
+        } = match self.write_strategy {
+            WriteStrategy::WriteBehind => {
+                self.queue_update(id, expected, |current| {
+                    write_behind::patched(current, patch)
+                })
+                .await?
+            }
+            WriteStrategy::Invalidate | WriteStrategy::WriteThrough => {
+                self.store.patch(id, patch, expected).await?
+            }
+        };
         self.written(&product, Some(&previous_category)).await;
         Ok(product)
     }
 
     pub async fn delete(&self, id: i64, expected: Expected) -> Result<(), ServiceError> {
+        if self.write_strategy == WriteStrategy::WriteBehind {
+            let deleted = self.queue_delete(id, expected).await?;
+            self.pages.invalidate_tags(&[&deleted.category]).await;
+            return Ok(());
+        }
         let deleted = self.store.delete(id, expected).await?;
         // The tombstone refuses the deleted version and every older one.
         self.cache
@@ -326,12 +357,92 @@ impl ProductService {
                     .set(&product.id, RenderedProduct::new(product.clone()))
                     .await;
             }
+            // Updates are in the cache already (`queue_update`); creates
+            // went to the store first and enter the cache like this.
+            WriteStrategy::WriteBehind => {
+                if product.version == 1 {
+                    self.cache
+                        .set(&product.id, RenderedProduct::new(product.clone()))
+                        .await;
+                }
+            }
         }
         let mut tags = vec![product.category.as_str()];
         if let Some(previous) = previous_category.filter(|c| *c != product.category) {
             tags.push(previous);
         }
         self.pages.invalidate_tags(&tags).await;
+    }
+
+    /// Write-behind update: the next version of the current product, put in
+    /// the cache and the durable queue (SPEC §4), retried while other
+    /// writers win the race for that version.
+    async fn queue_update(
+        &self,
+        id: i64,
+        expected: Expected,
+        next: impl Fn(&Product) -> Product,
+    ) -> Result<Updated, ServiceError> {
+        for _ in 0..WRITE_BEHIND_ATTEMPTS {
+            let current = self.current(id, expected).await?;
+            let current = current.product();
+            let product = next(current);
+            let change = Change::Put(RenderedProduct::new(product.clone()));
+            match self
+                .cache
+                .write_behind(&id, version_of(&product), change)
+                .await
+            {
+                Ok(()) => {
+                    return Ok(Updated {
+                        product,
+                        previous_category: current.category.clone(),
+                    });
+                }
+                Err(error) if error.is_conflict() => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(tiercache::Error::Conflict.into())
+    }
+
+    /// Write-behind delete: a "deleted" marker in the cache and the change
+    /// in the durable queue; returns the product as it was.
+    async fn queue_delete(&self, id: i64, expected: Expected) -> Result<Product, ServiceError> {
+        for _ in 0..WRITE_BEHIND_ATTEMPTS {
+            let current = self.current(id, expected).await?;
+            let current = current.product();
+            let version = version_of(current).saturating_add(1);
+            match self.cache.write_behind(&id, version, Change::Delete).await {
+                Ok(()) => return Ok(current.clone()),
+                Err(error) if error.is_conflict() => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(tiercache::Error::Conflict.into())
+    }
+
+    /// The product a write-behind change starts from, through the cache;
+    /// checks `If-Match` against it.
+    async fn current(
+        &self,
+        id: i64,
+        expected: Expected,
+    ) -> Result<Arc<RenderedProduct>, ServiceError> {
+        let lookup = self
+            .cache
+            .get_or_load(&id, || {
+                let store = Arc::clone(&self.store);
+                async move { Ok::<_, StoreError>(store.get(id).await?.map(RenderedProduct::new)) }
+            })
+            .await?;
+        let current = lookup.value.ok_or(StoreError::NotFound)?;
+        match expected {
+            Expected::Version(v) if v != current.product().version => {
+                Err(StoreError::VersionConflict.into())
+            }
+            Expected::Version(_) | Expected::Any => Ok(current),
+        }
     }
 
     /// Drops one product from every cache level.

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use metrics::Histogram;
 use tracing::Instrument;
 
-use super::{Expected, PageRequest, Store, StoreError, Updated};
+use super::{Expected, PageRequest, ProductChange, Store, StoreError, Updated};
 use crate::domain::{NewProduct, Product, ProductPatch};
 use crate::metrics::Metrics;
 
@@ -35,6 +35,7 @@ struct Timers {
     replace: Histogram,
     patch: Histogram,
     delete: Histogram,
+    apply: Histogram,
     count: Histogram,
 }
 
@@ -59,6 +60,7 @@ impl InstrumentedStore {
             replace: metrics.store_timer("replace"),
             patch: metrics.store_timer("patch"),
             delete: metrics.store_timer("delete"),
+            apply: metrics.store_timer("apply"),
             count: metrics.store_timer("count"),
         };
         Self { inner, timers }
@@ -162,6 +164,10 @@ impl Store for InstrumentedStore {
             self.inner.delete(id, expected),
         )
         .await
+    }
+
+    async fn apply(&self, changes: &[ProductChange]) -> Result<(), StoreError> {
+        timed("apply", &self.timers.apply, self.inner.apply(changes)).await
     }
 
     async fn count(&self) -> Result<i64, StoreError> {

@@ -87,6 +87,15 @@ pub struct Updated {
     pub previous_category: String,
 }
 
+/// One write-behind change to apply (see [`Store::apply`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProductChange {
+    /// The product as it is now (its `version` included).
+    Put(Product),
+    /// The product was deleted; `version` is one more than the deleted one.
+    Delete { id: i64, version: i64 },
+}
+
 /// What a caller can act on when the store fails.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -153,6 +162,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Updated, StoreError>;
     /// Deletes the row and returns it as it was; errors as [`Store::replace`].
     async fn delete(&self, id: i64, expected: Expected) -> Result<Product, StoreError>;
+    /// Applies write-behind changes in one transaction, each only over an
+    /// older version (`version < $new`), so that replays and late batches
+    /// change nothing; a change whose row is gone is skipped.
+    async fn apply(&self, changes: &[ProductChange]) -> Result<(), StoreError>;
     async fn count(&self) -> Result<i64, StoreError>;
 }
 
@@ -182,7 +195,7 @@ pub fn is_postgres_url(url: &str) -> bool {
 
 /// Now, at the microsecond precision both databases keep, so a timestamp a
 /// write returns equals the one a later read returns.
-fn now() -> DateTime<Utc> {
+pub(crate) fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 

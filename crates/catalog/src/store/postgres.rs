@@ -14,8 +14,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{FromRow, Row};
 
 use super::{
-    APPLICATION_NAME, Expected, PageRequest, PoolSettings, Store, StoreError, Updated,
-    missed_write, now,
+    APPLICATION_NAME, Expected, PageRequest, PoolSettings, ProductChange, Store, StoreError,
+    Updated, missed_write, now,
 };
 use crate::domain::{NewProduct, Price, Product, ProductPatch};
 
@@ -297,6 +297,40 @@ impl Store for PgStore {
             Some(row) => Ok(row.0),
             None => Err(missed_write(self.current_version(id).await?)),
         }
+    }
+
+    async fn apply(&self, changes: &[ProductChange]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for change in changes {
+            match change {
+                ProductChange::Put(p) => {
+                    sqlx::query(
+                        "UPDATE products SET name = $2, description = $3, \
+                         price = $4::bigint::numeric / 100, category = $5, in_stock = $6, \
+                         updated_at = $7, version = $8 WHERE id = $1 AND version < $8",
+                    )
+                    .bind(p.id)
+                    .bind(p.name.as_str())
+                    .bind(p.description.as_str())
+                    .bind(p.price.cents())
+                    .bind(p.category.as_str())
+                    .bind(p.in_stock)
+                    .bind(p.updated_at)
+                    .bind(p.version)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                ProductChange::Delete { id, version } => {
+                    sqlx::query("DELETE FROM products WHERE id = $1 AND version < $2")
+                        .bind(id)
+                        .bind(version)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn count(&self) -> Result<i64, StoreError> {

@@ -218,6 +218,17 @@ where
         self.insert_fenced(key, value, weight, life, ticket);
     }
 
+    /// Puts a value this instance wrote (write-behind) into L1 as fresh as a
+    /// fill, negative entries included, unless invalidated meanwhile.
+    pub(super) fn fill_written(&self, key: &K, value: Shared<V>, weight: usize, ticket: Ticket) {
+        let life = if value.is_some() {
+            self.l1_lifetime(&value)
+        } else {
+            Lifetime::ttl(self.jitter(self.settings.l1_ttl))
+        };
+        self.insert_fenced(key, value, weight, life, ticket);
+    }
+
     fn insert_fenced(
         &self,
         key: &K,
@@ -467,7 +478,7 @@ fn decode_with<V: 'static>(
     stored: &[u8],
 ) -> Result<Option<(Shared<V>, usize)>, codec::CodecError> {
     match codec::open(stored)? {
-        Opened::Absent => Ok(Some((None, ENTRY_OVERHEAD))),
+        Opened::Absent | Opened::Deleted => Ok(Some((None, ENTRY_OVERHEAD))),
         Opened::Tombstone => Ok(None),
         Opened::Value(bytes) => {
             let value = codec.decode(&bytes)?;

@@ -32,6 +32,7 @@ use crate::remote::{LogLimiter, RemoteCache, Write};
 use crate::stats::{
     BusState, BusStats, CacheStats, L2State, L2Stats, LoaderStats, StaleStats, Striped,
 };
+use crate::write_behind::{Change, Enqueue, Enqueued, WriteBehind};
 
 mod fill;
 mod refresh;
@@ -133,6 +134,7 @@ pub(crate) struct Parts<K, V> {
     pub(crate) l1: LocalCache<K, Shared<V>>,
     pub(crate) l2: Option<RemoteCache>,
     pub(crate) bus: Option<Bus>,
+    pub(crate) write_behind: Option<WriteBehind<K, V>>,
     pub(crate) codec: Arc<dyn Codec<V>>,
     pub(crate) versioning: Option<Versioning<V>>,
     pub(crate) fences: Arc<Fences>,
@@ -279,6 +281,8 @@ struct Inner<K, V> {
     l2: Option<RemoteCache>,
     /// Dropped with the last handle, which stops the bus tasks.
     bus: Option<Bus>,
+    /// Dropped with the last handle, which stops the flusher.
+    write_behind: Option<WriteBehind<K, V>>,
     codec: Arc<dyn Codec<V>>,
     versioning: Option<Versioning<V>>,
     fences: Arc<Fences>,
@@ -308,6 +312,7 @@ where
                 l1: parts.l1,
                 l2: parts.l2,
                 bus: parts.bus,
+                write_behind: parts.write_behind,
                 codec: parts.codec,
                 versioning: parts.versioning,
                 fences: parts.fences,
@@ -534,6 +539,83 @@ where
         inner.announce(std::slice::from_ref(key));
     }
 
+    /// Write-behind (SPEC §4): records that `key` changed to `version` (for
+    /// a delete: one more than the deleted version) in Redis, both in the
+    /// cache (readers everywhere see it at once; a delete reads as
+    /// "absent") and in the durable queue the flusher writes to the store
+    /// from, in one atomic step; then in this instance's L1, and tells the
+    /// other instances to drop their copy. Once this returns `Ok` the change
+    /// survives a crash of this process.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`] when Redis holds `version` or a newer one (a
+    /// concurrent writer won: read again and retry); [`Error::Unavailable`]
+    /// when Redis cannot be used or the cache has no write-behind queue. In
+    /// both cases nothing changed.
+    pub async fn write_behind(
+        &self,
+        key: &K,
+        version: u64,
+        change: Change<V>,
+    ) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let (Some(queue), Some(versioning)) = (&inner.write_behind, &inner.versioning) else {
+            return Err(Error::Unavailable);
+        };
+        let ticket = inner.fences.start();
+        let (stored, payload, value, weight) = match change {
+            Change::Put(value) => {
+                let encoded = inner.codec.encode(&value).map_err(|error| {
+                    tracing::error!(%error, "a write-behind value could not be encoded");
+                    Error::Unavailable
+                })?;
+                let weight = ENTRY_OVERHEAD + encoded.len();
+                let sealed = codec::seal(encoded.clone(), inner.settings.compression_threshold)
+                    .map_err(|_| Error::Unavailable)?;
+                let stored = codec::with_version(sealed, version);
+                (stored, encoded, Some(Arc::new(value)), weight)
+            }
+            Change::Delete => (codec::deleted(version), Vec::new(), None, ENTRY_OVERHEAD),
+        };
+        let redis_key = inner.redis_key(key);
+        let enqueued = queue
+            .enqueue(Enqueue {
+                redis_key: &redis_key,
+                key: key.to_string(),
+                version,
+                delete: value.is_none(),
+                stored,
+                ttl: inner.settings.l2_ttl,
+                field: &versioning.field,
+                payload,
+            })
+            .await;
+        match enqueued {
+            Enqueued::Queued => {
+                inner.fill_written(key, value, weight, ticket);
+                inner.announce(std::slice::from_ref(key));
+                Ok(())
+            }
+            Enqueued::Conflict => {
+                // Our copy is older than Redis's: the next read fetches it.
+                inner.drop_local(std::slice::from_ref(key));
+                Err(Error::Conflict)
+            }
+            Enqueued::Unavailable => Err(Error::Unavailable),
+        }
+    }
+
+    /// Writes every queued write-behind change to the store, for at most
+    /// `limit`; returns whether the queue is empty (`true` without one).
+    /// For graceful shutdown (SPEC §4: drain before exit).
+    pub async fn drain_write_behind(&self, limit: Duration) -> bool {
+        match &self.inner.write_behind {
+            Some(queue) => queue.drain(limit).await,
+            None => true,
+        }
+    }
+
     /// Removes `key` from this instance's L1 only (e.g. on an invalidation
     /// message from another instance).
     pub fn invalidate_local(&self, key: &K) {
@@ -640,6 +722,11 @@ where
                 throttled: count(STALE_THROTTLED),
             },
             fenced_fills: count(FENCED_FILLS),
+            write_behind: inner
+                .write_behind
+                .as_ref()
+                .map(WriteBehind::stats)
+                .unwrap_or_default(),
             bus: inner
                 .bus
                 .as_ref()

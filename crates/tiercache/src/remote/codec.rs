@@ -15,7 +15,8 @@
 //! | `0x01` | [`PostcardCodec`] value: `0x01` + postcard bytes |
 //! | `0x02` | LZ4 block: `0x02` + uncompressed length (u32 LE) + block; the block holds a codec output |
 //! | `0x03` | versioned value: `0x03` + version in ASCII digits + `:` + one of the rows above |
-//! | `0x04` | tombstone: `0x04` + version in ASCII digits; "copies older than this are stale" |
+//! | `0x04` | tombstone: `0x04` + version in ASCII digits; "copies older than this are stale" (a miss) |
+//! | `0x05` | deleted: `0x05` + version in ASCII digits; a write-behind delete not yet in the store (answered "absent") |
 //! | anything else | a codec output; for [`JsonCodec`], JSON text |
 //!
 //! Versioned caches (see the builder's `versioned`) guard their Redis
@@ -49,6 +50,8 @@ pub(crate) const LZ4_MARKER: u8 = 0x02;
 pub(crate) const VERSIONED_MARKER: u8 = 0x03;
 /// First byte of a tombstone.
 pub(crate) const TOMBSTONE_MARKER: u8 = 0x04;
+/// First byte of a write-behind delete.
+pub(crate) const DELETED_MARKER: u8 = 0x05;
 /// Largest decompressed value accepted, whatever a length header claims.
 pub(crate) const MAX_DECOMPRESSED: usize = 512 * 1024 * 1024;
 /// LZ4's best case is about 255:1; a header claiming more is corrupt.
@@ -57,8 +60,8 @@ const MAX_LZ4_RATIO: usize = 255;
 /// Turns values into bytes for Redis and back.
 ///
 /// Implementations must produce non-empty output that does not start with
-/// `0x02`, `0x03` or `0x04` (reserved, see the module docs); a binary format
-/// should start with its own marker byte in `0x05..=0x08` so that it can
+/// `0x02` to `0x05` (reserved, see the module docs); a binary format
+/// should start with its own marker byte in `0x06..=0x08` so that it can
 /// never be confused with JSON or with another codec's output.
 ///
 /// `decode` must return an error, never panic, on bytes it did not produce:
@@ -180,6 +183,8 @@ pub(crate) enum Opened<'a> {
     Absent,
     /// A tombstone left by a versioned invalidation: a miss.
     Tombstone,
+    /// A write-behind delete: "absent", like a negative entry.
+    Deleted,
     /// A codec output, decompressed if it was compressed.
     Value(std::borrow::Cow<'a, [u8]>),
 }
@@ -194,9 +199,9 @@ pub(crate) enum Opened<'a> {
 pub(crate) fn seal(encoded: Vec<u8>, compress_from: Option<usize>) -> Result<Vec<u8>, CodecError> {
     match encoded.first() {
         None => return Err(CodecError::new("codec produced an empty value")),
-        Some(&(LZ4_MARKER | VERSIONED_MARKER | TOMBSTONE_MARKER)) => {
+        Some(&(LZ4_MARKER | VERSIONED_MARKER | TOMBSTONE_MARKER | DELETED_MARKER)) => {
             return Err(CodecError::new(
-                "codec output starts with a reserved byte (0x02..=0x04)",
+                "codec output starts with a reserved byte (0x02..=0x05)",
             ));
         }
         Some(_) => {}
@@ -232,12 +237,18 @@ pub(crate) fn open(stored: &[u8]) -> Result<Opened<'_>, CodecError> {
     };
     match first {
         TOMBSTONE_MARKER => return Ok(Opened::Tombstone),
+        DELETED_MARKER => return Ok(Opened::Deleted),
         VERSIONED_MARKER => {
             let Some(colon) = rest.iter().position(|&b| b == b':') else {
                 return Err(CodecError::new("versioned value has no header end"));
             };
             let inner = &rest[colon + 1..];
-            if inner.is_empty() || matches!(inner[0], VERSIONED_MARKER | TOMBSTONE_MARKER) {
+            if inner.is_empty()
+                || matches!(
+                    inner[0],
+                    VERSIONED_MARKER | TOMBSTONE_MARKER | DELETED_MARKER
+                )
+            {
                 return Err(CodecError::new("versioned value wraps no value"));
             }
             return open(inner);
@@ -285,7 +296,16 @@ pub(crate) fn with_version(sealed: Vec<u8>, version: u64) -> Vec<u8> {
 
 /// The stored form of "copies older than `version` are stale".
 pub(crate) fn tombstone(version: u64) -> Vec<u8> {
-    let mut stored = vec![TOMBSTONE_MARKER];
+    marker_with_version(TOMBSTONE_MARKER, version)
+}
+
+/// The stored form of "deleted at `version`, not yet in the store".
+pub(crate) fn deleted(version: u64) -> Vec<u8> {
+    marker_with_version(DELETED_MARKER, version)
+}
+
+fn marker_with_version(marker: u8, version: u64) -> Vec<u8> {
+    let mut stored = vec![marker];
     stored.extend_from_slice(version.to_string().as_bytes());
     stored
 }
@@ -354,6 +374,7 @@ mod tests {
         }
         assert_eq!(with_version(Vec::new(), 3), Vec::<u8>::new());
         assert_eq!(open(&tombstone(9)).unwrap(), Opened::Tombstone);
+        assert_eq!(open(&deleted(9)).unwrap(), Opened::Deleted);
         assert_eq!(tombstone(9), b"\x049");
         assert!(open(b"\x0312").is_err());
         assert!(open(b"\x0312:").is_err());
@@ -499,7 +520,7 @@ mod tests {
         for (what, full) in &values {
             for cut in 1..full.len() {
                 let decoded = open(&full[..cut]).ok().and_then(|opened| match opened {
-                    Opened::Absent | Opened::Tombstone => None,
+                    Opened::Absent | Opened::Tombstone | Opened::Deleted => None,
                     Opened::Value(b) => {
                         let json: Option<Product> = JsonCodec.decode(&b).ok();
                         let postcard: Option<Product> = PostcardCodec.decode(&b).ok();

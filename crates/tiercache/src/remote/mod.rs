@@ -215,6 +215,18 @@ impl RemoteCache {
         (replies.len() == writes.len()).then(|| replies.iter().map(is_stored).collect())
     }
 
+    /// Any one command (used by write-behind's stream commands), under the
+    /// breaker and the timeout; `None` when Redis was unusable or refused it.
+    pub(crate) async fn command<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        cmd: Cmd,
+    ) -> Option<T> {
+        self.inner
+            .call(what, |conn| async move { conn.query(&cmd).await })
+            .await
+    }
+
     /// Raises the tag generation stored at `key` (see [`BUMP_TAG`]) and
     /// returns the new one; `None` when Redis was unusable.
     pub(crate) async fn bump_tag(&self, key: &str) -> Option<u64> {
@@ -299,6 +311,29 @@ impl RemoteCache {
     }
 }
 
+/// Lua `version_of(stored, field)`: the version of a stored value (see
+/// [`codec`]): the digits after a `0x03` (versioned), `0x04` (tombstone) or
+/// `0x05` (deleted) marker, `-1` for a negative entry, the JSON field
+/// `field` of JSON text, `nil` when absent or unreadable.
+macro_rules! version_of_lua {
+    () => {
+        r"
+local function version_of(cur, field)
+  if not cur then return nil end
+  local first = string.byte(cur, 1)
+  if first == nil then return -1 end
+  if first >= 3 and first <= 5 then return tonumber(string.match(cur, '^.(%d+)')) end
+  if first > 8 then
+    local ok, doc = pcall(cjson.decode, cur)
+    if ok and type(doc) == 'table' then return tonumber(doc[field]) end
+  end
+  return nil
+end
+"
+    };
+}
+pub(crate) use version_of_lua;
+
 /// One value to store in Redis.
 #[derive(Debug, Clone)]
 pub(crate) struct Write {
@@ -318,25 +353,15 @@ pub(crate) struct Write {
 /// (tombstone) marker, `-1` for a negative entry (the empty string), else
 /// the JSON field named ARGV[4]. A value whose version cannot be read is
 /// replaced. Returns 1 when stored, 0 when refused.
-const GUARDED_SET: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local new = tonumber(ARGV[1])
-  local first = string.byte(cur, 1)
-  local old
-  if first == nil then
-    old = -1
-  elseif first == 3 or first == 4 then
-    old = tonumber(string.match(cur, '^.(%d+)'))
-  elseif first > 8 then
-    local ok, doc = pcall(cjson.decode, cur)
-    if ok and type(doc) == 'table' then old = tonumber(doc[ARGV[4]]) end
-  end
-  if old and old > new then return 0 end
-end
+const GUARDED_SET: &str = concat!(
+    version_of_lua!(),
+    r"
+local old = version_of(redis.call('GET', KEYS[1]), ARGV[4])
+if old and old > tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
-";
+"
+);
 
 /// Whether a reply to [`Write::cmd`] means "stored": `OK` from `SET`, 1 from the guard.
 fn is_stored(reply: &Value) -> bool {

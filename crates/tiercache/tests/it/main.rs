@@ -14,3 +14,4 @@ mod failsafe;
 mod manager;
 mod remote;
 mod support;
+mod write_behind;

@@ -1,0 +1,327 @@
+//! Write-behind against a real Redis, with an in-memory "store" whose
+//! failures the tests control.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tiercache::{Change, Flush, FlushError, Queued, Source, TieredCache};
+
+use crate::support::{self, StoreDown, eventually};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Doc {
+    id: i64,
+    version: u64,
+    text: String,
+}
+
+fn doc(id: i64, version: u64) -> Doc {
+    Doc {
+        id,
+        version,
+        text: format!("{id} at {version}"),
+    }
+}
+
+/// The store: key → (version, value or deleted), applied only over older
+/// versions, like the catalog's SQL.
+#[derive(Debug, Default)]
+struct MemStore {
+    rows: Mutex<HashMap<i64, (u64, Option<Doc>)>>,
+    batches: AtomicUsize,
+    /// Every (key, version) applied, to find duplicates.
+    applied: Mutex<Vec<(i64, u64)>>,
+    down: AtomicBool,
+    /// Keys whose changes the store rejects for good.
+    poison: Vec<i64>,
+    /// Time each batch takes.
+    delay: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("rejected")]
+struct Rejected;
+
+#[derive(Clone)]
+struct Flusher(Arc<MemStore>);
+
+impl Flush<i64, Doc> for Flusher {
+    fn flush<'a>(&'a self, batch: &'a [Queued<i64, Doc>]) -> BoxFuture<'a, Result<(), FlushError>> {
+        Box::pin(async move {
+            let store = &self.0;
+            tokio::time::sleep(store.delay).await;
+            if store.down.load(Ordering::SeqCst) {
+                return Err(FlushError::Unavailable(Box::new(StoreDown)));
+            }
+            if batch.iter().any(|q| store.poison.contains(&q.key)) {
+                return Err(FlushError::Rejected(Box::new(Rejected)));
+            }
+            store.batches.fetch_add(1, Ordering::SeqCst);
+            let mut rows = store.rows.lock().unwrap();
+            for queued in batch {
+                let row = rows.entry(queued.key).or_insert((0, None));
+                if row.0 < queued.version {
+                    let value = match &queued.change {
+                        Change::Put(doc) => Some(doc.clone()),
+                        Change::Delete => None,
+                    };
+                    *row = (queued.version, value);
+                    store
+                        .applied
+                        .lock()
+                        .unwrap()
+                        .push((queued.key, queued.version));
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+async fn cache(prefix: &str, store: &Arc<MemStore>) -> TieredCache<i64, Doc> {
+    support::builder(prefix)
+        .versioned("version", |d: &Doc| d.version)
+        .write_behind(Flusher(Arc::clone(store)), Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap()
+}
+
+fn row(store: &MemStore, key: i64) -> Option<(u64, Option<Doc>)> {
+    store.rows.lock().unwrap().get(&key).cloned()
+}
+
+#[tokio::test]
+async fn rapid_updates_of_one_key_coalesce_into_few_store_writes() {
+    support::raw_redis().await;
+    let prefix = support::unique_prefix();
+    let store = Arc::new(MemStore {
+        delay: Duration::from_millis(50),
+        ..MemStore::default()
+    });
+    let cache = cache(&prefix, &store).await;
+
+    for version in 1..=100 {
+        cache
+            .write_behind(&1, version, Change::Put(doc(1, version)))
+            .await
+            .unwrap();
+    }
+    let hit = cache
+        .get_or_load(&1, || async { Err::<Option<Doc>, _>(StoreDown) })
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "version 100 reaches the store",
+        || async { row(&store, 1).is_some_and(|(v, _)| v == 100) },
+    )
+    .await;
+    eventually(Duration::from_secs(5), "the queue is empty", || async {
+        cache.stats().write_behind.flushed == 100
+    })
+    .await;
+
+    assert_eq!((hit.source, hit.value.unwrap().version), (Source::L1, 100));
+    let batches = store.batches.load(Ordering::SeqCst);
+    assert!(batches < 10, "{batches} store writes for 100 rapid updates");
+    let stats = cache.stats().write_behind;
+    assert_eq!(stats.coalesced as usize, 100 - batches, "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_version_that_is_not_newer_is_a_conflict_and_changes_nothing() {
+    support::raw_redis().await;
+    let prefix = support::unique_prefix();
+    let store = Arc::new(MemStore::default());
+    let cache = cache(&prefix, &store).await;
+
+    cache
+        .write_behind(&1, 2, Change::Put(doc(1, 2)))
+        .await
+        .unwrap();
+    let same = cache.write_behind(&1, 2, Change::Put(doc(1, 2))).await;
+    let older = cache.write_behind(&1, 1, Change::Put(doc(1, 1))).await;
+
+    assert!(same.unwrap_err().is_conflict());
+    assert!(older.unwrap_err().is_conflict());
+    eventually(Duration::from_secs(5), "version 2 is stored", || async {
+        row(&store, 1).is_some_and(|(v, _)| v == 2)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_queued_delete_reads_as_absent_everywhere_before_it_is_flushed() {
+    support::raw_redis().await;
+    let prefix = support::unique_prefix();
+    let store = Arc::new(MemStore::default());
+    store.down.store(true, Ordering::SeqCst);
+    let writer = cache(&prefix, &store).await;
+    let reader: TieredCache<i64, Doc> = support::builder(&prefix)
+        .versioned("version", |d: &Doc| d.version)
+        .build()
+        .await
+        .unwrap();
+
+    writer.write_behind(&5, 3, Change::Delete).await.unwrap();
+    let here = writer
+        .get_or_load(&5, || async { Ok::<_, StoreDown>(Some(doc(5, 2))) })
+        .await
+        .unwrap();
+    let there = reader
+        .get_or_load(&5, || async { Ok::<_, StoreDown>(Some(doc(5, 2))) })
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "a flush failed on the store being down",
+        || async { writer.stats().write_behind.failed >= 1 },
+    )
+    .await;
+    store.down.store(false, Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(10),
+        "the delete reaches the store",
+        || async { row(&store, 5) == Some((3, None)) },
+    )
+    .await;
+
+    assert_eq!((here.value, here.source), (None, Source::L1));
+    assert_eq!((there.value, there.source), (None, Source::L2));
+}
+
+#[tokio::test]
+async fn a_poison_change_is_dead_lettered_while_the_rest_flush() {
+    let mut redis = support::raw_redis().await;
+    let prefix = support::unique_prefix();
+    let store = Arc::new(MemStore {
+        poison: vec![13],
+        delay: Duration::from_millis(30),
+        ..MemStore::default()
+    });
+    let cache = cache(&prefix, &store).await;
+
+    for key in [11, 12, 13, 14] {
+        cache
+            .write_behind(&key, 1, Change::Put(doc(key, 1)))
+            .await
+            .unwrap();
+    }
+    eventually(
+        Duration::from_secs(5),
+        "the good changes are stored",
+        || async { [11, 12, 14].iter().all(|&k| row(&store, k).is_some()) },
+    )
+    .await;
+    eventually(Duration::from_secs(5), "the queue is empty", || async {
+        cache.stats().write_behind.flushed == 4
+    })
+    .await;
+    let dead: Vec<redis::Value> = redis::cmd("XRANGE")
+        .arg(format!("{prefix}item#wb:dead"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    assert_eq!(row(&store, 13), None);
+    assert_eq!(cache.stats().write_behind.dead_lettered, 1);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let text = format!("{dead:?}");
+    assert!(text.contains("rejected"), "{text}");
+}
+
+#[tokio::test]
+async fn changes_left_by_a_crashed_instance_are_flushed_by_another() {
+    support::raw_redis().await;
+    let prefix = support::unique_prefix();
+    let broken = Arc::new(MemStore::default());
+    broken.down.store(true, Ordering::SeqCst);
+    let crashed = cache(&prefix, &broken).await;
+    for key in 1..=5 {
+        crashed
+            .write_behind(&key, 1, Change::Put(doc(key, 1)))
+            .await
+            .unwrap();
+    }
+    // The crashed instance read them (they are pending under its name).
+    eventually(
+        Duration::from_secs(5),
+        "the first flush was tried",
+        || async { crashed.stats().write_behind.failed >= 1 },
+    )
+    .await;
+    drop(crashed);
+
+    let store = Arc::new(MemStore::default());
+    let survivor = cache(&prefix, &store).await;
+    eventually(
+        Duration::from_secs(10),
+        "the survivor flushed them",
+        || async { (1..=5).all(|k| row(&store, k).is_some()) },
+    )
+    .await;
+
+    assert_eq!(survivor.stats().write_behind.flushed, 5);
+}
+
+#[tokio::test]
+async fn two_instances_flushing_one_queue_lose_and_repeat_nothing() {
+    support::raw_redis().await;
+    let prefix = support::unique_prefix();
+    let store = Arc::new(MemStore::default());
+    let a = cache(&prefix, &store).await;
+    let b = cache(&prefix, &store).await;
+
+    for version in 1..=20u64 {
+        for key in 1..=10i64 {
+            let writer = if (key + i64::try_from(version).unwrap()) % 2 == 0 {
+                &a
+            } else {
+                &b
+            };
+            writer
+                .write_behind(&key, version, Change::Put(doc(key, version)))
+                .await
+                .unwrap();
+        }
+    }
+    eventually(
+        Duration::from_secs(10),
+        "every key at version 20",
+        || async { (1..=10).all(|k| row(&store, k).is_some_and(|(v, _)| v == 20)) },
+    )
+    .await;
+    eventually(Duration::from_secs(10), "both queues drained", || async {
+        a.stats().write_behind.flushed + b.stats().write_behind.flushed == 200
+    })
+    .await;
+
+    let applied = store.applied.lock().unwrap().clone();
+    let mut distinct = applied.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), applied.len(), "a change was applied twice");
+    for key in 1..=10 {
+        assert_eq!(row(&store, key).unwrap().1, Some(doc(key, 20)));
+    }
+}
+
+#[tokio::test]
+async fn write_behind_without_redis_is_refused_at_build() {
+    let error = TieredCache::<i64, Doc>::builder()
+        .versioned("version", |d: &Doc| d.version)
+        .write_behind(Flusher(Arc::default()), Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap_err();
+
+    assert!(error.is_config());
+    assert!(error.to_string().contains("needs Redis"), "{error}");
+}
