@@ -118,7 +118,12 @@ impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         match err {
             sqlx::Error::RowNotFound => Self::NotFound,
+            // A protocol error means the server or something in between
+            // (a proxy or balancer that accepts and closes) did not speak
+            // PostgreSQL: seen as "unexpected response from SSLRequest"
+            // when the peer hangs up at connect. Retry later, like I/O.
             sqlx::Error::Io(_)
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
@@ -223,6 +228,10 @@ mod tests {
         ));
         assert!(matches!(
             StoreError::from(sqlx::Error::Protocol("x".into())),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            StoreError::from(sqlx::Error::ColumnNotFound("x".into())),
             StoreError::Query(_)
         ));
     }

@@ -2,6 +2,7 @@
 //! SQLite file), the app on an ephemeral port, and a typed HTTP client.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 
 use catalog::app::Application;
@@ -11,6 +12,7 @@ use catalog::store::{self, PoolSettings, Store};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use secrecy::SecretString;
 use serde_json::Value;
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +67,29 @@ fn with_database(url: &str, db: &str) -> String {
     out
 }
 
+/// The PostgreSQL server's address, for tests that put a proxy in front of
+/// it.
+pub(crate) async fn pg_server_addr() -> std::net::SocketAddr {
+    let admin_url = pg_admin_url();
+    let options = PgConnectOptions::from_str(&admin_url).expect("the PostgreSQL URL parses");
+    tokio::net::lookup_host((options.get_host(), options.get_port()))
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .unwrap_or_else(|| panic!("the host of {admin_url} does not resolve"))
+}
+
+/// `url` with its `host:port` replaced by `addr` (user, database and
+/// options kept).
+fn with_address(url: &str, addr: std::net::SocketAddr) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| start + i);
+    let host_start = url[start..end].rfind('@').map_or(start, |i| start + i + 1);
+    format!("{}{addr}{}", &url[..host_start], &url[end..])
+}
+
 /// A database that exists for one test and is removed when dropped.
 #[derive(Debug)]
 pub(crate) enum TestDb {
@@ -103,6 +128,16 @@ impl TestDb {
             Self::Postgres { admin_url, name } => with_database(admin_url, name),
             Self::Sqlite { path } => format!("sqlite://{}?mode=rwc", path.display()),
         }
+    }
+
+    /// The URL of this PostgreSQL database reached through `addr` (a proxy
+    /// in front of the server).
+    pub(crate) fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        assert!(
+            matches!(self, Self::Postgres { .. }),
+            "only a PostgreSQL database is reached over TCP"
+        );
+        with_address(&self.url(), addr)
     }
 
     /// A migrated store on this database.
@@ -234,8 +269,19 @@ impl TestApp {
     }
 
     async fn spawn_on(db: Arc<TestDb>, configure: impl FnOnce(&mut ServeConfig)) -> Self {
+        let url = db.url();
+        Self::spawn_via(db, &url, configure).await
+    }
+
+    /// Spawns on `db`, reaching it at `url` (e.g. [`TestDb::url_via`] a
+    /// proxy) rather than directly.
+    pub(crate) async fn spawn_via(
+        db: Arc<TestDb>,
+        url: &str,
+        configure: impl FnOnce(&mut ServeConfig),
+    ) -> Self {
         LazyLock::force(&TRACING);
-        let mut config = ServeConfig::new(&db.url());
+        let mut config = ServeConfig::new(url);
         config.api_token = Some(SecretString::from(TOKEN));
         configure(&mut config);
         let app = Application::build(config, None)
@@ -356,7 +402,7 @@ pub(crate) use both_stores;
 
 #[cfg(test)]
 mod tests {
-    use super::with_database;
+    use super::{with_address, with_database};
 
     #[test]
     fn database_name_is_replaced_and_options_kept() {
@@ -365,5 +411,22 @@ mod tests {
             "postgres://u@h:5432/t1?sslmode=disable"
         );
         assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
+    }
+
+    #[test]
+    fn address_is_replaced_and_the_rest_kept() {
+        let addr = "127.0.0.1:4321".parse().unwrap();
+        assert_eq!(
+            with_address("postgres://u@h:5432/t1?sslmode=disable", addr),
+            "postgres://u@127.0.0.1:4321/t1?sslmode=disable"
+        );
+        assert_eq!(
+            with_address("postgres://u:p@ss@h/t1", addr),
+            "postgres://u:p@ss@127.0.0.1:4321/t1"
+        );
+        assert_eq!(
+            with_address("postgres://h", addr),
+            "postgres://127.0.0.1:4321"
+        );
     }
 }

@@ -4,9 +4,12 @@
 
 mod cache;
 mod dashboard;
+mod failsafe;
 mod helpers;
 mod listen;
 mod metrics;
 mod process;
 mod products;
+mod proxy;
+mod soak;
 mod store;
