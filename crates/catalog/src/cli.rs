@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
@@ -137,10 +138,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if caches.products.l2_state() != L2State::Up {
                 anyhow::bail!("Redis at REDIS_URL is not reachable; nothing was warmed");
             }
-            let warmed = ProductService::new(store, caches, args.cache.write_strategy)
-                .warm(args.scope())
+            let service =
+                ProductService::new(Arc::clone(&store), caches, args.cache.write_strategy);
+            let scope = args.scope();
+            // The length is known for `--all` (and `--ids`); a category's is not.
+            let total = match &scope {
+                WarmScope::All => store.count().await.ok().and_then(|n| u64::try_from(n).ok()),
+                WarmScope::Ids(ids) => Some(ids.len() as u64),
+                WarmScope::Category(_) => None,
+            };
+            // Drawn only when stderr is a terminal (indicatif's default).
+            let progress = match total {
+                Some(total) => ProgressBar::new(total).with_style(
+                    ProgressStyle::with_template(
+                        "warming {bar:40} {pos}/{len} products ({per_sec})",
+                    )
+                    .expect("the progress template is valid"),
+                ),
+                None => ProgressBar::new_spinner().with_style(
+                    ProgressStyle::with_template("warming {spinner} {pos} products ({per_sec})")
+                        .expect("the progress template is valid"),
+                ),
+            };
+            let warmed = service
+                .warm(scope, |done| progress.set_position(done as u64))
                 .await
                 .context("could not warm the cache")?;
+            progress.finish_and_clear();
             tracing::info!(warmed, "warmed the cache");
             Ok(())
         }

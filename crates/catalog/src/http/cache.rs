@@ -168,7 +168,7 @@ pub(super) async fn warm(
     JsonBody(request): JsonBody<WarmRequest>,
 ) -> Result<Json<Warmed>, ApiError> {
     let scope = request.into_scope()?;
-    let warmed = state.products.warm(scope).await?;
+    let warmed = state.products.warm(scope, |_| {}).await?;
     Ok(Json(Warmed { warmed }))
 }
 

@@ -457,24 +457,37 @@ impl ProductService {
     }
 
     /// Loads products into L2 (pipelined, in batches) and this instance's
-    /// L1; returns how many were warmed.
-    pub async fn warm(&self, scope: WarmScope) -> Result<usize, ServiceError> {
+    /// L1; returns how many were warmed. `progress` gets the running total
+    /// after each batch (the CLI draws a progress bar with it).
+    pub async fn warm(
+        &self,
+        scope: WarmScope,
+        mut progress: impl FnMut(usize),
+    ) -> Result<usize, ServiceError> {
         match scope {
-            WarmScope::Ids(ids) => Ok(self
-                .cache
-                .warm(ids, WARM_BATCH as usize, |batch| async move {
-                    let found = self.store.get_many(&batch).await?;
-                    Ok::<_, StoreError>(by_id(found))
-                })
-                .await?),
-            WarmScope::Category(category) => self.warm_pages(Some(category)).await,
-            WarmScope::All => self.warm_pages(None).await,
+            WarmScope::Ids(ids) => {
+                let warmed = self
+                    .cache
+                    .warm(ids, WARM_BATCH as usize, |batch| async move {
+                        let found = self.store.get_many(&batch).await?;
+                        Ok::<_, StoreError>(by_id(found))
+                    })
+                    .await?;
+                progress(warmed);
+                Ok(warmed)
+            }
+            WarmScope::Category(category) => self.warm_pages(Some(category), progress).await,
+            WarmScope::All => self.warm_pages(None, progress).await,
         }
     }
 
     /// Walks the store page by page and puts each page in the cache as it
     /// comes (no second read of rows already in hand).
-    async fn warm_pages(&self, category: Option<String>) -> Result<usize, ServiceError> {
+    async fn warm_pages(
+        &self,
+        category: Option<String>,
+        mut progress: impl FnMut(usize),
+    ) -> Result<usize, ServiceError> {
         let mut warmed = 0;
         let mut after = 0;
         loop {
@@ -499,6 +512,7 @@ impl ProductService {
                     async move { Ok::<_, StoreError>(rows) }
                 })
                 .await?;
+            progress(warmed);
         }
     }
 }
