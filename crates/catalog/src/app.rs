@@ -147,11 +147,28 @@ const PAGE_L1_BYTES: u64 = 16 * 1024 * 1024;
 /// changes for `store`; that needs Redis, and is refused without it.
 pub async fn build_caches(config: &CacheConfig, store: &Arc<dyn Store>) -> anyhow::Result<Caches> {
     let products = build_product_cache(config, store).await?;
-    let mut pages = PageCache::builder()
+    let pages = with_common_settings(PageCache::builder(), config)
         .namespace("page")
-        .key_prefix(config.cache_prefix.clone())
         .l1_max_entries(PAGE_L1_ENTRIES)
         .l1_max_bytes(PAGE_L1_BYTES)
+        .build()
+        .await
+        .context("invalid cache settings (REDIS_URL, L1_*, L2_*, CACHE_PREFIX)")?;
+    Ok(Caches { products, pages })
+}
+
+/// The settings both caches take from the configuration: prefix, TTLs,
+/// Redis, fail-safe and loader timeouts.
+fn with_common_settings<K, V>(
+    builder: tiercache::TieredCacheBuilder<K, V>,
+    config: &CacheConfig,
+) -> tiercache::TieredCacheBuilder<K, V>
+where
+    K: tiercache::CacheKey,
+    V: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let builder = builder
+        .key_prefix(config.cache_prefix.clone())
         .l1_ttl(config.l1_ttl)
         .l2_ttl(config.l2_ttl)
         .l2_timeout(config.l2_timeout)
@@ -160,37 +177,24 @@ pub async fn build_caches(config: &CacheConfig, store: &Arc<dyn Store>) -> anyho
             Some(config.loader_soft_timeout),
             Some(config.loader_hard_timeout),
         );
-    if let Some(url) = &config.redis_url {
-        pages = pages.redis_url(url.expose_secret());
+    match &config.redis_url {
+        Some(url) => builder.redis_url(url.expose_secret()),
+        None => builder,
     }
-    let pages = pages
-        .build()
-        .await
-        .context("invalid cache settings (REDIS_URL, L1_*, L2_*, CACHE_PREFIX)")?;
-    Ok(Caches { products, pages })
 }
 
 async fn build_product_cache(
     config: &CacheConfig,
     store: &Arc<dyn Store>,
 ) -> anyhow::Result<ProductCache> {
-    let mut builder = ProductCache::builder()
+    let mut builder = with_common_settings(ProductCache::builder(), config)
         .namespace("product")
         .codec(RenderedCodec)
         .versioned("version", |p: &RenderedProduct| {
             u64::try_from(p.product().version).unwrap_or(0)
         })
-        .key_prefix(config.cache_prefix.clone())
         .l1_max_entries(config.l1_max_entries)
         .l1_max_bytes(config.l1_max_bytes)
-        .l1_ttl(config.l1_ttl)
-        .l2_ttl(config.l2_ttl)
-        .l2_timeout(config.l2_timeout)
-        .fail_safe(config.fail_safe, tiercache::DEFAULT_FAIL_SAFE_THROTTLE)
-        .loader_timeouts(
-            Some(config.loader_soft_timeout),
-            Some(config.loader_hard_timeout),
-        )
         .eager_refresh((config.eager_refresh > 0.0).then_some(config.eager_refresh));
     if config.write_strategy == WriteStrategy::WriteBehind {
         if config.redis_url.is_none() {
@@ -203,12 +207,11 @@ async fn build_product_cache(
             config.write_behind_interval,
         );
     }
-    match &config.redis_url {
-        Some(url) => builder = builder.redis_url(url.expose_secret()),
-        None => tracing::info!(
+    if config.redis_url.is_none() {
+        tracing::info!(
             "L2 is off: REDIS_URL is unset, so products are cached in this process only; \
              set REDIS_URL=redis://127.0.0.1:6379 to share a Redis cache across instances"
-        ),
+        );
     }
     let cache = builder
         .build()

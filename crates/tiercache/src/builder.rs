@@ -568,11 +568,12 @@ where
             hard_timeout: self.hard_timeout,
             eager_refresh: self.eager_refresh,
         };
-        let write_behind = match (self.write_behind, &l2) {
-            (Some((flush, interval)), Some(l2)) => Some(WriteBehind::start(
+        let write_behind = match (self.write_behind, &l2, &self.versioning) {
+            (Some((flush, interval)), Some(l2), Some(versioning)) => Some(WriteBehind::start(
                 l2.clone(),
                 Arc::clone(&self.codec),
                 &settings.key_prefix,
+                &versioning.field,
                 write_behind::Config { flush, interval },
             )),
             _ => None,

@@ -12,6 +12,17 @@
 //! "deleted" marker) and appends the change to the stream: the cache and the
 //! queue change together or not at all, before the caller answers.
 //!
+//! # Pending values
+//!
+//! Until the store has a change, Redis is the only place that does, so the
+//! script also records the stored form in the hash
+//! `{key_prefix}{namespace}#wb:pending` (key → newest queued value), and
+//! removes it only once the flusher wrote that version (or dead-lettered
+//! it). A cache clear, a TTL or an eviction can drop the value key, never
+//! the hash: a read that misses the value key asks the hash before the
+//! loader (the store, which is behind), and the script checks new versions
+//! against both.
+//!
 //! # The flusher
 //!
 //! Every instance runs one flusher, a consumer of the group named by its
@@ -130,6 +141,10 @@ struct Shared<K, V> {
     flush: Arc<dyn Flush<K, V>>,
     stream: String,
     dead: String,
+    /// Key → stored form of its newest change not yet in the store.
+    pending: String,
+    /// The JSON version field (for the scripts' `version_of`).
+    field: String,
     consumer: String,
     interval: Duration,
     /// Wakes the flusher after a local write.
@@ -152,18 +167,37 @@ struct Counters {
     flush_us_sum: AtomicU64,
 }
 
-/// Checks the version, stores the value and appends the change. KEYS: the
-/// value key, the stream. ARGV: version, stored value, TTL (ms), JSON
-/// version field, key, op, payload. Returns the entry id, or false when
-/// Redis holds this version or a newer one.
+/// Checks the version, stores the value, records it as pending and
+/// appends the change. KEYS: the value key, the stream, the pending hash.
+/// ARGV: version, stored value, TTL (ms), JSON version field, key, op,
+/// payload. Returns the entry id, or false when Redis holds this version or
+/// a newer one (in the value key or the pending hash).
 const ENQUEUE: &str = concat!(
     version_of_lua!(),
     r"
 local new = tonumber(ARGV[1])
 local old = version_of(redis.call('GET', KEYS[1]), ARGV[4])
-if old and old >= new then return false end
+local queued = version_of(redis.call('HGET', KEYS[3], ARGV[5]), ARGV[4])
+if (old and old >= new) or (queued and queued >= new) then return false end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[5], ARGV[2])
 return redis.call('XADD', KEYS[2], '*', 'k', ARGV[5], 'v', ARGV[1], 'op', ARGV[6], 'd', ARGV[7])
+"
+);
+
+/// Forgets pending values the store now has. KEYS: the pending hash. ARGV:
+/// the JSON version field, then key, version pairs; a field is removed only
+/// if it holds that version or an older one (a newer write is still queued).
+const SETTLE: &str = concat!(
+    version_of_lua!(),
+    r"
+for i = 2, #ARGV, 2 do
+  local queued = version_of(redis.call('HGET', KEYS[1], ARGV[i]), ARGV[1])
+  if queued == nil or queued <= tonumber(ARGV[i + 1]) then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return 1
 "
 );
 
@@ -202,6 +236,7 @@ where
         l2: RemoteCache,
         codec: Arc<dyn Codec<V>>,
         key_prefix: &str,
+        field: &str,
         config: Config<K, V>,
     ) -> Self {
         let base = key_prefix.strip_suffix(':').unwrap_or(key_prefix);
@@ -211,6 +246,8 @@ where
             flush: config.flush,
             stream: format!("{base}#wb"),
             dead: format!("{base}#wb:dead"),
+            pending: format!("{base}#wb:pending"),
+            field: field.to_owned(),
             consumer: format!("{:016x}", rand::random::<u64>()),
             interval: config.interval,
             wake: Notify::new(),
@@ -232,9 +269,10 @@ where
             .max(1);
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(ENQUEUE)
-            .arg(2)
+            .arg(3)
             .arg(write.redis_key)
             .arg(&shared.stream)
+            .arg(&shared.pending)
             .arg(write.version)
             .arg(write.stored)
             .arg(ms)
@@ -251,6 +289,18 @@ where
                 Enqueued::Queued
             }
         }
+    }
+
+    /// The stored form of the newest queued change of each key (`None`: no
+    /// change of it is waiting), or `None` when Redis was unusable.
+    pub(crate) async fn pending(&self, keys: &[String]) -> Option<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(&self.shared.pending).arg(keys);
+        let values: Vec<Option<Vec<u8>>> = self.shared.l2.command("HMGET pending", cmd).await?;
+        (values.len() == keys.len()).then_some(values)
     }
 
     /// Flushes until the queue is empty or `limit` passes; returns whether
@@ -472,7 +522,7 @@ where
                         Ok(()) => {}
                         Err(FlushError::Rejected(error)) => {
                             let fields = encode_fields(queued, self.codec.as_ref());
-                            self.dead_letter(&fields, &error.to_string()).await;
+                            self.dead_letter(&fields, &chain(error.as_ref())).await;
                         }
                         Err(FlushError::Unavailable(_)) => return Round::Failed,
                     }
@@ -491,6 +541,11 @@ where
             .coalesced
             .fetch_add((total - batch.len()) as u64, Ordering::Relaxed);
         // Acknowledged only now that the store has the changes.
+        let written: Vec<(String, u64)> = batch
+            .iter()
+            .map(|q| (q.key.to_string(), q.version))
+            .collect();
+        self.settle(&written).await;
         if !self.acknowledge(&ids).await {
             // The store has them; Redis will hand them out again, and
             // applying them again is harmless (versions).
@@ -531,6 +586,22 @@ where
         })
     }
 
+    /// Forgets the pending values of `(key, version)` changes the store has
+    /// (or that were dead-lettered). If Redis fails here, they stay until a
+    /// later change of the key is settled: reads then get the value the
+    /// store has too, only from Redis.
+    async fn settle(&self, written: &[(String, u64)]) {
+        if written.is_empty() {
+            return;
+        }
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SETTLE).arg(1).arg(&self.pending).arg(&self.field);
+        for (key, version) in written {
+            cmd.arg(key).arg(version);
+        }
+        let _: Option<Value> = self.l2.command("EVAL settle", cmd).await;
+    }
+
     async fn acknowledge(&self, ids: &[String]) -> bool {
         let mut ack = redis::cmd("XACK");
         ack.arg(&self.stream).arg(GROUP).arg(ids);
@@ -550,6 +621,14 @@ where
         }
         cmd.arg("reason").arg(reason);
         self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        // The rejected value must not be served in the store's stead.
+        let version = fields
+            .get("v")
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
+        if let (Some(key), Some(version)) = (fields.get("k"), version) {
+            self.settle(&[(String::from_utf8_lossy(key).into_owned(), version)])
+                .await;
+        }
         let key = fields
             .get("k")
             .map(|k| String::from_utf8_lossy(k).into_owned());
@@ -568,6 +647,19 @@ where
             );
         }
     }
+}
+
+/// An error and its causes, `outer: inner: …`: the store's own words go
+/// into the dead letter, which only operators read.
+fn chain(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn encode_fields<K: fmt::Display, V: 'static>(

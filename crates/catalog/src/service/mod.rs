@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tiercache::{Change, Source, TieredCache};
+use tiercache::{Change, Lookup, Source, TieredCache};
 
 use crate::config::WriteStrategy;
 use crate::domain::{NewProduct, Product, ProductPatch};
@@ -188,19 +188,25 @@ impl ProductService {
     /// One product: L1 → L2 → store, filling the levels on the way back.
     pub async fn get(&self, id: i64) -> Result<Read, ServiceError> {
         let started = Instant::now();
-        let lookup = self
-            .cache
-            .get_or_load(&id, || {
-                let store = Arc::clone(&self.store);
-                async move { Ok::<_, StoreError>(store.get(id).await?.map(RenderedProduct::new)) }
-            })
-            .await?;
+        let lookup = self.lookup(id).await?;
         let served = Served::from_source(lookup.source);
         self.stats.record(served.is_hit(), started.elapsed());
         Ok(Read {
             product: lookup.value,
             served,
         })
+    }
+
+    /// The cache's answer for `id`, loading it from the store on a miss.
+    async fn lookup(&self, id: i64) -> Result<Lookup<RenderedProduct>, ServiceError> {
+        Ok(self
+            .cache
+            .get_or_load(&id, || {
+                // Cloned here, on a miss only: a hit never touches it.
+                let store = Arc::clone(&self.store);
+                async move { Ok::<_, StoreError>(store.get(id).await?.map(RenderedProduct::new)) }
+            })
+            .await?)
     }
 
     /// A batch: L1 first, then one L2 `MGET`, then one SQL query for the
@@ -429,13 +435,7 @@ impl ProductService {
         id: i64,
         expected: Expected,
     ) -> Result<Arc<RenderedProduct>, ServiceError> {
-        let lookup = self
-            .cache
-            .get_or_load(&id, || {
-                let store = Arc::clone(&self.store);
-                async move { Ok::<_, StoreError>(store.get(id).await?.map(RenderedProduct::new)) }
-            })
-            .await?;
+        let lookup = self.lookup(id).await?;
         let current = lookup.value.ok_or(StoreError::NotFound)?;
         match expected {
             Expected::Version(v) if v != current.product().version => {

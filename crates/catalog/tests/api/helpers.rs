@@ -1,9 +1,11 @@
 //! Test support: a private database per test (a PostgreSQL database or a
 //! SQLite file), the app on an ephemeral port, and a typed HTTP client.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use catalog::app::Application;
 use catalog::config::ServeConfig;
@@ -149,6 +151,19 @@ impl TestDb {
         );
         store.migrate().await.expect("migrations apply");
         store
+    }
+
+    /// A plain SQL connection to this PostgreSQL database, to check what
+    /// the store holds without going through the service (or to sabotage
+    /// it).
+    pub(crate) async fn sql(&self) -> PgConnection {
+        assert!(
+            matches!(self, Self::Postgres { .. }),
+            "only a PostgreSQL database is checked with SQL"
+        );
+        PgConnection::connect(&self.url())
+            .await
+            .expect("the test database accepts connections")
     }
 
     /// Removes the database now, even while the app still holds connections
@@ -357,6 +372,81 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// The fields of a product row a write changes, as PostgreSQL holds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Row {
+    pub(crate) name: String,
+    pub(crate) cents: i64,
+    pub(crate) version: i64,
+}
+
+impl Row {
+    /// The row an API answer (a product's JSON) says the store must hold.
+    pub(crate) fn of(product: &Value) -> Self {
+        Self {
+            name: product["name"].as_str().expect("a product name").to_owned(),
+            cents: (product["price"].as_f64().expect("a numeric price") * 100.0).round() as i64,
+            version: product["version"].as_i64().expect("a product version"),
+        }
+    }
+}
+
+/// The rows of `ids` in PostgreSQL (`None`: no such row), read with SQL.
+pub(crate) async fn pg_rows(conn: &mut PgConnection, ids: &[i64]) -> HashMap<i64, Option<Row>> {
+    let found: Vec<(i64, String, i64, i64)> = sqlx::query_as(
+        "SELECT id, name, (price * 100)::bigint, version FROM products WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await
+    .expect("the products table can be read");
+    let mut rows: HashMap<i64, Option<Row>> = ids.iter().map(|id| (*id, None)).collect();
+    for (id, name, cents, version) in found {
+        rows.insert(
+            id,
+            Some(Row {
+                name,
+                cents,
+                version,
+            }),
+        );
+    }
+    rows
+}
+
+/// Reads the rows of `expected`'s ids until they are as expected or
+/// `within` has passed (read at least once); returns the last reading, for
+/// the caller to compare with `expected`.
+pub(crate) async fn pg_rows_within(
+    conn: &mut PgConnection,
+    expected: &HashMap<i64, Option<Row>>,
+    within: Duration,
+) -> HashMap<i64, Option<Row>> {
+    let deadline = Instant::now() + within;
+    let ids: Vec<i64> = expected.keys().copied().collect();
+    loop {
+        let rows = pg_rows(conn, &ids).await;
+        if rows == *expected || Instant::now() >= deadline {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `write_behind` part of `/cache/stats` of the instance at `base`
+/// (`http://host:port`).
+pub(crate) async fn write_behind_stats(client: &reqwest::Client, base: &str) -> Value {
+    let stats: Value = client
+        .get(format!("{base}/cache/stats"))
+        .send()
+        .await
+        .expect("GET /cache/stats is sent")
+        .json()
+        .await
+        .expect("the stats are JSON");
+    stats["write_behind"].clone()
 }
 
 /// Asserts a problem+json response with `status`, and returns its body.

@@ -13,3 +13,4 @@ mod products;
 mod proxy;
 mod soak;
 mod store;
+mod strategies;

@@ -1,14 +1,21 @@
 //! The released binary as a user runs it: configuration errors, the
 //! generated token, seeding, graceful shutdown on SIGTERM / SIGINT, and
-//! `catalog stats` against a running instance.
+//! `catalog stats` against a running instance; and write-behind across a
+//! crash (`kill -9`), a graceful stop and a missing Redis.
 
+use std::collections::HashMap;
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
+use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, TestDb, redis, redis_url, test_prefix};
+use crate::helpers::{
+    Backend, Row, TOKEN, TestApp, TestDb, pg_rows, pg_rows_within, pg_server_addr, redis,
+    redis_url, test_prefix, write_behind_stats,
+};
+use crate::proxy::Proxy;
 
 fn catalog() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_catalog"));
@@ -30,6 +37,7 @@ fn catalog() -> Command {
         "L2_TTL_SECS",
         "L2_TIMEOUT_MS",
         "CACHE_WRITE_STRATEGY",
+        "WRITE_BEHIND_INTERVAL_MS",
     ] {
         command.env_remove(var);
     }
@@ -301,4 +309,237 @@ async fn stats_against_an_unreachable_url_fails_in_one_line() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+}
+
+/// `catalog serve` with `CACHE_WRITE_STRATEGY=write-behind` on
+/// `database_url`, sharing the test Redis under `prefix`, on `port`; its
+/// logs are shown only with `TEST_LOG=1`.
+fn write_behind_server(database_url: &str, prefix: &str, port: u16) -> Child {
+    let logs = || {
+        if std::env::var_os("TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        }
+    };
+    catalog()
+        .arg("serve")
+        .env("DATABASE_URL", database_url)
+        .env("REDIS_URL", redis_url())
+        .env("CACHE_PREFIX", prefix)
+        .env("L2_TTL_SECS", "120")
+        .env("CACHE_WRITE_STRATEGY", "write-behind")
+        .env("CATALOG_API_TOKEN", TOKEN)
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        // A cut store fails a flush in a second rather than five.
+        .env("DB_ACQUIRE_TIMEOUT_SECS", "1")
+        .stdout(logs())
+        .stderr(logs())
+        .spawn()
+        .unwrap()
+}
+
+/// [`wait_until_healthy`] without blocking the runtime, which may run the
+/// proxy the child reaches its store through.
+async fn wait_until_listening(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("catalog exited early with {status}");
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "catalog did not start listening");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `child`'s exit and output, if it exits within `limit` (else it is
+/// killed); waited for off the runtime's threads.
+async fn exit_within(mut child: Child, limit: Duration) -> Option<Output> {
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + limit;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(child.wait_with_output().unwrap())
+    })
+    .await
+    .unwrap()
+}
+
+/// Creates a product on the instance at `base`; returns its JSON.
+async fn create(client: &reqwest::Client, base: &str, name: &str) -> Value {
+    let response = client
+        .post(format!("{base}/products"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": name, "price": 1.0, "category": "tools"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    response.json().await.unwrap()
+}
+
+/// Sets product `id`'s price to `cents` on the instance at `base`; returns
+/// the acknowledged product.
+async fn patch_price(client: &reqwest::Client, base: &str, id: i64, cents: u32) -> Value {
+    let response = client
+        .patch(format!("{base}/products/{id}"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"price": f64::from(cents) / 100.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK, "PATCH {id}");
+    response.json().await.unwrap()
+}
+
+/// A `catalog serve` child in write-behind mode whose store (a fresh
+/// PostgreSQL database, reached through a proxy) was cut after its
+/// products were created.
+struct CutOffInstance {
+    db: TestDb,
+    prefix: String,
+    proxy: Proxy,
+    child: Child,
+    client: reqwest::Client,
+    base: String,
+    ids: Vec<i64>,
+}
+
+impl CutOffInstance {
+    /// Starts the instance (it migrates through the proxy), creates the
+    /// products, then cuts the proxy: from then on every flush fails and
+    /// every acknowledged write stays queued.
+    async fn start(products: usize) -> Self {
+        redis().await;
+        let db = TestDb::create(Backend::Postgres).await;
+        let prefix = test_prefix();
+        let proxy = Proxy::start(pg_server_addr().await).await;
+        let port = free_port();
+        let mut child = write_behind_server(&db.url_via(proxy.addr()), &prefix, port);
+        wait_until_listening(port, &mut child).await;
+        let client = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let mut ids = Vec::new();
+        for i in 0..products {
+            let created = create(&client, &base, &format!("Queued {i}")).await;
+            ids.push(created["id"].as_i64().unwrap());
+        }
+        proxy.cut();
+        Self {
+            db,
+            prefix,
+            proxy,
+            child,
+            client,
+            base,
+            ids,
+        }
+    }
+
+    /// `writes` PATCHes round-robin over the products; returns the rows
+    /// the acknowledged writes must leave (the last per product), the
+    /// instance's queue length after them, and the rows PostgreSQL holds
+    /// then (still the created ones: nothing could be flushed).
+    async fn patch(
+        &self,
+        writes: usize,
+    ) -> (HashMap<i64, Option<Row>>, u64, HashMap<i64, Option<Row>>) {
+        let mut expected = HashMap::new();
+        for n in 0..writes {
+            let id = self.ids[n % self.ids.len()];
+            let cents = 200 + u32::try_from(n).unwrap();
+            let answer = patch_price(&self.client, &self.base, id, cents).await;
+            expected.insert(id, Some(Row::of(&answer)));
+        }
+        let pending = write_behind_stats(&self.client, &self.base).await["pending"]
+            .as_u64()
+            .unwrap();
+        let mut sql = self.db.sql().await;
+        let held = pg_rows(&mut sql, &self.ids).await;
+        (expected, pending, held)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_write_behind_writes_survive_kill_9_and_restart() {
+    let mut first = CutOffInstance::start(10).await;
+    let (expected, pending, before_crash) = first.patch(50).await;
+
+    // `Child::kill` is SIGKILL: no drain, no goodbye.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let port = free_port();
+    let mut second = write_behind_server(&first.db.url(), &first.prefix, port);
+    wait_until_listening(port, &mut second).await;
+    let mut sql = first.db.sql().await;
+    let rows = pg_rows_within(&mut sql, &expected, Duration::from_secs(10)).await;
+    signal(&second, "TERM");
+    let stopped = exit_within(second, Duration::from_secs(30)).await;
+
+    assert!(pending > 0, "the writes were flushed before the crash");
+    assert!(
+        before_crash.values().flatten().all(|row| row.version == 1),
+        "{before_crash:?}"
+    );
+    assert!(expected.values().flatten().all(|row| row.version == 6));
+    assert_eq!(rows, expected, "acknowledged writes missing after kill -9");
+    let stopped = stopped.expect("the second instance stops on SIGTERM");
+    assert!(stopped.status.success(), "{:?}", stopped.status);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_write_behind_queue_before_exiting() {
+    let instance = CutOffInstance::start(5).await;
+    let (expected, pending, before_signal) = instance.patch(20).await;
+
+    instance.proxy.restore();
+    signal(&instance.child, "TERM");
+    let CutOffInstance { db, child, .. } = instance;
+    let stopped = exit_within(child, Duration::from_secs(30)).await;
+    let mut sql = db.sql().await;
+    let rows = pg_rows_within(&mut sql, &expected, Duration::ZERO).await;
+
+    assert!(pending > 0, "the writes were flushed before the signal");
+    assert!(
+        before_signal.values().flatten().all(|row| row.version == 1),
+        "{before_signal:?}"
+    );
+    let stopped = stopped.expect("catalog stops within 30 s of SIGTERM");
+    assert!(stopped.status.success(), "{:?}", stopped.status);
+    assert!(expected.values().flatten().all(|row| row.version == 5));
+    assert_eq!(rows, expected, "the queue was not drained before exit");
+}
+
+#[tokio::test]
+async fn write_behind_without_redis_is_refused_at_start() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let child = catalog()
+        .arg("serve")
+        .env("DATABASE_URL", db.url())
+        .env("CACHE_WRITE_STRATEGY", "write-behind")
+        .env("BIND_ADDR", format!("127.0.0.1:{}", free_port()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let output = exit_within(child, Duration::from_secs(30)).await;
+
+    let output = output.expect("catalog kept running without REDIS_URL");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("REDIS_URL"), "{stderr}");
 }

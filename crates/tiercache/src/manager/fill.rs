@@ -64,10 +64,13 @@ where
             return Ok((value, Source::L1));
         }
         if let Some(l2) = &self.l2 {
-            let found = match l2.get(&self.redis_key(key)).await {
+            let mut found = match l2.get(&self.redis_key(key)).await {
                 Some(Some(stored)) => self.decode(stored).await,
                 Some(None) | None => None,
             };
+            if found.is_none() {
+                found = self.pending_value(key).await;
+            }
             if let Some((value, weight)) = found {
                 self.record_l2_hit(&value);
                 self.fill_l1(key, value.clone(), weight, ticket);
@@ -278,13 +281,50 @@ where
                         },
                     );
                 }
+                None => still_missing.push(key),
+            }
+        }
+        let pending = match &self.write_behind {
+            Some(queue) if !still_missing.is_empty() => {
+                let keys: Vec<String> = still_missing.iter().map(ToString::to_string).collect();
+                queue.pending(&keys).await
+            }
+            _ => None,
+        };
+        let mut pending = pending.unwrap_or_default().into_iter();
+        let mut missing = Vec::new();
+        for key in still_missing {
+            let found = match pending.next().flatten() {
+                Some(stored) => self.decode(stored).await,
+                None => None,
+            };
+            match found {
+                Some((value, weight)) => {
+                    self.record_l2_hit(&value);
+                    self.fill_l1(key, value.clone(), weight, ticket);
+                    answers.insert(
+                        key,
+                        Lookup {
+                            value,
+                            source: Source::L2,
+                        },
+                    );
+                }
                 None => {
                     self.counters.incr(L2_MISSES);
-                    still_missing.push(key);
+                    missing.push(key);
                 }
             }
         }
-        still_missing
+        missing
+    }
+
+    /// Write-behind: the newest queued value of `key`, which the store may
+    /// not have yet (see `write_behind.rs`, "Pending values").
+    async fn pending_value(&self, key: &K) -> Option<(Shared<V>, usize)> {
+        let queue = self.write_behind.as_ref()?;
+        let stored = queue.pending(&[key.to_string()]).await?.pop()??;
+        self.decode(stored).await
     }
 
     fn record_l2_hit(&self, value: &Shared<V>) {

@@ -325,3 +325,41 @@ async fn write_behind_without_redis_is_refused_at_build() {
     assert!(error.is_config());
     assert!(error.to_string().contains("needs Redis"), "{error}");
 }
+
+#[tokio::test]
+async fn a_queued_value_survives_a_cache_clear_until_the_store_has_it() {
+    support::raw_redis().await;
+    let prefix = support::unique_prefix();
+    let store = Arc::new(MemStore::default());
+    store.down.store(true, Ordering::SeqCst);
+    let cache = cache(&prefix, &store).await;
+
+    cache
+        .write_behind(&1, 2, Change::Put(doc(1, 2)))
+        .await
+        .unwrap();
+    cache.clear().await;
+    let after_clear = cache
+        .get_or_load(&1, || async { Ok::<_, StoreDown>(Some(doc(1, 1))) })
+        .await
+        .unwrap();
+    let stale_write = cache.write_behind(&1, 2, Change::Put(doc(1, 2))).await;
+    store.down.store(false, Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(10),
+        "version 2 reaches the store",
+        || async { row(&store, 1).is_some_and(|(v, _)| v == 2) },
+    )
+    .await;
+
+    assert_eq!(
+        after_clear.source,
+        Source::L2,
+        "answered from the queue, not the store"
+    );
+    assert_eq!(after_clear.value.unwrap().version, 2);
+    assert!(
+        stale_write.unwrap_err().is_conflict(),
+        "version 2 is queued already"
+    );
+}
