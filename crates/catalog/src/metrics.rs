@@ -34,7 +34,7 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, R
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
-use tiercache::{BusState, CacheStats, L2State, LAG_BUCKETS_MS};
+use tiercache::{BusState, CacheStats, DURATION_BUCKETS_MS, L2State};
 use tokio_util::task::AbortOnDropHandle;
 
 /// Lookups answered by a cache level, `cache_type="l1"|"l2"` (negative
@@ -93,6 +93,19 @@ pub const CACHE_EAGER_REFRESH_ERRORS: &str = "cache_eager_refresh_errors_total";
 pub const CACHE_L2_GUARD_REJECTIONS: &str = "cache_l2_guard_rejections_total";
 /// L1 fills dropped because their key was invalidated while they loaded.
 pub const CACHE_FENCED_FILLS: &str = "cache_fenced_fills_total";
+/// Write-behind queue entries this instance wrote to the store.
+pub const WRITE_BEHIND_FLUSHED: &str = "write_behind_flushed_total";
+/// Write-behind flush attempts that failed (retried) or were rejected.
+pub const WRITE_BEHIND_FAILURES: &str = "write_behind_failures_total";
+/// Write-behind changes the store rejected for good (dead-lettered).
+pub const WRITE_BEHIND_DEAD_LETTERS: &str = "write_behind_dead_letters_total";
+/// Write-behind batches written to the store.
+pub const WRITE_BEHIND_BATCHES: &str = "write_behind_batches_total";
+/// Distinct products in the last write-behind batch.
+pub const WRITE_BEHIND_LAST_BATCH: &str = "write_behind_last_batch_size";
+/// Time to write one write-behind batch to the store.
+pub const WRITE_BEHIND_FLUSH_DURATION: &str = "write_behind_flush_duration_seconds";
+
 /// Propagation lag of invalidations from other instances (publish → applied).
 pub const CACHE_INVALIDATION_LAG: &str = "cache_invalidation_lag_seconds";
 
@@ -108,18 +121,18 @@ const DURATION_BUCKETS: [f64; 17] = [
 ];
 
 /// Bounds of the lag histogram: tiercache's own buckets, in seconds.
-const LAG_BUCKETS_SECONDS: [f64; LAG_BUCKETS_MS.len()] = {
-    let mut seconds = [0.0; LAG_BUCKETS_MS.len()];
+const DURATION_BUCKETS_SECONDS: [f64; DURATION_BUCKETS_MS.len()] = {
+    let mut seconds = [0.0; DURATION_BUCKETS_MS.len()];
     let mut i = 0;
     while i < seconds.len() {
-        seconds[i] = LAG_BUCKETS_MS[i] as f64 / 1_000.0;
+        seconds[i] = DURATION_BUCKETS_MS[i] as f64 / 1_000.0;
         i += 1;
     }
     seconds
 };
 /// Where lags above the last bound are recorded (anything above it lands
 /// in the `+Inf` bucket).
-const LAG_OVERFLOW_SECONDS: f64 = 10.0;
+const DURATION_OVERFLOW_SECONDS: f64 = 10.0;
 
 /// The exporter ignores metadata; the recorder API wants some.
 static METADATA: Metadata<'static> =
@@ -189,8 +202,16 @@ struct CacheHandles {
     fenced_fills: Counter,
     lag: Histogram,
     /// The lag bucket counts already recorded into `lag`.
-    lag_seen: std::sync::Mutex<[u64; LAG_BUCKETS_MS.len() + 1]>,
+    lag_seen: std::sync::Mutex<[u64; DURATION_BUCKETS_MS.len() + 1]>,
     write_behind_pending: Gauge,
+    write_behind_flushed: Counter,
+    write_behind_failures: Counter,
+    write_behind_dead_letters: Counter,
+    write_behind_batches: Counter,
+    write_behind_last_batch: Gauge,
+    write_behind_flush: Histogram,
+    /// The flush bucket counts already recorded into `write_behind_flush`.
+    flush_seen: std::sync::Mutex<[u64; DURATION_BUCKETS_MS.len() + 1]>,
 }
 
 impl Metrics {
@@ -206,12 +227,11 @@ impl Metrics {
                 .set_buckets_for_metric(Matcher::Full(name.to_owned()), &DURATION_BUCKETS)
                 .expect("the bucket list is a non-empty constant");
         }
-        builder = builder
-            .set_buckets_for_metric(
-                Matcher::Full(CACHE_INVALIDATION_LAG.to_owned()),
-                &LAG_BUCKETS_SECONDS,
-            )
-            .expect("the bucket list is a non-empty constant");
+        for name in [CACHE_INVALIDATION_LAG, WRITE_BEHIND_FLUSH_DURATION] {
+            builder = builder
+                .set_buckets_for_metric(Matcher::Full(name.to_owned()), &DURATION_BUCKETS_SECONDS)
+                .expect("the bucket list is a non-empty constant");
+        }
         let recorder = builder.build_recorder();
         describe(&recorder);
         let handle = recorder.handle();
@@ -337,6 +357,22 @@ fn describe(recorder: &PrometheusRecorder) {
             CACHE_FENCED_FILLS,
             "L1 fills dropped because their key was invalidated while they loaded.",
         ),
+        (
+            WRITE_BEHIND_FLUSHED,
+            "Write-behind queue entries this instance wrote to the store (coalesced ones included).",
+        ),
+        (
+            WRITE_BEHIND_FAILURES,
+            "Write-behind flush attempts that failed (and were retried) or were rejected.",
+        ),
+        (
+            WRITE_BEHIND_DEAD_LETTERS,
+            "Write-behind changes the store rejected for good, moved to the dead letters.",
+        ),
+        (
+            WRITE_BEHIND_BATCHES,
+            "Write-behind batches written to the store.",
+        ),
     ];
     for (name, help) in counters {
         recorder.describe_counter(KeyName::from_const_str(name), None, help.into());
@@ -353,6 +389,10 @@ fn describe(recorder: &PrometheusRecorder) {
         (
             WRITE_BEHIND_PENDING,
             "Writes queued by write-behind and not yet in the store.",
+        ),
+        (
+            WRITE_BEHIND_LAST_BATCH,
+            "Distinct products in the last write-behind batch.",
         ),
         (
             CACHE_L2_STATE,
@@ -374,6 +414,10 @@ fn describe(recorder: &PrometheusRecorder) {
         (
             DB_QUERY_DURATION,
             "Time of store (database) calls, by operation.",
+        ),
+        (
+            WRITE_BEHIND_FLUSH_DURATION,
+            "Time to write one write-behind batch to the store (bucketed by the cache, so the sum is an upper bound).",
         ),
         (
             CACHE_INVALIDATION_LAG,
@@ -432,8 +476,16 @@ impl CacheHandles {
             guard_rejections: counter(CACHE_L2_GUARD_REJECTIONS, &[]),
             fenced_fills: counter(CACHE_FENCED_FILLS, &[]),
             lag: recorder.register_histogram(&key(CACHE_INVALIDATION_LAG, &[]), &METADATA),
-            lag_seen: std::sync::Mutex::new([0; LAG_BUCKETS_MS.len() + 1]),
+            lag_seen: std::sync::Mutex::new([0; DURATION_BUCKETS_MS.len() + 1]),
             write_behind_pending: gauge(WRITE_BEHIND_PENDING, &[]),
+            write_behind_flushed: counter(WRITE_BEHIND_FLUSHED, &[]),
+            write_behind_failures: counter(WRITE_BEHIND_FAILURES, &[]),
+            write_behind_dead_letters: counter(WRITE_BEHIND_DEAD_LETTERS, &[]),
+            write_behind_batches: counter(WRITE_BEHIND_BATCHES, &[]),
+            write_behind_last_batch: gauge(WRITE_BEHIND_LAST_BATCH, &[]),
+            write_behind_flush: recorder
+                .register_histogram(&key(WRITE_BEHIND_FLUSH_DURATION, &[]), &METADATA),
+            flush_seen: std::sync::Mutex::new([0; DURATION_BUCKETS_MS.len() + 1]),
         }
     }
 
@@ -480,27 +532,42 @@ impl CacheHandles {
         self.refresh_errors.absolute(stats.loader.refresh_errors);
         self.guard_rejections.absolute(stats.l2.guard_rejections);
         self.fenced_fills.absolute(stats.fenced_fills);
-        self.record_lag(&stats.bus.lag_buckets);
+        replay(&self.lag, &self.lag_seen, &stats.bus.lag_buckets);
+        replay(
+            &self.write_behind_flush,
+            &self.flush_seen,
+            &stats.write_behind.flush_buckets,
+        );
+        let wb = &stats.write_behind;
+        self.write_behind_flushed.absolute(wb.flushed);
+        self.write_behind_failures.absolute(wb.failed);
+        self.write_behind_dead_letters.absolute(wb.dead_lettered);
+        self.write_behind_batches.absolute(wb.batches);
+        self.write_behind_last_batch.set(wb.last_batch as f64);
         self.write_behind_pending
             .set(stats.write_behind.pending as f64);
     }
+}
 
-    /// Replays the lags counted since the last scrape into the histogram,
-    /// each at its bucket's upper bound: the bucket counts come out exact,
-    /// the sum an upper bound.
-    fn record_lag(&self, buckets: &[u64; LAG_BUCKETS_MS.len() + 1]) {
-        let mut seen = self.lag_seen.lock().unwrap_or_else(|e| e.into_inner());
-        for (i, (&now, before)) in buckets.iter().zip(seen.iter_mut()).enumerate() {
-            let new = usize::try_from(now.saturating_sub(*before)).unwrap_or(usize::MAX);
-            if new > 0 {
-                let bound = LAG_BUCKETS_SECONDS
-                    .get(i)
-                    .copied()
-                    .unwrap_or(LAG_OVERFLOW_SECONDS);
-                self.lag.record_many(bound, new);
-            }
-            *before = now;
+/// Replays what the cache counted in `buckets` since the last scrape
+/// (`seen`) into `histogram`, each at its bucket's upper bound: the bucket
+/// counts come out exact, the sum an upper bound.
+fn replay(
+    histogram: &Histogram,
+    seen: &std::sync::Mutex<[u64; DURATION_BUCKETS_MS.len() + 1]>,
+    buckets: &[u64; DURATION_BUCKETS_MS.len() + 1],
+) {
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    for (i, (&now, before)) in buckets.iter().zip(seen.iter_mut()).enumerate() {
+        let new = usize::try_from(now.saturating_sub(*before)).unwrap_or(usize::MAX);
+        if new > 0 {
+            let bound = DURATION_BUCKETS_SECONDS
+                .get(i)
+                .copied()
+                .unwrap_or(DURATION_OVERFLOW_SECONDS);
+            histogram.record_many(bound, new);
         }
+        *before = now;
     }
 }
 

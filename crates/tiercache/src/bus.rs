@@ -44,7 +44,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::remote::topology::{self, RedisTopology};
 use crate::remote::{AbortOnDrop, LogLimiter, RemoteCache};
-use crate::stats::{BusClears, BusState, BusStats, LAG_BUCKETS_MS};
+use crate::stats::{BusClears, BusState, BusStats, DURATION_BUCKETS_MS, duration_bucket};
 
 /// Most keys in one message; a larger batch becomes several messages.
 pub(crate) const MAX_KEYS_PER_MESSAGE: usize = 500;
@@ -104,7 +104,7 @@ struct Counters {
     lag_ms_sum: AtomicU64,
     lag_samples: AtomicU64,
     lag_ms_max: AtomicU64,
-    lag_buckets: [AtomicU64; LAG_BUCKETS_MS.len() + 1],
+    lag_buckets: [AtomicU64; DURATION_BUCKETS_MS.len() + 1],
 }
 
 /// One bus message.
@@ -441,11 +441,7 @@ fn apply(shared: &Shared, senders: &mut Senders, sink: &dyn L1Sink, payload: &[u
         counters.lag_ms_sum.fetch_add(lag, Ordering::Relaxed);
         counters.lag_samples.fetch_add(1, Ordering::Relaxed);
         counters.lag_ms_max.fetch_max(lag, Ordering::Relaxed);
-        let bucket = LAG_BUCKETS_MS
-            .iter()
-            .position(|&bound| lag <= bound)
-            .unwrap_or(LAG_BUCKETS_MS.len());
-        counters.lag_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        counters.lag_buckets[duration_bucket(lag)].fetch_add(1, Ordering::Relaxed);
     }
     if verdict == Verdict::Gap {
         // Everything the missed messages named is dropped with the rest.

@@ -172,7 +172,7 @@ pub use manager::{CacheKey, Lookup, Source, TieredCache};
 pub use remote::codec::{Codec, CodecError, JsonCodec, PostcardCodec};
 pub use remote::topology::RedisTopology;
 pub use stats::{
-    BusClears, BusState, BusStats, CacheStats, L1Stats, L2State, L2Stats, LAG_BUCKETS_MS,
+    BusClears, BusState, BusStats, CacheStats, DURATION_BUCKETS_MS, L1Stats, L2State, L2Stats,
     LoaderStats, StaleStats, Striped, WriteBehindStats,
 };
 pub use write_behind::{CLAIM_IDLE, Change, Flush, FlushError, Queued};

@@ -63,6 +63,10 @@ pub struct WriteBehindStats {
     pub last_batch: u64,
     /// Total time spent in the store's flush, in ms.
     pub flush_ms_sum: u64,
+    /// Flush durations: `flush_buckets[i]` counts batches that took at most
+    /// [`DURATION_BUCKETS_MS`]`[i]` ms (and more than the bound before it);
+    /// the last element counts the rest. Not cumulative.
+    pub flush_buckets: [u64; DURATION_BUCKETS_MS.len() + 1],
 }
 
 /// Stale (fail-safe) answers, by reason.
@@ -77,9 +81,18 @@ pub struct StaleStats {
     pub throttled: u64,
 }
 
-/// Upper bounds (inclusive, in ms) of the propagation-lag histogram
-/// buckets, [`BusStats::lag_buckets`]; a last, implicit bucket holds the rest.
-pub const LAG_BUCKETS_MS: [u64; 8] = [1, 5, 10, 50, 100, 500, 1_000, 5_000];
+/// Upper bounds (inclusive, in ms) of the duration histograms in the stats
+/// ([`BusStats::lag_buckets`], [`WriteBehindStats::flush_buckets`]); a
+/// last, implicit bucket holds the rest.
+pub const DURATION_BUCKETS_MS: [u64; 8] = [1, 5, 10, 50, 100, 500, 1_000, 5_000];
+
+/// The index of the [`DURATION_BUCKETS_MS`] bucket that counts `ms`.
+pub(crate) fn duration_bucket(ms: u64) -> usize {
+    DURATION_BUCKETS_MS
+        .iter()
+        .position(|&bound| ms <= bound)
+        .unwrap_or(DURATION_BUCKETS_MS.len())
+}
 
 /// Counters of the invalidation bus (all zero, state `disabled`, without one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -107,9 +120,9 @@ pub struct BusStats {
     /// Largest propagation lag seen, in ms.
     pub lag_ms_max: u64,
     /// Lag histogram: `lag_buckets[i]` counts messages with a lag of at most
-    /// [`LAG_BUCKETS_MS`]`[i]` ms (and more than the bound before it); the
+    /// [`DURATION_BUCKETS_MS`]`[i]` ms (and more than the bound before it); the
     /// last element counts the rest. Not cumulative.
-    pub lag_buckets: [u64; LAG_BUCKETS_MS.len() + 1],
+    pub lag_buckets: [u64; DURATION_BUCKETS_MS.len() + 1],
 }
 
 impl BusStats {
@@ -124,7 +137,7 @@ impl BusStats {
             lag_ms_sum: 0,
             lag_samples: 0,
             lag_ms_max: 0,
-            lag_buckets: [0; LAG_BUCKETS_MS.len() + 1],
+            lag_buckets: [0; DURATION_BUCKETS_MS.len() + 1],
         }
     }
 }

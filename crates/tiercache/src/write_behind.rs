@@ -61,7 +61,7 @@ use tokio::sync::{Mutex, Notify};
 
 use crate::remote::codec::Codec;
 use crate::remote::{LogLimiter, RemoteCache, version_of_lua};
-use crate::stats::WriteBehindStats;
+use crate::stats::{DURATION_BUCKETS_MS, WriteBehindStats, duration_bucket};
 
 /// Most entries one round reads (and one batch holds before coalescing).
 const BATCH: usize = 500;
@@ -165,6 +165,7 @@ struct Counters {
     coalesced: AtomicU64,
     last_batch: AtomicU64,
     flush_us_sum: AtomicU64,
+    flush_buckets: [AtomicU64; DURATION_BUCKETS_MS.len() + 1],
 }
 
 /// Checks the version, stores the value, records it as pending and
@@ -333,6 +334,7 @@ where
             coalesced: get(&c.coalesced),
             last_batch: get(&c.last_batch),
             flush_ms_sum: get(&c.flush_us_sum) / 1_000,
+            flush_buckets: c.flush_buckets.each_ref().map(get),
         }
     }
 }
@@ -529,10 +531,13 @@ where
                 }
             }
         }
+        let took = started.elapsed();
         self.counters.flush_us_sum.fetch_add(
-            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+        let took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        self.counters.flush_buckets[duration_bucket(took_ms)].fetch_add(1, Ordering::Relaxed);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.counters
             .last_batch

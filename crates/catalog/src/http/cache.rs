@@ -64,6 +64,14 @@ struct WriteBehind {
     flushed: u64,
     /// Flush attempts that failed (and were retried) or were rejected.
     failed: u64,
+    /// Changes the store rejected for good (in the dead-letter stream).
+    dead_lettered: u64,
+    /// Batches this instance wrote to the store.
+    batches: u64,
+    /// Distinct products in the last batch.
+    last_batch_size: u64,
+    /// Mean time to write one batch, in ms (0 before the first).
+    avg_flush_ms: f64,
 }
 
 /// Cache statistics.
@@ -99,6 +107,14 @@ pub(super) async fn stats(State(state): State<AppState>) -> Json<CacheStatsBody>
             pending: cache.write_behind.pending,
             flushed: cache.write_behind.flushed,
             failed: cache.write_behind.failed,
+            dead_lettered: cache.write_behind.dead_lettered,
+            batches: cache.write_behind.batches,
+            last_batch_size: cache.write_behind.last_batch,
+            avg_flush_ms: if cache.write_behind.batches == 0 {
+                0.0
+            } else {
+                cache.write_behind.flush_ms_sum as f64 / cache.write_behind.batches as f64
+            },
         },
     })
 }

@@ -33,7 +33,7 @@ const CONTRACT: [(&str, &str); 11] = [
 ];
 
 /// The families of the consistency and fail-safe machinery (our additions).
-const ADDED: [(&str, &str); 9] = [
+const ADDED: [(&str, &str); 15] = [
     ("cache_bus_gaps_total", "counter"),
     ("cache_l1_clears_total", "counter"),
     ("cache_stale_answers_total", "counter"),
@@ -43,6 +43,12 @@ const ADDED: [(&str, &str); 9] = [
     ("cache_l2_guard_rejections_total", "counter"),
     ("cache_fenced_fills_total", "counter"),
     ("cache_invalidation_lag_seconds", "histogram"),
+    ("write_behind_flushed_total", "counter"),
+    ("write_behind_failures_total", "counter"),
+    ("write_behind_dead_letters_total", "counter"),
+    ("write_behind_batches_total", "counter"),
+    ("write_behind_last_batch_size", "gauge"),
+    ("write_behind_flush_duration_seconds", "histogram"),
 ];
 
 /// A scrape: the body and its samples by series (`name{labels}` → value).

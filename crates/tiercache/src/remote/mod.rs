@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Cmd, RedisError, Value};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::clock::SystemClock;
 use crate::error::Error;
@@ -499,7 +500,11 @@ impl Inner {
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let conn = self.current_conn()?;
-        let failure = match tokio::time::timeout(self.config.timeout, f(conn)).await {
+        // A debug span per Redis call (`RUST_LOG=tiercache=debug`); with
+        // debug off it costs one level check.
+        let call = tokio::time::timeout(self.config.timeout, f(conn))
+            .instrument(tracing::debug_span!("redis", command = what));
+        let failure = match call.await {
             Ok(Ok(value)) => {
                 self.record_success();
                 return Some(value);
