@@ -106,6 +106,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(cache::clear))
         .routes(routes!(cache::invalidate))
         .routes(routes!(dashboard::dashboard))
+        .routes(routes!(dashboard::latency))
 }
 
 /// The whole application: API routes, docs, and the middleware stack.
