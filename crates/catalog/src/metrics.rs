@@ -155,6 +155,7 @@ struct Inner {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     cache: CacheHandles,
+    request_timers: std::sync::Mutex<Vec<RegisteredTimer>>,
     /// Drains histogram samples every [`UPKEEP_INTERVAL`]; aborted when the
     /// last clone of [`Metrics`] goes.
     _upkeep: AbortOnDropHandle<()>,
@@ -253,20 +254,28 @@ impl Metrics {
             recorder,
             handle,
             cache,
+            request_timers: std::sync::Mutex::new(Vec::new()),
             _upkeep: upkeep,
         }))
     }
 
     /// The `request_duration_seconds` series of one route template
     /// (`/products/{id}`, never a concrete path, so the series stay few).
-    pub fn request_timer(&self, endpoint: &str) -> Histogram {
-        self.0.recorder.register_histogram(
+    pub fn request_timer(&self, endpoint: &str) -> Arc<RequestTimer> {
+        let histogram = self.0.recorder.register_histogram(
             &Key::from_parts(
                 REQUEST_DURATION,
                 vec![Label::new("endpoint", endpoint.to_owned())],
             ),
             &METADATA,
-        )
+        );
+        let timer = Arc::new(RequestTimer::default());
+        self.0
+            .request_timers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((histogram, Arc::clone(&timer), [0; TIMER_SLOTS]));
+        timer
     }
 
     /// The `db_query_duration_seconds` series of one store operation.
@@ -280,6 +289,15 @@ impl Metrics {
     /// The exposition text, with the cache's counters as of `cache`.
     pub fn render(&self, cache: &CacheStats) -> String {
         self.0.cache.update(cache);
+        for (histogram, timer, seen) in self
+            .0
+            .request_timers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+        {
+            timer.replay_into(histogram, seen);
+        }
         self.0.handle.render()
     }
 }
@@ -549,6 +567,82 @@ impl CacheHandles {
     }
 }
 
+/// An endpoint's exporter histogram, its striped timer, and the timer's
+/// counts already replayed into the histogram.
+type RegisteredTimer = (Histogram, Arc<RequestTimer>, [u64; TIMER_SLOTS]);
+
+/// Slots of a [`RequestTimer`]: one per [`DURATION_BUCKETS`] bound, one for
+/// the overflow, one for the sum of durations in ns.
+const TIMER_SLOTS: usize = DURATION_BUCKETS.len() + 2;
+const TIMER_SUM: usize = TIMER_SLOTS - 1;
+/// Where overflow durations (above the last bound) are replayed.
+const TIMER_OVERFLOW_SECONDS: f64 = 2.0 * DURATION_BUCKETS[DURATION_BUCKETS.len() - 1];
+
+/// `request_duration_seconds` of one endpoint, recorded without shared
+/// writes: per-thread stripes of bucket counts and of the summed duration
+/// (`tiercache::Striped`), replayed into the exporter's histogram at scrape
+/// time ([`Metrics::render`]). Recording straight into the exporter's
+/// histogram (an atomic bucket all cores append to) cost about a tenth of
+/// the L1-hit throughput on 2 cores (measured); this costs two striped
+/// increments.
+#[derive(Debug, Default)]
+pub struct RequestTimer {
+    slots: tiercache::Striped<TIMER_SLOTS>,
+}
+
+impl RequestTimer {
+    /// Counts one request that took `elapsed`.
+    pub fn record(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = DURATION_BUCKETS.partition_point(|&bound| bound < seconds);
+        self.slots.incr(bucket);
+        self.slots.add(
+            TIMER_SUM,
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+        );
+    }
+
+    /// Records the requests counted since `seen` into `histogram` so that
+    /// both its bucket counts and its sum come out exact: each bucket's new
+    /// requests are recorded at one point inside the bucket, the same
+    /// fraction of the way up in every bucket, chosen to make the values
+    /// add up to the measured sum (overflow requests at twice the last
+    /// bound).
+    fn replay_into(&self, histogram: &Histogram, seen: &mut [u64; TIMER_SLOTS]) {
+        let now: [u64; TIMER_SLOTS] = std::array::from_fn(|slot| self.slots.sum(slot));
+        let new: [u64; TIMER_SLOTS] =
+            std::array::from_fn(|slot| now[slot].saturating_sub(seen[slot]));
+        *seen = now;
+        let lower = |i: usize| if i == 0 { 0.0 } else { DURATION_BUCKETS[i - 1] };
+        let mut floor = TIMER_OVERFLOW_SECONDS * new[DURATION_BUCKETS.len()] as f64;
+        let mut spread = 0.0;
+        for i in 0..DURATION_BUCKETS.len() {
+            floor += lower(i) * new[i] as f64;
+            spread += (DURATION_BUCKETS[i] - lower(i)) * new[i] as f64;
+        }
+        let sum = new[TIMER_SUM] as f64 / 1e9;
+        // Strictly above the lower bound, so each value stays in its bucket.
+        let fraction = if spread > 0.0 {
+            ((sum - floor) / spread).clamp(1e-6, 1.0)
+        } else {
+            1.0
+        };
+        for (i, &count) in new[..DURATION_BUCKETS.len()].iter().enumerate() {
+            if count > 0 {
+                let value = lower(i) + fraction * (DURATION_BUCKETS[i] - lower(i));
+                histogram.record_many(value, usize::try_from(count).unwrap_or(usize::MAX));
+            }
+        }
+        let overflow = new[DURATION_BUCKETS.len()];
+        if overflow > 0 {
+            histogram.record_many(
+                TIMER_OVERFLOW_SECONDS,
+                usize::try_from(overflow).unwrap_or(usize::MAX),
+            );
+        }
+    }
+}
+
 /// Replays what the cache counted in `buckets` since the last scrape
 /// (`seen`) into `histogram`, each at its bucket's upper bound: the bucket
 /// counts come out exact, the sum an upper bound.
@@ -605,6 +699,42 @@ mod tests {
             two.contains(r#"request_duration_seconds_count{endpoint="/things/{id}"} 0"#),
             "{two}"
         );
+    }
+
+    #[tokio::test]
+    async fn request_timers_replay_exact_bucket_counts_and_sums() {
+        let metrics = Metrics::start();
+        let timer = metrics.request_timer("/x");
+        timer.record(Duration::from_micros(40));
+        timer.record(Duration::from_millis(3));
+        timer.record(Duration::from_millis(4));
+        let first = metrics.render(&l1_only_stats().await);
+        timer.record(Duration::from_secs(30));
+        let second = metrics.render(&l1_only_stats().await);
+        let sample = |text: &str, series: &str| -> f64 {
+            text.lines()
+                .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {series} in {text}"))
+        };
+
+        let x = r#"{endpoint="/x"}"#;
+        assert_eq!(
+            sample(&first, &format!("request_duration_seconds_count{x}")),
+            3.0
+        );
+        let sum = sample(&first, &format!("request_duration_seconds_sum{x}"));
+        assert!((sum - 0.00704).abs() < 1e-9, "{sum}");
+        let bucket = |text: &str, le: &str| {
+            sample(
+                text,
+                &format!(r#"request_duration_seconds_bucket{{endpoint="/x",le="{le}"}}"#),
+            )
+        };
+        assert_eq!(bucket(&first, "0.00005"), 1.0);
+        assert_eq!(bucket(&first, "0.0025"), 1.0);
+        assert_eq!(bucket(&first, "0.005"), 3.0);
+        assert_eq!(bucket(&second, "10"), 3.0);
+        assert_eq!(bucket(&second, "+Inf"), 4.0);
     }
 
     #[tokio::test]

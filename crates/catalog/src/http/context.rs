@@ -37,13 +37,12 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use metrics::Histogram;
 use tokio::time::error::Elapsed;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
 use super::error::{panic_response, problem, problem_for_bare_errors};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestTimer};
 
 /// The request id header, read from clients and set on every response.
 pub(super) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -103,10 +102,10 @@ pub(super) struct RequestContext<S> {
 /// router is built.
 #[derive(Debug)]
 pub(super) struct RequestTimers {
-    by_template: HashMap<Box<str>, Histogram>,
+    by_template: HashMap<Box<str>, Arc<RequestTimer>>,
     /// For requests no route matched (the 404 fallback), and for a route
     /// template missing from the table, so that neither adds series.
-    unmatched: Histogram,
+    unmatched: Arc<RequestTimer>,
 }
 
 impl RequestTimers {
@@ -121,7 +120,7 @@ impl RequestTimers {
         }
     }
 
-    fn for_request(&self, request: &Request) -> &Histogram {
+    fn for_request(&self, request: &Request) -> &Arc<RequestTimer> {
         request
             .extensions()
             .get::<MatchedPath>()
