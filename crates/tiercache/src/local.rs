@@ -121,18 +121,42 @@ impl<K, T> fmt::Debug for LocalCache<K, T> {
 }
 
 /// What the cache stores per key. Times are coarse-clock milliseconds.
+///
+/// Kept small (32 bytes next to a pointer-sized value): a hit copies it,
+/// and every byte per entry is a byte of the working set that the L1 hit
+/// path walks (a 48-byte slot measured about 1.7× slower gets on 2 threads
+/// than this layout). Hence deltas in `u32` rather than three `u64` times.
 #[derive(Clone)]
 struct Slot<T> {
     value: T,
     /// Served as a hit until then.
     fresh_until: u64,
-    /// Kept as a stale fallback until then (`>= fresh_until`), then dropped.
-    expires_at: u64,
-    /// A hit at or after this asks for a refresh (`u64::MAX`: never).
-    refresh_at: u64,
+    /// Kept as a stale fallback this much longer, then dropped.
+    stale_ms: u32,
+    /// A hit this close to `fresh_until` asks for a refresh (0: never).
+    refresh_lead_ms: u32,
+    /// The caller's weight, saturated at `u32::MAX`.
+    bytes: u32,
     /// A fail-safe answer: while "fresh" it is served, but as stale.
     degraded: bool,
-    bytes: u64,
+}
+
+impl<T> Slot<T> {
+    fn expires_at(&self) -> u64 {
+        self.fresh_until.saturating_add(u64::from(self.stale_ms))
+    }
+
+    fn refresh_due(&self, now: u64) -> bool {
+        self.refresh_lead_ms != 0
+            && now
+                >= self
+                    .fresh_until
+                    .saturating_sub(u64::from(self.refresh_lead_ms))
+    }
+
+    fn bytes(&self) -> u64 {
+        u64::from(self.bytes)
+    }
 }
 
 /// How long an entry lives; see [`LocalCache::insert_with`].
@@ -207,7 +231,7 @@ struct SlotWeighter {
 impl<K, T> Weighter<K, Slot<T>> for SlotWeighter {
     #[inline]
     fn weight(&self, _key: &K, slot: &Slot<T>) -> u64 {
-        slot.bytes.max(self.unit)
+        slot.bytes().max(self.unit)
     }
 }
 
@@ -222,7 +246,7 @@ impl<K, T> Lifecycle<K, Slot<T>> for Accounting {
 
     fn on_evict(&self, state: &mut Self::RequestState, key: K, slot: Slot<T>) {
         self.0.evictions.fetch_add(1, Ordering::Relaxed);
-        self.0.sub_bytes(slot.bytes);
+        self.0.sub_bytes(slot.bytes());
         state.push((key, slot));
     }
 }
@@ -293,10 +317,15 @@ where
 
     #[inline]
     fn lookup(&self, key: &K) -> Option<T> {
-        match self.probe_uncounted(key) {
-            Probe::Fresh { value, .. } => Some(value),
-            Probe::Degraded(_) | Probe::Stale { .. } | Probe::Missing => None,
+        let slot = self.cache.get(key)?;
+        let now = coarse::now_ms();
+        if now < slot.fresh_until {
+            return (!slot.degraded).then_some(slot.value);
         }
+        if now >= slot.expires_at() {
+            self.remove_expired(key, now);
+        }
+        None
     }
 
     /// The manager's read: like [`get`](Self::get) (a `Fresh` answer counts
@@ -325,15 +354,17 @@ where
             if slot.degraded {
                 return Probe::Degraded(slot.value);
             }
+            let refresh = slot.refresh_due(now);
             return Probe::Fresh {
                 value: slot.value,
-                refresh: now >= slot.refresh_at,
+                refresh,
             };
         }
-        if now < slot.expires_at {
+        if now < slot.expires_at() {
+            let bytes = slot.bytes();
             return Probe::Stale {
                 value: slot.value,
-                bytes: slot.bytes,
+                bytes,
             };
         }
         self.remove_expired(key, now);
@@ -343,8 +374,8 @@ where
     #[cold]
     fn remove_expired(&self, key: &K, now: u64) {
         // Only if still expired: a fresh insert may have landed since the read.
-        if let Some((_, old)) = self.cache.remove_if(key, |s| s.expires_at <= now) {
-            self.shared.sub_bytes(old.bytes);
+        if let Some((_, old)) = self.cache.remove_if(key, |s| s.expires_at() <= now) {
+            self.shared.sub_bytes(old.bytes());
         }
     }
 
@@ -370,18 +401,20 @@ where
             return;
         }
         let now = coarse::now_ms();
-        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
-        let fresh_until = now.saturating_add(fresh_ms);
+        let narrow = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
         let slot = Slot {
             value,
-            fresh_until,
-            expires_at: fresh_until.saturating_add(stale_ms),
-            refresh_at: life
+            fresh_until: now.saturating_add(fresh_ms),
+            // Windows past ~49 days are cut to it.
+            stale_ms: narrow(stale_ms),
+            // A lead of at least 1 ms, so that 0 keeps meaning "never".
+            refresh_lead_ms: life
                 .refresh_after
-                .map_or(u64::MAX, |after| now.saturating_add(ms(after))),
+                .map_or(0, |after| narrow(fresh_ms.saturating_sub(ms(after)).max(1))),
+            bytes: narrow(u64::try_from(bytes).unwrap_or(u64::MAX)),
             degraded: life.degraded,
-            bytes,
         };
+        let bytes = slot.bytes();
         // Added before the slot is visible, so the eviction of this very
         // slot (e.g. when too large to admit) never drives the total below
         // what is actually held.
@@ -392,7 +425,7 @@ where
             .entry(key, None, |_, _| EntryAction::<()>::ReplaceWithGuard)
         {
             EntryResult::Replaced(guard, old) => {
-                self.shared.sub_bytes(old.bytes);
+                self.shared.sub_bytes(old.bytes());
                 guard
             }
             EntryResult::Vacant(guard) => guard,
@@ -406,7 +439,7 @@ where
         if let Err(slot) = guard.insert_with_lifecycle(slot, &mut evicted) {
             // A concurrent remove or clear took the placeholder: that
             // operation happened after this insert, so the value stays out.
-            self.shared.sub_bytes(slot.bytes);
+            self.shared.sub_bytes(slot.bytes());
         }
         drop(evicted);
     }
@@ -415,7 +448,7 @@ where
     pub fn remove(&self, key: &K) -> bool {
         match self.cache.remove(key) {
             Some((_, old)) => {
-                self.shared.sub_bytes(old.bytes);
+                self.shared.sub_bytes(old.bytes());
                 true
             }
             None => false,
@@ -427,7 +460,7 @@ where
     /// Entries inserted concurrently with the clear may survive it.
     pub fn clear(&self) {
         for (_, old) in self.cache.drain() {
-            self.shared.sub_bytes(old.bytes);
+            self.shared.sub_bytes(old.bytes());
         }
     }
 
@@ -631,7 +664,7 @@ mod tests {
         let mut sum = 0;
         for i in 0..3_000u64 {
             if cache.cache.peek(&i).is_some() {
-                sum += cache.cache.peek(&i).map_or(0, |s| s.bytes);
+                sum += cache.cache.peek(&i).map_or(0, |s| s.bytes());
             }
         }
         assert_eq!(stats.bytes, sum);
