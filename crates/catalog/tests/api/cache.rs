@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Backend, TestApp, assert_problem, both_stores, redis, test_prefix, use_redis,
+    Backend, TestApp, assert_problem, both_stores, category_page, redis, test_prefix, use_redis,
 };
 
 both_stores!(
@@ -606,8 +606,8 @@ async fn category_pages_are_cached_and_dropped_when_a_product_moves(backend: Bac
     let id = a.create_product("Mover", "tools", 1.0).await["id"]
         .as_i64()
         .unwrap();
-    let first = page(&a, "tools").await;
-    let second = page(&a, "tools").await;
+    let first = category_page(&a, "tools").await;
+    let second = category_page(&a, "tools").await;
     let uncached = a.get("/products?limit=5").await;
 
     let moved = a
@@ -616,13 +616,19 @@ async fn category_pages_are_cached_and_dropped_when_a_product_moves(backend: Bac
         .send()
         .await
         .unwrap();
-    let tools_after = page(&a, "tools").await;
-    let garden_after = page(&a, "garden").await;
+    let tools_after = category_page(&a, "tools").await;
+    let garden_after = category_page(&a, "garden").await;
     let deadline = Instant::now() + Duration::from_secs(1);
-    let mut b_pages = (page(&b, "tools").await.0, page(&b, "garden").await.0);
+    let mut b_pages = (
+        category_page(&b, "tools").await.0,
+        category_page(&b, "garden").await.0,
+    );
     while b_pages != (vec![], vec![id]) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        b_pages = (page(&b, "tools").await.0, page(&b, "garden").await.0);
+        b_pages = (
+            category_page(&b, "tools").await.0,
+            category_page(&b, "garden").await.0,
+        );
     }
 
     assert_eq!(first, (vec![id], "MISS".to_owned()));
@@ -639,18 +645,4 @@ async fn category_pages_are_cached_and_dropped_when_a_product_moves(backend: Bac
         (vec![], vec![id]),
         "B served a page of the old category"
     );
-}
-
-/// The ids on the first page of `category`, and its `X-Cache`.
-async fn page(app: &TestApp, category: &str) -> (Vec<i64>, String) {
-    let response = app.get(&format!("/products?category={category}")).await;
-    let source = x_cache(&response);
-    let body: Value = response.json().await.unwrap();
-    let ids = body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["id"].as_i64().unwrap())
-        .collect();
-    (ids, source)
 }

@@ -490,6 +490,20 @@ macro_rules! both_stores {
 }
 pub(crate) use both_stores;
 
+/// The ids on the first page of `category` on `app`, and its `X-Cache`.
+pub(crate) async fn category_page(app: &TestApp, category: &str) -> (Vec<i64>, String) {
+    let response = app.get(&format!("/products?category={category}")).await;
+    let source = response.headers()["x-cache"].to_str().unwrap().to_owned();
+    let body: Value = response.json().await.unwrap();
+    let ids = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_i64().unwrap())
+        .collect();
+    (ids, source)
+}
+
 #[cfg(test)]
 mod tests {
     use super::{with_address, with_database};

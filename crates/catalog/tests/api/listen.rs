@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, Executor, PgConnection};
 
-use crate::helpers::{Backend, TestApp, TestDb, redis, test_prefix, use_redis};
+use crate::helpers::{Backend, TestApp, TestDb, category_page, redis, test_prefix, use_redis};
 
 /// SPEC §4: a change made outside the API is seen within a second.
 const WITHIN: Duration = Duration::from_secs(1);
@@ -94,20 +94,6 @@ async fn cached_product(app: &TestApp, apps: &[&TestApp]) -> i64 {
     id
 }
 
-/// The ids on the first page of `category`, and its `X-Cache`.
-async fn page_ids(app: &TestApp, category: &str) -> (Vec<i64>, String) {
-    let response = app.get(&format!("/products?category={category}")).await;
-    let source = response.headers()["x-cache"].to_str().unwrap().to_owned();
-    let body: Value = response.json().await.unwrap();
-    let ids = body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["id"].as_i64().unwrap())
-        .collect();
-    (ids, source)
-}
-
 #[tokio::test]
 async fn a_category_move_in_sql_refreshes_both_pages_and_bumps_the_version() {
     let (a, b) = spawn_pair().await;
@@ -116,12 +102,13 @@ async fn a_category_move_in_sql_refreshes_both_pages_and_bumps_the_version() {
         // Until both pages are cached (the create's tag message may still
         // be on its way and move the generation once more).
         let deadline = Instant::now() + WITHIN;
-        while (page_ids(app, "tools").await, page_ids(app, "garden").await)
-            != (
-                (vec![id], "HIT-L1".to_owned()),
-                (vec![], "HIT-L1".to_owned()),
-            )
-        {
+        while (
+            category_page(app, "tools").await,
+            category_page(app, "garden").await,
+        ) != (
+            (vec![id], "HIT-L1".to_owned()),
+            (vec![], "HIT-L1".to_owned()),
+        ) {
             assert!(Instant::now() < deadline, "pages never cached");
         }
     }
@@ -138,8 +125,8 @@ async fn a_category_move_in_sql_refreshes_both_pages_and_bumps_the_version() {
     for app in [&a, &b] {
         loop {
             let pages = (
-                page_ids(app, "tools").await.0,
-                page_ids(app, "garden").await.0,
+                category_page(app, "tools").await.0,
+                category_page(app, "garden").await.0,
             );
             if pages == (vec![], vec![id]) {
                 moved.push(true);
