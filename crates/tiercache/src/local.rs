@@ -208,6 +208,11 @@ struct Shared {
     bytes: AtomicI64,
     max_entries: u64,
     max_bytes: u64,
+    /// Heaviest entry one shard can take (`capacity / SHARDS`); heavier
+    /// ones are refused before touching the cache.
+    max_weight: u64,
+    /// `ceil(max_bytes / max_entries)`, the weight of the lightest entry.
+    unit: u64,
 }
 
 impl Shared {
@@ -283,6 +288,8 @@ where
             bytes: AtomicI64::new(0),
             max_entries,
             max_bytes,
+            max_weight: capacity / shards,
+            unit,
         });
         let cache = Cache::with_options(
             options,
@@ -398,6 +405,18 @@ where
         let (fresh_ms, stale_ms) = (ms(life.fresh), ms(life.stale));
         if fresh_ms == 0 && stale_ms == 0 {
             self.remove(key);
+            return;
+        }
+        let weight = u64::try_from(bytes)
+            .unwrap_or(u64::MAX)
+            .max(self.shared.unit);
+        if weight > self.shared.max_weight {
+            // Would be refused by its shard anyway (see "Bounds"); this
+            // skips the shard lock and the lifecycle round trip, which an
+            // L1 too small for anything (an "L2 only" setup) pays on
+            // every fill.
+            self.remove(key);
+            self.shared.evictions.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let now = coarse::now_ms();
