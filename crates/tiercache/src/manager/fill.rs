@@ -269,19 +269,8 @@ where
                 Some(stored) => self.decode(stored).await,
                 None => None,
             };
-            match found {
-                Some((value, weight)) => {
-                    self.record_l2_hit(&value);
-                    self.fill_l1(key, value.clone(), weight, ticket);
-                    answers.insert(
-                        key,
-                        Lookup {
-                            value,
-                            source: Source::L2,
-                        },
-                    );
-                }
-                None => still_missing.push(key),
+            if !self.answer_from_l2(key, found, answers, ticket) {
+                still_missing.push(key);
             }
         }
         let pending = match &self.write_behind {
@@ -298,25 +287,37 @@ where
                 Some(stored) => self.decode(stored).await,
                 None => None,
             };
-            match found {
-                Some((value, weight)) => {
-                    self.record_l2_hit(&value);
-                    self.fill_l1(key, value.clone(), weight, ticket);
-                    answers.insert(
-                        key,
-                        Lookup {
-                            value,
-                            source: Source::L2,
-                        },
-                    );
-                }
-                None => {
-                    self.counters.incr(L2_MISSES);
-                    missing.push(key);
-                }
+            if !self.answer_from_l2(key, found, answers, ticket) {
+                self.counters.incr(L2_MISSES);
+                missing.push(key);
             }
         }
         missing
+    }
+
+    /// Records `found` (a value read from Redis: the cache or the
+    /// write-behind queue) as `key`'s answer and fills L1; `false` if there
+    /// is none.
+    fn answer_from_l2<'k>(
+        &self,
+        key: &'k K,
+        found: Option<(Shared<V>, usize)>,
+        answers: &mut HashMap<&'k K, Lookup<V>>,
+        ticket: Ticket,
+    ) -> bool {
+        let Some((value, weight)) = found else {
+            return false;
+        };
+        self.record_l2_hit(&value);
+        self.fill_l1(key, value.clone(), weight, ticket);
+        answers.insert(
+            key,
+            Lookup {
+                value,
+                source: Source::L2,
+            },
+        );
+        true
     }
 
     /// Write-behind: the newest queued value of `key`, which the store may
