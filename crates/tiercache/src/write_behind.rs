@@ -149,8 +149,9 @@ struct Shared<K, V> {
     interval: Duration,
     /// Wakes the flusher after a local write.
     wake: Notify,
-    /// One round at a time (the flusher's, or a drain's).
-    round: Mutex<()>,
+    /// One round at a time (the flusher's, or a drain's), and what rounds
+    /// remember.
+    round: Mutex<RoundState>,
     counters: Counters,
     log: LogLimiter,
 }
@@ -252,7 +253,7 @@ where
             consumer: format!("{:016x}", rand::random::<u64>()),
             interval: config.interval,
             wake: Notify::new(),
-            round: Mutex::new(()),
+            round: Mutex::new(RoundState::default()),
             counters: Counters::default(),
             log: LogLimiter::default(),
         });
@@ -379,6 +380,24 @@ where
     }
 }
 
+/// What one round leaves to the next.
+#[derive(Debug, Default)]
+struct RoundState {
+    /// The consumer group exists (forgotten when a read fails, since the
+    /// stream may have been deleted with it).
+    group_ready: bool,
+    /// When entries of dead consumers were last claimed.
+    last_claim: Option<Instant>,
+}
+
+/// Creates the consumer group (and the stream) unless it exists; a
+/// `BUSYGROUP` refusal stays inside the script instead of counting as a
+/// failed Redis call. KEYS: the stream. ARGV: the group.
+const ENSURE_GROUP: &str = r"
+redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+return 1
+";
+
 /// One entry of the stream.
 #[derive(Debug)]
 struct Entry {
@@ -391,22 +410,30 @@ where
     K: FromStr + fmt::Display + Eq + std::hash::Hash + Clone + Send + Sync + 'static,
     V: Send + Sync + 'static,
 {
-    let _one_at_a_time = shared.round.lock().await;
-    if !shared.ensure_group().await {
-        return Round::Failed;
+    let mut state = shared.round.lock().await;
+    if !state.group_ready {
+        if !shared.ensure_group().await {
+            return Round::Failed;
+        }
+        state.group_ready = true;
+    }
+    // Claiming more often than entries can become claimable is wasted.
+    if state
+        .last_claim
+        .is_none_or(|at| at.elapsed() >= CLAIM_IDLE / 2)
+    {
+        state.last_claim = Some(Instant::now());
+        let _ = shared.claim().await;
     }
     // Our own unacknowledged entries first (a failed flush, or claimed).
-    let _ = shared.claim().await;
-    let mut entries = match shared.read("0").await {
-        Some(entries) => entries,
-        None => return Round::Failed,
-    };
-    if entries.is_empty() {
-        entries = match shared.read(">").await {
-            Some(entries) => entries,
-            None => return Round::Failed,
-        };
+    let mut entries = shared.read("0").await;
+    if entries.as_ref().is_some_and(Vec::is_empty) {
+        entries = shared.read(">").await;
     }
+    let Some(entries) = entries else {
+        state.group_ready = false;
+        return Round::Failed;
+    };
     if let Some(len) = shared.queue_len().await {
         shared.counters.pending.store(len, Ordering::Relaxed);
     }
@@ -428,23 +455,12 @@ where
     /// Creates the group (and the stream) if missing; reading from the
     /// stream's start so that entries queued before it existed are flushed.
     async fn ensure_group(&self) -> bool {
-        let mut cmd = redis::cmd("XGROUP");
-        cmd.arg("CREATE")
-            .arg(&self.stream)
-            .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM");
-        // BUSYGROUP (it exists) is a refusal, not an outage: `command`
-        // returns None for both, so probe the stream instead.
-        if self
-            .l2
-            .command::<Value>("XGROUP CREATE", cmd)
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(ENSURE_GROUP).arg(1).arg(&self.stream).arg(GROUP);
+        self.l2
+            .command::<Value>("EVAL ensure group", cmd)
             .await
             .is_some()
-        {
-            return true;
-        }
-        self.queue_len().await.is_some()
     }
 
     async fn queue_len(&self) -> Option<u64> {
