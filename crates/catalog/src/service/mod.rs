@@ -14,6 +14,7 @@ mod stats;
 mod write_behind;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -291,20 +292,13 @@ impl ProductService {
         new: &NewProduct,
         expected: Expected,
     ) -> Result<Product, ServiceError> {
-        let Updated {
-            product,
-            previous_category,
-        } = match self.write_strategy {
-            WriteStrategy::WriteBehind => {
-                self.queue_update(id, expected, |current| write_behind::replaced(current, new))
-                    .await?
-            }
-            WriteStrategy::Invalidate | WriteStrategy::WriteThrough => {
-                self.store.replace(id, new, expected).await?
-            }
-        };
-        self.written(&product, Some(&previous_category)).await;
-        Ok(product)
+        self.update(
+            id,
+            expected,
+            |current| write_behind::replaced(current, new),
+            || self.store.replace(id, new, expected),
+        )
+        .await
     }
 
     pub async fn patch(
@@ -313,19 +307,34 @@ impl ProductService {
         patch: &ProductPatch,
         expected: Expected,
     ) -> Result<Product, ServiceError> {
+        self.update(
+            id,
+            expected,
+            |current| write_behind::patched(current, patch),
+            || self.store.patch(id, patch, expected),
+        )
+        .await
+    }
+
+    /// An update under the write strategy: through the queue (`next` builds
+    /// the new version from the current one) or through the store
+    /// (`store_write`), then the caches.
+    async fn update<'a, Fut>(
+        &'a self,
+        id: i64,
+        expected: Expected,
+        next: impl Fn(&Product) -> Product,
+        store_write: impl FnOnce() -> Fut,
+    ) -> Result<Product, ServiceError>
+    where
+        Fut: Future<Output = Result<Updated, StoreError>> + 'a,
+    {
         let Updated {
             product,
             previous_category,
         } = match self.write_strategy {
-            WriteStrategy::WriteBehind => {
-                self.queue_update(id, expected, |current| {
-                    write_behind::patched(current, patch)
-                })
-                .await?
-            }
-            WriteStrategy::Invalidate | WriteStrategy::WriteThrough => {
-                self.store.patch(id, patch, expected).await?
-            }
+            WriteStrategy::WriteBehind => self.queue_update(id, expected, next).await?,
+            WriteStrategy::Invalidate | WriteStrategy::WriteThrough => store_write().await?,
         };
         self.written(&product, Some(&previous_category)).await;
         Ok(product)
