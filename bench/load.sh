@@ -7,7 +7,8 @@
 #   L1 hit       catalog, L1 holds every product (warmed), every request an L1 hit
 #   L2 hit       catalog, one-entry L1 + Redis holding every product
 #   no cache     catalog, one-entry L1 and no Redis: every request reads the store
-#                (PostgreSQL, and SQLite as the embedded default)
+#                (PostgreSQL, and SQLite as the embedded default); concurrent
+#                reads share batch queries (DB_READ_LANES), mean batch printed
 #   Zipf mix     catalog with the default L1 (10,000) + Redis, ids ~ Zipf(1.0);
 #                hit rate from /cache/stats over the measured run, after warm-up
 # plus the reference points the targets are ratios of:
@@ -92,6 +93,16 @@ api() { # api METHOD PATH [JSON]
     ${3:+-d "$3"} "http://127.0.0.1:$PORT$2"
 }
 
+counter() { # counter NAME: an unlabelled counter from /metrics
+  curl -fsS "http://127.0.0.1:$PORT/metrics" | awk -v name="$1" '$1 == name {print $2}'
+}
+
+batches() { # the store reads of the run so far and their mean batch size
+  local reads queries
+  reads=$(counter db_batched_reads_total); queries=$(counter db_read_batches_total)
+  python3 -c "import sys; r,q=map(float,sys.argv[1:]); print(f'    store reads {r:.0f} in {q:.0f} queries, mean batch {r/max(q,1):.1f}')" "$reads" "$queries"
+}
+
 stat() { # stat JSON-PATH...: a number from /cache/stats
   api GET /cache/stats | python3 -c 'import json,sys; d=json.load(sys.stdin)
 for k in sys.argv[1:]: d=d[k]
@@ -153,10 +164,12 @@ stop_server
 start_catalog nocache-pg "$PG_BENCH_URL" L1_MAX_ENTRIES=1
 warmup random_ids.lua
 drive "no cache, PostgreSQL" random_ids.lua
+batches
 stop_server
 start_catalog nocache-sqlite "sqlite://$WORK/bench.db?mode=rwc" L1_MAX_ENTRIES=1
 warmup random_ids.lua
 drive "no cache, SQLite" random_ids.lua
+batches
 stop_server
 
 # (e) Zipf(1.0) with the default L1 and Redis.

@@ -24,7 +24,7 @@ use crate::service::{
     Caches, ChangeListener, ListenerStats, PageCache, ProductCache, ProductService, RenderedCodec,
     RenderedProduct, StoreFlusher,
 };
-use crate::store::{self, InstrumentedStore, Store};
+use crate::store::{self, BatchedReads, InstrumentedStore, Store};
 
 /// A built service, bound to its address, not yet serving.
 #[derive(Debug)]
@@ -47,12 +47,16 @@ impl Application {
     /// The store cannot be reached or migrated, or the address cannot be bound.
     pub async fn build(config: ServeConfig, seed: Option<u64>) -> anyhow::Result<Self> {
         let metrics = Metrics::start();
-        let store: Arc<dyn Store> = Arc::new(InstrumentedStore::new(
-            Arc::from(
-                store::connect(config.db.database_url.expose_secret(), &config.db.pool())
-                    .await
-                    .context("could not connect to the store at DATABASE_URL")?,
-            ),
+        let store: Arc<dyn Store> = Arc::new(BatchedReads::new(
+            Arc::new(InstrumentedStore::new(
+                Arc::from(
+                    store::connect(config.db.database_url.expose_secret(), &config.db.pool())
+                        .await
+                        .context("could not connect to the store at DATABASE_URL")?,
+                ),
+                &metrics,
+            )),
+            config.db.db_read_lanes,
             &metrics,
         ));
         store

@@ -45,7 +45,19 @@ pub struct DbConfig {
     /// Seconds a query waits for a connection before the store counts as down.
     #[arg(long, env = "DB_ACQUIRE_TIMEOUT_SECS", value_name = "DB_ACQUIRE_TIMEOUT_SECS", default_value = "5", value_parser = seconds)]
     pub db_acquire_timeout: Duration,
+
+    /// Batch queries that single-product reads may run at once; reads
+    /// arriving while these are busy wait and go out together in the next
+    /// one (see `store::BatchedReads`).
+    #[arg(long, env = "DB_READ_LANES", value_name = "DB_READ_LANES", default_value_t = DEFAULT_READ_LANES,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_read_lanes: u32,
 }
+
+/// Two lanes: batches large enough to spare the database most per-query
+/// work under load (measured in `bench/load.sh`), and one slow query never
+/// holds up every read.
+pub const DEFAULT_READ_LANES: u32 = 2;
 
 impl DbConfig {
     /// A configuration for `url` with default pool settings.
@@ -55,6 +67,7 @@ impl DbConfig {
             database_url: SecretString::from(url),
             db_max_connections: defaults.max_connections,
             db_acquire_timeout: defaults.acquire_timeout,
+            db_read_lanes: DEFAULT_READ_LANES,
         }
     }
 

@@ -60,6 +60,10 @@ pub const CACHE_LOADER_COALESCED: &str = "cache_loader_coalesced_total";
 pub const WRITE_BEHIND_PENDING: &str = "write_behind_pending";
 /// Time of store calls by operation, `op`.
 pub const DB_QUERY_DURATION: &str = "db_query_duration_seconds";
+/// Single-product store reads, each answered by a batch query.
+pub const DB_BATCHED_READS: &str = "db_batched_reads_total";
+/// Batch queries those reads took (reads / batches = mean batch size).
+pub const DB_READ_BATCHES: &str = "db_read_batches_total";
 
 /// Loader (store) calls made by the cache.
 pub const CACHE_LOADER_LOADS: &str = "cache_loader_loads_total";
@@ -286,6 +290,13 @@ impl Metrics {
         )
     }
 
+    /// An unlabelled counter of `name`.
+    pub fn counter(&self, name: &'static str) -> Counter {
+        self.0
+            .recorder
+            .register_counter(&Key::from_static_name(name), &METADATA)
+    }
+
     /// The exposition text, with the cache's counters as of `cache`.
     pub fn render(&self, cache: &CacheStats) -> String {
         self.0.cache.update(cache);
@@ -390,6 +401,14 @@ fn describe(recorder: &PrometheusRecorder) {
         (
             WRITE_BEHIND_BATCHES,
             "Write-behind batches written to the store.",
+        ),
+        (
+            DB_BATCHED_READS,
+            "Single-product store reads (cache misses), each answered by one batch query.",
+        ),
+        (
+            DB_READ_BATCHES,
+            "Queries the single-product reads took: reads that arrive together share one.",
         ),
     ];
     for (name, help) in counters {

@@ -12,6 +12,7 @@
 //! `migrations/postgres/0002_products_notify.sql`), which the service's
 //! change listener turns into cache invalidations; SQLite has no equivalent.
 
+mod batched;
 mod instrumented;
 mod postgres;
 mod sqlite;
@@ -23,6 +24,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::domain::{NewProduct, Product, ProductPatch};
 
+pub use batched::BatchedReads;
 pub use instrumented::InstrumentedStore;
 
 /// The `application_name` of the store's connections; the change trigger

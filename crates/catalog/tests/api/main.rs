@@ -2,6 +2,7 @@
 //! and SQLite (one database per test).
 #![allow(clippy::unwrap_used)]
 
+mod batching;
 mod cache;
 mod dashboard;
 mod failsafe;

@@ -33,7 +33,7 @@ const CONTRACT: [(&str, &str); 11] = [
 ];
 
 /// The families of the consistency and fail-safe machinery (our additions).
-const ADDED: [(&str, &str); 15] = [
+const ADDED: [(&str, &str); 17] = [
     ("cache_bus_gaps_total", "counter"),
     ("cache_l1_clears_total", "counter"),
     ("cache_stale_answers_total", "counter"),
@@ -49,6 +49,8 @@ const ADDED: [(&str, &str); 15] = [
     ("write_behind_batches_total", "counter"),
     ("write_behind_last_batch_size", "gauge"),
     ("write_behind_flush_duration_seconds", "histogram"),
+    ("db_batched_reads_total", "counter"),
+    ("db_read_batches_total", "counter"),
 ];
 
 /// A scrape: the body and its samples by series (`name{labels}` → value).
@@ -184,6 +186,8 @@ async fn metrics_agree_with_the_traffic_and_cache_stats(backend: Backend) {
         "write_behind_pending",
         r#"db_query_duration_seconds_count{op="get"}"#,
         r#"request_duration_seconds_count{endpoint="/products/{id}"}"#,
+        "db_batched_reads_total",
+        "db_read_batches_total",
     ] {
         assert_eq!(before.value(series), 0, "{series} at start");
     }
@@ -251,6 +255,9 @@ async fn metrics_agree_with_the_traffic_and_cache_stats(backend: Backend) {
         0
     );
     assert_eq!(on_a.value(r#"cache_loader_loads_total"#), 2);
+    // One at a time, each read was a batch of its own.
+    assert_eq!(on_a.value("db_batched_reads_total"), 2);
+    assert_eq!(on_a.value("db_read_batches_total"), 2);
     assert!(on_a.value(r#"cache_invalidations_total{direction="published"}"#) >= 1);
     // Requests are labelled by route template; the unknown route by one
     // fixed label.

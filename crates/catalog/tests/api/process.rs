@@ -28,6 +28,7 @@ fn catalog() -> Command {
         "LOG_FORMAT",
         "DB_MAX_CONNECTIONS",
         "DB_ACQUIRE_TIMEOUT_SECS",
+        "DB_READ_LANES",
         "REQUEST_TIMEOUT_SECS",
         "REDIS_URL",
         "CACHE_PREFIX",
@@ -80,6 +81,7 @@ async fn a_bad_setting_exits_non_zero_naming_the_variable() {
     for (var, value) in [
         ("BIND_ADDR", "not-an-address"),
         ("DB_MAX_CONNECTIONS", "0"),
+        ("DB_READ_LANES", "0"),
         ("REQUEST_TIMEOUT_SECS", "soon"),
         ("LOG_FORMAT", "xml"),
         ("L1_MAX_ENTRIES", "0"),

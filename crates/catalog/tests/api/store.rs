@@ -4,7 +4,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use catalog::domain::{Category, Description, NewProduct, Price, ProductName, ProductPatch};
-use catalog::store::{Expected, PageRequest, StoreError};
+use catalog::metrics::Metrics;
+use catalog::store::{BatchedReads, Expected, PageRequest, Store, StoreError};
+use futures_util::future::join_all;
 
 use crate::helpers::{Backend, TestDb, both_stores};
 
@@ -13,6 +15,7 @@ both_stores!(
     decimal_prices_round_trip_exactly,
     keyset_paging_covers_every_row_exactly_once,
     batch_lookup_skips_missing_ids,
+    batched_reads_answer_every_reader_of_a_repeated_id,
     conditional_writes_check_the_version,
     migrations_are_idempotent,
 );
@@ -132,6 +135,31 @@ async fn batch_lookup_skips_missing_ids(backend: Backend) {
     found.sort_by_key(|p| p.id);
     assert_eq!(found, vec![a, b]);
     assert!(none.is_empty());
+}
+
+async fn batched_reads_answer_every_reader_of_a_repeated_id(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let store = db.store().await;
+    let a = store.create(&new_product("A", "tools", 1)).await.unwrap();
+    let b = store.create(&new_product("B", "tools", 2)).await.unwrap();
+    let metrics = Metrics::start();
+    let batched = BatchedReads::new(Arc::clone(&store), 1, &metrics);
+    let ids = [a.id, a.id, 424_242, b.id, a.id, 424_242, b.id];
+
+    // Polled together on this one-thread runtime: the first read takes the
+    // lane, the other six queue and go out as one batch with repeats.
+    let answers = join_all(ids.iter().map(|id| batched.get(*id))).await;
+
+    for (id, answer) in ids.iter().zip(answers) {
+        assert_eq!(answer.unwrap(), store.get(*id).await.unwrap(), "{id}");
+    }
+    let stats = tiercache::TieredCache::<i64, String>::builder()
+        .build()
+        .await
+        .unwrap()
+        .stats();
+    let text = metrics.render(&stats);
+    assert!(text.contains("db_read_batches_total 2\n"), "{text}");
 }
 
 async fn conditional_writes_check_the_version(backend: Backend) {
