@@ -3,17 +3,21 @@
 //! and 2 threads.
 //!
 //! Each thread performs `iters` gets over 10,000 resident keys in a
-//! scrambled order; the time reported is wall time per get per thread, so
+//! scrambled order. The threads are started once per benchmark and reused
+//! for every sample (as a runtime reuses its workers), so samples measure
+//! gets, not thread start-up. The time reported is wall time per get per thread, so
 //! the 2-thread figure shows contention (equal to the 1-thread one when
 //! there is none). Throughput is reported for all threads together.
 
 #![allow(clippy::unwrap_used)]
 
 use std::hint::black_box;
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, mpsc};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use tiercache::LocalCache;
 
 const KEYS: u64 = 10_000;
@@ -27,35 +31,87 @@ fn access_order() -> Vec<u64> {
     (0..KEYS).map(|i| (i * 7_919) % KEYS).collect()
 }
 
-/// Runs `get` on `threads` threads, `iters` times each, and returns the wall time.
-fn run_threads<G>(threads: usize, iters: u64, order: &[u64], get: &G) -> Duration
-where
+/// `threads` worker threads that live for a whole benchmark, so that every
+/// sample measures gets and not thread start-up (and each worker keeps one
+/// thread identity, as a runtime's worker threads do).
+struct Workers<'scope> {
+    starts: Vec<mpsc::Sender<u64>>,
+    done: mpsc::Receiver<()>,
+    barrier: &'scope Barrier,
+}
+
+impl<'scope> Workers<'scope> {
+    /// Starts the workers; each runs `get` over `order` on request.
+    fn start<'env, G>(
+        scope: &'scope thread::Scope<'scope, 'env>,
+        threads: usize,
+        barrier: &'scope Barrier,
+        order: &'env [u64],
+        get: &'env G,
+    ) -> Self
+    where
+        G: Fn(u64) -> bool + Sync,
+    {
+        let (done_tx, done) = mpsc::channel();
+        let starts = (0..threads)
+            .map(|t| {
+                let (start_tx, start) = mpsc::channel::<u64>();
+                let done_tx = done_tx.clone();
+                scope.spawn(move || {
+                    let offset = t * order.len() / threads;
+                    for iters in start {
+                        barrier.wait();
+                        let mut hits = 0u64;
+                        for i in 0..iters {
+                            let index = (usize::try_from(i).unwrap() + offset) % order.len();
+                            hits += u64::from(get(black_box(order[index])));
+                        }
+                        assert_eq!(hits, iters, "every get must hit");
+                        done_tx.send(()).unwrap();
+                    }
+                });
+                start_tx
+            })
+            .collect();
+        Self {
+            starts,
+            done,
+            barrier,
+        }
+    }
+
+    /// Has every worker perform `iters` gets at once; returns the wall time
+    /// from their common start until the last one finished.
+    fn run(&self, iters: u64) -> Duration {
+        for start in &self.starts {
+            start.send(iters).unwrap();
+        }
+        self.barrier.wait();
+        let started = Instant::now();
+        for _ in &self.starts {
+            self.done.recv().unwrap();
+        }
+        started.elapsed()
+    }
+}
+
+/// Benchmarks `get` on `threads` long-lived threads as `name` in `group`.
+fn bench_on_threads<G>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    threads: usize,
+    order: &[u64],
+    get: &G,
+) where
     G: Fn(u64) -> bool + Sync,
 {
     let barrier = Barrier::new(threads + 1);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|t| {
-                let barrier = &barrier;
-                scope.spawn(move || {
-                    let offset = t * order.len() / threads.max(1);
-                    barrier.wait();
-                    let mut hits = 0u64;
-                    for i in 0..iters {
-                        let index = (usize::try_from(i).unwrap() + offset) % order.len();
-                        hits += u64::from(get(black_box(order[index])));
-                    }
-                    assert_eq!(hits, iters, "every get must hit");
-                })
-            })
-            .collect();
-        barrier.wait();
-        let start = Instant::now();
-        for worker in workers {
-            worker.join().unwrap();
-        }
-        start.elapsed()
-    })
+    thread::scope(|scope| {
+        let workers = Workers::start(scope, threads, &barrier, order, get);
+        group.bench_function(name, |b| b.iter_custom(|iters| workers.run(iters)));
+        // Dropping the senders ends the workers' loops.
+        drop(workers);
+    });
 }
 
 fn l1_get(c: &mut Criterion) {
@@ -72,11 +128,11 @@ fn l1_get(c: &mut Criterion) {
     for threads in [1usize, 2] {
         let mut group = c.benchmark_group(format!("l1_get/{threads}_thread"));
         group.throughput(Throughput::Elements(threads as u64));
-        group.bench_function("raw_quick_cache", |b| {
-            b.iter_custom(|iters| run_threads(threads, iters, &order, &|k| raw.get(&k).is_some()));
+        bench_on_threads(&mut group, "raw_quick_cache", threads, &order, &|k| {
+            raw.get(&k).is_some()
         });
-        group.bench_function("tiercache_local", |b| {
-            b.iter_custom(|iters| run_threads(threads, iters, &order, &|k| ours.get(&k).is_some()));
+        bench_on_threads(&mut group, "tiercache_local", threads, &order, &|k| {
+            ours.get(&k).is_some()
         });
         group.finish();
     }
