@@ -57,6 +57,7 @@ impl Application {
                 &metrics,
             )),
             config.db.db_read_lanes,
+            config.cache.loader_hard_timeout,
             &metrics,
         ));
         store

@@ -24,10 +24,17 @@
 //! decode, say) each id is read again on its own, so one bad row fails
 //! only the reads of that row. Writes and every other call go straight to
 //! the inner store.
+//!
+//! A batch still running after its deadline (the cache's hard loader
+//! timeout, by which every reader has given up) is abandoned and its
+//! readers told the store is unavailable: a query hung on a dead
+//! connection must not hold a lane, and with it every later read, for as
+//! long as TCP takes to notice.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
@@ -55,6 +62,8 @@ struct Queue {
 struct Lanes {
     inner: Arc<dyn Store>,
     queue: Mutex<Queue>,
+    /// How long one batch may take before it is abandoned.
+    deadline: Duration,
     reads: Counter,
     batches: Counter,
 }
@@ -69,12 +78,14 @@ pub struct BatchedReads {
 
 impl BatchedReads {
     /// Wraps `inner`, running at most `lanes` (at least 1) batch queries at
-    /// a time, and counting reads and batches in `metrics`.
-    pub fn new(inner: Arc<dyn Store>, lanes: u32, metrics: &Metrics) -> Self {
+    /// a time, each for at most `deadline`, and counting reads and batches
+    /// in `metrics`.
+    pub fn new(inner: Arc<dyn Store>, lanes: u32, deadline: Duration, metrics: &Metrics) -> Self {
         Self {
             lanes: Arc::new(Lanes {
                 inner,
                 queue: Mutex::new(Queue::default()),
+                deadline,
                 reads: metrics.counter(DB_BATCHED_READS),
                 batches: metrics.counter(DB_READ_BATCHES),
             }),
@@ -110,12 +121,11 @@ async fn run_lane(lanes: Arc<Lanes>, mut batch: Vec<(i64, Reply)>) {
         lanes
             .reads
             .increment(u64::try_from(batch.len()).unwrap_or(u64::MAX));
-        // A panic in the store drops this batch's replies (its readers get
-        // an error) but must not take the lane with it: the queue behind
-        // it would wait forever.
-        let _ = AssertUnwindSafe(answer(lanes.inner.as_ref(), batch))
-            .catch_unwind()
-            .await;
+        // A panic in the store or a hung query drops this batch's replies
+        // (its readers get an error) but must not take the lane with it:
+        // the queue behind it would wait forever.
+        let work = AssertUnwindSafe(answer(lanes.inner.as_ref(), batch)).catch_unwind();
+        let _ = tokio::time::timeout(lanes.deadline, work).await;
         let mut state = lock(&lanes.queue);
         if state.waiting.is_empty() {
             state.running -= 1;
@@ -202,9 +212,11 @@ impl Store for BatchedReads {
             tokio::spawn(run_lane(Arc::clone(&self.lanes), batch));
         }
         answer.await.unwrap_or_else(|_| {
-            // The lane dropped the reply: the store panicked, or the
-            // runtime is shutting down.
-            Err(StoreError::Unavailable(sqlx::Error::PoolClosed))
+            // The lane dropped the reply: the batch passed its deadline, the
+            // store panicked, or the runtime is shutting down.
+            Err(StoreError::Unavailable(sqlx::Error::Io(
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "the batch read was abandoned"),
+            )))
         })
     }
 

@@ -323,3 +323,37 @@ async fn a_load_past_the_hard_timeout_without_fallback_is_a_503() {
 
     assert!(sample(&metrics, r#"cache_loader_timeouts_total{kind="hard"}"#) >= 1);
 }
+
+#[tokio::test]
+async fn a_hung_store_read_does_not_hold_up_later_reads() {
+    let (app, proxy) = spawn_behind_proxy(|config| {
+        config.db.db_read_lanes = 1;
+        config.cache.loader_soft_timeout = Duration::from_millis(100);
+        config.cache.loader_hard_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let hung = app.create_product("Hung", "tools", 1.0).await["id"]
+        .as_i64()
+        .unwrap();
+    let later = app.create_product("Later", "tools", 1.0).await["id"]
+        .as_i64()
+        .unwrap();
+
+    // The answer to the first read is held back for a minute: its query
+    // hangs on its connection, as on a half-dead link.
+    proxy.delay(Duration::from_secs(60));
+    let response = app.get(&format!("/products/{hung}")).await;
+    assert_unavailable(response, "a read of a hung store").await;
+    proxy.delay(Duration::ZERO);
+    // Past the abandoned batch's deadline (the hard timeout, from its start).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, source, body) = read(&app, later).await;
+
+    // The only lane was not left waiting for the hung query.
+    assert_eq!(
+        (status, source.as_str()),
+        (StatusCode::OK, "MISS"),
+        "{body}"
+    );
+    assert_eq!(body["name"], "Later");
+}

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use catalog::domain::{Category, Description, NewProduct, Price, ProductName, ProductPatch};
 use catalog::metrics::Metrics;
@@ -143,7 +144,7 @@ async fn batched_reads_answer_every_reader_of_a_repeated_id(backend: Backend) {
     let a = store.create(&new_product("A", "tools", 1)).await.unwrap();
     let b = store.create(&new_product("B", "tools", 2)).await.unwrap();
     let metrics = Metrics::start();
-    let batched = BatchedReads::new(Arc::clone(&store), 1, &metrics);
+    let batched = BatchedReads::new(Arc::clone(&store), 1, Duration::from_secs(30), &metrics);
     let ids = [a.id, a.id, 424_242, b.id, a.id, 424_242, b.id];
 
     // Polled together on this one-thread runtime: the first read takes the
