@@ -8,7 +8,7 @@
 //! - [`coarse`] is the clock of the L1 *hot path*. `Instant::now()` costs about
 //!   20 ns here (measured: 20.4 ns per call on this machine), more than half
 //!   of a raw quick_cache hit, so the L1 reads a millisecond counter that one
-//!   background thread keeps current instead.
+//!   background thread advances every 10 ms instead.
 //!
 //! Neither clock is wall time: both are monotonic and only differences mean
 //! anything.
@@ -78,7 +78,13 @@ pub(crate) mod coarse {
     use std::time::{Duration, Instant};
 
     /// How often the clock advances; also the resolution of L1 TTLs.
-    pub(crate) const TICK: Duration = Duration::from_millis(1);
+    ///
+    /// 10 ms, not 1: each tick wakes this thread, and on a machine whose
+    /// cores are all serving requests the wake-up preempts a worker. Measured
+    /// on the catalog's L1-hit path (2 cores, wrk -c64, 3 alternating rounds):
+    /// 11.8 µs of server CPU per request with a 10 ms tick against 12.6 µs
+    /// with a 1 ms tick. Cache TTLs are seconds; 10 ms more is nothing.
+    pub(crate) const TICK: Duration = Duration::from_millis(10);
 
     static START: LazyLock<Instant> = LazyLock::new(Instant::now);
     static NOW_MS: AtomicU64 = AtomicU64::new(0);

@@ -79,8 +79,9 @@ const SHARDS: usize = 16;
 /// # Expiry
 ///
 /// Each entry has its own TTL, checked on read (a read past it is a miss
-/// and removes the entry) with millisecond resolution. Expired entries
-/// nobody reads are removed by eviction, not by a background sweep.
+/// and removes the entry); an entry may outlive its TTL by up to the
+/// clock's 10 ms tick. Expired entries nobody reads are removed by
+/// eviction, not by a background sweep.
 ///
 /// # Example
 ///
