@@ -11,8 +11,10 @@
 #                reads share batch queries (DB_READ_LANES), mean batch printed
 #   Zipf mix     catalog with the default L1 (10,000) + Redis, ids ~ Zipf(1.0);
 #                hit rate from /cache/stats over the measured run, after warm-up
-# plus the reference points the targets are ratios of:
-#   redis-benchmark GET (-c 50, -P 1) and pgbench primary-key SELECT (-c 8, prepared).
+# plus the reference points the targets are ratios of, each run right after
+# its counterpart: redis-benchmark GET (-c 50, -P 1) after the L2-hit run and
+# pgbench primary-key SELECT (-c 8, prepared) after the no-cache PostgreSQL
+# run; the ratios are printed under the runs.
 #
 # Usage: bench/load.sh            (from the repository root)
 # Env:   PG_URL    admin URL of PostgreSQL (default postgres://postgres@127.0.0.1:5432/postgres)
@@ -121,6 +123,20 @@ drive() {
   errors=$(awk '/Non-2xx or 3xx/ {print $5}' "$out")
   printf '%-30s %10s req/s   p50 %9s   p99 %9s   non-2xx %s\n' \
     "$name" "$rps" "$p50" "$p99" "${errors:-0}"
+  RPS=$rps P99=$p99
+}
+
+# ratio LABEL A B TARGET: prints A / B (wrk latencies such as 383.00us,
+# 4.35ms or 1.20s are compared in the same unit).
+ratio() {
+  python3 - "$@" <<'PY'
+import re, sys
+def value(text):
+    number, unit = re.fullmatch(r"([0-9.]+)([a-z]*)", text).groups()
+    return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3}.get(unit, 1.0)
+label, a, b, target = sys.argv[1:]
+print(f"    {label}: {value(a) / value(b):.2f} (target {target})")
+PY
 }
 
 warmup() { # a short untimed wrk pass
@@ -141,6 +157,7 @@ SERVER_PID=$!
 wait_healthy floor
 warmup random_ids.lua
 drive "floor (precomputed map)" random_ids.lua
+FLOOR_RPS=$RPS FLOOR_P99=$P99
 stop_server
 
 # (b) every request an L1 hit: L1 large enough for every product, warmed.
@@ -149,6 +166,8 @@ api POST /cache/warm '{"all":true}' >/dev/null
 warmup random_ids.lua
 drive "catalog L1 hit" random_ids.lua
 echo "    L1 hits $(stat levels l1 hits), L1 misses $(stat levels l1 misses)"
+ratio "L1 hit / floor, req/s" "$RPS" "$FLOOR_RPS" "≥ 0.85"
+ratio "L1 hit / floor, p99" "$P99" "$FLOOR_P99" "≤ 1.25"
 stop_server
 
 # (c) every request an L2 hit: a one-entry L1 in front of a warmed Redis.
@@ -157,15 +176,27 @@ api POST /cache/warm '{"all":true}' >/dev/null
 warmup random_ids.lua
 drive "catalog L2 hit" random_ids.lua
 echo "    L2 hits $(stat levels l2 hits), L2 misses $(stat levels l2 misses), L2 errors $(stat levels l2 errors)"
+L2_RPS=$RPS
 api DELETE /cache >/dev/null
 stop_server
+# Each reference point runs right after the run it is the reference of, so
+# that both see the machine in the same state.
+redis_host=$(python3 -c "import sys,urllib.parse as u; p=u.urlparse(sys.argv[1]); print(p.hostname or '127.0.0.1', p.port or 6379)" "$REDIS_URL")
+read -r rhost rport <<<"$redis_host"
+redis-benchmark -h "$rhost" -p "$rport" -c 50 -P 1 -n 500000 -t get -q --csv 2>/dev/null >"$WORK/redis.csv"
+awk -F'"' '$2 == "GET" {printf "%-30s %10s req/s   p50 %7s ms   p99 %7s ms\n", "redis-benchmark GET", $4, $10, $14}' "$WORK/redis.csv"
+ratio "L2 hit / redis-benchmark GET" "$L2_RPS" "$(awk -F'"' '$2 == "GET" {print $4}' "$WORK/redis.csv")" "≥ 0.5"
 
 # (d) no cache: one-entry L1, no Redis; every request reads the store.
 start_catalog nocache-pg "$PG_BENCH_URL" L1_MAX_ENTRIES=1
 warmup random_ids.lua
 drive "no cache, PostgreSQL" random_ids.lua
 batches
+PG_RPS=$RPS
 stop_server
+pgbench -n -M prepared -c 8 -T "${DURATION%s}" -D maxid="$PRODUCTS" -f bench/pk_select.sql "$PG_BENCH_URL" 2>/dev/null >"$WORK/pgbench.out"
+awk '/^tps/ {tps=$3} /latency average/ {lat=$4} END {printf "%-30s %10s tps     avg latency %s ms\n", "pgbench primary-key SELECT", tps, lat}' "$WORK/pgbench.out"
+ratio "no cache PostgreSQL / pgbench" "$PG_RPS" "$(awk '/^tps/ {print $3}' "$WORK/pgbench.out")" "≥ 0.5"
 start_catalog nocache-sqlite "sqlite://$WORK/bench.db?mode=rwc" L1_MAX_ENTRIES=1
 warmup random_ids.lua
 drive "no cache, SQLite" random_ids.lua
@@ -181,15 +212,7 @@ l1_0=$(stat levels l1 hits); l2_0=$(stat levels l2 hits)
 drive "catalog Zipf(1.0) mix" zipf_ids.lua
 hits1=$(stat cache_hits); total1=$(stat total_requests)
 l1_1=$(stat levels l1 hits); l2_1=$(stat levels l2 hits)
-python3 -c "import sys; h,t,a,b=map(int,sys.argv[1:]); print(f'    hit rate over the run {h/t:.4f} (L1 {a/t:.4f}, L2 {b/t:.4f}) of {t} requests')" \
+python3 -c "import sys; h,t,a,b=map(int,sys.argv[1:]); print(f'    hit rate over the run {h/t:.4f} (L1 {a/t:.4f}, L2 {b/t:.4f}) of {t} requests (target ≥ 0.95)')" \
   $((hits1 - hits0)) $((total1 - total0)) $((l1_1 - l1_0)) $((l2_1 - l2_0))
 api DELETE /cache >/dev/null
 stop_server
-
-# Reference points.
-redis_host=$(python3 -c "import sys,urllib.parse as u; p=u.urlparse(sys.argv[1]); print(p.hostname or '127.0.0.1', p.port or 6379)" "$REDIS_URL")
-read -r rhost rport <<<"$redis_host"
-redis-benchmark -h "$rhost" -p "$rport" -c 50 -P 1 -n 500000 -t get -q --csv 2>/dev/null |
-  awk -F'"' '$2 == "GET" {printf "%-30s %10s req/s   p50 %7s ms   p99 %7s ms\n", "redis-benchmark GET", $4, $10, $14}'
-pgbench -n -M prepared -c 8 -T "${DURATION%s}" -D maxid="$PRODUCTS" -f bench/pk_select.sql "$PG_BENCH_URL" 2>/dev/null |
-  awk '/^tps/ {tps=$3} /latency average/ {lat=$4} END {printf "%-30s %10s tps     avg latency %s ms\n", "pgbench primary-key SELECT", tps, lat}'
