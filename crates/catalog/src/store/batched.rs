@@ -136,16 +136,13 @@ async fn run_lane(lanes: Arc<Lanes>, mut batch: Vec<(i64, Reply)>) {
 }
 
 /// Reads the ids of `batch` and answers every waiter.
-async fn answer(inner: &dyn Store, batch: Vec<(i64, Reply)>) {
-    if let [(id, _)] = batch.as_slice() {
-        let result = inner.get(*id).await;
-        if let Some((_, reply)) = batch.into_iter().next() {
-            // The reader may have given up (its request was cancelled).
-            let _ = reply.send(result);
-        }
+async fn answer(inner: &dyn Store, mut batch: Vec<(i64, Reply)>) {
+    if batch.len() == 1 {
+        let (id, reply) = batch.remove(0);
+        // The reader may have given up (its request was cancelled).
+        let _ = reply.send(inner.get(id).await);
         return;
     }
-    let mut batch = batch;
     batch.sort_unstable_by_key(|(id, _)| *id);
     let mut ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
     ids.dedup();

@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::{Connection, Executor, PgConnection};
 
-use crate::helpers::{Backend, TestApp, assert_problem, both_stores};
+use crate::helpers::{Backend, TestApp, assert_problem, both_stores, metric};
 
 both_stores!(concurrent_misses_each_get_their_own_product);
 
@@ -63,16 +63,6 @@ async fn read_all(app: &TestApp, ids: &[i64]) -> HashMap<i64, (StatusCode, Value
     join_all(reads).await.into_iter().collect()
 }
 
-/// A counter from `/metrics`.
-async fn counter(app: &TestApp, name: &str) -> u64 {
-    let body = app.get("/metrics").await.text().await.unwrap();
-    body.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
-        .parse()
-        .unwrap()
-}
-
 async fn concurrent_misses_each_get_their_own_product(backend: Backend) {
     let (app, products) = app_with_products(backend, 60).await;
     let mut ids: Vec<i64> = products.iter().map(|(id, _)| *id).collect();
@@ -89,8 +79,8 @@ async fn concurrent_misses_each_get_their_own_product(backend: Backend) {
     for id in UNKNOWN {
         assert_eq!(answers[&id].0, StatusCode::NOT_FOUND, "{id}");
     }
-    let reads = counter(&app, "db_batched_reads_total").await;
-    let batches = counter(&app, "db_read_batches_total").await;
+    let reads = metric(&app, "db_batched_reads_total").await;
+    let batches = metric(&app, "db_read_batches_total").await;
     assert_eq!(reads, 65, "every miss went through the batcher");
     assert!((1..=reads).contains(&batches), "{batches} batches");
 }
@@ -167,18 +157,11 @@ async fn reads_queued_behind_a_busy_lane_share_one_query() {
     for id in UNKNOWN {
         assert_eq!(answers[&id].0, StatusCode::NOT_FOUND, "{id}");
     }
-    assert_eq!(counter(&app, "db_batched_reads_total").await, 45);
+    assert_eq!(metric(&app, "db_batched_reads_total").await, 45);
     // The blocked read, then (all going well) the 44 queued ones together.
-    let batches = counter(&app, "db_read_batches_total").await;
+    let batches = metric(&app, "db_read_batches_total").await;
     assert!(batches <= 4, "45 reads took {batches} queries");
-    let gets: u64 = {
-        let body = app.get("/metrics").await.text().await.unwrap();
-        body.lines()
-            .find_map(|line| line.strip_prefix("db_query_duration_seconds_count{op=\"get_many\"} "))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let gets = metric(&app, r#"db_query_duration_seconds_count{op="get_many"}"#).await;
     assert!(gets >= 1, "the queued reads went out as a batch query");
 }
 
@@ -202,7 +185,7 @@ async fn a_row_that_breaks_its_batch_fails_only_its_own_read() {
 
     let mut answers = read_behind_a_lock(&app, products[0].0, &rest).await;
 
-    let batches = counter(&app, "db_read_batches_total").await;
+    let batches = metric(&app, "db_read_batches_total").await;
     assert!(batches <= 4, "12 reads took {batches} queries");
     let (status, body) = answers.remove(&bad).unwrap();
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");

@@ -467,6 +467,19 @@ pub(crate) async fn assert_problem(response: Response, status: StatusCode) -> Va
     body
 }
 
+/// The value of one series of `app`'s `/metrics` (`name` or
+/// `name{labels}`), which must be there.
+pub(crate) async fn metric(app: &TestApp, series: &str) -> u64 {
+    let body = app.get("/metrics").await.text().await.unwrap();
+    let value: f64 = body
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
+        .parse()
+        .unwrap();
+    value as u64
+}
+
 /// Runs each listed `async fn(Backend)` test against PostgreSQL and SQLite.
 macro_rules! both_stores {
     ($($name:ident),* $(,)?) => {
