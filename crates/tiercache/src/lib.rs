@@ -30,7 +30,10 @@
 //! can read), [`PostcardCodec`] for compact binary — optionally
 //! LZ4-compressed above a size threshold. Keys are
 //! `{key_prefix}{namespace}:{key}`, every key has a TTL, batches use one
-//! `MGET` / one pipeline, and clearing uses `SCAN` + `UNLINK`.
+//! `MGET` / one pipeline, and clearing uses `SCAN` + `UNLINK`. Single-key
+//! reads are batched too: at most two run at a time, and the reads that
+//! arrive meanwhile share the next `MGET` ([`Batcher`]), so under load Redis
+//! and this process pay per batch, not per read; a lone read is a `GET`.
 //!
 //! **Loader**: the closure the caller passes to each read.
 //!
@@ -104,7 +107,7 @@
 //! | Redis unreachable at start | `build` succeeds, L2 is [`L2State::Down`], a background task reconnects with backoff |
 //! | Redis dies | the first calls fail (misses); after 5 consecutive failures the breaker opens and Redis is skipped |
 //! | Redis comes back | a probe every cooldown (1 s) closes the breaker; redis-rs reconnects; L2 is `Up` again within seconds |
-//! | Redis slow | each call is cut at the timeout and counted as an error |
+//! | Redis slow | each call is cut at the timeout and counted as an error; a read queued behind a batch waits for that batch, so at worst two timeouts |
 //! | value in Redis undecodable | miss, counted in `l2.decode_errors`, overwritten by the next fill |
 //! | loader fails | with a fallback (fail-safe): [`Source::Stale`], loader throttled; else every coalesced caller gets the same [`Error::Loader`]; nothing is cached |
 //! | loader slow | past the soft timeout: fallback answered, load finishes in the background; past the hard timeout: abandoned ([`LoaderTimedOut`]) |
@@ -147,6 +150,7 @@
 
 #![warn(missing_docs)]
 
+mod batch;
 mod builder;
 mod bus;
 mod clock;
@@ -159,6 +163,7 @@ mod remote;
 mod stats;
 mod write_behind;
 
+pub use batch::{Abandoned, Batcher};
 pub use builder::{
     DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURE_THRESHOLD, DEFAULT_FAIL_SAFE_THROTTLE,
     DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_KEY_PREFIX, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_MAX_ENTRIES,

@@ -9,17 +9,14 @@
 //! together with one [`Store::get_many`], so the per-query cost is paid per
 //! batch.
 //!
-//! How: at most `lanes` batches run at a time. A read joins the queue; if a
-//! lane is free it takes the queue (up to [`MAX_BATCH`] ids) and runs it at
-//! once, so a read on an idle service waits for nothing and pays no timer.
-//! When every lane is busy the read waits in the queue, and the next lane
-//! to finish takes the whole queue in one batch. The batch size therefore
-//! follows the load: 1 when idle, larger exactly when queries would
-//! otherwise queue for the pool.
+//! How: a [`tiercache::Batcher`] of `lanes` lanes, the batcher the cache's
+//! own Redis reads use: a read on an idle service is a plain
+//! [`Store::get`] that waits for nothing; when every lane is busy, reads
+//! queue and the next lane to finish takes up to [`MAX_BATCH`] of them as
+//! one query.
 //!
-//! Semantics are those of [`Store::get`] for each id: a batch runs in its
-//! own task (a cancelled request never cancels other requests' reads), a
-//! batch of one id is a plain `get`, and when a batch query fails for a
+//! Semantics are those of [`Store::get`] for each id: a cancelled request
+//! never cancels other requests' reads, and when a batch query fails for a
 //! reason other than the store being unavailable (a row that does not
 //! decode, say) each id is read again on its own, so one bad row fails
 //! only the reads of that row. Writes and every other call go straight to
@@ -32,14 +29,12 @@
 //! long as TCP takes to notice.
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::FutureExt;
 use metrics::Counter;
-use tokio::sync::oneshot;
+use tiercache::Batcher;
 
 use super::{Expected, PageRequest, ProductChange, Store, StoreError, Updated};
 use crate::domain::{NewProduct, Product, ProductPatch};
@@ -48,32 +43,14 @@ use crate::metrics::{DB_BATCHED_READS, DB_READ_BATCHES, Metrics};
 /// Most ids one batch query asks for.
 const MAX_BATCH: usize = 100;
 
-type Reply = oneshot::Sender<Result<Option<Product>, StoreError>>;
-
-/// Reads waiting for a lane, and how many lanes are running.
-#[derive(Debug, Default)]
-struct Queue {
-    waiting: Vec<(i64, Reply)>,
-    running: usize,
-}
-
-/// What a lane needs, shared by every lane.
-#[derive(Debug)]
-struct Lanes {
-    inner: Arc<dyn Store>,
-    queue: Mutex<Queue>,
-    /// How long one batch may take before it is abandoned.
-    deadline: Duration,
-    reads: Counter,
-    batches: Counter,
-}
+type Answer = Result<Option<Product>, StoreError>;
 
 /// Wraps another store; single reads are batched, everything else passes
 /// through.
 #[derive(Debug)]
 pub struct BatchedReads {
-    lanes: Arc<Lanes>,
-    max_lanes: usize,
+    inner: Arc<dyn Store>,
+    reads: Batcher<i64, Answer>,
 }
 
 impl BatchedReads {
@@ -81,100 +58,76 @@ impl BatchedReads {
     /// a time, each for at most `deadline`, and counting reads and batches
     /// in `metrics`.
     pub fn new(inner: Arc<dyn Store>, lanes: u32, deadline: Duration, metrics: &Metrics) -> Self {
+        let reads = metrics.counter(DB_BATCHED_READS);
+        let batches = metrics.counter(DB_READ_BATCHES);
+        let store = Arc::clone(&inner);
+        let lanes = usize::try_from(lanes).unwrap_or(usize::MAX);
         Self {
-            lanes: Arc::new(Lanes {
-                inner,
-                queue: Mutex::new(Queue::default()),
-                deadline,
-                reads: metrics.counter(DB_BATCHED_READS),
-                batches: metrics.counter(DB_READ_BATCHES),
-            }),
-            max_lanes: usize::try_from(lanes).unwrap_or(usize::MAX).max(1),
+            reads: Batcher::new(lanes, MAX_BATCH, move |ids: Vec<i64>| {
+                count(&reads, &batches, ids.len());
+                let store = Arc::clone(&store);
+                async move { read_batch(store.as_ref(), ids).await }
+            })
+            .with_deadline(deadline),
+            inner,
         }
     }
 
     fn inner(&self) -> &dyn Store {
-        self.lanes.inner.as_ref()
+        self.inner.as_ref()
     }
 }
 
-fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
-    // Every critical section is a push or a drain: a panic cannot leave
-    // the queue half-changed.
-    queue.lock().unwrap_or_else(|e| e.into_inner())
+fn count(reads: &Counter, batches: &Counter, size: usize) {
+    batches.increment(1);
+    reads.increment(u64::try_from(size).unwrap_or(u64::MAX));
 }
 
-/// Takes up to [`MAX_BATCH`] of the oldest waiting reads.
-fn take(waiting: &mut Vec<(i64, Reply)>) -> Vec<(i64, Reply)> {
-    if waiting.len() <= MAX_BATCH {
-        std::mem::take(waiting)
-    } else {
-        waiting.drain(..MAX_BATCH).collect()
+/// Reads the ids of one batch; one answer per id, in order.
+async fn read_batch(inner: &dyn Store, ids: Vec<i64>) -> Vec<Answer> {
+    if let [id] = ids.as_slice() {
+        return vec![inner.get(*id).await];
     }
-}
-
-/// One lane: runs `batch`, then whatever queued meanwhile, until the queue
-/// is empty.
-async fn run_lane(lanes: Arc<Lanes>, mut batch: Vec<(i64, Reply)>) {
-    loop {
-        lanes.batches.increment(1);
-        lanes
-            .reads
-            .increment(u64::try_from(batch.len()).unwrap_or(u64::MAX));
-        // A panic in the store or a hung query drops this batch's replies
-        // (its readers get an error) but must not take the lane with it:
-        // the queue behind it would wait forever.
-        let work = AssertUnwindSafe(answer(lanes.inner.as_ref(), batch)).catch_unwind();
-        let _ = tokio::time::timeout(lanes.deadline, work).await;
-        let mut state = lock(&lanes.queue);
-        if state.waiting.is_empty() {
-            state.running -= 1;
-            return;
-        }
-        batch = take(&mut state.waiting);
-    }
-}
-
-/// Reads the ids of `batch` and answers every waiter.
-async fn answer(inner: &dyn Store, mut batch: Vec<(i64, Reply)>) {
-    if batch.len() == 1 {
-        let (id, reply) = batch.remove(0);
-        // The reader may have given up (its request was cancelled).
-        let _ = reply.send(inner.get(id).await);
-        return;
-    }
-    batch.sort_unstable_by_key(|(id, _)| *id);
-    let mut ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
-    ids.dedup();
-    match inner.get_many(&ids).await {
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    match inner.get_many(&distinct).await {
         Ok(found) => {
             let mut found: HashMap<i64, Product> = found.into_iter().map(|p| (p.id, p)).collect();
             // An id read twice (rare: the cache's single-flight joins
-            // concurrent reads of a key) is cloned for all but its last reader.
-            let mut replies = batch.into_iter().peekable();
-            while let Some((id, reply)) = replies.next() {
-                let product = if replies.peek().is_some_and(|(next, _)| *next == id) {
-                    found.get(&id).cloned()
-                } else {
-                    found.remove(&id)
-                };
-                let _ = reply.send(Ok(product));
-            }
+            // concurrent reads of a key) is cloned for all but its last
+            // reader, which takes it.
+            let last: HashMap<i64, usize> =
+                ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+            ids.iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    Ok(if last[id] == i {
+                        found.remove(id)
+                    } else {
+                        found.get(id).cloned()
+                    })
+                })
+                .collect()
         }
         Err(StoreError::Unavailable(err)) => {
             // The same answer for every reader; `sqlx::Error` is not `Clone`,
             // so each gets an I/O error carrying the original message.
             let message = err.to_string();
-            for (_, reply) in batch {
-                let copy = sqlx::Error::Io(std::io::Error::other(message.clone()));
-                let _ = reply.send(Err(StoreError::Unavailable(copy)));
-            }
+            ids.iter()
+                .map(|_| {
+                    let copy = sqlx::Error::Io(std::io::Error::other(message.clone()));
+                    Err(StoreError::Unavailable(copy))
+                })
+                .collect()
         }
         Err(_) => {
             // Which row broke the batch is unknown: read each on its own.
-            for (id, reply) in batch {
-                let _ = reply.send(inner.get(id).await);
+            let mut answers = Vec::with_capacity(ids.len());
+            for id in ids {
+                answers.push(inner.get(id).await);
             }
+            answers
         }
     }
 }
@@ -194,23 +147,9 @@ impl Store for BatchedReads {
     }
 
     async fn get(&self, id: i64) -> Result<Option<Product>, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let start = {
-            let mut state = lock(&self.lanes.queue);
-            state.waiting.push((id, reply));
-            if state.running < self.max_lanes {
-                state.running += 1;
-                Some(take(&mut state.waiting))
-            } else {
-                None
-            }
-        };
-        if let Some(batch) = start {
-            tokio::spawn(run_lane(Arc::clone(&self.lanes), batch));
-        }
-        answer.await.unwrap_or_else(|_| {
-            // The lane dropped the reply: the batch passed its deadline, the
-            // store panicked, or the runtime is shutting down.
+        self.reads.call(id).await.unwrap_or_else(|_| {
+            // The batch passed its deadline, the store panicked, or the
+            // runtime is shutting down.
             Err(StoreError::Unavailable(sqlx::Error::Io(
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "the batch read was abandoned"),
             )))

@@ -64,7 +64,7 @@ where
             return Ok((value, Source::L1));
         }
         if let Some(l2) = &self.l2 {
-            let mut found = match l2.get(&self.redis_key(key)).await {
+            let mut found = match l2.get(self.redis_key(key)).await {
                 Some(Some(stored)) => self.decode(stored).await,
                 Some(None) | None => None,
             };

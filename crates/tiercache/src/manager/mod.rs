@@ -748,7 +748,7 @@ where
             return generation;
         }
         let stored = match &inner.l2 {
-            Some(l2) => l2.get(&inner.tag_key(tag)).await.flatten(),
+            Some(l2) => l2.get(inner.tag_key(tag)).await.flatten(),
             None => None,
         };
         let generation = stored

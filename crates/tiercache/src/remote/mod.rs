@@ -41,6 +41,7 @@ use redis::{Cmd, RedisError, Value};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::batch::Batcher;
 use crate::clock::SystemClock;
 use crate::error::Error;
 use crate::stats::L2State;
@@ -53,6 +54,10 @@ pub(crate) const LOG_EVERY: Duration = Duration::from_secs(5);
 const REBUILD_AFTER: u32 = 3;
 /// `SCAN … COUNT`: keys examined per round trip when clearing a prefix.
 const SCAN_COUNT: usize = 500;
+/// Single-key reads in flight at once; more wait and go out as one `MGET`.
+const READ_LANES: usize = 2;
+/// Most keys in one batched `MGET`.
+const MAX_READ_BATCH: usize = 100;
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(2);
 
@@ -71,6 +76,8 @@ pub(crate) struct RemoteConfig {
 #[derive(Debug, Clone)]
 pub(crate) struct RemoteCache {
     inner: Arc<Inner>,
+    /// Single-key reads, sent as one `MGET` when they arrive together.
+    gets: Batcher<String, Option<Option<Vec<u8>>>>,
     _supervisor: Arc<AbortOnDrop>,
 }
 
@@ -116,6 +123,13 @@ impl RemoteCache {
         }
         let supervisor = tokio::spawn(supervise(Arc::downgrade(&inner)));
         Ok(Self {
+            gets: Batcher::new(READ_LANES, MAX_READ_BATCH, {
+                let inner = Arc::clone(&inner);
+                move |keys| {
+                    let inner = Arc::clone(&inner);
+                    async move { inner.get_batch(keys).await }
+                }
+            }),
             inner,
             _supervisor: Arc::new(AbortOnDrop(supervisor)),
         })
@@ -159,28 +173,19 @@ impl RemoteCache {
             .is_some()
     }
 
-    /// `GET key`: `Some(None)` when absent, `None` when Redis was unusable.
-    pub(crate) async fn get(&self, key: &str) -> Option<Option<Vec<u8>>> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(key);
-        self.inner
-            .call("GET", |conn| async move { conn.query(&cmd).await })
-            .await
+    /// The value at `key`: `Some(None)` when absent, `None` when Redis was
+    /// unusable.
+    ///
+    /// Reads that arrive while [`READ_LANES`] others are in flight are sent
+    /// together as one `MGET` (see [`Batcher`]): under load, Redis and this
+    /// process pay one command and one wake-up per batch, not per read.
+    pub(crate) async fn get(&self, key: String) -> Option<Option<Vec<u8>>> {
+        self.gets.call(key).await.ok().flatten()
     }
 
     /// One `MGET` for all `keys`, answers in key order.
     pub(crate) async fn get_many(&self, keys: &[String]) -> Option<Vec<Option<Vec<u8>>>> {
-        if keys.is_empty() {
-            return Some(Vec::new());
-        }
-        let mut cmd = redis::cmd("MGET");
-        cmd.arg(keys);
-        let values: Vec<Option<Vec<u8>>> = self
-            .inner
-            .call("MGET", |conn| async move { conn.query(&cmd).await })
-            .await?;
-        // A reply of another length would misattribute values to keys.
-        (values.len() == keys.len()).then_some(values)
+        self.inner.mget(keys).await
     }
 
     /// Writes one value: `SET key value PX ttl`, or through the version
@@ -450,6 +455,35 @@ pub(crate) fn is_availability_failure(error: &RedisError) -> bool {
 }
 
 impl Inner {
+    /// A batch of [`RemoteCache::get`]s: a `GET` for one key, else one `MGET`.
+    async fn get_batch(&self, keys: Vec<String>) -> Vec<Option<Option<Vec<u8>>>> {
+        if let [key] = keys.as_slice() {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(key);
+            return vec![
+                self.call("GET", |conn| async move { conn.query(&cmd).await })
+                    .await,
+            ];
+        }
+        match self.mget(&keys).await {
+            Some(values) => values.into_iter().map(Some).collect(),
+            None => vec![None; keys.len()],
+        }
+    }
+
+    async fn mget(&self, keys: &[String]) -> Option<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(keys);
+        let values: Vec<Option<Vec<u8>>> = self
+            .call("MGET", |conn| async move { conn.query(&cmd).await })
+            .await?;
+        // A reply of another length would misattribute values to keys.
+        (values.len() == keys.len()).then_some(values)
+    }
+
     fn current_conn(&self) -> Option<Conn> {
         self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -138,6 +138,63 @@ async fn a_value_of_the_wrong_type_in_redis_is_a_miss() {
     assert!(cache.stats().l2.errors >= 1);
 }
 
+/// Reads of many keys at once, each an L1 miss: the two that find a lane
+/// free go out as plain `GET`s and the rest queue behind them and share
+/// `MGET`s; every read still gets its own value. Counted on a private
+/// server, whose command statistics no other test touches.
+#[tokio::test]
+async fn concurrent_l2_reads_share_mget_round_trips() {
+    let server = support::PrivateRedis::start().await;
+    let prefix = support::unique_prefix();
+    let build = || {
+        support::builder::<Item>(&prefix)
+            .redis_url(server.url())
+            .build()
+    };
+    let writer: TieredCache<i64, Item> = build().await.unwrap();
+    let ids: Vec<i64> = (1..=200).collect();
+    for id in &ids {
+        writer.set(id, Item::new(*id)).await;
+    }
+    let reader: TieredCache<i64, Item> = build().await.unwrap();
+    let mut raw = server.raw().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+
+    // Polled together on this one-thread runtime, so all 200 are queued
+    // before the first Redis call returns.
+    let lookups = futures_util::future::join_all(
+        ids.iter()
+            .map(|id| reader.get_or_load(id, || async { Ok::<_, support::StoreDown>(None) })),
+    )
+    .await;
+
+    for (id, lookup) in ids.iter().zip(lookups) {
+        let lookup = lookup.unwrap();
+        assert_eq!(lookup.source, Source::L2, "{id}");
+        assert_eq!(lookup.value.as_deref(), Some(&Item::new(*id)));
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let calls = |command: &str| -> u64 {
+        info.lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+    };
+    let (gets, mgets) = (calls("get"), calls("mget"));
+    assert!(mgets >= 1, "no MGET in {info}");
+    assert!(
+        gets + mgets <= 6,
+        "200 reads took {gets} GETs and {mgets} MGETs"
+    );
+}
+
 /// Gets run in a loop while the server is killed and restarted on the same
 /// port; none may fail, and L2 must serve hits again once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
