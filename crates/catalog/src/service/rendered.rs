@@ -14,15 +14,17 @@ use crate::domain::Product;
 
 /// A product with its JSON body and `ETag` header, ready to send.
 ///
-/// Body and ETag live in one buffer (`ETag` then body), so that a cache hit
+/// Body and ETag share one buffer (`ETag` then body), so that a cache hit
 /// touches one reference count instead of two: on the hit path each
-/// separate allocation is a likely cache miss.
+/// separate allocation is a likely cache miss. Both are kept as the values
+/// a response needs, so a hit neither slices nor validates anything.
 #[derive(Clone)]
 pub struct RenderedProduct {
+    /// The JSON body.
+    body: Bytes,
+    /// The quoted ETag, a slice of the same buffer.
+    etag: HeaderValue,
     product: Product,
-    /// The quoted ETag followed by the JSON body.
-    rendered: Bytes,
-    etag_len: usize,
 }
 
 impl RenderedProduct {
@@ -38,10 +40,13 @@ impl RenderedProduct {
         let mut rendered = BytesMut::with_capacity(etag.len() + body.len());
         rendered.put_slice(etag.as_bytes());
         rendered.put_slice(body);
+        let mut body = rendered.freeze();
+        let etag = HeaderValue::from_maybe_shared(body.split_to(etag.len()))
+            .expect("an ETag built from two integers is a valid header");
         Self {
+            body,
+            etag,
             product,
-            rendered: rendered.freeze(),
-            etag_len: etag.len(),
         }
     }
 
@@ -51,17 +56,12 @@ impl RenderedProduct {
 
     /// The JSON body, sharing this product's buffer.
     pub fn body(&self) -> Bytes {
-        self.rendered.slice(self.etag_len..)
+        self.body.clone()
     }
 
     /// The quoted `ETag`, sharing this product's buffer.
     pub fn etag(&self) -> HeaderValue {
-        HeaderValue::from_maybe_shared(self.rendered.slice(..self.etag_len))
-            .expect("an ETag built from two integers is a valid header")
-    }
-
-    fn body_bytes(&self) -> &[u8] {
-        &self.rendered[self.etag_len..]
+        self.etag.clone()
     }
 }
 
@@ -95,7 +95,7 @@ pub struct RenderedCodec;
 
 impl Codec<RenderedProduct> for RenderedCodec {
     fn encode(&self, value: &RenderedProduct) -> Result<Vec<u8>, CodecError> {
-        Ok(value.body_bytes().to_vec())
+        Ok(value.body.to_vec())
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<RenderedProduct, CodecError> {
