@@ -209,49 +209,68 @@ mod tests {
 
     use super::*;
 
-    /// A batcher of one lane whose batches each wait for a permit of `gate`
-    /// and record their sizes.
-    fn gated(gate: Arc<Semaphore>, sizes: Arc<Mutex<Vec<usize>>>) -> Batcher<u32, u32> {
-        Batcher::new(1, 10, move |batch: Vec<u32>| {
-            let gate = Arc::clone(&gate);
-            let sizes = Arc::clone(&sizes);
-            async move {
-                sizes.lock().unwrap().push(batch.len());
-                gate.acquire().await.unwrap().forget();
-                batch.iter().map(|n| n + 1).collect()
+    /// A batcher of one lane whose batches (of at most 10) each wait for a
+    /// permit of `gate` and record their sizes in `sizes`.
+    struct Gated {
+        gate: Arc<Semaphore>,
+        sizes: Arc<Mutex<Vec<usize>>>,
+        batcher: Batcher<u32, u32>,
+    }
+
+    impl Gated {
+        fn new() -> Self {
+            let gate = Arc::new(Semaphore::new(0));
+            let sizes = Arc::new(Mutex::new(Vec::new()));
+            let batcher = Batcher::new(1, 10, {
+                let (gate, sizes) = (Arc::clone(&gate), Arc::clone(&sizes));
+                move |batch: Vec<u32>| {
+                    let (gate, sizes) = (Arc::clone(&gate), Arc::clone(&sizes));
+                    async move {
+                        sizes.lock().unwrap().push(batch.len());
+                        gate.acquire().await.unwrap().forget();
+                        batch.iter().map(|n| n + 1).collect()
+                    }
+                }
+            });
+            Self {
+                gate,
+                sizes,
+                batcher,
             }
-        })
+        }
+
+        /// Calls with `n` in a task of its own.
+        fn spawn_call(&self, n: u32) -> tokio::task::JoinHandle<Result<u32, Abandoned>> {
+            let batcher = self.batcher.clone();
+            tokio::spawn(async move { batcher.call(n).await })
+        }
+
+        /// Yields until the lane has started a batch and `queued` requests
+        /// wait behind it.
+        async fn until_running_with_queued(&self, queued: usize) {
+            while self.sizes.lock().unwrap().is_empty()
+                || lock(&self.batcher.shared.queue).waiting.len() < queued
+            {
+                tokio::task::yield_now().await;
+            }
+        }
     }
 
     #[tokio::test]
     async fn requests_queued_behind_a_busy_lane_share_batches_of_at_most_max() {
-        let gate = Arc::new(Semaphore::new(0));
-        let sizes = Arc::new(Mutex::new(Vec::new()));
-        let batcher = gated(Arc::clone(&gate), Arc::clone(&sizes));
-        let first = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.call(0).await }
-        });
-        while sizes.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
-        let queued: Vec<_> = (1..=15)
-            .map(|n| {
-                let batcher = batcher.clone();
-                tokio::spawn(async move { batcher.call(n).await })
-            })
-            .collect();
-        while lock(&batcher.shared.queue).waiting.len() < 15 {
-            tokio::task::yield_now().await;
-        }
-        gate.add_permits(3);
+        let gated = Gated::new();
+        let first = gated.spawn_call(0);
+        gated.until_running_with_queued(0).await;
+        let queued: Vec<_> = (1..=15).map(|n| gated.spawn_call(n)).collect();
+        gated.until_running_with_queued(15).await;
+        gated.gate.add_permits(3);
 
         assert_eq!(first.await.unwrap(), Ok(1));
         for (n, answer) in (1..=15).zip(queued) {
             assert_eq!(answer.await.unwrap(), Ok(n + 1));
         }
-        assert_eq!(*sizes.lock().unwrap(), [1, 10, 5]);
-        assert_eq!(lock(&batcher.shared.queue).running, 0);
+        assert_eq!(*gated.sizes.lock().unwrap(), [1, 10, 5]);
+        assert_eq!(lock(&gated.batcher.shared.queue).running, 0);
     }
 
     #[tokio::test]
@@ -302,27 +321,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_cancelled_request_does_not_cancel_its_batch() {
-        let gate = Arc::new(Semaphore::new(0));
-        let sizes = Arc::new(Mutex::new(Vec::new()));
-        let batcher = gated(Arc::clone(&gate), Arc::clone(&sizes));
-        let cancelled = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.call(1).await }
-        });
-        while sizes.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
-        let kept = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.call(2).await }
-        });
-        while lock(&batcher.shared.queue).waiting.is_empty() {
-            tokio::task::yield_now().await;
-        }
+        let gated = Gated::new();
+        let cancelled = gated.spawn_call(1);
+        gated.until_running_with_queued(0).await;
+        let kept = gated.spawn_call(2);
+        gated.until_running_with_queued(1).await;
         cancelled.abort();
-        gate.add_permits(2);
+        gated.gate.add_permits(2);
 
-        assert_eq!(kept.await.unwrap(), Ok(3));
-        assert_eq!(*sizes.lock().unwrap(), [1, 1]);
+        let kept = tokio::time::timeout(Duration::from_secs(5), kept).await;
+        assert_eq!(
+            kept.expect("the queued request was answered").unwrap(),
+            Ok(3)
+        );
+        assert_eq!(*gated.sizes.lock().unwrap(), [1, 1]);
     }
 }
