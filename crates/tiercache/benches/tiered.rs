@@ -5,7 +5,10 @@
 //!   (L1 TTL zero, so L1 never keeps the value) against a bare `GET` on the
 //!   same kind of connection (`ConnectionManager`, TCP_NODELAY);
 //! - `mget_50/tiered` vs `mget_50/raw`: a 50-key `get_many_or_load`
-//!   answered by one `MGET` against the bare `MGET`.
+//!   answered by one `MGET` against the bare `MGET`;
+//! - `concurrent_l2_hits_50/tiered` vs `…/raw`: 50 single-key reads at once,
+//!   `get_or_load` (L2 hits, which the manager batches into `MGET`s) against
+//!   50 bare `GET`s pipelined on one connection.
 //!
 //! Runs on a current-thread runtime. Needs Redis at `REDIS_URL` (default `redis://127.0.0.1:6379`); keys live
 //! under `bench:<pid>:` and are deleted at the end.
@@ -152,6 +155,33 @@ fn benches(c: &mut Criterion) {
                 let values: Vec<Option<Vec<u8>>> = conn.mget(keys).await.unwrap();
                 assert_eq!(values.len(), 50);
             }
+        });
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("concurrent_l2_hits_50");
+    group.throughput(Throughput::Elements(50));
+    group.bench_function("tiered", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let lookups = futures_util::future::join_all(ids.iter().map(|id| {
+                l2_cache.get_or_load(id, || async { Err::<Option<Product>, _>(NeverLoaded) })
+            }))
+            .await;
+            assert!(lookups.iter().all(|lookup| {
+                lookup
+                    .as_ref()
+                    .is_ok_and(|lookup| lookup.source == tiercache::Source::L2)
+            }));
+        });
+    });
+    group.bench_function("raw", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let values = futures_util::future::join_all(redis_keys.iter().map(|key| {
+                let mut conn = raw.clone();
+                async move { conn.get::<_, Option<Vec<u8>>>(key).await.unwrap() }
+            }))
+            .await;
+            assert!(values.iter().all(Option::is_some));
         });
     });
     group.finish();

@@ -22,10 +22,11 @@ type RunBatch<T, R> = dyn Fn(Vec<T>) -> BoxFuture<'static, Vec<R>> + Send + Sync
 /// cost once for all of them.
 ///
 /// How: at most `lanes` batch calls run at a time. A request joins a queue;
-/// if a lane is free it takes the queue and runs it at once, so on an idle
-/// service a request waits for nothing and pays no timer. When every lane
-/// is busy, requests wait in the queue, and the next lane to finish takes
-/// up to `max_batch` of them as one batch. The batch size therefore follows
+/// if a lane is free it starts one, which takes the queue as soon as its
+/// task runs, so on an idle service a request waits for nothing and pays no
+/// timer, and requests made together (a `join_all`) share one batch. When
+/// every lane is busy, requests wait in the queue, and the next lane to
+/// finish takes up to `max_batch` of them as one batch. The batch size therefore follows
 /// the load: 1 when idle, larger exactly when calls would otherwise queue.
 /// This is the adaptive batching of DataLoader without its fixed window.
 ///
@@ -140,15 +141,14 @@ where
         let start = {
             let mut queue = lock(&self.shared.queue);
             queue.waiting.push((request, reply));
-            if queue.running < self.shared.lanes {
+            let start = queue.running < self.shared.lanes;
+            if start {
                 queue.running += 1;
-                Some(take(&mut queue.waiting, self.shared.max_batch))
-            } else {
-                None
             }
+            start
         };
-        if let Some(batch) = start {
-            tokio::spawn(run_lane(Arc::clone(&self.shared), batch));
+        if start {
+            tokio::spawn(run_lane(Arc::clone(&self.shared)));
         }
         answer.await.map_err(|_| Abandoned)
     }
@@ -169,14 +169,25 @@ fn take<T>(waiting: &mut Vec<T>, max: usize) -> Vec<T> {
     }
 }
 
-/// One lane: runs `batch`, then whatever queued meanwhile, until the queue
-/// is empty.
-async fn run_lane<T, R>(shared: Arc<Shared<T, R>>, mut batch: Vec<(T, oneshot::Sender<R>)>)
+/// One lane: runs batches of what is queued until the queue is empty.
+///
+/// The first batch is taken when the lane's task first runs, not when it is
+/// spawned: requests made together (by the same task, or before the spawning
+/// task yields) then share it instead of the first going alone.
+async fn run_lane<T, R>(shared: Arc<Shared<T, R>>)
 where
     T: Send + 'static,
     R: Send + 'static,
 {
     loop {
+        let batch = {
+            let mut queue = lock(&shared.queue);
+            if queue.waiting.is_empty() {
+                queue.running -= 1;
+                return;
+            }
+            take(&mut queue.waiting, shared.max_batch)
+        };
         let (requests, replies): (Vec<T>, Vec<oneshot::Sender<R>>) = batch.into_iter().unzip();
         // A panic (even in the call that builds the future) or a hung call
         // drops this batch's replies but must not take the lane with it:
@@ -192,12 +203,6 @@ where
                 let _ = reply.send(result);
             }
         }
-        let mut queue = lock(&shared.queue);
-        if queue.waiting.is_empty() {
-            queue.running -= 1;
-            return;
-        }
-        batch = take(&mut queue.waiting, shared.max_batch);
     }
 }
 
@@ -287,6 +292,23 @@ mod tests {
         assert_eq!(batcher.call("abc").await, Ok(3));
         assert_eq!(batcher.call("hello").await, Ok(5));
         assert_eq!(calls.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn requests_made_together_share_one_batch() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let batcher = Batcher::new(2, 100, {
+            let sizes = Arc::clone(&sizes);
+            move |batch: Vec<u32>| {
+                sizes.lock().unwrap().push(batch.len());
+                async move { batch }
+            }
+        });
+
+        let answers = futures_util::future::join_all((0..5).map(|n| batcher.call(n))).await;
+
+        assert_eq!(answers, (0..5).map(Ok).collect::<Vec<_>>());
+        assert_eq!(*sizes.lock().unwrap(), [5]);
     }
 
     #[tokio::test]
