@@ -471,6 +471,8 @@ impl Inner {
         }
     }
 
+    /// One `MGET` for `keys`, answers in key order; `None` when Redis was
+    /// unusable.
     async fn mget(&self, keys: &[String]) -> Option<Vec<Option<Vec<u8>>>> {
         if keys.is_empty() {
             return Some(Vec::new());
