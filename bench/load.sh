@@ -204,8 +204,9 @@ stop_server
 redis_host=$(python3 -c "import sys,urllib.parse as u; p=u.urlparse(sys.argv[1]); print(p.hostname or '127.0.0.1', p.port or 6379)" "$REDIS_URL")
 read -r rhost rport <<<"$redis_host"
 redis-benchmark -h "$rhost" -p "$rport" -c 50 -P 1 -n 500000 -t get -q --csv 2>/dev/null >"$WORK/redis.csv"
-awk -F'"' '$2 == "GET" {printf "%-30s %10s req/s   p50 %7s ms   p99 %7s ms\n", "redis-benchmark GET", $4, $10, $14}' "$WORK/redis.csv"
-ratio "L2 hit / redis-benchmark GET" "$L2_RPS" "$(awk -F'"' '$2 == "GET" {print $4}' "$WORK/redis.csv")" "≥ 0.5"
+read -r REDIS_RPS redis_p50 redis_p99 < <(awk -F'"' '$2 == "GET" {print $4, $10, $14}' "$WORK/redis.csv")
+printf '%-30s %10s req/s   p50 %7s ms   p99 %7s ms\n' "redis-benchmark GET" "$REDIS_RPS" "$redis_p50" "$redis_p99"
+ratio "L2 hit / redis-benchmark GET" "$L2_RPS" "$REDIS_RPS" "≥ 0.5"
 
 # (d) no cache: one-entry L1, no Redis; every request reads the store.
 start_catalog nocache-pg "$PG_BENCH_URL" L1_MAX_ENTRIES=1
@@ -215,8 +216,9 @@ batches
 PG_RPS=$RPS
 stop_server
 pgbench -n -M prepared -c 8 -T "${DURATION%s}" -D maxid="$PRODUCTS" -f bench/pk_select.sql "$PG_BENCH_URL" 2>/dev/null >"$WORK/pgbench.out"
-awk '/^tps/ {tps=$3} /latency average/ {lat=$4} END {printf "%-30s %10s tps     avg latency %s ms\n", "pgbench primary-key SELECT", tps, lat}' "$WORK/pgbench.out"
-ratio "no cache PostgreSQL / pgbench" "$PG_RPS" "$(awk '/^tps/ {print $3}' "$WORK/pgbench.out")" "≥ 0.5"
+read -r PGBENCH_TPS pgbench_latency < <(awk '/^tps/ {tps=$3} /latency average/ {lat=$4} END {print tps, lat}' "$WORK/pgbench.out")
+printf '%-30s %10s tps     avg latency %s ms\n' "pgbench primary-key SELECT" "$PGBENCH_TPS" "$pgbench_latency"
+ratio "no cache PostgreSQL / pgbench" "$PG_RPS" "$PGBENCH_TPS" "≥ 0.5"
 start_catalog nocache-sqlite "$SQLITE_URL" L1_MAX_ENTRIES=1
 warmup random_ids.lua
 drive "no cache, SQLite" random_ids.lua

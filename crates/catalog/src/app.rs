@@ -47,15 +47,12 @@ impl Application {
     /// The store cannot be reached or migrated, or the address cannot be bound.
     pub async fn build(config: ServeConfig, seed: Option<u64>) -> anyhow::Result<Self> {
         let metrics = Metrics::start();
+        let connected = store::connect(config.db.database_url.expose_secret(), &config.db.pool())
+            .await
+            .context("could not connect to the store at DATABASE_URL")?;
+        let timed = Arc::new(InstrumentedStore::new(Arc::from(connected), &metrics));
         let store: Arc<dyn Store> = Arc::new(BatchedReads::new(
-            Arc::new(InstrumentedStore::new(
-                Arc::from(
-                    store::connect(config.db.database_url.expose_secret(), &config.db.pool())
-                        .await
-                        .context("could not connect to the store at DATABASE_URL")?,
-                ),
-                &metrics,
-            )),
+            timed,
             config.db.db_read_lanes,
             config.cache.loader_hard_timeout,
             &metrics,

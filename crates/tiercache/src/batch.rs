@@ -41,8 +41,8 @@ type RunBatch<T, R> = dyn Fn(Vec<T>) -> BoxFuture<'static, Vec<R>> + Send + Sync
 /// use tiercache::Batcher;
 ///
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// // One lane, batches of up to 100: squares computed a batch at a time.
-/// let squares = Batcher::new(1, 100, |numbers: Vec<u64>| async move {
+/// // One lane, batches of up to 100, no deadline: squares computed a batch at a time.
+/// let squares = Batcher::new(1, 100, None, |numbers: Vec<u64>| async move {
 ///     numbers.iter().map(|n| n * n).collect::<Vec<u64>>()
 /// });
 /// assert_eq!(squares.call(7).await, Ok(49));
@@ -101,7 +101,9 @@ where
     ///
     /// `run` gets the requests of one batch (duplicates included, oldest
     /// first) and must return one result per request, in the same order.
-    pub fn new<F, Fut>(lanes: usize, max_batch: usize, run: F) -> Self
+    /// With a `deadline`, a batch still running after it is abandoned, so
+    /// that a call hung on a dead connection frees its lane.
+    pub fn new<F, Fut>(lanes: usize, max_batch: usize, deadline: Option<Duration>, run: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<R>> + Send + 'static,
@@ -115,19 +117,9 @@ where
                 }),
                 lanes: lanes.max(1),
                 max_batch: max_batch.max(1),
-                deadline: None,
+                deadline,
             }),
         }
-    }
-
-    /// Abandons a batch still running after `deadline`, so that a call hung
-    /// on a dead connection frees its lane. Only before the first clone.
-    #[must_use]
-    pub fn with_deadline(mut self, deadline: Duration) -> Self {
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.deadline = Some(deadline);
-        }
-        self
     }
 
     /// Answers `request`, in a batch with whatever else is queued when a
@@ -226,7 +218,7 @@ mod tests {
         fn new() -> Self {
             let gate = Arc::new(Semaphore::new(0));
             let sizes = Arc::new(Mutex::new(Vec::new()));
-            let batcher = Batcher::new(1, 10, {
+            let batcher = Batcher::new(1, 10, None, {
                 let (gate, sizes) = (Arc::clone(&gate), Arc::clone(&sizes));
                 move |batch: Vec<u32>| {
                     let (gate, sizes) = (Arc::clone(&gate), Arc::clone(&sizes));
@@ -281,7 +273,7 @@ mod tests {
     #[tokio::test]
     async fn a_lone_request_is_a_batch_of_one() {
         let calls = Arc::new(AtomicUsize::new(0));
-        let batcher = Batcher::new(2, 100, {
+        let batcher = Batcher::new(2, 100, None, {
             let calls = Arc::clone(&calls);
             move |batch: Vec<&'static str>| {
                 calls.fetch_add(1, Ordering::Relaxed);
@@ -297,7 +289,7 @@ mod tests {
     #[tokio::test]
     async fn requests_made_together_share_one_batch() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
-        let batcher = Batcher::new(2, 100, {
+        let batcher = Batcher::new(2, 100, None, {
             let sizes = Arc::clone(&sizes);
             move |batch: Vec<u32>| {
                 sizes.lock().unwrap().push(batch.len());
@@ -313,7 +305,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_batch_abandons_its_requests_and_frees_its_lane() {
-        let batcher = Batcher::new(1, 10, |batch: Vec<u32>| async move {
+        let batcher = Batcher::new(1, 10, None, |batch: Vec<u32>| async move {
             assert!(!batch.contains(&13), "unlucky");
             batch
         });
@@ -324,18 +316,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_short_answer_abandons_the_requests_it_left_out() {
-        let batcher = Batcher::new(1, 10, |_: Vec<u32>| async { Vec::<u32>::new() });
+        let batcher = Batcher::new(1, 10, None, |_: Vec<u32>| async { Vec::<u32>::new() });
 
         assert_eq!(batcher.call(1).await, Err(Abandoned));
     }
 
     #[tokio::test]
     async fn a_batch_past_its_deadline_is_abandoned_and_frees_its_lane() {
-        let batcher = Batcher::new(1, 10, |batch: Vec<u64>| async move {
+        let deadline = Some(Duration::from_millis(50));
+        let batcher = Batcher::new(1, 10, deadline, |batch: Vec<u64>| async move {
             tokio::time::sleep(Duration::from_millis(batch[0])).await;
             batch
-        })
-        .with_deadline(Duration::from_millis(50));
+        });
 
         assert_eq!(batcher.call(60_000).await, Err(Abandoned));
         assert_eq!(batcher.call(0).await, Ok(0));

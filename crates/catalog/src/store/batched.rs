@@ -63,12 +63,11 @@ impl BatchedReads {
         let store = Arc::clone(&inner);
         let lanes = usize::try_from(lanes).unwrap_or(usize::MAX);
         Self {
-            reads: Batcher::new(lanes, MAX_BATCH, move |ids: Vec<i64>| {
+            reads: Batcher::new(lanes, MAX_BATCH, Some(deadline), move |ids: Vec<i64>| {
                 count(&reads, &batches, ids.len());
                 let store = Arc::clone(&store);
                 async move { read_batch(store.as_ref(), ids).await }
-            })
-            .with_deadline(deadline),
+            }),
             inner,
         }
     }

@@ -5,7 +5,6 @@
 //! proxy forwards TCP). L2 is off, so a stale answer can only come from the
 //! L1 fallback.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgConnection};
 
-use crate::helpers::{Backend, TestApp, TestDb, assert_problem, pg_server_addr};
+use crate::helpers::{Backend, TestApp, TestDb, assert_problem, pg_server_addr, sample, scrape};
 use crate::proxy::Proxy;
 
 /// The shortest L1 TTL the configuration accepts.
@@ -75,29 +74,6 @@ async fn assert_unavailable(response: Response, what: &str) {
             "{what}: the problem shows {internal:?}: {body}"
         );
     }
-}
-
-/// The samples of `/metrics` (`name{labels}` → value).
-async fn scrape(app: &TestApp) -> HashMap<String, u64> {
-    let response = app.get("/metrics").await;
-    assert_eq!(response.status(), StatusCode::OK);
-    response
-        .text()
-        .await
-        .unwrap()
-        .lines()
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .map(|line| {
-            let (series, value) = line.rsplit_once(' ').unwrap();
-            (series.to_owned(), value.parse::<f64>().unwrap() as u64)
-        })
-        .collect()
-}
-
-fn sample(samples: &HashMap<String, u64>, series: &str) -> u64 {
-    *samples
-        .get(series)
-        .unwrap_or_else(|| panic!("no series {series} in {samples:?}"))
 }
 
 /// Creates a product and reads it once, so that it is in L1.

@@ -467,17 +467,34 @@ pub(crate) async fn assert_problem(response: Response, status: StatusCode) -> Va
     body
 }
 
-/// The value of one series of `app`'s `/metrics` (`name` or
-/// `name{labels}`), which must be there.
-pub(crate) async fn metric(app: &TestApp, series: &str) -> u64 {
-    let body = app.get("/metrics").await.text().await.unwrap();
-    let value: f64 = body
+/// The samples of `app`'s `/metrics` (`name{labels}` → value).
+pub(crate) async fn scrape(app: &TestApp) -> HashMap<String, u64> {
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response
+        .text()
+        .await
+        .unwrap()
         .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
-        .parse()
-        .unwrap();
-    value as u64
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse::<f64>().unwrap() as u64)
+        })
+        .collect()
+}
+
+/// One series of a [`scrape`], which must be there.
+pub(crate) fn sample(samples: &HashMap<String, u64>, series: &str) -> u64 {
+    *samples
+        .get(series)
+        .unwrap_or_else(|| panic!("no series {series} in {samples:?}"))
+}
+
+/// One series of `app`'s `/metrics` (`name` or `name{labels}`), which must
+/// be there.
+pub(crate) async fn metric(app: &TestApp, series: &str) -> u64 {
+    sample(&scrape(app).await, series)
 }
 
 /// Runs each listed `async fn(Backend)` test against PostgreSQL and SQLite.

@@ -123,7 +123,8 @@ impl RemoteCache {
         }
         let supervisor = tokio::spawn(supervise(Arc::downgrade(&inner)));
         Ok(Self {
-            gets: Batcher::new(READ_LANES, MAX_READ_BATCH, {
+            // No deadline of its own: each call is bounded by the L2 timeout.
+            gets: Batcher::new(READ_LANES, MAX_READ_BATCH, None, {
                 let inner = Arc::clone(&inner);
                 move |keys| {
                     let inner = Arc::clone(&inner);
