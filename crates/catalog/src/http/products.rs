@@ -13,7 +13,7 @@ use super::AppState;
 use super::error::{ApiError, Problem};
 use super::extract::{Authenticated, IfNoneMatch, JsonBody, ProductId, if_match, parse_id};
 use crate::domain::{Category, NewProduct, Product, ProductPatch};
-use crate::service::{DEFAULT_PAGE_LIMIT, MAX_BATCH_IDS, MAX_PAGE_LIMIT};
+use crate::service::{DEFAULT_PAGE_LIMIT, MAX_BATCH_IDS, MAX_PAGE_LIMIT, RenderedProduct};
 
 /// `X-Cache` names the level that answered a product read.
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -91,12 +91,12 @@ pub(super) async fn get_product(
         return Ok(response);
     };
     // The hit path: body and ETag were rendered when the product entered the
-    // cache; here they are only reference-counted clones.
-    let etag = product.etag();
+    // cache; here they only share its buffer.
+    let (etag, body) = RenderedProduct::response_parts(product);
     let mut response = if if_none_match.matches(&etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let mut response = Response::new(Body::from(product.body()));
+        let mut response = Response::new(Body::from(body));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

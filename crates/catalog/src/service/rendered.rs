@@ -4,6 +4,7 @@
 //! in Redis as it is.
 
 use std::fmt;
+use std::sync::Arc;
 
 use axum::http::HeaderValue;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -12,18 +13,23 @@ use tiercache::{Codec, CodecError};
 
 use crate::domain::Product;
 
-/// A product with its JSON body and `ETag` header, ready to send.
+/// A product with its `ETag` and JSON body, ready to send.
 ///
-/// Body and ETag share one buffer (`ETag` then body), so that a cache hit
-/// touches one reference count instead of two: on the hit path each
-/// separate allocation is a likely cache miss. Both are kept as the values
-/// a response needs, so a hit neither slices nor validates anything.
+/// ETag and body are one buffer, and the buffer is the first field
+/// (`repr(C)`), so that on the hit path everything a response needs sits
+/// in the first cache line of the `Arc` L1 hands out, next to the reference
+/// count the hit has just incremented. A response takes the buffer through
+/// [`response_parts`](Self::response_parts), which costs one fresh (hence
+/// cached) allocation instead of an increment of the buffer's own, cold,
+/// reference count: with 100,000 products in L1, each separate memory
+/// location a hit touches is a likely cache miss.
 #[derive(Clone)]
+#[repr(C)]
 pub struct RenderedProduct {
-    /// The JSON body.
-    body: Bytes,
-    /// The quoted ETag, a slice of the same buffer.
-    etag: HeaderValue,
+    /// The quoted ETag, then the JSON body.
+    rendered: Bytes,
+    /// Where the body starts in `rendered`.
+    body_start: usize,
     product: Product,
 }
 
@@ -40,12 +46,9 @@ impl RenderedProduct {
         let mut rendered = BytesMut::with_capacity(etag.len() + body.len());
         rendered.put_slice(etag.as_bytes());
         rendered.put_slice(body);
-        let mut body = rendered.freeze();
-        let etag = HeaderValue::from_maybe_shared(body.split_to(etag.len()))
-            .expect("an ETag built from two integers is a valid header");
         Self {
-            body,
-            etag,
+            rendered: rendered.freeze(),
+            body_start: etag.len(),
             product,
         }
     }
@@ -54,14 +57,32 @@ impl RenderedProduct {
         &self.product
     }
 
-    /// The JSON body, sharing this product's buffer.
-    pub fn body(&self) -> Bytes {
-        self.body.clone()
+    /// The JSON body.
+    pub fn body(&self) -> &[u8] {
+        &self.rendered[self.body_start..]
     }
 
-    /// The quoted `ETag`, sharing this product's buffer.
-    pub fn etag(&self) -> HeaderValue {
-        self.etag.clone()
+    /// The quoted `ETag`.
+    pub fn etag(&self) -> &[u8] {
+        &self.rendered[..self.body_start]
+    }
+
+    /// The `ETag` header and the body of a response, both sharing `this`.
+    pub fn response_parts(this: Arc<Self>) -> (HeaderValue, Bytes) {
+        let body_start = this.body_start;
+        let mut body = Bytes::from_owner(Rendered(this));
+        let etag = HeaderValue::from_maybe_shared(body.split_to(body_start))
+            .expect("an ETag built from two integers is a valid header");
+        (etag, body)
+    }
+}
+
+/// A shared [`RenderedProduct`] as the owner of a response's bytes.
+struct Rendered(Arc<RenderedProduct>);
+
+impl AsRef<[u8]> for Rendered {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.rendered
     }
 }
 
@@ -95,7 +116,7 @@ pub struct RenderedCodec;
 
 impl Codec<RenderedProduct> for RenderedCodec {
     fn encode(&self, value: &RenderedProduct) -> Result<Vec<u8>, CodecError> {
-        Ok(value.body.to_vec())
+        Ok(value.body().to_vec())
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<RenderedProduct, CodecError> {
@@ -133,7 +154,7 @@ mod tests {
         let rendered = RenderedProduct::new(product.clone());
 
         assert_eq!(rendered.body(), &serde_json::to_vec(&product).unwrap()[..]);
-        assert_eq!(rendered.etag(), "\"7-3\"");
+        assert_eq!(rendered.etag(), b"\"7-3\"");
     }
 
     #[test]
@@ -143,7 +164,7 @@ mod tests {
         let json = serde_json::to_vec(&rendered).unwrap();
         let back: RenderedProduct = serde_json::from_slice(&json).unwrap();
 
-        assert_eq!(json, rendered.body().to_vec());
+        assert_eq!(json, rendered.body());
         assert_eq!(back.product(), rendered.product());
         assert_eq!(back.body(), rendered.body());
     }
@@ -155,9 +176,19 @@ mod tests {
         let stored = RenderedCodec.encode(&rendered).unwrap();
         let back = RenderedCodec.decode(&stored).unwrap();
 
-        assert_eq!(stored, rendered.body().to_vec());
+        assert_eq!(stored, rendered.body());
         assert_eq!(back.product(), rendered.product());
         assert_eq!(back.etag(), rendered.etag());
+    }
+
+    #[test]
+    fn response_parts_are_the_etag_and_the_body() {
+        let rendered = Arc::new(RenderedProduct::new(product()));
+
+        let (etag, body) = RenderedProduct::response_parts(Arc::clone(&rendered));
+
+        assert_eq!(etag, "\"7-3\"");
+        assert_eq!(body, rendered.body());
     }
 
     #[test]
