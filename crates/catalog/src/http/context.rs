@@ -30,14 +30,12 @@ use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
-use bytes::Bytes;
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 use tracing::Span;
@@ -64,7 +62,6 @@ pub(super) struct RequestContextLayer {
 /// clones the service for every request.
 #[derive(Debug)]
 struct Shared {
-    ids: RequestIds,
     timers: RequestTimers,
     timeout: Duration,
 }
@@ -72,11 +69,7 @@ struct Shared {
 impl RequestContextLayer {
     pub(super) fn new(timeout: Duration, timers: RequestTimers) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                ids: RequestIds::default(),
-                timers,
-                timeout,
-            }),
+            shared: Arc::new(Shared { timers, timeout }),
         }
     }
 }
@@ -147,7 +140,7 @@ where
         let timer = Arc::clone(self.shared.timers.for_request(&request));
         let id = match request.headers().get(REQUEST_ID) {
             Some(id) if !id.is_empty() && id.len() <= MAX_CLIENT_ID => id.clone(),
-            _ => self.shared.ids.next(),
+            _ => request_ids::next(),
         };
         let span = tracing::info_span!(
             "request",
@@ -233,25 +226,78 @@ where
 /// Request ids for requests that bring none: this process's random prefix
 /// and a counter (`4f1c9a2e-17`), unique across instances without a random
 /// draw per request.
-#[derive(Debug)]
-struct RequestIds {
-    prefix: Box<str>,
-    next: AtomicU64,
-}
+///
+/// Each thread takes the counter's values in blocks of `ID_BLOCK` (1024), so that
+/// the shared counter is written once per block rather than by every
+/// request on every core; ids are unique, not in order of arrival. The id is
+/// written into a stack buffer and copied once into its header value.
+mod request_ids {
+    use std::cell::Cell;
+    use std::sync::LazyLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
-impl Default for RequestIds {
-    fn default() -> Self {
-        Self {
-            prefix: format!("{:08x}", rand::random::<u32>()).into(),
-            next: AtomicU64::new(1),
-        }
+    use axum::http::HeaderValue;
+
+    /// Ids a thread takes from the shared counter at a time.
+    const ID_BLOCK: u64 = 1024;
+
+    /// Eight hex digits, drawn once per process.
+    static PREFIX: LazyLock<String> = LazyLock::new(|| format!("{:08x}", rand::random::<u32>()));
+    static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
+
+    thread_local! {
+        /// The next id of this thread's block and the end of the block.
+        static BLOCK: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
     }
-}
 
-impl RequestIds {
-    fn next(&self) -> HeaderValue {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_maybe_shared(Bytes::from(format!("{}-{n}", self.prefix)))
+    fn next_number() -> u64 {
+        BLOCK.with(|block| {
+            let (mut next, mut end) = block.get();
+            if next == end {
+                next = NEXT_BLOCK.fetch_add(ID_BLOCK, Ordering::Relaxed) + 1;
+                end = next + ID_BLOCK;
+            }
+            block.set((next + 1, end));
+            next
+        })
+    }
+
+    /// A new request id.
+    pub(super) fn next() -> HeaderValue {
+        let mut id = [0u8; 8 + 1 + 20];
+        id[..8].copy_from_slice(PREFIX.as_bytes());
+        id[8] = b'-';
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(next_number()).as_bytes();
+        id[9..9 + digits.len()].copy_from_slice(digits);
+        HeaderValue::from_bytes(&id[..9 + digits.len()])
             .expect("hex digits, a dash and a number are a valid header value")
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use std::collections::HashSet;
+
+        #[test]
+        fn ids_are_the_prefix_and_a_distinct_number_across_threads() {
+            let ids: Vec<String> = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..4)
+                    .map(|_| scope.spawn(|| (0..3000).map(|_| super::next()).collect::<Vec<_>>()))
+                    .collect();
+                workers
+                    .into_iter()
+                    .flat_map(|worker| worker.join().unwrap())
+                    .map(|id| id.to_str().unwrap().to_owned())
+                    .collect()
+            });
+
+            let distinct: HashSet<&String> = ids.iter().collect();
+            assert_eq!(distinct.len(), ids.len());
+            for id in &ids {
+                let (head, number) = id.split_once('-').unwrap();
+                assert_eq!(head, *super::PREFIX);
+                assert!(number.parse::<u64>().unwrap() > 0, "{id}");
+            }
+        }
     }
 }
