@@ -226,6 +226,12 @@ impl Metrics {
     /// # Panics
     /// Outside a tokio runtime (the upkeep task is spawned on it).
     pub fn start() -> Self {
+        // Durations (requests, product reads, store calls) are measured with
+        // quanta's clock, which reads the TSC: 9.6 ns a read on this
+        // project's 2-core VM against 23.3 ns for `std::time::Instant`, and
+        // an L1 hit takes two pairs of reads. Its calibration (up to 200 ms,
+        // once per process) happens here, at start, not on the first request.
+        let _ = quanta::Instant::now();
         let mut builder = PrometheusBuilder::new();
         for name in [REQUEST_DURATION, DB_QUERY_DURATION] {
             builder = builder

@@ -16,7 +16,6 @@ mod write_behind;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tiercache::{Change, Lookup, Source, TieredCache};
 
@@ -188,7 +187,7 @@ impl ProductService {
 
     /// One product: L1 → L2 → store, filling the levels on the way back.
     pub async fn get(&self, id: i64) -> Result<Read, ServiceError> {
-        let started = Instant::now();
+        let started = quanta::Instant::now();
         let lookup = self.lookup(id).await?;
         let served = Served::from_source(lookup.source);
         self.stats.record(served.is_hit(), started.elapsed());
@@ -213,7 +212,7 @@ impl ProductService {
     /// A batch: L1 first, then one L2 `MGET`, then one SQL query for the
     /// rest. `ids` must be distinct; the result keeps their order.
     pub async fn get_many(&self, ids: &[i64]) -> Result<Batch, ServiceError> {
-        let started = Instant::now();
+        let started = quanta::Instant::now();
         let lookups = self
             .cache
             .get_many_or_load(ids, |missing| async move {

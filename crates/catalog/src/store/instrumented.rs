@@ -11,7 +11,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
 use async_trait::async_trait;
 use metrics::Histogram;
@@ -75,7 +74,7 @@ async fn timed<T>(
     call: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     let span = tracing::debug_span!("store", op);
-    let started = Instant::now();
+    let started = quanta::Instant::now();
     let output = call.instrument(span.clone()).await;
     let elapsed = started.elapsed();
     timer.record(elapsed);
