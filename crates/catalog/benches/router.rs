@@ -18,12 +18,11 @@ use std::sync::{Barrier, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use catalog::app::build_caches;
 use catalog::config::{CacheConfig, DbConfig, LogFormat};
-use catalog::http::{self, AppState};
+use catalog::http::{self, App, AppState};
 use catalog::metrics::Metrics;
 use catalog::service::{ProductService, WarmScope};
 use catalog::store::{self, Store};
@@ -40,7 +39,7 @@ const PRODUCTS: i64 = 100_000;
 
 /// The catalog's router over a freshly seeded and fully warmed SQLite file,
 /// which is deleted when the returned guard drops.
-async fn warmed_router() -> (Router, TempFile) {
+async fn warmed_router() -> (App, TempFile) {
     let file = TempFile(std::env::temp_dir().join(format!(
         "catalog-bench-{}.db",
         uuid::Uuid::new_v4().simple()
@@ -86,7 +85,7 @@ impl Drop for TempFile {
 /// copied into one buffer. Reading what a response points to is part of
 /// the cost of a hit (those bytes are likely cache misses), so a change
 /// that moves a miss from the handler into the writing shows as such.
-async fn get(app: &Router, path: &str) -> usize {
+async fn get(app: &App, path: &str) -> usize {
     let request = Request::get(path).body(Body::empty()).unwrap();
     let response = app.clone().oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -110,7 +109,7 @@ struct Workers {
 }
 
 impl Workers {
-    fn start(threads: usize, app: &Router, paths: &Arc<[String]>) -> Self {
+    fn start(threads: usize, app: &App, paths: &Arc<[String]>) -> Self {
         let barrier = Arc::new(Barrier::new(threads + 1));
         let (done_tx, done) = mpsc::channel();
         let starts = (0..threads)

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::Router;
+use axum::ServiceExt as _;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
@@ -30,7 +30,7 @@ use crate::store::{self, BatchedReads, InstrumentedStore, Store};
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
-    router: Router,
+    router: http::App,
     store: Arc<dyn Store>,
     /// PostgreSQL only: invalidates the cache on changes made outside the
     /// service.
@@ -110,7 +110,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "catalog listening");
-        axum::serve(self.listener, self.router)
+        axum::serve(self.listener, self.router.into_make_service())
             .with_graceful_shutdown(shutdown)
             .await
             .context("the HTTP server failed")?;

@@ -6,10 +6,18 @@
 //! timeout's 408) into problem+json, and echoes the id on the response.
 //!
 //! It also records the request's duration in `request_duration_seconds`
-//! under its route template (axum's [`MatchedPath`], e.g. `/products/{id}`;
-//! `unmatched` for requests no route matched), so the number of series is
-//! bounded by the routes, not by the ids clients ask for. Timeouts and
-//! panics are measured too, since they are recorded here, outside them.
+//! under its route template (e.g. `/products/{id}`; `unmatched` for
+//! requests no route matches), so the number of series is bounded by the
+//! routes, not by the ids clients ask for. Timeouts and panics are measured
+//! too, since they are recorded here, outside them.
+//!
+//! It wraps the whole [`Router`](axum::Router), not each route: axum's
+//! `Router::layer` wraps every route in a second boxed route, which costs
+//! each request three allocations more (a boxed clone of the route, a boxed
+//! future, and the clone of the inner route it calls). Outside the router,
+//! axum's `MatchedPath` is not known yet, so the template is found by
+//! matching the path against the router's templates with `matchit`, the
+//! matcher axum routes with.
 //!
 //! These are the jobs of six tower-http layers (request id set and
 //! propagate, trace, catch-panic, timeout, and a response mapper) plus a
@@ -19,12 +27,11 @@
 //! id when the client sent none, and the timer is armed only for requests
 //! that wait. The id is not added to the request: no handler reads it, and
 //! the span carries it to every log line. The duration costs two reads of
-//! quanta's TSC clock (see [`Metrics::start`]), a lookup of the template in
-//! a table of handles built with the router (a dozen entries; never a
-//! lookup in the metrics registry by name and labels), one handle clone and
-//! two increments of per-thread stripes ([`RequestTimer`]).
+//! quanta's TSC clock (see [`Metrics::start`]), a match of the path against
+//! the templates (never a lookup in the metrics registry by name and
+//! labels), one handle clone and two increments of per-thread stripes
+//! ([`RequestTimer`]).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
@@ -33,7 +40,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use tokio::time::Sleep;
@@ -87,39 +94,58 @@ impl<S> Layer<S> for RequestContextLayer {
 
 /// See the module documentation.
 #[derive(Debug, Clone)]
-pub(super) struct RequestContext<S> {
+pub struct RequestContext<S> {
     inner: S,
     shared: Arc<Shared>,
 }
 
 /// `request_duration_seconds` handles by route template, registered when the
 /// router is built.
-#[derive(Debug)]
 pub(super) struct RequestTimers {
-    by_template: HashMap<Box<str>, Arc<RequestTimer>>,
-    /// For requests no route matched (the 404 fallback), and for a route
-    /// template missing from the table, so that neither adds series.
+    /// The router's templates, each with its index in `timers`.
+    templates: matchit::Router<usize>,
+    timers: Vec<Arc<RequestTimer>>,
+    /// For requests no route matches (the 404 fallback), so that they add
+    /// no series.
     unmatched: Arc<RequestTimer>,
 }
 
 impl RequestTimers {
     /// Registers one series per template in `templates`, plus `unmatched`.
+    ///
+    /// # Panics
+    /// If a template is not valid `matchit` syntax or repeats one: the
+    /// templates are those of the router, which axum has matched with the
+    /// same `matchit`.
     pub(super) fn new<'a>(metrics: &Metrics, templates: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut matcher = matchit::Router::new();
+        let mut timers = Vec::new();
+        for template in templates {
+            matcher
+                .insert(template, timers.len())
+                .unwrap_or_else(|err| panic!("route template {template:?}: {err}"));
+            timers.push(metrics.request_timer(template));
+        }
         Self {
-            by_template: templates
-                .into_iter()
-                .map(|template| (template.into(), metrics.request_timer(template)))
-                .collect(),
+            templates: matcher,
+            timers,
             unmatched: metrics.request_timer(UNMATCHED),
         }
     }
 
     fn for_request(&self, request: &Request) -> &Arc<RequestTimer> {
-        request
-            .extensions()
-            .get::<MatchedPath>()
-            .and_then(|path| self.by_template.get(path.as_str()))
-            .unwrap_or(&self.unmatched)
+        match self.templates.at(request.uri().path()) {
+            Ok(found) => &self.timers[*found.value],
+            Err(_) => &self.unmatched,
+        }
+    }
+}
+
+impl std::fmt::Debug for RequestTimers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestTimers")
+            .field("templates", &self.timers.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -164,7 +190,7 @@ where
 pin_project_lite::pin_project! {
     /// The response of a [`RequestContext`]. A struct rather than a boxed
     /// `async` block: one allocation less on every request.
-    pub(super) struct ContextFuture<F> {
+    pub struct ContextFuture<F> {
         #[pin]
         response: F,
         // The timeout, armed only if the response does not come on the

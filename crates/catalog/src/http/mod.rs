@@ -30,7 +30,13 @@ pub use extract::MAX_BODY_BYTES;
 
 use crate::metrics::Metrics;
 use crate::service::ProductService;
-use context::{RequestContextLayer, RequestTimers};
+use context::{RequestContext, RequestContextLayer, RequestTimers};
+use tower::Layer;
+
+/// The application as a service: the router inside the request middleware.
+/// Serve it with `axum::serve(listener, app.into_make_service())`
+/// ([`axum::ServiceExt`]); call it in tests with `tower::ServiceExt::oneshot`.
+pub type App = RequestContext<Router>;
 
 /// Where Swagger UI is served.
 const DOCS_PATH: &str = "/docs";
@@ -112,7 +118,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
 /// The whole application: API routes, docs, and the middleware stack.
 /// `request_timeout` bounds each request (also how long shutdown waits for
 /// in-flight requests).
-pub fn router(state: AppState, request_timeout: Duration) -> Router {
+pub fn router(state: AppState, request_timeout: Duration) -> App {
     let (api, spec) = api_routes().split_for_parts();
     // Every route template, for the request-duration series: the documented
     // paths plus the routes `SwaggerUi` adds.
@@ -137,9 +143,9 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
 }
 
 /// Request ids, tracing, timeout, panics, bare errors as problems and
-/// request durations: see [`context`].
-fn with_middleware(app: Router, request_timeout: Duration, timers: RequestTimers) -> Router {
-    app.layer(RequestContextLayer::new(request_timeout, timers))
+/// request durations, around the whole router: see [`context`].
+fn with_middleware(app: Router, request_timeout: Duration, timers: RequestTimers) -> App {
+    RequestContextLayer::new(request_timeout, timers).layer(app)
 }
 
 #[cfg(test)]
@@ -153,12 +159,12 @@ mod tests {
     use super::*;
 
     /// The middleware alone, with request-duration series for the test routes.
-    fn middleware(app: Router, request_timeout: Duration) -> Router {
+    fn middleware(app: Router, request_timeout: Duration) -> App {
         let timers = RequestTimers::new(&Metrics::start(), ["/", "/boom", "/slow"]);
         with_middleware(app, request_timeout, timers)
     }
 
-    async fn call(app: Router, path: &str) -> (StatusCode, axum::http::HeaderMap, String) {
+    async fn call(app: App, path: &str) -> (StatusCode, axum::http::HeaderMap, String) {
         let response = app
             .oneshot(Request::get(path).body(Body::empty()).unwrap())
             .await
