@@ -36,9 +36,10 @@ pub struct RenderedProduct {
 }
 
 /// The largest ETag and body kept inline: with the product beside it, the
-/// `Arc`'s allocation stays within mimalloc's 512-byte size class. A smaller
-/// product still takes the whole array; a seed product took two
-/// allocations before (192 and 320 bytes), so memory per entry is the same.
+/// `Arc`'s allocation (472 bytes) stays within mimalloc's 512-byte size
+/// class. A smaller product still takes the whole array; a seed product
+/// took two allocations before, in the 192-byte class and the 256- or
+/// 320-byte one, so memory per entry is about the same.
 const INLINE: usize = 312;
 
 /// ETag and body bytes: inline when they fit, else on the heap.
