@@ -287,6 +287,45 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_bad_product_id_is_a_400_that_names_it() {
+        use axum::body::Body;
+        use axum::http::StatusCode;
+        use tower::ServiceExt;
+
+        let app = axum::Router::new().route(
+            "/products/{id}",
+            axum::routing::get(|ProductId(id): ProductId| async move { id.to_string() }),
+        );
+        let get = |path: String| {
+            let app = app.clone();
+            async move {
+                let response = app
+                    .oneshot(Request::get(path).body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                (status, String::from_utf8(body.to_vec()).unwrap())
+            }
+        };
+
+        assert_eq!(
+            get("/products/7".into()).await,
+            (StatusCode::OK, "7".into())
+        );
+        for bad in ["abc", "0", "-1", "99999999999999999999"] {
+            let (status, body) = get(format!("/products/{bad}")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(
+                body.contains(&format!("got \\\"{bad}\\\"")),
+                "{bad}: {body}"
+            );
+        }
+    }
+
     #[test]
     fn json_errors_are_classified_and_name_the_field() {
         #[derive(Debug, serde::Deserialize)]
