@@ -101,6 +101,7 @@ pub struct RequestContext<S> {
 
 /// `request_duration_seconds` handles by route template, registered when the
 /// router is built.
+#[derive(Debug)]
 pub(super) struct RequestTimers {
     /// The router's templates, each with its index in `timers`.
     templates: matchit::Router<usize>,
@@ -138,14 +139,6 @@ impl RequestTimers {
             Ok(found) => &self.timers[*found.value],
             Err(_) => &self.unmatched,
         }
-    }
-}
-
-impl std::fmt::Debug for RequestTimers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestTimers")
-            .field("templates", &self.timers.len())
-            .finish_non_exhaustive()
     }
 }
 
@@ -253,10 +246,11 @@ where
 /// and a counter (`4f1c9a2e-17`), unique across instances without a random
 /// draw per request.
 ///
-/// Each thread takes the counter's values in blocks of `ID_BLOCK` (1024), so that
-/// the shared counter is written once per block rather than by every
-/// request on every core; ids are unique, not in order of arrival. The id is
-/// written into a stack buffer and copied once into its header value.
+/// Each thread takes the counter's values in blocks of `ID_BLOCK` (1024),
+/// so that the shared counter is written once per block rather than by
+/// every request on every core; ids are unique, not in order of arrival.
+/// The id is written into a stack buffer and copied once into its header
+/// value.
 mod request_ids {
     use std::cell::Cell;
     use std::sync::LazyLock;

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use axum::Router;
 use secrecy::{ExposeSecret, SecretString};
+use tower::Layer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -31,7 +32,6 @@ pub use extract::MAX_BODY_BYTES;
 use crate::metrics::Metrics;
 use crate::service::ProductService;
 use context::{RequestContext, RequestContextLayer, RequestTimers};
-use tower::Layer;
 
 /// The application as a service: the router inside the request middleware.
 /// Serve it with `axum::serve(listener, app.into_make_service())`
