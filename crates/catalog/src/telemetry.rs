@@ -18,7 +18,10 @@ pub fn init(format: LogFormat) {
     let directives = std::env::var("RUST_LOG").unwrap_or_default();
     let (filter, invalid) = match LogFilter::parse(&directives) {
         Ok(filter) => (filter, None),
-        Err(err) => (LogFilter::default(), Some(err)),
+        Err(err) => (
+            LogFilter::parse(DEFAULT_DIRECTIVES).expect("the default directives are valid"),
+            Some(err),
+        ),
     };
     let (targets, env) = match filter {
         LogFilter::Targets(targets) => (Some(targets), None),
@@ -49,12 +52,6 @@ pub fn init(format: LogFormat) {
 enum LogFilter {
     Targets(Targets),
     Env(EnvFilter),
-}
-
-impl Default for LogFilter {
-    fn default() -> Self {
-        Self::Targets(Targets::new().with_default(tracing::Level::INFO))
-    }
 }
 
 impl LogFilter {

@@ -103,9 +103,8 @@ pub struct RequestContext<S> {
 /// router is built.
 #[derive(Debug)]
 pub(super) struct RequestTimers {
-    /// The router's templates, each with its index in `timers`.
-    templates: matchit::Router<usize>,
-    timers: Vec<Arc<RequestTimer>>,
+    /// The router's templates, each with its series.
+    templates: matchit::Router<Arc<RequestTimer>>,
     /// For requests no route matches (the 404 fallback), so that they add
     /// no series.
     unmatched: Arc<RequestTimer>,
@@ -120,23 +119,20 @@ impl RequestTimers {
     /// same `matchit`.
     pub(super) fn new<'a>(metrics: &Metrics, templates: impl IntoIterator<Item = &'a str>) -> Self {
         let mut matcher = matchit::Router::new();
-        let mut timers = Vec::new();
         for template in templates {
             matcher
-                .insert(template, timers.len())
+                .insert(template, metrics.request_timer(template))
                 .unwrap_or_else(|err| panic!("route template {template:?}: {err}"));
-            timers.push(metrics.request_timer(template));
         }
         Self {
             templates: matcher,
-            timers,
             unmatched: metrics.request_timer(UNMATCHED),
         }
     }
 
     fn for_request(&self, request: &Request) -> &Arc<RequestTimer> {
         match self.templates.at(request.uri().path()) {
-            Ok(found) => &self.timers[*found.value],
+            Ok(found) => found.value,
             Err(_) => &self.unmatched,
         }
     }
