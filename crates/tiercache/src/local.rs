@@ -7,19 +7,31 @@
 //! # How both bounds hold
 //!
 //! quick_cache bounds one number, the total *weight*. An entry of `b` bytes
-//! weighs `max(b, u)` with `u = ceil(max_bytes / max_entries)`, and the total
-//! weight capacity is `max_bytes`. Then
+//! weighs `max(b, u)` with the unit `u = max(1, floor(max_bytes / max_entries))`,
+//! and the total weight capacity is at most `max_entries · u ≤ max_bytes`.
+//! Then
 //!
-//! - bytes: `Σ b ≤ Σ weight ≤ max_bytes`, and
-//! - entries: `n · u ≤ Σ weight ≤ max_bytes`, so `n ≤ max_bytes / u ≤ max_entries`.
+//! - bytes: `Σ b ≤ Σ weight ≤ capacity ≤ max_bytes`, and
+//! - entries: `n · u ≤ Σ weight ≤ capacity ≤ max_entries · u`, so `n ≤ max_entries`.
 //!
 //! Each entry is charged for whichever bound it uses up faster. The price is
 //! some slack: a mix of tiny and huge entries fills neither bound exactly, but
-//! never less than half of both (`max(a, b) ≥ (a + b) / 2`). quick_cache splits
-//! capacity evenly over its shards, so the capacity passed to it is rounded
-//! down to a multiple of the shard count to keep the sum within `max_bytes`.
-//! A value heavier than about one shard's capacity (`max_bytes / shards`) is
-//! not admitted at all and counted as an eviction.
+//! never less than half of both (`max(a, b) ≥ (a + b) / 2`).
+//!
+//! # Shards
+//!
+//! quick_cache splits the capacity evenly over its shards, and a key's shard
+//! is chosen by its hash, so a shard can fill up while others have room.
+//! Shards are therefore only used for caches large enough that each holds
+//! at least [`MIN_SHARD_ENTRIES`] entries (a 10,000-entry L1 has 16; any
+//! cache under 256 entries has one): a one-shard cache holds exactly
+//! `max_entries` small entries, a sharded one 96–99 % of them (measured from
+//! 256 to 100,000 entries) before
+//! the fullest shard starts evicting. Each shard gets a whole number of
+//! units, so the capacity is `shards · floor(slots / shards) · u`: up to
+//! `shards − 1` entry slots fewer than `max_entries`. A value heavier than
+//! what one shard admits (97 % of `max_bytes / shards`, all of it for a
+//! cache of a few entries) is not stored at all and counted as an eviction.
 //!
 //! # Expiry
 //!
@@ -55,8 +67,16 @@ use crate::stats::{L1Stats, Striped};
 const HITS: usize = 0;
 const MISSES: usize = 1;
 
-/// Shards quick_cache may use; it lowers the count for small capacities.
-const SHARDS: usize = 16;
+/// Most shards an L1 uses (a power of two).
+const MAX_SHARDS: u64 = 16;
+/// Fewest entry slots per shard; smaller caches use fewer shards (see
+/// "Shards" above).
+const MIN_SHARD_ENTRIES: u64 = 128;
+/// Share of a shard's weight that quick_cache's "hot" (main) queue may
+/// hold; an entry heavier than this share is never admitted. quick_cache's
+/// default, raised to the whole shard for caches of a few entries, whose
+/// unit would otherwise not fit.
+const HOT_ALLOCATION: f64 = 0.97;
 
 /// A bounded, TTL-aware, concurrent in-process cache: the L1 of a
 /// [`TieredCache`](crate::TieredCache), usable on its own.
@@ -70,11 +90,14 @@ const SHARDS: usize = 16;
 /// # Bounds
 ///
 /// Both bounds hold at all times: an entry of `b` bytes is charged
-/// `max(b, max_bytes / max_entries)` against a budget of `max_bytes`, so
-/// neither the byte total nor the entry count can exceed its bound. Mixed
-/// sizes may leave up to half of each bound unused. A value larger than one
-/// shard's share of `max_bytes` (quick_cache splits capacity over up to 16
-/// shards) is not stored.
+/// `max(b, max_bytes / max_entries)` against a budget of at most
+/// `max_bytes`, so neither the byte total nor the entry count can exceed
+/// its bound. Mixed sizes may leave up to half of each bound unused. A
+/// cache of fewer than 256 entries is one shard and holds `max_entries`
+/// small entries exactly; larger ones split over up to 16 shards by key
+/// hash and hold 96–99 % of `max_entries` before the fullest shard
+/// evicts. A value larger than one shard's share of `max_bytes` is not
+/// stored.
 ///
 /// # Expiry
 ///
@@ -209,10 +232,11 @@ struct Shared {
     bytes: AtomicI64,
     max_entries: u64,
     max_bytes: u64,
-    /// Heaviest entry one shard can take (`capacity / SHARDS`); heavier
-    /// ones are refused before touching the cache.
+    /// Heaviest entry one shard admits; heavier ones are refused before
+    /// touching the cache.
     max_weight: u64,
-    /// `ceil(max_bytes / max_entries)`, the weight of the lightest entry.
+    /// `max(1, floor(max_bytes / max_entries))`, the weight of the lightest
+    /// entry.
     unit: u64,
 }
 
@@ -230,7 +254,7 @@ impl Shared {
 
 #[derive(Clone)]
 struct SlotWeighter {
-    /// Weight of the smallest entry: `ceil(max_bytes / max_entries)`.
+    /// Weight of the smallest entry (see [`Shared::unit`]).
     unit: u64,
 }
 
@@ -257,6 +281,65 @@ impl<K, T> Lifecycle<K, Slot<T>> for Accounting {
     }
 }
 
+/// How the bounds map onto quick_cache's weights and shards (see "How
+/// both bounds hold" and "Shards" above).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Layout {
+    /// Weight of the lightest entry.
+    unit: u64,
+    /// A power of two, at most [`MAX_SHARDS`].
+    shards: u64,
+    /// Units each shard holds.
+    shard_slots: u64,
+    hot_allocation: f64,
+}
+
+impl Layout {
+    fn new(max_entries: u64, max_bytes: u64) -> Self {
+        let unit = (max_bytes / max_entries).max(1);
+        // Below one byte per entry the byte bound binds first.
+        let slots = max_entries.min(max_bytes / unit);
+        let mut shards = MAX_SHARDS;
+        while shards > 1 && slots / shards < MIN_SHARD_ENTRIES {
+            shards /= 2;
+        }
+        let shard_slots = slots / shards;
+        // quick_cache admits an entry only if it fits its hot share: a
+        // shard of fewer than 1 / (1 − 0.97) ≈ 34 units needs all of it.
+        let hot_allocation = if hot_share(shard_slots * unit, HOT_ALLOCATION) >= unit {
+            HOT_ALLOCATION
+        } else {
+            1.0
+        };
+        Self {
+            unit,
+            shards,
+            shard_slots,
+            hot_allocation,
+        }
+    }
+
+    fn slots(&self) -> u64 {
+        self.shards * self.shard_slots
+    }
+
+    /// quick_cache's weight capacity: a whole number of units per shard.
+    fn capacity(&self) -> u64 {
+        self.slots() * self.unit
+    }
+
+    /// The heaviest entry a shard admits.
+    fn max_weight(&self) -> u64 {
+        hot_share(self.shard_slots * self.unit, self.hot_allocation)
+    }
+}
+
+/// The hot share of a shard's weight, computed as quick_cache does.
+fn hot_share(shard_weight: u64, allocation: f64) -> u64 {
+    let share = (shard_weight as f64 * allocation) as u64;
+    share.clamp(shard_weight.min(1), shard_weight)
+}
+
 impl<K, T> LocalCache<K, T>
 where
     K: Eq + Hash + Clone,
@@ -272,15 +355,12 @@ where
         if max_entries == 0 || max_bytes == 0 {
             return Err(Error::config("L1 bounds must be positive"));
         }
-        let unit = max_bytes.div_ceil(max_entries);
-        let shards = u64::try_from(SHARDS).unwrap_or(1);
-        // Rounding down keeps Σ shard capacities ≤ max_bytes also after
-        // quick_cache halves the shard count for small caches.
-        let capacity = (max_bytes / shards * shards).max(unit);
+        let layout = Layout::new(max_entries, max_bytes);
         let options = OptionsBuilder::new()
-            .shards(SHARDS)
-            .estimated_items_capacity(usize::try_from(max_entries).unwrap_or(usize::MAX))
-            .weight_capacity(capacity)
+            .shards(usize::try_from(layout.shards).unwrap_or(1))
+            .hot_allocation(layout.hot_allocation)
+            .estimated_items_capacity(usize::try_from(layout.slots()).unwrap_or(usize::MAX))
+            .weight_capacity(layout.capacity())
             .build()
             .map_err(|e| Error::config(format!("L1 options: {e}")))?;
         let shared = Arc::new(Shared {
@@ -289,14 +369,19 @@ where
             bytes: AtomicI64::new(0),
             max_entries,
             max_bytes,
-            max_weight: capacity / shards,
-            unit,
+            max_weight: layout.max_weight(),
+            unit: layout.unit,
         });
         let cache = Cache::with_options(
             options,
-            SlotWeighter { unit },
+            SlotWeighter { unit: layout.unit },
             DefaultHashBuilder::default(),
             Accounting(Arc::clone(&shared)),
+        );
+        debug_assert_eq!(
+            u64::try_from(cache.num_shards()).ok(),
+            Some(layout.shards),
+            "quick_cache kept the shard count"
         );
         Ok(Self {
             cache: Arc::new(cache),
@@ -578,6 +663,112 @@ mod tests {
         assert_eq!(cache.get(&1), None);
         let stats = cache.stats();
         assert_eq!((stats.entries, stats.bytes, stats.evictions), (0, 0, 1));
+    }
+
+    #[test]
+    fn a_few_entries_under_the_default_byte_bound_are_all_held() {
+        // The default byte bound over a handful of entries: the unit is
+        // many megabytes, and each entry still fits.
+        for max_entries in 1..=5u64 {
+            let cache = LocalCache::new(max_entries, 64 << 20).unwrap();
+            for i in 0..max_entries {
+                cache.insert(&i, (), 300, MINUTE);
+            }
+            let stats = cache.stats();
+            assert_eq!(
+                (stats.entries, stats.evictions),
+                (max_entries, 0),
+                "{max_entries}"
+            );
+            assert!((0..max_entries).all(|i| cache.peek(&i).is_some()));
+        }
+    }
+
+    mod bounds {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Byte bounds from a few bytes to 128 MiB.
+        fn max_bytes() -> impl Strategy<Value = u64> {
+            prop_oneof![1u64..1_000, 1_000u64..1 << 20, 1u64 << 20..1 << 27]
+        }
+
+        /// The bytes held, summed over the entries still present.
+        fn held_bytes(cache: &LocalCache<u64, ()>, keys: u64) -> u64 {
+            (0..keys)
+                .filter_map(|i| cache.cache.peek(&i))
+                .map(|slot| slot.bytes())
+                .sum()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(48))]
+
+            #[test]
+            fn neither_bound_is_ever_exceeded(
+                max_entries in 1u64..3_000,
+                max_bytes in max_bytes(),
+                sizes in vec(0usize..100_000, 1..3_000),
+            ) {
+                let cache = LocalCache::new(max_entries, max_bytes).unwrap();
+                for (i, size) in (0u64..).zip(&sizes) {
+                    cache.insert(&i, (), *size, MINUTE);
+                    let stats = cache.stats();
+                    prop_assert!(stats.entries <= max_entries, "{stats:?}");
+                    prop_assert!(stats.bytes <= max_bytes, "{stats:?}");
+                }
+                let keys = u64::try_from(sizes.len()).unwrap();
+                prop_assert_eq!(cache.stats().bytes, held_bytes(&cache, keys));
+            }
+
+            #[test]
+            fn a_one_shard_cache_holds_every_small_entry_up_to_its_bound(
+                max_entries in 1u64..256,
+                max_bytes in max_bytes(),
+                fill in 0.0f64..=1.0,
+            ) {
+                let cache = LocalCache::new(max_entries, max_bytes).unwrap();
+                let unit = cache.shared.unit;
+                // Entries of at most the unit: the count, or the bytes when
+                // the bound is under a byte per entry, binds.
+                let room = max_entries.min(max_bytes / unit);
+                let keys = (room as f64 * fill).ceil() as u64;
+                for i in 0..keys {
+                    cache.insert(&i, (), usize::try_from(i % (unit + 1)).unwrap(), MINUTE);
+                }
+                prop_assert_eq!(cache.stats().entries, keys);
+                prop_assert_eq!(cache.stats().evictions, 0);
+            }
+
+            #[test]
+            fn a_sharded_cache_holds_most_of_its_bound(
+                max_entries in 256u64..20_000,
+                bytes_per_entry in 300u64..4_096,
+            ) {
+                let cache = LocalCache::new(max_entries, max_entries * bytes_per_entry).unwrap();
+                for i in 0..max_entries {
+                    cache.insert(&i, (), 300, MINUTE);
+                }
+                let entries = cache.stats().entries;
+                prop_assert!(entries * 100 >= max_entries * 85, "{entries} of {max_entries}");
+            }
+
+            #[test]
+            fn a_value_is_stored_exactly_when_a_shard_can_take_it(
+                max_entries in 1u64..20_000,
+                max_bytes in max_bytes(),
+                share in 0.0f64..2.0,
+            ) {
+                let cache = LocalCache::new(max_entries, max_bytes).unwrap();
+                let max_weight = cache.shared.max_weight;
+                let size = (max_weight as f64 * share) as u64;
+                cache.insert(&1, (), usize::try_from(size).unwrap(), MINUTE);
+                prop_assert_eq!(cache.peek(&1).is_some(), size <= max_weight, "size {}", size);
+                prop_assert!(max_weight >= cache.shared.unit, "every small entry fits");
+            }
+        }
     }
 
     #[test]
