@@ -19,6 +19,9 @@ pub(super) const DESCRIPTION_MAX_CHARS: usize = 10_000;
 pub(super) const CATEGORY_MAX_CHARS: usize = 100;
 /// Highest accepted price, in cents (1,000,000,000.00).
 pub(super) const PRICE_MAX_CENTS: i64 = 100_000_000_000;
+/// Why a text with a NUL character is refused: PostgreSQL cannot store one
+/// in `text`, so both stores refuse it alike rather than SQLite keeping it.
+const NO_NUL: &str = "must not contain NUL (U+0000) characters";
 
 /// A product as stored and as returned by the API.
 ///
@@ -146,6 +149,9 @@ macro_rules! text_field {
         impl $name {
             /// Validates (and, where the rule says so, trims) the text.
             pub fn parse(raw: &str) -> Result<Self, &'static str> {
+                if raw.contains('\0') {
+                    return Err(NO_NUL);
+                }
                 let text = if $trim { raw.trim() } else { raw };
                 let chars = text.chars().count();
                 if !($min..=$max).contains(&chars) {
@@ -299,6 +305,14 @@ mod tests {
         assert!(ProductName::parse("   ").is_err());
         assert!(ProductName::parse(&"x".repeat(201)).is_err());
         assert!(ProductName::parse(&"é".repeat(200)).is_ok());
+    }
+
+    #[test]
+    fn no_text_field_takes_a_nul_character() {
+        assert_eq!(ProductName::parse("a\0b"), Err(NO_NUL));
+        assert_eq!(Description::parse("\0"), Err(NO_NUL));
+        assert_eq!(Category::parse("tools\0"), Err(NO_NUL));
+        assert!(Description::parse("tab\tand newline\n").is_ok());
     }
 
     #[test]

@@ -17,6 +17,7 @@ both_stores!(
     patch_without_fields_or_with_null_is_422,
     delete_returns_204_then_404,
     every_invalid_field_is_422_naming_it,
+    a_nul_character_is_422_naming_the_field_and_changes_nothing,
     malformed_json_is_400,
     a_body_that_is_not_json_is_415,
     a_body_over_64_kib_is_413,
@@ -364,6 +365,49 @@ async fn every_invalid_field_is_422_naming_it(backend: Backend) {
         )
         .await;
     assert_eq!(at_limits.status(), StatusCode::CREATED);
+}
+
+async fn a_nul_character_is_422_naming_the_field_and_changes_nothing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let original = app.create_product("Plain", "tools", 2.5).await;
+    let path = format!("/products/{}", original["id"]);
+    let with_nul = |field: &str| {
+        let mut body = widget();
+        body[field] = json!("a\u{0}b");
+        body
+    };
+
+    for field in ["name", "description", "category"] {
+        let writes = [
+            app.authed(Method::POST, "/products").json(&with_nul(field)),
+            app.authed(Method::PUT, &path).json(&with_nul(field)),
+            app.authed(Method::PATCH, &path)
+                .json(&json!({ field: "a\u{0}b" })),
+        ];
+        for write in writes {
+            let problem = assert_problem(
+                write.send().await.unwrap(),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await;
+            assert_eq!(problem["field"], field, "{problem}");
+            assert!(
+                problem["detail"].as_str().unwrap().contains("NUL"),
+                "{problem}"
+            );
+        }
+    }
+    let page = app.get("/products?category=a%00b").await;
+    assert_problem(page, StatusCode::BAD_REQUEST).await;
+
+    let now: Value = app.get(&path).await.json().await.unwrap();
+    assert_eq!(now, original, "nothing was changed");
+    let listed: Value = app.get("/products").await.json().await.unwrap();
+    assert_eq!(
+        listed["items"].as_array().unwrap().len(),
+        1,
+        "nothing was created"
+    );
 }
 
 async fn malformed_json_is_400(backend: Backend) {
