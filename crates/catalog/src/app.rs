@@ -3,15 +3,14 @@
 //! listener for changes made outside the service.
 //!
 //! Shutdown order: stop accepting → let in-flight requests finish (each is
-//! bounded by the request timeout) → stop the change listener → close the
-//! store's pool.
+//! bounded by the request timeout) → stop the change listener → drain the
+//! write-behind queue (at most 10 s) → close the store's pool.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::ServiceExt as _;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
@@ -31,6 +30,8 @@ use crate::store::{self, BatchedReads, InstrumentedStore, Store};
 pub struct Application {
     listener: TcpListener,
     router: http::App,
+    limits: http::ConnectionLimits,
+    connection_metrics: http::ConnectionMetrics,
     store: Arc<dyn Store>,
     /// PostgreSQL only: invalidates the cache on changes made outside the
     /// service.
@@ -47,6 +48,7 @@ impl Application {
     /// The store cannot be reached or migrated, or the address cannot be bound.
     pub async fn build(config: ServeConfig, seed: Option<u64>) -> anyhow::Result<Self> {
         let metrics = Metrics::start();
+        let connection_metrics = http::ConnectionMetrics::new(&metrics);
         let connected = store::connect(config.db.database_url.expose_secret(), &config.db.pool())
             .await
             .context("could not connect to the store at DATABASE_URL")?;
@@ -79,6 +81,8 @@ impl Application {
         Ok(Self {
             listener,
             router,
+            limits: config.http.limits(),
+            connection_metrics,
             store,
             changes,
             products,
@@ -110,10 +114,15 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "catalog listening");
-        axum::serve(self.listener, self.router.into_make_service())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("the HTTP server failed")?;
+        http::serve(
+            self.listener,
+            self.router,
+            self.limits,
+            self.connection_metrics,
+            shutdown,
+        )
+        .await
+        .context("the HTTP server failed")?;
         if let Some(changes) = self.changes {
             changes.stop().await;
         }

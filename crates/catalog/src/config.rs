@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use secrecy::SecretString;
 
+use crate::http::ConnectionLimits;
 use crate::store::PoolSettings;
 
 /// The embedded default store: a SQLite file in the working directory.
@@ -220,6 +221,48 @@ impl Default for CacheConfig {
     }
 }
 
+/// What bounds the HTTP connections (see `http::connection`).
+#[derive(Debug, Clone, Args)]
+pub struct HttpConfig {
+    /// Seconds a client has to send a complete request head, from opening
+    /// the connection or from the head's first byte on a kept-alive one.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECS", value_name = "HTTP_HEADER_TIMEOUT_SECS",
+          default_value = "10", value_parser = seconds)]
+    pub http_header_timeout: Duration,
+
+    /// Seconds a kept-alive connection may wait for its next request.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT_SECS", value_name = "HTTP_IDLE_TIMEOUT_SECS",
+          default_value = "60", value_parser = seconds)]
+    pub http_idle_timeout: Duration,
+
+    /// Most HTTP connections open at once; more wait to be accepted. Keep
+    /// it under the process's file limit (`ulimit -n`) minus the database
+    /// and Redis connections.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", value_name = "HTTP_MAX_CONNECTIONS",
+          default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            http_header_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(60),
+            http_max_connections: 10_000,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_timeout: self.http_header_timeout,
+            idle_timeout: self.http_idle_timeout,
+            max_connections: usize::try_from(self.http_max_connections).unwrap_or(usize::MAX),
+        }
+    }
+}
+
 /// Settings of `catalog serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
@@ -228,6 +271,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub cache: CacheConfig,
+
+    #[command(flatten)]
+    pub http: HttpConfig,
 
     /// Address the HTTP server listens on.
     #[arg(
@@ -262,6 +308,7 @@ impl ServeConfig {
         Self {
             db: DbConfig::new(url),
             cache: CacheConfig::default(),
+            http: HttpConfig::default(),
             bind_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             api_token: None,
             request_timeout: Duration::from_secs(30),

@@ -110,6 +110,11 @@ pub const WRITE_BEHIND_LAST_BATCH: &str = "write_behind_last_batch_size";
 /// Time to write one write-behind batch to the store.
 pub const WRITE_BEHIND_FLUSH_DURATION: &str = "write_behind_flush_duration_seconds";
 
+/// HTTP connections open now.
+pub const HTTP_CONNECTIONS_OPEN: &str = "http_connections_open";
+/// HTTP connections closed by a timeout, `kind="header"|"idle"`.
+pub const HTTP_CONNECTION_TIMEOUTS: &str = "http_connection_timeouts_total";
+
 /// Propagation lag of invalidations from other instances (publish → applied).
 pub const CACHE_INVALIDATION_LAG: &str = "cache_invalidation_lag_seconds";
 
@@ -303,6 +308,26 @@ impl Metrics {
             .register_counter(&Key::from_static_name(name), &METADATA)
     }
 
+    /// The counter of `name` with one label.
+    pub fn labelled_counter(
+        &self,
+        name: &'static str,
+        label: &'static str,
+        value: &'static str,
+    ) -> Counter {
+        self.0.recorder.register_counter(
+            &Key::from_parts(name, vec![Label::from_static_parts(label, value)]),
+            &METADATA,
+        )
+    }
+
+    /// An unlabelled gauge of `name`.
+    pub fn gauge(&self, name: &'static str) -> Gauge {
+        self.0
+            .recorder
+            .register_gauge(&Key::from_static_name(name), &METADATA)
+    }
+
     /// The exposition text, with the cache's counters as of `cache`.
     pub fn render(&self, cache: &CacheStats) -> String {
         self.0.cache.update(cache);
@@ -416,6 +441,10 @@ fn describe(recorder: &PrometheusRecorder) {
             DB_READ_BATCHES,
             "Queries the single-product reads took: reads that arrive together share one.",
         ),
+        (
+            HTTP_CONNECTION_TIMEOUTS,
+            "HTTP connections closed because a request head took too long (header) or no request came (idle), by kind.",
+        ),
     ];
     for (name, help) in counters {
         recorder.describe_counter(KeyName::from_const_str(name), None, help.into());
@@ -445,6 +474,7 @@ fn describe(recorder: &PrometheusRecorder) {
             CACHE_BUS_STATE,
             "Invalidation-bus state: 1 for the current state, 0 for the others.",
         ),
+        (HTTP_CONNECTIONS_OPEN, "HTTP connections open now."),
     ];
     for (name, help) in gauges {
         recorder.describe_gauge(KeyName::from_const_str(name), None, help.into());

@@ -47,6 +47,7 @@ use tokio::time::Sleep;
 use tower::{Layer, Service};
 use tracing::Span;
 
+use super::body::closing;
 use super::error::{panic_response, problem, problem_for_bare_errors};
 use crate::metrics::{Metrics, RequestTimer};
 
@@ -220,11 +221,13 @@ where
                     unreachable!("the deadline was armed above");
                 };
                 ready!(deadline.poll(cx));
-                problem(
+                // Part of the request (its body) may still be unread: the
+                // connection cannot carry another one.
+                closing(problem(
                     StatusCode::REQUEST_TIMEOUT,
                     "the request took too long".to_owned(),
                     None,
-                )
+                ))
             }
         };
         tracing::debug!(status = response.status().as_u16(), "request finished");

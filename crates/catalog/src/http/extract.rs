@@ -6,7 +6,7 @@ use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::HeaderValue;
 use axum::http::header::{self, HeaderMap};
 use axum::http::request::Parts;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 use subtle::ConstantTimeEq;
@@ -15,12 +15,10 @@ use super::AppState;
 use super::error::ApiError;
 use crate::store::Expected;
 
-/// Largest accepted request body (SPEC §3).
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
 /// A JSON body, validated while it is parsed: malformed JSON is a 400, a
 /// field that breaks a rule is a 422 naming the field, a body that is not
-/// JSON is a 415, one over [`MAX_BODY_BYTES`] a 413.
+/// JSON is a 415. The body has been read whole (and bounded) before
+/// routing: see [`ReadBody`](super::body::ReadBody).
 #[derive(Debug)]
 pub(super) struct JsonBody<T>(pub T);
 
@@ -37,20 +35,11 @@ where
                 "the body must be JSON (Content-Type: application/json)".into(),
             ));
         }
-        // The limit is enforced here rather than by a layer, so that requests
-        // without a body (the read path) pay nothing for it.
-        let bytes = Limited::new(req.into_body(), MAX_BODY_BYTES)
+        let bytes = req
+            .into_body()
             .collect()
             .await
-            .map_err(|err| {
-                if err.downcast_ref::<LengthLimitError>().is_some() {
-                    ApiError::PayloadTooLarge {
-                        limit: MAX_BODY_BYTES,
-                    }
-                } else {
-                    ApiError::BadRequest("the request body could not be read".into())
-                }
-            })?
+            .map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?
             .to_bytes();
         parse_json(&bytes).map(Self)
     }

@@ -5,7 +5,9 @@
 //! it, an extractor rejected the request, a layer refused it or a handler
 //! panicked.
 
+mod body;
 mod cache;
+mod connection;
 mod context;
 mod dashboard;
 mod error;
@@ -14,6 +16,7 @@ mod health;
 mod metrics;
 mod openapi;
 mod products;
+mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,17 +29,20 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
+pub use body::{DRAIN_LIMIT, MAX_BODY_BYTES};
+pub use connection::ConnectionMetrics;
 pub use error::{ApiError, PROBLEM_JSON, Problem};
-pub use extract::MAX_BODY_BYTES;
+pub use server::{ConnectionLimits, serve};
 
 use crate::metrics::Metrics;
 use crate::service::ProductService;
+use body::ReadBody;
 use context::{RequestContext, RequestContextLayer, RequestTimers};
 
-/// The application as a service: the router inside the request middleware.
-/// Serve it with `axum::serve(listener, app.into_make_service())`
-/// ([`axum::ServiceExt`]); call it in tests with `tower::ServiceExt::oneshot`.
-pub type App = RequestContext<Router>;
+/// The application as a service: the router behind the body reader, inside
+/// the request middleware. Serve it with [`server::serve`]; call it in tests
+/// with `tower::ServiceExt::oneshot`.
+pub type App = RequestContext<ReadBody<Router>>;
 
 /// Where Swagger UI is served.
 const DOCS_PATH: &str = "/docs";
@@ -142,10 +148,11 @@ pub fn router(state: AppState, request_timeout: Duration) -> App {
     with_middleware(app, request_timeout, timers)
 }
 
-/// Request ids, tracing, timeout, panics, bare errors as problems and
-/// request durations, around the whole router: see [`context`].
+/// Bodies read whole before routing ([`body`]); request ids, tracing,
+/// timeout, panics, bare errors as problems and request durations, around
+/// the whole router ([`context`]).
 fn with_middleware(app: Router, request_timeout: Duration, timers: RequestTimers) -> App {
-    RequestContextLayer::new(request_timeout, timers).layer(app)
+    RequestContextLayer::new(request_timeout, timers).layer(ReadBody::new(app))
 }
 
 #[cfg(test)]

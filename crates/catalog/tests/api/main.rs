@@ -4,6 +4,7 @@
 
 mod batching;
 mod cache;
+mod connections;
 mod dashboard;
 mod failsafe;
 mod helpers;
