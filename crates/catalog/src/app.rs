@@ -23,7 +23,7 @@ use crate::service::{
     Caches, ChangeListener, ListenerStats, PageCache, ProductCache, ProductService, RenderedCodec,
     RenderedProduct, StoreFlusher,
 };
-use crate::store::{self, BatchedReads, InstrumentedStore, Store};
+use crate::store::{self, BatchedReads, GuardedStore, InstrumentedStore, Store};
 
 /// A built service, bound to its address, not yet serving.
 #[derive(Debug)]
@@ -53,12 +53,13 @@ impl Application {
             .await
             .context("could not connect to the store at DATABASE_URL")?;
         let timed = Arc::new(InstrumentedStore::new(Arc::from(connected), &metrics));
-        let store: Arc<dyn Store> = Arc::new(BatchedReads::new(
+        let batched = Arc::new(BatchedReads::new(
             timed,
             config.db.db_read_lanes,
             config.cache.loader_hard_timeout,
             &metrics,
         ));
+        let store: Arc<dyn Store> = Arc::new(GuardedStore::new(batched, &metrics));
         store
             .migrate()
             .await

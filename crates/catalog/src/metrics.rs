@@ -110,6 +110,8 @@ pub const WRITE_BEHIND_LAST_BATCH: &str = "write_behind_last_batch_size";
 /// Time to write one write-behind batch to the store.
 pub const WRITE_BEHIND_FLUSH_DURATION: &str = "write_behind_flush_duration_seconds";
 
+/// 1 while the store's circuit breaker refuses calls, else 0.
+pub const DB_CIRCUIT_OPEN: &str = "db_circuit_open";
 /// HTTP connections open now.
 pub const HTTP_CONNECTIONS_OPEN: &str = "http_connections_open";
 /// HTTP connections closed by a timeout, `kind="header"|"idle"`.
@@ -475,6 +477,10 @@ fn describe(recorder: &PrometheusRecorder) {
             "Invalidation-bus state: 1 for the current state, 0 for the others.",
         ),
         (HTTP_CONNECTIONS_OPEN, "HTTP connections open now."),
+        (
+            DB_CIRCUIT_OPEN,
+            "1 while the store's circuit breaker refuses calls (the store failed repeatedly), else 0.",
+        ),
     ];
     for (name, help) in gauges {
         recorder.describe_gauge(KeyName::from_const_str(name), None, help.into());

@@ -174,6 +174,7 @@ pub use builder::{
 pub use error::{Error, LoaderTimedOut};
 pub use local::LocalCache;
 pub use manager::{CacheKey, Lookup, Source, TieredCache};
+pub use remote::breaker::{CircuitBreaker, Permit};
 pub use remote::codec::{Codec, CodecError, JsonCodec, PostcardCodec};
 pub use remote::topology::RedisTopology;
 pub use stats::{

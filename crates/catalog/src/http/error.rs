@@ -14,7 +14,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::service::ServiceError;
-use crate::store::StoreError;
+use crate::store::{self, StoreError};
 
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -91,7 +91,7 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::NotFound => Self::NotFound("product does not exist".into()),
             StoreError::VersionConflict => Self::PreconditionFailed,
-            StoreError::Unavailable(_) => Self::Unavailable(err.into()),
+            StoreError::Unavailable(_) | StoreError::Down => Self::Unavailable(err.into()),
             StoreError::Query(_) | StoreError::Migrate(_) => Self::Internal(err.into()),
         }
     }
@@ -113,7 +113,14 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             let cause = anyhow::Error::from(self);
             tracing::error!(error.cause_chain = ?cause, error.message = %cause, "request failed");
-            return problem(status, cause.to_string(), None);
+            let mut response = problem(status, cause.to_string(), None);
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                // The store's breaker probes once per cooldown: try again then.
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, retry_after());
+            }
+            return response;
         }
         let field = match &self {
             Self::Validation { field, .. } => Some(field.clone()),
@@ -128,6 +135,12 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// `Retry-After` of a 503: the store breaker's cooldown, in whole seconds.
+fn retry_after() -> HeaderValue {
+    let seconds = store::breaker::COOLDOWN.as_secs().max(1);
+    HeaderValue::from(seconds)
 }
 
 /// A problem+json response.
@@ -211,9 +224,20 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(
+            ApiError::from(StoreError::Down).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
             ApiError::from(StoreError::Query(sqlx::Error::Protocol("syntax".into()))).status(),
             StatusCode::INTERNAL_SERVER_ERROR
         );
+    }
+
+    #[test]
+    fn a_503_says_when_to_retry() {
+        let response = ApiError::from(StoreError::Down).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
     }
 
     #[test]

@@ -134,7 +134,7 @@ impl ServiceError {
     /// later) as opposed to a bug.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Self::Store(err) => matches!(err, StoreError::Unavailable(_)),
+            Self::Store(err) => err.is_unavailable(),
             Self::Cache(err) => {
                 // A queue Redis cannot take, or writers that kept winning
                 // the race for the next version: retry later.
@@ -144,7 +144,7 @@ impl ServiceError {
                     || err
                         .loader_error()
                         .and_then(|e| e.downcast_ref::<StoreError>())
-                        .is_some_and(|e| matches!(e, StoreError::Unavailable(_)))
+                        .is_some_and(StoreError::is_unavailable)
             }
         }
     }

@@ -15,7 +15,7 @@ use tiercache::{Change, Flush, FlushError, Queued};
 
 use super::RenderedProduct;
 use crate::domain::{NewProduct, Product, ProductPatch};
-use crate::store::{ProductChange, Store, StoreError};
+use crate::store::{ProductChange, Store};
 
 /// Writes queued product changes to the store, one transaction per batch.
 #[derive(Debug, Clone)]
@@ -45,16 +45,13 @@ impl Flush<i64, RenderedProduct> for StoreFlusher {
                     },
                 })
                 .collect();
-            self.store
-                .apply(&changes)
-                .await
-                .map_err(|error| match error {
-                    StoreError::Unavailable(_) => FlushError::Unavailable(Box::new(error)),
-                    StoreError::NotFound
-                    | StoreError::VersionConflict
-                    | StoreError::Query(_)
-                    | StoreError::Migrate(_) => FlushError::Rejected(Box::new(error)),
-                })
+            self.store.apply(&changes).await.map_err(|error| {
+                if error.is_unavailable() {
+                    FlushError::Unavailable(Box::new(error))
+                } else {
+                    FlushError::Rejected(Box::new(error))
+                }
+            })
         })
     }
 }

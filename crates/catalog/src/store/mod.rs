@@ -13,6 +13,7 @@
 //! change listener turns into cache invalidations; SQLite has no equivalent.
 
 mod batched;
+pub mod breaker;
 mod instrumented;
 mod postgres;
 mod sqlite;
@@ -25,6 +26,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use crate::domain::{NewProduct, Product, ProductPatch};
 
 pub use batched::BatchedReads;
+pub use breaker::GuardedStore;
 pub use instrumented::InstrumentedStore;
 
 /// The `application_name` of the store's connections; the change trigger
@@ -109,11 +111,23 @@ pub enum StoreError {
     /// The database cannot be reached (connect, pool or I/O failure): retry later.
     #[error("store unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// Not tried: the store failed repeatedly just now and its circuit
+    /// breaker is open (see [`GuardedStore`]). Retry later.
+    #[error("store down (circuit breaker open)")]
+    Down,
     /// Anything else: a bug or a broken schema, never the caller's fault.
     #[error("store query failed")]
     Query(#[source] sqlx::Error),
     #[error("migration failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// Whether the store could not be used at all (retry later), as
+    /// opposed to it answering.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Down)
+    }
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -333,3 +333,78 @@ async fn a_hung_store_read_does_not_hold_up_later_reads() {
     );
     assert_eq!(body["name"], "Later");
 }
+
+#[tokio::test]
+async fn a_store_known_down_is_answered_at_once_and_recovers() {
+    // A hung store is slow to notice: without the store's circuit breaker,
+    // every read of a product not in L1 would wait the hard timeout, every
+    // expired one the soft timeout, and /health its ping timeout (2 s).
+    let (app, proxy) = spawn_behind_proxy(|config| {
+        config.db.db_acquire_timeout = Duration::from_secs(3);
+        config.cache.loader_soft_timeout = Duration::from_secs(2);
+        config.cache.loader_hard_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let (cached, fresh) = read_product(&app, "Cached").await;
+    let mut uncached = Vec::new();
+    for name in ["Cold 1", "Cold 2", "Cold 3", "Cold 4"] {
+        uncached.push(
+            app.create_product(name, "tools", 1.0).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(PAST_TTL).await;
+
+    proxy.hang();
+    // The first failures open the breaker (each takes the hard timeout).
+    let tripping = futures_util::future::join_all(uncached[..3].iter().map(|id| read(&app, *id)));
+    for (status, _, _) in tripping.await {
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(sample(&scrape(&app).await, "db_circuit_open"), 1);
+
+    let started = Instant::now();
+    let refused = app.get(&format!("/products/{}", uncached[3])).await;
+    let refused_in = started.elapsed();
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_unavailable(refused, "an uncached read while the store is down").await;
+
+    let started = Instant::now();
+    let (status, source, body) = read(&app, cached).await;
+    let stale_in = started.elapsed();
+    assert_eq!((status, source.as_str()), (StatusCode::OK, "STALE"));
+    assert_eq!(body, fresh);
+
+    let started = Instant::now();
+    let health = app.get("/health").await;
+    let health_in = started.elapsed();
+    assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["db"], "down");
+
+    for (what, took) in [
+        ("503", refused_in),
+        ("STALE", stale_in),
+        ("/health", health_in),
+    ] {
+        assert!(took < Duration::from_millis(500), "{what} took {took:?}");
+    }
+
+    proxy.restore();
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        let (status, source, _) = read(&app, uncached[3]).await;
+        if status == StatusCode::OK {
+            assert_eq!(source, "MISS");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store never came back: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(app.get("/health").await.status(), StatusCode::OK);
+    assert_eq!(sample(&scrape(&app).await, "db_circuit_open"), 0);
+}

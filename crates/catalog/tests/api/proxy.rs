@@ -1,7 +1,9 @@
 //! A TCP proxy the tests put between the app and PostgreSQL, to make the
 //! store fail or slow down on demand without touching the database itself:
 //! [`Proxy::cut`] drops every open connection and refuses new ones (the
-//! store is "down"), [`Proxy::restore`] forwards again, [`Proxy::delay`]
+//! store is "down"), [`Proxy::hang`] keeps every connection open but
+//! forwards nothing, and accepts new ones without forwarding either (the
+//! store is "hung"), [`Proxy::restore`] forwards again, [`Proxy::delay`]
 //! holds back every chunk the server sends (a "slow" store).
 //!
 //! The delay is read per chunk, so it also applies to the connections the
@@ -15,6 +17,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 /// Size of one chunk read from the server.
@@ -33,6 +36,8 @@ pub(crate) struct Proxy {
     connections: Arc<Mutex<Connections>>,
     /// Latency added to each chunk from the server, in microseconds.
     delay_micros: Arc<AtomicU64>,
+    /// `true` while nothing is forwarded.
+    hung: watch::Sender<bool>,
     accept: JoinHandle<()>,
 }
 
@@ -43,16 +48,21 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(Mutex::new(Connections::default()));
         let delay_micros = Arc::new(AtomicU64::new(0));
+        let hung = watch::Sender::new(false);
         let accept = tokio::spawn(accept_loop(
             listener,
             target,
             Arc::clone(&connections),
-            Arc::clone(&delay_micros),
+            Forwarding {
+                delay_micros: Arc::clone(&delay_micros),
+                hung: hung.subscribe(),
+            },
         ));
         Self {
             addr,
             connections,
             delay_micros,
+            hung,
             accept,
         }
     }
@@ -69,9 +79,16 @@ impl Proxy {
         connections.tasks.abort_all();
     }
 
-    /// Forwards new connections again.
+    /// Stops forwarding: open connections stall, new ones are accepted and
+    /// stall too, until [`restore`](Self::restore).
+    pub(crate) fn hang(&self) {
+        self.hung.send_replace(true);
+    }
+
+    /// Forwards new connections again, and resumes stalled ones.
     pub(crate) fn restore(&self) {
         self.connections.lock().unwrap().cut = false;
+        self.hung.send_replace(false);
     }
 
     /// Holds every chunk from the server back by `delay` before passing it
@@ -89,11 +106,25 @@ impl Drop for Proxy {
     }
 }
 
+/// What every forwarded connection reads at each chunk.
+#[derive(Debug, Clone)]
+struct Forwarding {
+    delay_micros: Arc<AtomicU64>,
+    hung: watch::Receiver<bool>,
+}
+
+impl Forwarding {
+    /// Waits while the proxy is hung.
+    async fn gate(&mut self) {
+        let _ = self.hung.wait_for(|hung| !hung).await;
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     target: SocketAddr,
     connections: Arc<Mutex<Connections>>,
-    delay_micros: Arc<AtomicU64>,
+    forwarding: Forwarding,
 ) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
@@ -108,19 +139,32 @@ async fn accept_loop(
         }
         guard
             .tasks
-            .spawn(forward(client, target, Arc::clone(&delay_micros)));
+            .spawn(forward(client, target, forwarding.clone()));
     }
 }
 
 /// Copies bytes both ways until either side closes; the server's bytes are
-/// delayed as [`Proxy::delay`] says at the time each chunk arrives.
-async fn forward(client: TcpStream, target: SocketAddr, delay_micros: Arc<AtomicU64>) {
+/// delayed as [`Proxy::delay`] says at the time each chunk arrives, and no
+/// byte passes while the proxy is hung.
+async fn forward(client: TcpStream, target: SocketAddr, mut forwarding: Forwarding) {
+    forwarding.gate().await;
     let Ok(server) = TcpStream::connect(target).await else {
         return;
     };
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
-    let upstream = tokio::io::copy(&mut client_read, &mut server_write);
+    let mut up = forwarding.clone();
+    let upstream = async move {
+        let mut buffer = vec![0; CHUNK];
+        loop {
+            let read = client_read.read(&mut buffer).await?;
+            if read == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            up.gate().await;
+            server_write.write_all(&buffer[..read]).await?;
+        }
+    };
     let downstream = async {
         let mut buffer = vec![0; CHUNK];
         loop {
@@ -128,10 +172,11 @@ async fn forward(client: TcpStream, target: SocketAddr, delay_micros: Arc<Atomic
             if read == 0 {
                 return Ok::<_, std::io::Error>(());
             }
-            let delay = Duration::from_micros(delay_micros.load(Ordering::Relaxed));
+            let delay = Duration::from_micros(forwarding.delay_micros.load(Ordering::Relaxed));
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            forwarding.gate().await;
             client_write.write_all(&buffer[..read]).await?;
         }
     };

@@ -1,6 +1,7 @@
-//! A consecutive-failure circuit breaker for the Redis level.
+//! A consecutive-failure circuit breaker, for the Redis level (and public,
+//! for any other dependency: the catalog guards its store with it).
 //!
-//! It stops a dead Redis from costing every request a timeout: after
+//! It stops a dead dependency from costing every request a timeout: after
 //! `failure_threshold` consecutive failures it *opens* and calls are refused
 //! at once (the caller falls through to the loader). After `cooldown` one
 //! call is let through as a *probe* (half-open); its success closes the
@@ -11,12 +12,12 @@
 //! Only availability failures count (I/O, timeouts, cluster down…); a
 //! command Redis rejected on its merits (say, a wrong-type reply) proves
 //! Redis alive and is reported as a success here. That classification lives
-//! with the caller, in `remote::is_availability_failure`.
+//! with the caller (for Redis, in `remote::is_availability_failure`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, SystemClock};
 
 /// Breaker tuning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +36,22 @@ enum State {
 }
 
 /// Circuit breaker state machine; cheap to call (one uncontended mutex).
+///
+/// Ask [`permit`](Self::permit) before each call to the dependency, then
+/// report how it went with [`on_success`](Self::on_success) or
+/// [`on_failure`](Self::on_failure) (availability failures only).
+///
+/// ```
+/// use std::time::Duration;
+/// use tiercache::{CircuitBreaker, Permit};
+///
+/// let breaker = CircuitBreaker::new(2, Duration::from_secs(1));
+/// breaker.on_failure();
+/// assert!(breaker.on_failure(), "the second failure opens it");
+/// assert_eq!(breaker.permit(), Permit::Refused);
+/// ```
 #[derive(Debug)]
-pub(crate) struct Breaker {
+pub struct CircuitBreaker {
     config: BreakerConfig,
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
@@ -44,17 +59,31 @@ pub(crate) struct Breaker {
 
 /// What the breaker says about a call about to be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Permit {
+#[non_exhaustive]
+pub enum Permit {
     /// Make the call.
     Allowed,
     /// Make the call: it is the half-open probe.
     Probe,
-    /// Do not call Redis.
+    /// Do not call the dependency.
     Refused,
 }
 
-impl Breaker {
-    pub(crate) fn new(config: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
+impl CircuitBreaker {
+    /// A closed breaker that opens after `failure_threshold` consecutive
+    /// failures (at least 1) and lets a probe through every `cooldown`
+    /// while open.
+    pub fn new(failure_threshold: u32, cooldown: Duration) -> Self {
+        Self::with_clock(
+            BreakerConfig {
+                failure_threshold,
+                cooldown,
+            },
+            Arc::new(SystemClock),
+        )
+    }
+
+    pub(crate) fn with_clock(config: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
         Self {
             config: BreakerConfig {
                 failure_threshold: config.failure_threshold.max(1),
@@ -71,8 +100,8 @@ impl Breaker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Asks whether a call may go to Redis now.
-    pub(crate) fn permit(&self) -> Permit {
+    /// Asks whether a call may go to the dependency now.
+    pub fn permit(&self) -> Permit {
         let mut state = self.lock();
         match *state {
             State::Closed { .. } => Permit::Allowed,
@@ -97,9 +126,9 @@ impl Breaker {
         }
     }
 
-    /// Records a call that reached Redis and got an answer; returns whether
+    /// Records a call that reached the dependency and got an answer; returns whether
     /// this closed an open breaker.
-    pub(crate) fn on_success(&self) -> bool {
+    pub fn on_success(&self) -> bool {
         let mut state = self.lock();
         let was_closed = matches!(*state, State::Closed { .. });
         *state = State::Closed { failures: 0 };
@@ -108,7 +137,7 @@ impl Breaker {
 
     /// Records a call that failed for availability reasons; returns whether
     /// this opened a closed breaker.
-    pub(crate) fn on_failure(&self) -> bool {
+    pub fn on_failure(&self) -> bool {
         let mut state = self.lock();
         let was_closed = matches!(*state, State::Closed { .. });
         *state = match *state {
@@ -133,7 +162,7 @@ impl Breaker {
     }
 
     /// Whether calls currently flow normally.
-    pub(crate) fn is_closed(&self) -> bool {
+    pub fn is_closed(&self) -> bool {
         matches!(*self.lock(), State::Closed { .. })
     }
 }
@@ -145,13 +174,13 @@ mod tests {
 
     const COOLDOWN: Duration = Duration::from_secs(1);
 
-    fn breaker(threshold: u32) -> (Breaker, Arc<ManualClock>) {
+    fn breaker(threshold: u32) -> (CircuitBreaker, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::new());
         let config = BreakerConfig {
             failure_threshold: threshold,
             cooldown: COOLDOWN,
         };
-        (Breaker::new(config, clock.clone()), clock)
+        (CircuitBreaker::with_clock(config, clock.clone()), clock)
     }
 
     #[test]

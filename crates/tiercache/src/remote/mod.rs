@@ -45,7 +45,7 @@ use crate::batch::Batcher;
 use crate::clock::SystemClock;
 use crate::error::Error;
 use crate::stats::L2State;
-use breaker::{Breaker, BreakerConfig, Permit};
+use breaker::{BreakerConfig, CircuitBreaker, Permit};
 use topology::{Conn, ConnectSettings, RedisTopology};
 
 /// At most one L2 warning per this interval; the rest are counted.
@@ -86,7 +86,7 @@ struct Inner {
     config: RemoteConfig,
     /// `None` until the first connection succeeds.
     conn: RwLock<Option<Conn>>,
-    breaker: Breaker,
+    breaker: CircuitBreaker,
     errors: AtomicU64,
     log: LogLimiter,
 }
@@ -112,7 +112,7 @@ impl RemoteCache {
             return Err(Error::config("L2 timeouts must be positive"));
         }
         let inner = Arc::new(Inner {
-            breaker: Breaker::new(config.breaker, Arc::new(SystemClock)),
+            breaker: CircuitBreaker::with_clock(config.breaker, Arc::new(SystemClock)),
             conn: RwLock::new(None),
             errors: AtomicU64::new(0),
             log: LogLimiter::default(),

@@ -1,0 +1,237 @@
+//! [`GuardedStore`]: a [`Store`] decorator with a circuit breaker, so that a
+//! store known to be down answers at once instead of costing every call a
+//! connection attempt or a timeout.
+//!
+//! After [`FAILURE_THRESHOLD`] consecutive calls fail with
+//! [`StoreError::Unavailable`] (the database cannot be reached) or are
+//! abandoned unanswered after a second or more (a hung database: the
+//! cache's hard loader timeout gives up on them), calls are refused with
+//! [`StoreError::Down`] without touching the database: an uncached read is
+//! a 503 (with `Retry-After`) within microseconds, an expired cached
+//! product is answered `STALE` at once (the cache's loader fails fast, and
+//! fail-safe answers), and `/health` says `down` at once. Every
+//! [`COOLDOWN`] one call is let through as a probe; a probe task pings
+//! the database on that beat too, so the breaker closes within a cooldown
+//! of the database coming back even when no traffic arrives. Any answer
+//! from the database (a row, "not found", a version conflict) counts as a
+//! success.
+//!
+//! This is tiercache's [`CircuitBreaker`], the one that guards Redis.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use metrics::Gauge;
+use tiercache::{CircuitBreaker, Permit};
+use tokio_util::task::AbortOnDropHandle;
+
+use super::{Expected, PageRequest, ProductChange, Store, StoreError, Updated};
+use crate::domain::{NewProduct, Product, ProductPatch};
+use crate::metrics::{DB_CIRCUIT_OPEN, Metrics};
+
+/// Consecutive unavailable answers that open the breaker.
+pub const FAILURE_THRESHOLD: u32 = 3;
+/// How long calls are refused before a probe; also the `Retry-After` of a
+/// 503 while the store is down.
+pub const COOLDOWN: Duration = Duration::from_secs(1);
+/// Longest the probe task waits for its ping.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A call given up on after this long counts as a failure (see [`Pending`]).
+const ABANDONED_AFTER: Duration = Duration::from_secs(1);
+
+/// Wraps another store; refuses calls while the breaker is open.
+#[derive(Debug)]
+pub struct GuardedStore {
+    guard: Arc<Guard>,
+    _probe: AbortOnDropHandle<()>,
+}
+
+#[derive(Debug)]
+struct Guard {
+    inner: Arc<dyn Store>,
+    breaker: CircuitBreaker,
+    /// 1 while the breaker is not closed.
+    open: Gauge,
+}
+
+impl GuardedStore {
+    /// Wraps `inner`; its state shows as `db_circuit_open` in `metrics`.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (the probe task is spawned on it).
+    pub fn new(inner: Arc<dyn Store>, metrics: &Metrics) -> Self {
+        let guard = Arc::new(Guard {
+            inner,
+            breaker: CircuitBreaker::new(FAILURE_THRESHOLD, COOLDOWN),
+            open: metrics.gauge(DB_CIRCUIT_OPEN),
+        });
+        let probe = AbortOnDropHandle::new(tokio::spawn(probe(Arc::downgrade(&guard))));
+        Self {
+            guard,
+            _probe: probe,
+        }
+    }
+
+    /// Whether calls currently reach the store.
+    pub fn is_closed(&self) -> bool {
+        self.guard.breaker.is_closed()
+    }
+
+    fn inner(&self) -> &dyn Store {
+        self.guard.inner.as_ref()
+    }
+
+    async fn guarded<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.guard.guarded(call).await
+    }
+}
+
+impl Guard {
+    async fn guarded<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if self.breaker.permit() == Permit::Refused {
+            return Err(StoreError::Down);
+        }
+        let mut pending = Pending {
+            guard: self,
+            started: Instant::now(),
+            settled: false,
+        };
+        let result = call.await;
+        pending.settled = true;
+        match &result {
+            Err(StoreError::Unavailable(error)) => self.failed(error),
+            _ => self.succeeded(),
+        }
+        result
+    }
+
+    fn failed(&self, error: &dyn std::fmt::Display) {
+        if self.breaker.on_failure() {
+            self.open.set(1.0);
+            tracing::warn!(
+                %error,
+                cooldown = ?COOLDOWN,
+                "store unavailable; circuit breaker open, refusing store calls until a probe succeeds"
+            );
+        }
+    }
+
+    fn succeeded(&self) {
+        if self.breaker.on_success() {
+            self.open.set(0.0);
+            tracing::info!("store is back; circuit breaker closed");
+        }
+    }
+}
+
+/// A call in progress. Dropped unsettled, it was abandoned by its caller:
+/// after [`ABANDONED_AFTER`] or more that counts as a failure, since a hung
+/// database answers nothing at all and its calls end only by being given
+/// up (the cache's hard loader timeout, the request timeout).
+struct Pending<'a> {
+    guard: &'a Guard,
+    started: Instant,
+    settled: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.settled && self.started.elapsed() >= ABANDONED_AFTER {
+            self.guard.failed(&"a call was abandoned unanswered");
+        }
+    }
+}
+
+/// While the breaker is open, pings the store once per cooldown (the
+/// half-open probe), so that it closes without waiting for traffic.
+async fn probe(guard: std::sync::Weak<Guard>) {
+    let mut beat = tokio::time::interval(COOLDOWN);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        beat.tick().await;
+        let Some(guard) = guard.upgrade() else { return };
+        if guard.breaker.is_closed() {
+            continue;
+        }
+        let ping = async {
+            tokio::time::timeout(PROBE_TIMEOUT, guard.inner.ping())
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)))
+        };
+        // `Down` when a request took this cooldown's probe: nothing to do.
+        let _ = guard.guarded(ping).await;
+    }
+}
+
+#[async_trait]
+impl Store for GuardedStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.inner().migrate().await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.guarded(self.inner().ping()).await
+    }
+
+    async fn close(&self) {
+        self.inner().close().await;
+    }
+
+    async fn get(&self, id: i64) -> Result<Option<Product>, StoreError> {
+        self.guarded(self.inner().get(id)).await
+    }
+
+    async fn get_many(&self, ids: &[i64]) -> Result<Vec<Product>, StoreError> {
+        self.guarded(self.inner().get_many(ids)).await
+    }
+
+    async fn list(&self, page: &PageRequest) -> Result<Vec<Product>, StoreError> {
+        self.guarded(self.inner().list(page)).await
+    }
+
+    async fn create(&self, new: &NewProduct) -> Result<Product, StoreError> {
+        self.guarded(self.inner().create(new)).await
+    }
+
+    async fn create_many(&self, new: &[NewProduct]) -> Result<u64, StoreError> {
+        self.guarded(self.inner().create_many(new)).await
+    }
+
+    async fn replace(
+        &self,
+        id: i64,
+        new: &NewProduct,
+        expected: Expected,
+    ) -> Result<Updated, StoreError> {
+        self.guarded(self.inner().replace(id, new, expected)).await
+    }
+
+    async fn patch(
+        &self,
+        id: i64,
+        patch: &ProductPatch,
+        expected: Expected,
+    ) -> Result<Updated, StoreError> {
+        self.guarded(self.inner().patch(id, patch, expected)).await
+    }
+
+    async fn delete(&self, id: i64, expected: Expected) -> Result<Product, StoreError> {
+        self.guarded(self.inner().delete(id, expected)).await
+    }
+
+    async fn apply(&self, changes: &[ProductChange]) -> Result<(), StoreError> {
+        self.guarded(self.inner().apply(changes)).await
+    }
+
+    async fn count(&self) -> Result<i64, StoreError> {
+        self.guarded(self.inner().count()).await
+    }
+}
