@@ -107,7 +107,7 @@
 //! | Redis unreachable at start | `build` succeeds, L2 is [`L2State::Down`], a background task reconnects with backoff |
 //! | Redis dies | the first calls fail (misses); after 5 consecutive failures the breaker opens and Redis is skipped |
 //! | Redis comes back | a probe every cooldown (1 s) closes the breaker; redis-rs reconnects; L2 is `Up` again within seconds |
-//! | Redis slow | each call is cut at the timeout and counted as an error; a read queued behind a batch waits for that batch, so at worst two timeouts |
+//! | Redis slow or hung | each call is cut at the timeout and counted as an error; a miss waits for Redis at most two timeouts: one reading (its wait for a batch in flight included) and one writing back what the loader returned (a third with write-behind, for the queued-value lookup); none once the breaker opens |
 //! | value in Redis undecodable | miss, counted in `l2.decode_errors`, overwritten by the next fill |
 //! | loader fails | with a fallback (fail-safe): [`Source::Stale`], loader throttled; else every coalesced caller gets the same [`Error::Loader`]; nothing is cached |
 //! | loader slow | past the soft timeout: fallback answered, load finishes in the background; past the hard timeout: abandoned ([`LoaderTimedOut`]) |

@@ -6,17 +6,18 @@
 //!
 //! # How both bounds hold
 //!
-//! quick_cache bounds one number, the total *weight*. An entry of `b` bytes
-//! weighs `max(b, u)` with the unit `u = max(1, floor(max_bytes / max_entries))`,
-//! and the total weight capacity is at most `max_entries · u ≤ max_bytes`.
-//! Then
+//! quick_cache bounds one number, the total *weight*. With `E = max_entries`
+//! and `B = max_bytes`, an entry of `b` bytes weighs `max(b · E, B)` (both
+//! divided by `gcd(B, E)` to keep the numbers small) and the capacity is
+//! `B · E`. Then
 //!
-//! - bytes: `Σ b ≤ Σ weight ≤ capacity ≤ max_bytes`, and
-//! - entries: `n · u ≤ Σ weight ≤ capacity ≤ max_entries · u`, so `n ≤ max_entries`.
+//! - bytes: `Σ b · E ≤ Σ weight ≤ B · E`, so `Σ b ≤ B`, and
+//! - entries: `n · B ≤ Σ weight ≤ B · E`, so `n ≤ E`,
 //!
-//! Each entry is charged for whichever bound it uses up faster. The price is
-//! some slack: a mix of tiny and huge entries fills neither bound exactly, but
-//! never less than half of both (`max(a, b) ≥ (a + b) / 2`).
+//! both exactly. Each entry is charged for whichever bound it uses up
+//! faster. The price is some slack: a mix of tiny and huge entries fills
+//! neither bound exactly, but never less than half of both
+//! (`max(a, b) ≥ (a + b) / 2`).
 //!
 //! # Shards
 //!
@@ -26,12 +27,12 @@
 //! at least [`MIN_SHARD_ENTRIES`] entries (a 10,000-entry L1 has 16; any
 //! cache under 256 entries has one): a one-shard cache holds exactly
 //! `max_entries` small entries, a sharded one 96–99 % of them (measured from
-//! 256 to 100,000 entries) before
-//! the fullest shard starts evicting. Each shard gets a whole number of
-//! units, so the capacity is `shards · floor(slots / shards) · u`: up to
-//! `shards − 1` entry slots fewer than `max_entries`. A value heavier than
-//! what one shard admits (97 % of `max_bytes / shards`, all of it for a
-//! cache of a few entries) is not stored at all and counted as an eviction.
+//! 256 to 100,000 entries) before the fullest shard starts evicting. Each
+//! shard gets the weight of a whole number of entries, so a sharded cache
+//! has up to `shards − 1` entry slots (under 1 %) fewer than `max_entries`,
+//! and as much less of `max_bytes`. A value heavier than what one shard
+//! admits (97 % of `max_bytes / shards`, all of it for a cache of a few
+//! entries) is not stored at all and counted as an eviction.
 //!
 //! # Expiry
 //!
@@ -75,7 +76,7 @@ const MIN_SHARD_ENTRIES: u64 = 128;
 /// Share of a shard's weight that quick_cache's "hot" (main) queue may
 /// hold; an entry heavier than this share is never admitted. quick_cache's
 /// default, raised to the whole shard for caches of a few entries, whose
-/// unit would otherwise not fit.
+/// smallest entry would otherwise not fit.
 const HOT_ALLOCATION: f64 = 0.97;
 
 /// A bounded, TTL-aware, concurrent in-process cache: the L1 of a
@@ -89,10 +90,9 @@ const HOT_ALLOCATION: f64 = 0.97;
 ///
 /// # Bounds
 ///
-/// Both bounds hold at all times: an entry of `b` bytes is charged
-/// `max(b, max_bytes / max_entries)` against a budget of at most
-/// `max_bytes`, so neither the byte total nor the entry count can exceed
-/// its bound. Mixed sizes may leave up to half of each bound unused. A
+/// Both bounds hold at all times: an entry of `b` bytes is charged for
+/// `b` bytes or for one entry, whichever is the larger share of its bound,
+/// so neither the byte total nor the entry count can exceed its bound. Mixed sizes may leave up to half of each bound unused. A
 /// cache of fewer than 256 entries is one shard and holds `max_entries`
 /// small entries exactly; larger ones split over up to 16 shards by key
 /// hash and hold 96–99 % of `max_entries` before the fullest shard
@@ -232,12 +232,11 @@ struct Shared {
     bytes: AtomicI64,
     max_entries: u64,
     max_bytes: u64,
+    /// How entries are weighed.
+    weigh: Weigh,
     /// Heaviest entry one shard admits; heavier ones are refused before
     /// touching the cache.
     max_weight: u64,
-    /// `max(1, floor(max_bytes / max_entries))`, the weight of the lightest
-    /// entry.
-    unit: u64,
 }
 
 impl Shared {
@@ -252,16 +251,30 @@ impl Shared {
     }
 }
 
-#[derive(Clone)]
-struct SlotWeighter {
-    /// Weight of the smallest entry (see [`Shared::unit`]).
+/// An entry's weight: `max(bytes · per_byte, unit)` (see "How both bounds
+/// hold").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Weigh {
+    /// `max_entries / gcd`.
+    per_byte: u64,
+    /// `max_bytes / gcd`: the weight of the lightest entry.
     unit: u64,
 }
+
+impl Weigh {
+    #[inline]
+    fn weight(self, bytes: u64) -> u64 {
+        bytes.saturating_mul(self.per_byte).max(self.unit)
+    }
+}
+
+#[derive(Clone)]
+struct SlotWeighter(Weigh);
 
 impl<K, T> Weighter<K, Slot<T>> for SlotWeighter {
     #[inline]
     fn weight(&self, _key: &K, slot: &Slot<T>) -> u64 {
-        slot.bytes().max(self.unit)
+        self.0.weight(slot.bytes())
     }
 }
 
@@ -285,53 +298,68 @@ impl<K, T> Lifecycle<K, Slot<T>> for Accounting {
 /// both bounds hold" and "Shards" above).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Layout {
-    /// Weight of the lightest entry.
-    unit: u64,
+    weigh: Weigh,
     /// A power of two, at most [`MAX_SHARDS`].
     shards: u64,
-    /// Units each shard holds.
+    /// Entries each shard holds.
     shard_slots: u64,
     hot_allocation: f64,
 }
 
 impl Layout {
-    fn new(max_entries: u64, max_bytes: u64) -> Self {
-        let unit = (max_bytes / max_entries).max(1);
-        // Below one byte per entry the byte bound binds first.
-        let slots = max_entries.min(max_bytes / unit);
+    fn new(max_entries: u64, max_bytes: u64) -> Result<Self, Error> {
+        let common = gcd(max_entries, max_bytes);
+        let weigh = Weigh {
+            per_byte: max_entries / common,
+            unit: max_bytes / common,
+        };
+        // Weights (up to `u32::MAX` bytes each) and the capacity in u64.
+        if weigh.per_byte > u64::from(u32::MAX) || max_entries.checked_mul(weigh.unit).is_none() {
+            return Err(Error::config(
+                "L1 bounds too large to combine (max_entries × max_bytes)",
+            ));
+        }
         let mut shards = MAX_SHARDS;
-        while shards > 1 && slots / shards < MIN_SHARD_ENTRIES {
+        while shards > 1 && max_entries / shards < MIN_SHARD_ENTRIES {
             shards /= 2;
         }
-        let shard_slots = slots / shards;
+        let shard_slots = max_entries / shards;
         // quick_cache admits an entry only if it fits its hot share: a
-        // shard of fewer than 1 / (1 − 0.97) ≈ 34 units needs all of it.
-        let hot_allocation = if hot_share(shard_slots * unit, HOT_ALLOCATION) >= unit {
+        // shard of fewer than 1 / (1 − 0.97) ≈ 34 entries needs all of it.
+        let shard_weight = shard_slots * weigh.unit;
+        let hot_allocation = if hot_share(shard_weight, HOT_ALLOCATION) >= weigh.unit {
             HOT_ALLOCATION
         } else {
             1.0
         };
-        Self {
-            unit,
+        Ok(Self {
+            weigh,
             shards,
             shard_slots,
             hot_allocation,
-        }
+        })
     }
 
     fn slots(&self) -> u64 {
         self.shards * self.shard_slots
     }
 
-    /// quick_cache's weight capacity: a whole number of units per shard.
+    /// quick_cache's weight capacity: a whole number of entries per shard.
     fn capacity(&self) -> u64 {
-        self.slots() * self.unit
+        self.slots() * self.weigh.unit
     }
 
     /// The heaviest entry a shard admits.
     fn max_weight(&self) -> u64 {
-        hot_share(self.shard_slots * self.unit, self.hot_allocation)
+        hot_share(self.shard_slots * self.weigh.unit, self.hot_allocation)
     }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// The hot share of a shard's weight, computed as quick_cache does.
@@ -355,7 +383,7 @@ where
         if max_entries == 0 || max_bytes == 0 {
             return Err(Error::config("L1 bounds must be positive"));
         }
-        let layout = Layout::new(max_entries, max_bytes);
+        let layout = Layout::new(max_entries, max_bytes)?;
         let options = OptionsBuilder::new()
             .shards(usize::try_from(layout.shards).unwrap_or(1))
             .hot_allocation(layout.hot_allocation)
@@ -369,12 +397,12 @@ where
             bytes: AtomicI64::new(0),
             max_entries,
             max_bytes,
+            weigh: layout.weigh,
             max_weight: layout.max_weight(),
-            unit: layout.unit,
         });
         let cache = Cache::with_options(
             options,
-            SlotWeighter { unit: layout.unit },
+            SlotWeighter(layout.weigh),
             DefaultHashBuilder::default(),
             Accounting(Arc::clone(&shared)),
         );
@@ -493,10 +521,11 @@ where
             self.remove(key);
             return;
         }
-        let weight = u64::try_from(bytes)
+        // Weighed as the slot will be: its bytes saturate at `u32::MAX`.
+        let stored_bytes = u64::try_from(bytes)
             .unwrap_or(u64::MAX)
-            .max(self.shared.unit);
-        if weight > self.shared.max_weight {
+            .min(u64::from(u32::MAX));
+        if self.shared.weigh.weight(stored_bytes) > self.shared.max_weight {
             // Would be refused by its shard anyway (see "Bounds"); this
             // skips the shard lock and the lifecycle round trip, which an
             // L1 too small for anything (an "L2 only" setup) pays on
@@ -730,16 +759,30 @@ mod tests {
                 fill in 0.0f64..=1.0,
             ) {
                 let cache = LocalCache::new(max_entries, max_bytes).unwrap();
-                let unit = cache.shared.unit;
-                // Entries of at most the unit: the count, or the bytes when
-                // the bound is under a byte per entry, binds.
-                let room = max_entries.min(max_bytes / unit);
-                let keys = (room as f64 * fill).ceil() as u64;
+                // Entries of at most their share of the bytes.
+                let share = max_bytes / max_entries;
+                let keys = (max_entries as f64 * fill).ceil() as u64;
                 for i in 0..keys {
-                    cache.insert(&i, (), usize::try_from(i % (unit + 1)).unwrap(), MINUTE);
+                    cache.insert(&i, (), usize::try_from(i % (share + 1)).unwrap(), MINUTE);
                 }
                 prop_assert_eq!(cache.stats().entries, keys);
                 prop_assert_eq!(cache.stats().evictions, 0);
+            }
+
+            #[test]
+            fn a_one_shard_cache_holds_large_entries_up_to_its_byte_bound(
+                max_bytes in 1_000u64..1 << 20,
+                parts in 2u64..64,
+            ) {
+                // More entry slots than entries: the bytes bind, exactly (one
+                // entry alone may take at most 97 % of them, see "Shards").
+                let cache = LocalCache::new(200, max_bytes).unwrap();
+                let size = max_bytes / parts;
+                for i in 0..parts {
+                    cache.insert(&i, (), usize::try_from(size).unwrap(), MINUTE);
+                }
+                prop_assert_eq!(cache.stats().entries, parts);
+                prop_assert_eq!(cache.stats().bytes, parts * size);
             }
 
             #[test]
@@ -762,11 +805,13 @@ mod tests {
                 share in 0.0f64..2.0,
             ) {
                 let cache = LocalCache::new(max_entries, max_bytes).unwrap();
-                let max_weight = cache.shared.max_weight;
-                let size = (max_weight as f64 * share) as u64;
+                let (weigh, max_weight) = (cache.shared.weigh, cache.shared.max_weight);
+                // The largest size a shard admits, then a share of it.
+                let largest = max_weight / weigh.per_byte;
+                let size = ((largest as f64 * share) as u64).min(u64::from(u32::MAX));
                 cache.insert(&1, (), usize::try_from(size).unwrap(), MINUTE);
-                prop_assert_eq!(cache.peek(&1).is_some(), size <= max_weight, "size {}", size);
-                prop_assert!(max_weight >= cache.shared.unit, "every small entry fits");
+                prop_assert_eq!(cache.peek(&1).is_some(), weigh.weight(size) <= max_weight, "size {}", size);
+                prop_assert!(max_weight >= weigh.unit, "every small entry fits");
             }
         }
     }
@@ -842,9 +887,11 @@ mod tests {
     }
 
     #[test]
-    fn zero_bounds_are_rejected() {
+    fn zero_or_uncombinable_bounds_are_rejected() {
         assert!(LocalCache::<u64, ()>::new(0, 10).is_err());
         assert!(LocalCache::<u64, ()>::new(10, 0).is_err());
+        assert!(LocalCache::<u64, ()>::new(u64::MAX, u64::MAX - 1).is_err());
+        assert!(LocalCache::<u64, ()>::new(10_000_000, 1 << 40).is_ok());
     }
 
     #[test]

@@ -180,8 +180,18 @@ impl RemoteCache {
     /// Reads that arrive while [`READ_LANES`] others are in flight are sent
     /// together as one `MGET` (see [`Batcher`]): under load, Redis and this
     /// process pay one command and one wake-up per batch, not per read.
+    ///
+    /// The whole read, its wait for a lane included, is bounded by one L2
+    /// timeout: with Redis hung, reads queued behind batches that are
+    /// themselves timing out give up with them rather than one batch later
+    /// each. A read that gives up leaves its key in its batch; the answer
+    /// is dropped.
     pub(crate) async fn get(&self, key: String) -> Option<Option<Vec<u8>>> {
-        self.gets.call(key).await.ok().flatten()
+        tokio::time::timeout(self.inner.config.timeout, self.gets.call(key))
+            .await
+            .ok()?
+            .ok()
+            .flatten()
     }
 
     /// One `MGET` for all `keys`, answers in key order.

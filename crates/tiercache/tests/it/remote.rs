@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use tiercache::{Codec, JsonCodec, L2State, PostcardCodec, Source, TieredCache};
@@ -192,6 +192,49 @@ async fn concurrent_l2_reads_share_mget_round_trips() {
     assert!(
         gets + mgets <= 6,
         "200 reads took {gets} GETs and {mgets} MGETs"
+    );
+}
+
+/// With Redis hung (SIGSTOP), a read that misses L1 waits for it at most
+/// two L2 timeouts: one reading (however many reads are queued for a
+/// lane) and one writing back what the loader returned. The breaker is
+/// kept closed, so every read really waits on Redis.
+#[tokio::test]
+async fn a_hung_redis_delays_a_read_by_at_most_two_timeouts() {
+    const TIMEOUT: Duration = Duration::from_millis(200);
+    let server = support::PrivateRedis::start().await;
+    let cache: TieredCache<i64, Item> = support::builder(&support::unique_prefix())
+        .redis_url(server.url())
+        .l2_timeout(TIMEOUT)
+        .breaker_failure_threshold(u32::MAX)
+        .build()
+        .await
+        .unwrap();
+    server.pause();
+
+    // A thousand misses at once: ten batches of 100 for two lanes.
+    let reads = (1..=1_000).map(|id| {
+        let cache = &cache;
+        async move {
+            let started = Instant::now();
+            let lookup = cache
+                .get_or_load(&id, || async move { found(id) })
+                .await
+                .unwrap();
+            assert_eq!(lookup.source, Source::Loader);
+            started.elapsed()
+        }
+    });
+    let slowest = futures_util::future::join_all(reads)
+        .await
+        .into_iter()
+        .max()
+        .unwrap();
+    server.resume();
+
+    assert!(
+        slowest < 2 * TIMEOUT + Duration::from_millis(250),
+        "a read waited {slowest:?}"
     );
 }
 

@@ -230,6 +230,26 @@ impl PrivateRedis {
         }
     }
 
+    /// Stops the server (SIGSTOP): it keeps its connections but answers
+    /// nothing, like a hung Redis, until [`resume`](Self::resume).
+    pub(crate) fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub(crate) fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("the server runs").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
     /// Starts the server again on the same port.
     pub(crate) async fn restart(&mut self) {
         self.kill();
@@ -248,6 +268,9 @@ impl PrivateRedis {
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            self.resume();
+        }
         self.kill();
     }
 }
