@@ -12,13 +12,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 use utoipa::ToSchema;
 
 /// Most characters a name may have after trimming.
-pub(super) const NAME_MAX_CHARS: usize = 200;
+pub(crate) const NAME_MAX_CHARS: usize = 200;
 /// Most characters a description may have.
-pub(super) const DESCRIPTION_MAX_CHARS: usize = 10_000;
+pub(crate) const DESCRIPTION_MAX_CHARS: usize = 10_000;
 /// Most characters a category may have after trimming.
-pub(super) const CATEGORY_MAX_CHARS: usize = 100;
+pub(crate) const CATEGORY_MAX_CHARS: usize = 100;
 /// Highest accepted price, in cents (1,000,000,000.00).
-pub(super) const PRICE_MAX_CENTS: i64 = 100_000_000_000;
+pub(crate) const PRICE_MAX_CENTS: i64 = 100_000_000_000;
 /// Why a text with a NUL character is refused: PostgreSQL cannot store one
 /// in `text`, so both stores refuse it alike rather than SQLite keeping it.
 const NO_NUL: &str = "must not contain NUL (U+0000) characters";
@@ -34,7 +34,7 @@ pub struct Product {
     pub id: i64,
     pub name: String,
     pub description: String,
-    #[schema(value_type = f64, example = 19.99)]
+    #[schema(schema_with = super::schema::price)]
     pub price: Price,
     pub category: String,
     pub in_stock: bool,
@@ -201,15 +201,14 @@ fn default_in_stock() -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
-    #[schema(value_type = String, min_length = 1, max_length = 200)]
+    #[schema(schema_with = super::schema::name)]
     pub name: ProductName,
-    /// Defaults to the empty string.
     #[serde(default)]
-    #[schema(value_type = String, max_length = 10000)]
+    #[schema(schema_with = super::schema::description, required = false)]
     pub description: Description,
-    #[schema(value_type = f64, minimum = 0, maximum = 1_000_000_000, example = 19.99)]
+    #[schema(schema_with = super::schema::price)]
     pub price: Price,
-    #[schema(value_type = String, min_length = 1, max_length = 100)]
+    #[schema(schema_with = super::schema::category)]
     pub category: Category,
     /// Defaults to `true`.
     #[serde(default = "default_in_stock")]
@@ -222,20 +221,22 @@ pub struct NewProduct {
 /// read as "unchanged", so a client cannot think it cleared a field.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct ProductPatch {
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = super::schema::name, required = false)]
     pub name: Option<ProductName>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = super::schema::description, required = false)]
     pub description: Option<Description>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(schema_with = super::schema::price, required = false)]
     pub price: Option<Price>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = super::schema::category, required = false)]
     pub category: Option<Category>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = bool, required = false)]
     pub in_stock: Option<bool>,
 }
 

@@ -4,12 +4,17 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::openapi::schema::{
+    AdditionalProperties, ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat,
+    Type,
+};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{PartialSchema, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, Problem};
 use super::extract::{Authenticated, JsonBody, ProductId};
-use crate::domain::Category;
+use crate::domain::{Category, schema};
 use crate::service::WarmScope;
 
 /// Most ids one warm request may name.
@@ -119,12 +124,13 @@ pub(super) async fn stats(State(state): State<AppState>) -> Json<CacheStatsBody>
     })
 }
 
-/// What to warm: exactly one of the three fields.
-#[derive(Debug, Deserialize, ToSchema)]
+/// What to warm: exactly one of the three fields. Its OpenAPI form is
+/// written by hand below, as one of three objects.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct WarmRequest {
     /// Product ids (at most 10,000).
-    ids: Option<Vec<i64>>,
+    ids: Option<Vec<WholeNumber>>,
     /// Every product of this category.
     category: Option<String>,
     /// `true`: every product.
@@ -142,10 +148,10 @@ impl WarmRequest {
                 if ids.is_empty() || ids.len() > MAX_WARM_IDS {
                     return Err(invalid("ids", "must hold 1 to 10000 ids"));
                 }
-                if ids.iter().any(|id| *id <= 0) {
+                if ids.iter().any(|id| id.0 <= 0) {
                     return Err(invalid("ids", "must be positive integers"));
                 }
-                Ok(WarmScope::Ids(ids))
+                Ok(WarmScope::Ids(ids.into_iter().map(|id| id.0).collect()))
             }
             (None, Some(category), None) => Category::parse(&category)
                 .map(|c| WarmScope::Category(c.as_str().to_owned()))
@@ -160,6 +166,59 @@ impl WarmRequest {
     }
 }
 
+/// A JSON integer: JSON Schema counts `1.0` as the integer 1, and so
+/// does this (a fraction or a value beyond 64 bits is refused).
+#[derive(Debug, Clone, Copy)]
+struct WholeNumber(i64);
+
+impl<'de> Deserialize<'de> for WholeNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let number = serde_json::Number::deserialize(deserializer)?;
+        let whole = number.as_i64().or_else(|| {
+            let float = number.as_f64()?;
+            // 2^63 is the first float past i64::MAX.
+            (float.fract() == 0.0 && float.abs() < 9_223_372_036_854_775_808.0)
+                .then_some(float as i64)
+        });
+        whole
+            .map(Self)
+            .ok_or_else(|| serde::de::Error::custom(format!("{number} is not a 64-bit integer")))
+    }
+}
+
+impl PartialSchema for WarmRequest {
+    fn schema() -> RefOr<Schema> {
+        let only = |field: &str, schema: RefOr<Schema>| {
+            ObjectBuilder::new()
+                .title(Some(field))
+                .property(field, schema)
+                .required(field)
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        };
+        let id = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(1));
+        let ids = ArrayBuilder::new()
+            .items(id)
+            .min_items(Some(1))
+            .max_items(Some(MAX_WARM_IDS))
+            .description(Some("Product ids (1 to 10,000)."));
+        let all = ObjectBuilder::new()
+            .schema_type(Type::Boolean)
+            .enum_values(Some([true]))
+            .description(Some("Every product."));
+        OneOfBuilder::new()
+            .item(only("ids", ids.build().into()))
+            .item(only("category", schema::category().into()))
+            .item(only("all", all.build().into()))
+            .description(Some("Exactly one of `ids`, `category` or `all`."))
+            .into()
+    }
+}
+
+impl ToSchema for WarmRequest {}
+
 /// The answer to a warm request.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct Warmed {
@@ -173,9 +232,14 @@ pub(super) struct Warmed {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Warmed", body = Warmed),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON (or missing)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Not exactly one of ids, category, all", body = Problem,
          content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable; retry after `Retry-After` seconds", body = Problem,
+         headers(("Retry-After" = u32)), content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn warm(
@@ -206,7 +270,7 @@ pub(super) async fn clear(_: Authenticated, State(state): State<AppState>) -> St
 #[utoipa::path(
     delete, path = "/cache/products/{id}", tag = "cache",
     security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Product id")),
+    params(("id" = i64, Path, minimum = 1, description = "Product id (positive)")),
     responses(
         (status = 204, description = "Invalidated (also when it was not cached)"),
         (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
@@ -243,6 +307,11 @@ mod tests {
             WarmScope::Category("tools".into())
         );
         assert_eq!(scope(r#"{"all":true}"#).unwrap(), WarmScope::All);
+        assert_eq!(
+            scope(r#"{"ids":[1.0, 2e0]}"#).unwrap(),
+            WarmScope::Ids(vec![1, 2]),
+            "JSON Schema integers"
+        );
         for bad in [
             "{}",
             r#"{"all":false}"#,

@@ -120,10 +120,39 @@ fn backticked(message: &str) -> Option<String> {
 /// Parses a positive 64-bit id: ASCII digits only, so `+1`, `1.5`, ` 1`,
 /// `0` and `-1` are all rejected.
 pub(super) fn parse_id(raw: &str) -> Option<i64> {
+    parse_digits(raw).filter(|id| *id > 0)
+}
+
+/// Parses a non-negative 64-bit integer written in ASCII digits only.
+pub(super) fn parse_digits(raw: &str) -> Option<i64> {
     if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    raw.parse::<i64>().ok().filter(|id| *id > 0)
+    raw.parse::<i64>().ok()
+}
+
+/// A regex (JSON Schema `pattern`) matching exactly what [`parse_id`]
+/// accepts: leading zeros, then 1 to 9,223,372,036,854,775,807.
+pub(super) fn id_pattern() -> String {
+    let max = i64::MAX.to_string();
+    let width = max.len();
+    // Shorter numbers, then numbers of `max`'s width that are below it
+    // from some digit on, then `max` itself.
+    let mut ranges = vec![format!("[1-9][0-9]{{0,{}}}", width - 2)];
+    for (i, digit) in max.bytes().enumerate() {
+        let low = if i == 0 { b'1' } else { b'0' };
+        if digit > low {
+            let rest = width - i - 1;
+            ranges.push(format!(
+                "{}[{}-{}][0-9]{{{rest}}}",
+                &max[..i],
+                char::from(low),
+                char::from(digit - 1)
+            ));
+        }
+    }
+    ranges.push(max);
+    format!("0*(?:{})", ranges.join("|"))
 }
 
 /// The `{id}` of a `/products/{id}` path; 400 unless a positive 64-bit integer.
@@ -273,6 +302,34 @@ mod tests {
             "9223372036854775808",
         ] {
             assert_eq!(parse_id(bad), None, "{bad:?}");
+        }
+    }
+
+    /// Ids and near-ids: numbers in and out of range, with leading zeros,
+    /// and short strings of the characters a bad id is made of.
+    fn id_like() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let digits = prop::collection::vec(prop::sample::select(vec!['0', '1', '9']), 1..=21);
+        let junk = prop::collection::vec(
+            prop::sample::select(vec!['-', '+', ' ', '.', '0', '7', 'a']),
+            0..=4,
+        );
+        prop_oneof![
+            Just(i64::MAX.to_string()),
+            Just("9223372036854775808".to_owned()),
+            (1..=i64::MAX).prop_map(|id| id.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            (0..4usize, 1..=i64::MAX).prop_map(|(zeros, id)| format!("{}{id}", "0".repeat(zeros))),
+            digits.prop_map(String::from_iter),
+            junk.prop_map(String::from_iter),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_id_pattern_accepts_what_parse_id_accepts(raw in id_like()) {
+            let pattern = regex::Regex::new(&format!("^(?:{})$", id_pattern())).unwrap();
+            proptest::prop_assert_eq!(pattern.is_match(&raw), parse_id(&raw).is_some(), "{:?}", raw);
         }
     }
 

@@ -7,21 +7,28 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::Required;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn, ParameterStyle};
+use utoipa::openapi::schema::{
+    AdditionalProperties, KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type,
+};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, Problem};
-use super::extract::{Authenticated, IfNoneMatch, JsonBody, ProductId, if_match, parse_id};
-use crate::domain::{Category, NewProduct, Product, ProductPatch};
+use super::extract::{
+    Authenticated, IfNoneMatch, JsonBody, ProductId, id_pattern, if_match, parse_digits, parse_id,
+};
+use crate::domain::{Category, NewProduct, Product, ProductPatch, schema};
 use crate::service::{DEFAULT_PAGE_LIMIT, MAX_BATCH_IDS, MAX_PAGE_LIMIT, RenderedProduct};
 
 /// `X-Cache` names the level that answered a product read.
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
-/// Query of `GET /products`: either `ids` (a batch) or a page.
-#[derive(Debug, Deserialize, IntoParams)]
+/// Query of `GET /products`: either `ids` (a batch) or a page. Its OpenAPI
+/// form is written by hand below: one query object that is one of the two.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
 pub(super) struct ListParams {
     /// Comma-separated product ids (at most 100) for a batch read.
     ids: Option<String>,
@@ -32,6 +39,71 @@ pub(super) struct ListParams {
     /// Return products with an id greater than this one (the previous
     /// page's `next_after`).
     after: Option<String>,
+}
+
+/// The query as one exploded object that is either a batch (`ids` alone)
+/// or a page (any of `category`, `limit`, `after`), so that the document
+/// says what the handler accepts: `ids` with a page parameter is a 400.
+impl IntoParams for ListParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let closed = |object: ObjectBuilder| {
+            object.additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        };
+        let batch = closed(
+            ObjectBuilder::new()
+                .title(Some("batch"))
+                .property(
+                    "ids",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .pattern(Some(format!(
+                            "^{id}(?:,{id}){{0,{}}}$",
+                            MAX_BATCH_IDS - 1,
+                            id = id_pattern()
+                        )))
+                        .description(Some(
+                            "Comma-separated product ids, at most 100 (repeats are answered once).",
+                        )),
+                )
+                .required("ids"),
+        );
+        let page = closed(
+            ObjectBuilder::new()
+                .title(Some("page"))
+                .property("category", schema::category())
+                .property(
+                    "limit",
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(1))
+                        .maximum(Some(MAX_PAGE_LIMIT))
+                        .description(Some("Page size (default 20).")),
+                )
+                .property(
+                    "after",
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                        .minimum(Some(1))
+                        .description(Some(
+                            "Products with a greater id (the previous page's `next_after`).",
+                        )),
+                ),
+        );
+        vec![
+            ParameterBuilder::new()
+                .name("query")
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .style(Some(ParameterStyle::Form))
+                .explode(Some(true))
+                .description(Some(
+                    "Either `ids` (a batch) or any of `category`, `limit`, `after` (a page).",
+                ))
+                .schema(Some(OneOfBuilder::new().item(batch).item(page)))
+                .build(),
+        ]
+    }
 }
 
 /// Answer to a batch read.
@@ -68,7 +140,7 @@ fn set_etag(headers: &mut HeaderMap, etag: &str) {
 /// Get one product.
 #[utoipa::path(
     get, path = "/products/{id}", tag = "products",
-    params(("id" = i64, Path, description = "Product id (positive)"),
+    params(("id" = i64, Path, minimum = 1, description = "Product id (positive)"),
            ("If-None-Match" = Option<String>, Header, description = "ETag of a cached copy")),
     responses(
         (status = 200, description = "The product; `X-Cache` says which level answered", body = Product,
@@ -76,6 +148,8 @@ fn set_etag(headers: &mut HeaderMap, etag: &str) {
         (status = 304, description = "The client's copy is current"),
         (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable; retry after `Retry-After` seconds", body = Problem,
+         headers(("Retry-After" = u32)), content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn get_product(
@@ -115,8 +189,10 @@ pub(super) async fn get_product(
     params(ListParams),
     responses(
         (status = 200, description = "With `ids`: a batch; otherwise a page", body = PageResponse),
-        (status = 400, description = "Bad `ids`, `limit`, `after` or `category`", body = Problem,
-         content_type = "application/problem+json"),
+        (status = 400, description = "Bad `ids`, `limit`, `after` or `category`, or `ids` with a page parameter",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable; retry after `Retry-After` seconds", body = Problem,
+         headers(("Retry-After" = u32)), content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn list_products(
@@ -149,9 +225,8 @@ pub(super) async fn list_products(
         .transpose()?;
     let limit = match params.limit.as_deref() {
         None => DEFAULT_PAGE_LIMIT,
-        Some(raw) => raw
-            .parse::<u32>()
-            .ok()
+        Some(raw) => parse_digits(raw)
+            .and_then(|n| u32::try_from(n).ok())
             .filter(|n| (1..=MAX_PAGE_LIMIT).contains(n))
             .ok_or_else(|| {
                 ApiError::BadRequest(format!(
@@ -177,10 +252,15 @@ pub(super) async fn list_products(
     Ok(response)
 }
 
-/// Parses `1,2,3` into distinct ids in first-seen order.
+/// Parses `1,2,3` (at most 100 items) into distinct ids in first-seen order.
 fn parse_ids(raw: &str) -> Result<Vec<i64>, ApiError> {
     let mut ids = Vec::new();
-    for item in raw.split(',') {
+    for (count, item) in raw.split(',').enumerate() {
+        if count == MAX_BATCH_IDS {
+            return Err(ApiError::BadRequest(format!(
+                "at most {MAX_BATCH_IDS} ids per request"
+            )));
+        }
         let id = parse_id(item).ok_or_else(|| {
             ApiError::BadRequest(format!(
                 "ids must be positive 64-bit integers separated by commas, got {item:?}"
@@ -188,11 +268,6 @@ fn parse_ids(raw: &str) -> Result<Vec<i64>, ApiError> {
         })?;
         if !ids.contains(&id) {
             ids.push(id);
-        }
-        if ids.len() > MAX_BATCH_IDS {
-            return Err(ApiError::BadRequest(format!(
-                "at most {MAX_BATCH_IDS} ids per request"
-            )));
         }
     }
     Ok(ids)
@@ -209,6 +284,8 @@ fn parse_ids(raw: &str) -> Result<Vec<i64>, ApiError> {
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field breaks a rule", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable; retry after `Retry-After` seconds", body = Problem,
+         headers(("Retry-After" = u32)), content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn create_product(
@@ -230,7 +307,7 @@ pub(super) async fn create_product(
 #[utoipa::path(
     put, path = "/products/{id}", tag = "products", request_body = NewProduct,
     security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Product id"),
+    params(("id" = i64, Path, minimum = 1, description = "Product id (positive)"),
            ("If-Match" = Option<String>, Header, description = "Only replace this revision")),
     responses(
         (status = 200, description = "Replaced", body = Product, headers(("ETag" = String))),
@@ -238,7 +315,11 @@ pub(super) async fn create_product(
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON (or missing)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field breaks a rule", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable; retry after `Retry-After` seconds", body = Problem,
+         headers(("Retry-After" = u32)), content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn replace_product(
@@ -257,7 +338,7 @@ pub(super) async fn replace_product(
 #[utoipa::path(
     patch, path = "/products/{id}", tag = "products", request_body = ProductPatch,
     security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Product id"),
+    params(("id" = i64, Path, minimum = 1, description = "Product id (positive)"),
            ("If-Match" = Option<String>, Header, description = "Only change this revision")),
     responses(
         (status = 200, description = "Updated", body = Product, headers(("ETag" = String))),
@@ -265,8 +346,12 @@ pub(super) async fn replace_product(
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON (or missing)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field breaks a rule, or no field given", body = Problem,
          content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable; retry after `Retry-After` seconds", body = Problem,
+         headers(("Retry-After" = u32)), content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn patch_product(
@@ -291,7 +376,7 @@ pub(super) async fn patch_product(
 #[utoipa::path(
     delete, path = "/products/{id}", tag = "products",
     security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Product id"),
+    params(("id" = i64, Path, minimum = 1, description = "Product id (positive)"),
            ("If-Match" = Option<String>, Header, description = "Only delete this revision")),
     responses(
         (status = 204, description = "Deleted"),
@@ -299,6 +384,8 @@ pub(super) async fn patch_product(
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "`If-Match` is stale", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable; retry after `Retry-After` seconds", body = Problem,
+         headers(("Retry-After" = u32)), content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn delete_product(
@@ -326,5 +413,10 @@ mod tests {
         assert_eq!(parse_ids(&hundred.join(",")).unwrap().len(), 100);
         let too_many: Vec<String> = (1..=101).map(|i| i.to_string()).collect();
         assert!(parse_ids(&too_many.join(",")).is_err());
+        let repeated = vec!["7"; 101];
+        assert!(
+            parse_ids(&repeated.join(",")).is_err(),
+            "items count, not distinct ids"
+        );
     }
 }
