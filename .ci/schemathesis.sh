@@ -13,12 +13,14 @@
 #        SCHEMATHESIS_VENV (target/schemathesis-venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 
 PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 MAX_TIME=${SCHEMATHESIS_MAX_TIME:-150}
 SEED=${SCHEMATHESIS_SEED:-1}
 VENV=${SCHEMATHESIS_VENV:-target/schemathesis-venv}
+case $VENV in /*) ;; *) VENV=$ROOT/$VENV ;; esac
 TOKEN=schemathesis-$$
 PORT=${SCHEMATHESIS_PORT:-18555}
 PG_DB=catalog_st_$$
@@ -54,11 +56,12 @@ run_against() {
   done
   echo "schemathesis against catalog on $name (up to ${MAX_TIME} s)"
   local status=0
-  "$VENV/bin/st" --config-file .ci/schemathesis.toml --no-color run \
+  # From the scratch directory: schemathesis keeps a `.schemathesis/` cache there.
+  (cd "$WORK" && "$VENV/bin/st" --config-file "$ROOT/.ci/schemathesis.toml" --no-color run \
     "http://127.0.0.1:$PORT/openapi.json" \
     -H "Authorization: Bearer $TOKEN" \
     --max-examples 50 --max-time "$MAX_TIME" --seed "$SEED" \
-    --generation-database none --workers 1 >"$WORK/$name.st" 2>&1 || status=$?
+    --generation-database none --workers 1) >"$WORK/$name.st" 2>&1 || status=$?
   kill "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=
   if [ "$status" -ne 0 ]; then
     cat "$WORK/$name.st"
