@@ -635,4 +635,49 @@ mod tests {
             vec![(Op::Clear, Vec::new(), Vec::new())]
         );
     }
+
+    mod fuzz {
+        use std::path::Path;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn corpus() -> Vec<Vec<u8>> {
+            testkit::corpus(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/bus"))
+        }
+
+        proptest! {
+            #![proptest_config(testkit::fuzz_config())]
+
+            /// Whatever arrives on the channel decodes to a message or is
+            /// refused; a message from another sender is in order exactly
+            /// when its sequence follows the last one seen from it.
+            #[test]
+            fn payloads_decode_or_are_refused(
+                payloads in prop::collection::vec(testkit::fuzz_input(corpus()), 1..8),
+            ) {
+                let mut senders = Senders::new("me".to_owned());
+                let mut last: HashMap<String, u64> = HashMap::new();
+                for payload in &payloads {
+                    let Ok(message) = serde_json::from_slice::<Message>(payload) else {
+                        continue;
+                    };
+                    let expected = if message.from == "me" {
+                        Verdict::Own
+                    } else {
+                        match last.insert(message.from.clone(), message.seq) {
+                            Some(seen) if message.seq != seen.wrapping_add(1) => Verdict::Gap,
+                            _ => Verdict::InOrder,
+                        }
+                    };
+                    prop_assert_eq!(senders.check(&message), expected);
+                    // What `apply` does with a tags message: pairs, extra keys
+                    // or generations dropped.
+                    let pairs = message.keys.iter().zip(&message.gens).count();
+                    prop_assert_eq!(pairs, message.keys.len().min(message.gens.len()));
+                }
+            }
+        }
+    }
 }

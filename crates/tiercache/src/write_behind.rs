@@ -794,4 +794,60 @@ mod tests {
         assert_eq!(entries[0].fields["op"], b"del");
         assert!(parse_read(Value::Nil).is_empty());
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Reply trees of the shapes Redis sends (arrays, maps, bulk
+        /// strings, integers, nil) nested a few levels deep.
+        fn reply() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Nil),
+                any::<i64>().prop_map(Value::Int),
+                prop::collection::vec(any::<u8>(), 0..12).prop_map(Value::BulkString),
+                prop::sample::select(vec!["k", "v", "op", "d", "put", "del", "1-0", "7"])
+                    .prop_map(|text| Value::BulkString(text.as_bytes().to_vec())),
+            ];
+            leaf.prop_recursive(4, 64, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::vec((inner.clone(), inner), 0..4).prop_map(Value::Map),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(testkit::fuzz_config())]
+
+            /// Any reply parses without panicking, and garbage next to a
+            /// well-formed entry does not hide it.
+            #[test]
+            fn garbage_in_a_read_reply_hides_no_entry(
+                before in prop::collection::vec(reply(), 0..4),
+                after in prop::collection::vec(reply(), 0..4),
+                anything in reply(),
+            ) {
+                let _ = parse_read(anything);
+                let good = Value::Array(vec![
+                    Value::BulkString(b"9-9".to_vec()),
+                    Value::Array(vec![
+                        Value::BulkString(b"k".to_vec()),
+                        Value::BulkString(b"42".to_vec()),
+                    ]),
+                ]);
+                let entries: Vec<Value> = before.into_iter().chain([good]).chain(after).collect();
+                let reply = Value::Array(vec![Value::Array(vec![
+                    Value::BulkString(b"stream".to_vec()),
+                    Value::Array(entries),
+                ])]);
+                let parsed = parse_read(reply);
+                prop_assert!(
+                    parsed.iter().any(|e| e.id == "9-9" && e.fields.get("k").map(Vec::as_slice) == Some(&b"42"[..])),
+                    "{:?}", parsed
+                );
+            }
+        }
+    }
 }

@@ -452,4 +452,81 @@ mod tests {
             );
         }
     }
+
+    mod fuzz {
+        use std::path::Path;
+        use std::sync::LazyLock;
+
+        use proptest::prelude::*;
+        use regex::Regex;
+        use serde_json::Value;
+
+        use super::*;
+        use crate::domain::schema::{text_pattern, trimmed_text_pattern};
+        use crate::domain::{NewProduct, ProductPatch};
+
+        fn corpus() -> Vec<Vec<u8>> {
+            testkit::corpus(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/product_body"))
+        }
+
+        static NAME: LazyLock<Regex> =
+            LazyLock::new(|| Regex::new(&trimmed_text_pattern(200)).unwrap());
+        static CATEGORY: LazyLock<Regex> =
+            LazyLock::new(|| Regex::new(&trimmed_text_pattern(100)).unwrap());
+        static DESCRIPTION: LazyLock<Regex> =
+            LazyLock::new(|| Regex::new(&text_pattern(10_000)).unwrap());
+
+        /// Whether `value` is what the OpenAPI schema says `field` takes,
+        /// decided without the domain's parsers.
+        fn schema_accepts(field: &str, value: &Value) -> bool {
+            let text = |pattern: &Regex| value.as_str().is_some_and(|s| pattern.is_match(s));
+            match field {
+                "name" => text(&NAME),
+                "category" => text(&CATEGORY),
+                "description" => text(&DESCRIPTION),
+                "in_stock" => value.is_boolean(),
+                "price" => value.as_f64().is_some_and(|price| {
+                    // At most two decimals in its shortest decimal form.
+                    let decimals = price.to_string().split('.').nth(1).map_or(0, str::len);
+                    (0.0..=1e9).contains(&price) && decimals <= 2
+                }),
+                _ => false,
+            }
+        }
+
+        proptest! {
+            #![proptest_config(testkit::fuzz_config())]
+
+            /// Any body is a product, a 400 or a 422; and a JSON object is
+            /// accepted exactly when the OpenAPI schema accepts it.
+            #[test]
+            fn a_product_body_is_accepted_exactly_when_the_schema_accepts_it(
+                body in testkit::fuzz_input(corpus()),
+            ) {
+                let new = parse_json::<NewProduct>(&body);
+                let patch = parse_json::<ProductPatch>(&body);
+                for error in [new.as_ref().err(), patch.as_ref().err()].into_iter().flatten() {
+                    prop_assert!(
+                        matches!(error, ApiError::BadRequest(_) | ApiError::Validation { .. }),
+                        "{:?}", error
+                    );
+                }
+                let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(&body) else {
+                    return Ok(());
+                };
+                let fields_valid = object.iter().all(|(field, value)| schema_accepts(field, value));
+                let has = |field: &str| object.contains_key(field);
+                prop_assert_eq!(
+                    new.is_ok(),
+                    fields_valid && has("name") && has("price") && has("category"),
+                    "POST/PUT {}", String::from_utf8_lossy(&body)
+                );
+                prop_assert_eq!(
+                    patch.as_ref().is_ok_and(|p| !p.is_empty()),
+                    fields_valid && !object.is_empty(),
+                    "PATCH {}", String::from_utf8_lossy(&body)
+                );
+            }
+        }
+    }
 }

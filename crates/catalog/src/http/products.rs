@@ -41,6 +41,66 @@ pub(super) struct ListParams {
     after: Option<String>,
 }
 
+/// What a `GET /products` query asks for, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ListRequest {
+    /// Distinct ids, in first-seen order (1 to 100).
+    Batch(Vec<i64>),
+    /// A keyset page: products with `id > after`, at most `limit`.
+    Page {
+        category: Option<String>,
+        after: i64,
+        limit: u32,
+    },
+}
+
+impl ListParams {
+    /// The request, or a 400 saying what is wrong with the query.
+    fn into_request(self) -> Result<ListRequest, ApiError> {
+        if let Some(ids) = &self.ids {
+            if self.category.is_some() || self.limit.is_some() || self.after.is_some() {
+                return Err(ApiError::BadRequest(
+                    "`ids` cannot be combined with `category`, `limit` or `after`".into(),
+                ));
+            }
+            return parse_ids(ids).map(ListRequest::Batch);
+        }
+        let category = self
+            .category
+            .as_deref()
+            .map(|raw| {
+                Category::parse(raw)
+                    .map(|c| c.as_str().to_owned())
+                    .map_err(|reason| ApiError::BadRequest(format!("category: {reason}")))
+            })
+            .transpose()?;
+        let limit = match self.limit.as_deref() {
+            None => DEFAULT_PAGE_LIMIT,
+            Some(raw) => parse_digits(raw)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| (1..=MAX_PAGE_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "limit must be an integer from 1 to {MAX_PAGE_LIMIT}, got {raw:?}"
+                    ))
+                })?,
+        };
+        let after = match self.after.as_deref() {
+            None => 0,
+            Some(raw) => parse_id(raw).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "after must be a positive 64-bit integer, got {raw:?}"
+                ))
+            })?,
+        };
+        Ok(ListRequest::Page {
+            category,
+            after,
+            limit,
+        })
+    }
+}
+
 /// The query as one exploded object that is either a batch (`ids` alone)
 /// or a page (any of `category`, `limit`, `after`), so that the document
 /// says what the handler accepts: `ids` with a page parameter is a 400.
@@ -200,47 +260,20 @@ pub(super) async fn list_products(
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = params.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
-    if let Some(ids) = &params.ids {
-        if params.category.is_some() || params.limit.is_some() || params.after.is_some() {
-            return Err(ApiError::BadRequest(
-                "`ids` cannot be combined with `category`, `limit` or `after`".into(),
-            ));
+    let (category, after, limit) = match params.into_request()? {
+        ListRequest::Batch(ids) => {
+            let batch = state.products.get_many(&ids).await?;
+            return Ok(Json(BatchResponse {
+                items: batch.items.iter().map(|p| p.product()).collect(),
+                missing: batch.missing,
+            })
+            .into_response());
         }
-        let ids = parse_ids(ids)?;
-        let batch = state.products.get_many(&ids).await?;
-        return Ok(Json(BatchResponse {
-            items: batch.items.iter().map(|p| p.product()).collect(),
-            missing: batch.missing,
-        })
-        .into_response());
-    }
-    let category = params
-        .category
-        .as_deref()
-        .map(|raw| {
-            Category::parse(raw)
-                .map(|c| c.as_str().to_owned())
-                .map_err(|reason| ApiError::BadRequest(format!("category: {reason}")))
-        })
-        .transpose()?;
-    let limit = match params.limit.as_deref() {
-        None => DEFAULT_PAGE_LIMIT,
-        Some(raw) => parse_digits(raw)
-            .and_then(|n| u32::try_from(n).ok())
-            .filter(|n| (1..=MAX_PAGE_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "limit must be an integer from 1 to {MAX_PAGE_LIMIT}, got {raw:?}"
-                ))
-            })?,
-    };
-    let after = match params.after.as_deref() {
-        None => 0,
-        Some(raw) => parse_id(raw).ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "after must be a positive 64-bit integer, got {raw:?}"
-            ))
-        })?,
+        ListRequest::Page {
+            category,
+            after,
+            limit,
+        } => (category, after, limit),
     };
     let read = state.products.page(category, after, limit).await?;
     let mut response = Json(&*read.page).into_response();
@@ -418,5 +451,58 @@ mod tests {
             parse_ids(&repeated.join(",")).is_err(),
             "items count, not distinct ids"
         );
+    }
+
+    mod fuzz {
+        use std::path::Path;
+
+        use axum::extract::Query;
+        use axum::http::Uri;
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn corpus() -> Vec<Vec<u8>> {
+            testkit::corpus(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/list_query"))
+        }
+
+        proptest! {
+            #![proptest_config(testkit::fuzz_config())]
+
+            /// Any query string is a valid request or a 400, and a valid
+            /// one keeps every bound.
+            #[test]
+            fn any_list_query_is_a_bounded_request_or_a_400(query in testkit::fuzz_input(corpus())) {
+                // As a client would send it: every byte outside the
+                // unreserved set percent-encoded, `&` and `=` kept.
+                let encoded: String = query
+                    .iter()
+                    .map(|&b| match b {
+                        b'&' | b'=' | b',' => char::from(b).to_string(),
+                        b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => char::from(b).to_string(),
+                        b => format!("%{b:02X}"),
+                    })
+                    .collect();
+                let uri: Uri = format!("/products?{encoded}").parse().unwrap();
+                let Ok(Query(params)) = Query::<ListParams>::try_from_uri(&uri) else {
+                    return Ok(());
+                };
+                match params.into_request() {
+                    Ok(ListRequest::Batch(ids)) => {
+                        prop_assert!((1..=MAX_BATCH_IDS).contains(&ids.len()));
+                        prop_assert!(ids.iter().all(|id| *id > 0));
+                    }
+                    Ok(ListRequest::Page { category, after, limit }) => {
+                        prop_assert!((1..=MAX_PAGE_LIMIT).contains(&limit));
+                        prop_assert!(after >= 0);
+                        if let Some(category) = category {
+                            prop_assert_eq!(category.trim(), category.as_str());
+                            prop_assert!(!category.is_empty() && !category.contains('\0'));
+                        }
+                    }
+                    Err(error) => prop_assert!(matches!(error, ApiError::BadRequest(_)), "{:?}", error),
+                }
+            }
+        }
     }
 }

@@ -418,4 +418,48 @@ mod tests {
             Invalidation::All
         );
     }
+
+    mod fuzz {
+        use std::path::Path;
+
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        use super::*;
+
+        fn corpus() -> Vec<Vec<u8>> {
+            testkit::corpus(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/change"))
+        }
+
+        proptest! {
+            #![proptest_config(testkit::fuzz_config())]
+
+            /// Any notification is one product (when it is a change with an
+            /// id) or "everything": never a panic, never nothing.
+            #[test]
+            fn any_notification_invalidates_one_product_or_everything(
+                payload in testkit::fuzz_input(corpus()),
+            ) {
+                let text = String::from_utf8_lossy(&payload);
+                let parsed = Invalidation::parse(&text);
+                let change: Option<Value> = serde_json::from_str(&text).ok();
+                let id = change.as_ref().and_then(|c| c.get("id")).and_then(Value::as_i64);
+                match parsed {
+                    Invalidation::Product { id: got, version, .. } => {
+                        prop_assert_eq!(Some(got), id);
+                        let change = change.unwrap();
+                        let stored = change.get("version").and_then(Value::as_i64)
+                            .and_then(|v| u64::try_from(v).ok());
+                        let expected = if change["op"] == "DELETE" {
+                            stored.map(|v| v.saturating_add(1))
+                        } else {
+                            stored
+                        };
+                        prop_assert_eq!(version, expected);
+                    }
+                    Invalidation::All => {}
+                }
+            }
+        }
+    }
 }

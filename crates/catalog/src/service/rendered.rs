@@ -265,4 +265,39 @@ mod tests {
         extra["secret"] = serde_json::json!("x");
         assert!(RenderedCodec.decode(extra.to_string().as_bytes()).is_err());
     }
+
+    mod fuzz {
+        use std::path::Path;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Product bodies: what Redis holds for a product.
+        fn corpus() -> Vec<Vec<u8>> {
+            let mut corpus = vec![serde_json::to_vec(&product()).unwrap()];
+            corpus.extend(testkit::corpus(
+                &Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/product_body"),
+            ));
+            corpus
+        }
+
+        proptest! {
+            #![proptest_config(testkit::fuzz_config())]
+
+            /// Whatever Redis holds under a product key decodes to a product
+            /// served with exactly those bytes, or is refused.
+            #[test]
+            fn stored_bytes_decode_to_a_product_served_as_stored_or_fail(
+                stored in testkit::fuzz_input(corpus()),
+            ) {
+                if let Ok(rendered) = RenderedCodec.decode(&stored) {
+                    prop_assert_eq!(rendered.body(), stored.as_slice());
+                    let product = rendered.product();
+                    let etag = crate::domain::etag_for(product.id, product.version);
+                    prop_assert_eq!(rendered.etag(), etag.as_bytes());
+                }
+            }
+        }
+    }
 }
