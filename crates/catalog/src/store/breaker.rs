@@ -10,11 +10,12 @@
 //! a 503 (with `Retry-After`) within microseconds, an expired cached
 //! product is answered `STALE` at once (the cache's loader fails fast, and
 //! fail-safe answers), and `/health` says `down` at once. Every
-//! [`COOLDOWN`] one call is let through as a probe; a probe task pings
-//! the database on that beat too, so the breaker closes within a cooldown
-//! of the database coming back even when no traffic arrives. Any answer
-//! from the database (a row, "not found", a version conflict) counts as a
-//! success.
+//! [`COOLDOWN`] a probe task pings the database (at most
+//! [`PROBE_TIMEOUT`]); its success closes the breaker, so the service
+//! recovers within about a second of the database answering, traffic or
+//! not. Requests are never the probe: against a hung database a probe
+//! waits its whole timeout. Any answer from the database (a row, "not
+//! found", a version conflict) counts as a success.
 //!
 //! This is tiercache's [`CircuitBreaker`], the one that guards Redis.
 
@@ -96,9 +97,19 @@ impl Guard {
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        if self.breaker.permit() == Permit::Refused {
+        // Requests never probe: a probe of a hung database would wait as
+        // long as the call that found it hung. The probe task does.
+        if !self.breaker.is_closed() {
             return Err(StoreError::Down);
         }
+        self.call(call).await
+    }
+
+    /// Makes the call and records how it went.
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let mut pending = Pending {
             guard: self,
             started: Instant::now(),
@@ -151,14 +162,15 @@ impl Drop for Pending<'_> {
 }
 
 /// While the breaker is open, pings the store once per cooldown (the
-/// half-open probe), so that it closes without waiting for traffic.
+/// half-open probe, at most [`PROBE_TIMEOUT`]), so that it closes within a
+/// cooldown of the store answering again, traffic or not.
 async fn probe(guard: std::sync::Weak<Guard>) {
     let mut beat = tokio::time::interval(COOLDOWN);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         beat.tick().await;
         let Some(guard) = guard.upgrade() else { return };
-        if guard.breaker.is_closed() {
+        if guard.breaker.is_closed() || guard.breaker.permit() != Permit::Probe {
             continue;
         }
         let ping = async {
@@ -166,8 +178,7 @@ async fn probe(guard: std::sync::Weak<Guard>) {
                 .await
                 .unwrap_or_else(|_| Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)))
         };
-        // `Down` when a request took this cooldown's probe: nothing to do.
-        let _ = guard.guarded(ping).await;
+        let _ = guard.call(ping).await;
     }
 }
 

@@ -390,6 +390,16 @@ async fn a_store_known_down_is_answered_at_once_and_recovers() {
     ] {
         assert!(took < Duration::from_millis(500), "{what} took {took:?}");
     }
+    // Across several cooldowns no request is made the breaker's probe
+    // (which would wait for the hung store).
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_millis(2_500) {
+        let started = Instant::now();
+        let (status, _, _) = read(&app, uncached[3]).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(500), "a read took {took:?}");
+    }
 
     proxy.restore();
     let deadline = Instant::now() + RECOVERY;
