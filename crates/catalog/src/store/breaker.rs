@@ -10,17 +10,20 @@
 //! a 503 (with `Retry-After`) within microseconds, an expired cached
 //! product is answered `STALE` at once (the cache's loader fails fast, and
 //! fail-safe answers), and `/health` says `down` at once. Every
-//! [`COOLDOWN`] a probe task pings the database (at most
-//! [`PROBE_TIMEOUT`]); its success closes the breaker, so the service
-//! recovers within about a second of the database answering, traffic or
-//! not. Requests are never the probe: against a hung database a probe
-//! waits its whole timeout. Any answer from the database (a row, "not
-//! found", a version conflict) counts as a success.
+//! [`COOLDOWN`] one call is let through as a probe, and its success closes
+//! the breaker: the next request when the database refused calls (a probe
+//! then fails at once), only a ping of the probe task (at most
+//! [`PROBE_TIMEOUT`]) when it hung, so that no request waits out a hung
+//! database. The probe task pings on that beat in both cases, so the
+//! service recovers within about a second of the database answering,
+//! traffic or not. Any answer from the database (a row, "not found", a
+//! version conflict) counts as a success.
 //!
 //! This is tiercache's [`CircuitBreaker`], the one that guards Redis.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -37,7 +40,8 @@ pub const FAILURE_THRESHOLD: u32 = 3;
 /// How long calls are refused before a probe; also the `Retry-After` of a
 /// 503 while the store is down.
 pub const COOLDOWN: Duration = Duration::from_secs(1);
-/// Longest the probe task waits for its ping.
+/// Longest the probe task waits for its ping (at least [`ABANDONED_AFTER`],
+/// so that a ping given up counts as a failure).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A call given up on after this long counts as a failure (see [`Pending`]).
 const ABANDONED_AFTER: Duration = Duration::from_secs(1);
@@ -53,6 +57,9 @@ pub struct GuardedStore {
 struct Guard {
     inner: Arc<dyn Store>,
     breaker: CircuitBreaker,
+    /// The last call that settled or was abandoned was abandoned: the
+    /// database hangs rather than refuses.
+    hung: AtomicBool,
     /// 1 while the breaker is not closed.
     open: Gauge,
 }
@@ -66,6 +73,7 @@ impl GuardedStore {
         let guard = Arc::new(Guard {
             inner,
             breaker: CircuitBreaker::new(FAILURE_THRESHOLD, COOLDOWN),
+            hung: AtomicBool::new(false),
             open: metrics.gauge(DB_CIRCUIT_OPEN),
         });
         let probe = AbortOnDropHandle::new(tokio::spawn(probe(Arc::downgrade(&guard))));
@@ -97,10 +105,14 @@ impl Guard {
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        // Requests never probe: a probe of a hung database would wait as
-        // long as the call that found it hung. The probe task does.
         if !self.breaker.is_closed() {
-            return Err(StoreError::Down);
+            // A hung database is probed by the probe task only: a request
+            // made the probe would wait as long as the calls that found it
+            // hung. One that refused calls fails a probe at once, so a
+            // request may be the probe and find it back without delay.
+            if self.hung.load(Ordering::Relaxed) || self.breaker.permit() == Permit::Refused {
+                return Err(StoreError::Down);
+            }
         }
         self.call(call).await
     }
@@ -117,6 +129,7 @@ impl Guard {
         };
         let result = call.await;
         pending.settled = true;
+        self.hung.store(false, Ordering::Relaxed);
         match &result {
             Err(StoreError::Unavailable(error)) => self.failed(error),
             _ => self.succeeded(),
@@ -156,14 +169,15 @@ struct Pending<'a> {
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if !self.settled && self.started.elapsed() >= ABANDONED_AFTER {
+            self.guard.hung.store(true, Ordering::Relaxed);
             self.guard.failed(&"a call was abandoned unanswered");
         }
     }
 }
 
 /// While the breaker is open, pings the store once per cooldown (the
-/// half-open probe, at most [`PROBE_TIMEOUT`]), so that it closes within a
-/// cooldown of the store answering again, traffic or not.
+/// half-open probe, given up after [`PROBE_TIMEOUT`]), so that it closes
+/// within a cooldown of the store answering again, traffic or not.
 async fn probe(guard: std::sync::Weak<Guard>) {
     let mut beat = tokio::time::interval(COOLDOWN);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -173,12 +187,8 @@ async fn probe(guard: std::sync::Weak<Guard>) {
         if guard.breaker.is_closed() || guard.breaker.permit() != Permit::Probe {
             continue;
         }
-        let ping = async {
-            tokio::time::timeout(PROBE_TIMEOUT, guard.inner.ping())
-                .await
-                .unwrap_or_else(|_| Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)))
-        };
-        let _ = guard.call(ping).await;
+        // Given up unanswered, the ping counts as abandoned (a hung store).
+        let _ = tokio::time::timeout(PROBE_TIMEOUT, guard.call(guard.inner.ping())).await;
     }
 }
 
