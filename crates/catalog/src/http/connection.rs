@@ -18,17 +18,19 @@
 //! - **busy**: while a request is being answered neither applies; the
 //!   request timeout bounds it (its 408 closes the connection).
 //!
-//! The state lives in an [`Activity`] shared by the socket wrapper, which
-//! notes the first byte of a head, and the service wrapper, which notes a
-//! request's start and its response's end: two relaxed atomic writes and a
-//! clock read per request, on an allocation made once per connection.
+//! The connection's socket wrapper notes the first byte of a head and its
+//! service wrapper a request's start and its response's end, in an
+//! [`Activity`]: two relaxed increments per request, no clock read. A
+//! watch task of its own looks at it every quarter of the shorter timeout
+//! and orders the connection finished or closed, so timeouts are enforced
+//! to within that tick (2.5 s with the defaults).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,8 +44,10 @@ use hyper_util::service::TowerToHyperService;
 use metrics::{Counter, Gauge};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tower::Service;
 
 use super::App;
@@ -87,6 +91,10 @@ impl Drop for Open {
 
 /// Serves one connection until the client closes it, a timeout ends it, or
 /// `stop` asks it to finish.
+///
+/// The connection's task polls only the connection and a channel of
+/// orders: the watch runs in a task of its own, woken by its timer, so
+/// that a request pays nothing for it.
 pub(super) async fn serve(
     stream: TcpStream,
     app: App,
@@ -95,141 +103,177 @@ pub(super) async fn serve(
     stop: CancellationToken,
 ) {
     let _open = Open::new(&metrics.open);
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::default());
+    let (orders, mut ordered) = mpsc::channel(2);
+    let _watch = AbortOnDropHandle::new(tokio::spawn(watch(
+        Arc::clone(&activity),
+        limits,
+        metrics,
+        stop,
+        orders,
+    )));
     let io = TokioIo::new(Watched {
         stream,
         activity: Arc::clone(&activity),
     });
-    let service = TowerToHyperService::new(Tracked {
-        app,
-        activity: Arc::clone(&activity),
-    });
+    let service = TowerToHyperService::new(Tracked { app, activity });
     let connection = http1::Builder::new()
-        // Replaced by the watch below (see the module documentation).
+        // Replaced by the watch (see the module documentation).
         .header_read_timeout(None)
         .serve_connection(io, service);
     tokio::pin!(connection);
-    let watch = tokio::time::sleep(limits.header_timeout);
-    tokio::pin!(watch);
-    let mut finishing = false;
     loop {
         tokio::select! {
+            biased;
             ended = connection.as_mut() => {
                 if let Err(error) = ended {
                     tracing::debug!(%error, "HTTP connection ended with an error");
                 }
                 return;
             }
-            () = stop.cancelled(), if !finishing => {
-                connection.as_mut().graceful_shutdown();
-                finishing = true;
-            }
-            () = &mut watch => match activity.due(limits) {
-                Due::At(at) => watch.as_mut().reset(at),
-                Due::Header => {
-                    metrics.header_timeouts.increment(1);
-                    return;
-                }
-                // Already told to finish and still open: drop it.
-                Due::Idle if finishing => return,
-                Due::Idle => {
-                    metrics.idle_timeouts.increment(1);
-                    connection.as_mut().graceful_shutdown();
-                    finishing = true;
-                    watch.as_mut().reset(Instant::now() + limits.header_timeout);
-                }
+            order = ordered.recv() => match order {
+                Some(Order::Finish) => connection.as_mut().graceful_shutdown(),
+                Some(Order::Close) | None => return,
             },
         }
     }
 }
 
-/// "Not set" in [`Activity`]'s time fields.
-const NEVER: u64 = u64::MAX;
+/// What the watch tells a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// Answer the request in flight, if any, then close.
+    Finish,
+    /// Close now.
+    Close,
+}
 
-/// What a connection is doing, as times in milliseconds since it opened.
-#[derive(Debug)]
+/// Watches one connection: looks at its [`Activity`] every tick (a
+/// quarter of the shorter timeout), and orders it closed when a timeout
+/// has passed or finished when the server stops. Timeouts are therefore
+/// enforced to within a tick.
+async fn watch(
+    activity: Arc<Activity>,
+    limits: ConnectionLimits,
+    metrics: ConnectionMetrics,
+    stop: CancellationToken,
+    orders: mpsc::Sender<Order>,
+) {
+    let tick = (limits.header_timeout.min(limits.idle_timeout) / 4).max(MIN_TICK);
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watcher = Watcher::new(Instant::now());
+    let order = loop {
+        tokio::select! {
+            () = stop.cancelled() => break Order::Finish,
+            now = ticks.tick() => match watcher.look(&activity, now, limits) {
+                Due::Nothing => {}
+                Due::Header => {
+                    metrics.header_timeouts.increment(1);
+                    break Order::Close;
+                }
+                Due::Idle => {
+                    metrics.idle_timeouts.increment(1);
+                    break Order::Finish;
+                }
+            },
+        }
+    };
+    // The connection may have ended meanwhile: then nobody listens.
+    let _ = orders.send(order).await;
+}
+
+/// Shortest interval between two looks at a connection.
+const MIN_TICK: Duration = Duration::from_millis(50);
+
+/// What a connection does, counted by its socket and its service: the
+/// only state a request touches (two relaxed increments, and a few loads
+/// per read).
+#[derive(Debug, Default)]
 struct Activity {
-    opened: Instant,
-    /// Requests being answered.
-    in_flight: AtomicU32,
-    /// When the request head being read began ([`NEVER`]: none is).
-    head_since: AtomicU64,
-    /// When the last response finished ([`NEVER`]: none has).
-    idle_since: AtomicU64,
+    /// Requests handed to the app.
+    started: AtomicU64,
+    /// Requests answered (or abandoned).
+    finished: AtomicU64,
+    /// Bytes arrived while no request was in flight: a head is being read.
+    head: AtomicBool,
+}
+
+impl Activity {
+    /// Bytes arrived: between requests, they start the next head.
+    fn on_bytes(&self) {
+        if !self.head.load(Ordering::Relaxed)
+            && self.started.load(Ordering::Relaxed) == self.finished.load(Ordering::Relaxed)
+        {
+            self.head.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A request head was read and the request handed to the app.
+    fn on_request(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.head.store(false, Ordering::Relaxed);
+    }
+
+    /// A response was produced (or its request abandoned).
+    fn on_response(&self) {
+        self.finished.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What the watch should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Due {
-    /// Nothing yet: look again at this time.
-    At(Instant),
+    Nothing,
     /// A request head took longer than the header timeout.
     Header,
     /// No request came within the idle timeout.
     Idle,
 }
 
-impl Activity {
-    /// A new connection: its first request head is awaited from now.
-    fn new() -> Self {
+/// The watch's view of a connection, kept between looks.
+#[derive(Debug)]
+struct Watcher {
+    /// The counters at the last look.
+    seen: (u64, u64),
+    /// When the connection was last seen busy or a request was seen done.
+    idle_since: Instant,
+    /// When a head was first seen being read; a new connection awaits its
+    /// first head from its opening.
+    head_since: Option<Instant>,
+}
+
+impl Watcher {
+    fn new(opened: Instant) -> Self {
         Self {
-            opened: Instant::now(),
-            in_flight: AtomicU32::new(0),
-            head_since: AtomicU64::new(0),
-            idle_since: AtomicU64::new(NEVER),
+            seen: (0, 0),
+            idle_since: opened,
+            head_since: Some(opened),
         }
     }
 
-    fn now(&self) -> u64 {
-        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(NEVER - 1)
-    }
-
-    fn at(&self, millis: u64) -> Instant {
-        self.opened + Duration::from_millis(millis)
-    }
-
-    /// Bytes arrived: between requests, they start the next head.
-    fn on_bytes(&self) {
-        if self.in_flight.load(Ordering::Relaxed) == 0
-            && self.head_since.load(Ordering::Relaxed) == NEVER
-        {
-            self.head_since.store(self.now(), Ordering::Relaxed);
+    fn look(&mut self, activity: &Activity, now: Instant, limits: ConnectionLimits) -> Due {
+        let counters = (
+            activity.started.load(Ordering::Relaxed),
+            activity.finished.load(Ordering::Relaxed),
+        );
+        if counters.0 != counters.1 || counters != self.seen {
+            // Busy, or a request came and went since the last look.
+            self.seen = counters;
+            self.idle_since = now;
+            self.head_since = None;
         }
-    }
-
-    /// A request head was read and the request handed to the app.
-    fn on_request(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.head_since.store(NEVER, Ordering::Relaxed);
-    }
-
-    /// A response was produced (or its request abandoned).
-    fn on_response(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.idle_since.store(self.now(), Ordering::Relaxed);
+        if counters.0 != counters.1 {
+            return Due::Nothing;
         }
-    }
-
-    fn due(&self, limits: ConnectionLimits) -> Due {
-        let now = self.now();
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            let recheck = limits.header_timeout.min(limits.idle_timeout);
-            return Due::At(Instant::now() + recheck);
+        if activity.head.load(Ordering::Relaxed) {
+            self.head_since.get_or_insert(now);
         }
-        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(NEVER - 1);
-        let (since, limit, verdict) = match self.head_since.load(Ordering::Relaxed) {
-            NEVER => (
-                self.idle_since.load(Ordering::Relaxed),
-                millis(limits.idle_timeout),
-                Due::Idle,
-            ),
-            head => (head, millis(limits.header_timeout), Due::Header),
-        };
-        let deadline = since.saturating_add(limit);
-        if now >= deadline {
-            verdict
-        } else {
-            Due::At(self.at(deadline))
+        match self.head_since {
+            Some(since) if now.duration_since(since) >= limits.header_timeout => Due::Header,
+            Some(_) => Due::Nothing,
+            None if now.duration_since(self.idle_since) >= limits.idle_timeout => Due::Idle,
+            None => Due::Nothing,
         }
     }
 }
@@ -347,46 +391,101 @@ mod tests {
         max_connections: 1,
     };
 
-    #[tokio::test(start_paused = true)]
-    async fn a_new_connection_gets_the_header_timeout() {
-        let activity = Activity::new();
-        assert_eq!(activity.due(LIMITS), Due::At(activity.at(10_000)));
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(activity.due(LIMITS), Due::Header);
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_trickled_head_does_not_extend_the_header_timeout() {
-        let activity = Activity::new();
-        for _ in 0..9 {
-            tokio::time::advance(Duration::from_secs(1)).await;
+    #[test]
+    fn a_new_connection_gets_the_header_timeout() {
+        let opened = Instant::now();
+        let (activity, mut watcher) = (Activity::default(), Watcher::new(opened));
+        assert_eq!(
+            watcher.look(&activity, opened + secs(9), LIMITS),
+            Due::Nothing
+        );
+        assert_eq!(
+            watcher.look(&activity, opened + secs(10), LIMITS),
+            Due::Header
+        );
+    }
+
+    #[test]
+    fn a_trickled_head_does_not_extend_the_header_timeout() {
+        let opened = Instant::now();
+        let (activity, mut watcher) = (Activity::default(), Watcher::new(opened));
+        for second in 1..10 {
             activity.on_bytes();
+            assert_eq!(
+                watcher.look(&activity, opened + secs(second), LIMITS),
+                Due::Nothing
+            );
         }
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(activity.due(LIMITS), Due::Header);
+        assert_eq!(
+            watcher.look(&activity, opened + secs(10), LIMITS),
+            Due::Header
+        );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn after_a_response_the_idle_timeout_applies_then_the_header_one() {
-        let activity = Activity::new();
-        activity.on_request();
-        tokio::time::advance(Duration::from_secs(100)).await;
-        assert!(matches!(activity.due(LIMITS), Due::At(_)), "busy");
-        activity.on_response();
-        tokio::time::advance(Duration::from_secs(59)).await;
-        assert_eq!(activity.due(LIMITS), Due::At(activity.at(160_000)));
+    #[test]
+    fn after_a_response_the_idle_timeout_applies_then_the_header_one() {
+        let opened = Instant::now();
+        let (activity, mut watcher) = (Activity::default(), Watcher::new(opened));
         activity.on_bytes();
-        assert_eq!(activity.due(LIMITS), Due::At(activity.at(169_000)));
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(activity.due(LIMITS), Due::Header);
+        activity.on_request();
+        assert_eq!(
+            watcher.look(&activity, opened + secs(100), LIMITS),
+            Due::Nothing,
+            "busy"
+        );
+        activity.on_response();
+        assert_eq!(
+            watcher.look(&activity, opened + secs(101), LIMITS),
+            Due::Nothing
+        );
+        assert_eq!(
+            watcher.look(&activity, opened + secs(160), LIMITS),
+            Due::Nothing
+        );
+        activity.on_bytes();
+        assert_eq!(
+            watcher.look(&activity, opened + secs(161), LIMITS),
+            Due::Nothing,
+            "a head"
+        );
+        assert_eq!(
+            watcher.look(&activity, opened + secs(170), LIMITS),
+            Due::Nothing
+        );
+        assert_eq!(
+            watcher.look(&activity, opened + secs(171), LIMITS),
+            Due::Header
+        );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_connection_times_out() {
-        let activity = Activity::new();
+    #[test]
+    fn an_idle_connection_times_out_and_a_new_request_restarts_the_clock() {
+        let opened = Instant::now();
+        let (activity, mut watcher) = (Activity::default(), Watcher::new(opened));
         activity.on_request();
         activity.on_response();
-        tokio::time::advance(Duration::from_secs(60)).await;
-        assert_eq!(activity.due(LIMITS), Due::Idle);
+        assert_eq!(
+            watcher.look(&activity, opened + secs(1), LIMITS),
+            Due::Nothing
+        );
+        // A request came and went between two looks: idle from the later look.
+        activity.on_request();
+        activity.on_response();
+        assert_eq!(
+            watcher.look(&activity, opened + secs(50), LIMITS),
+            Due::Nothing
+        );
+        assert_eq!(
+            watcher.look(&activity, opened + secs(109), LIMITS),
+            Due::Nothing
+        );
+        assert_eq!(
+            watcher.look(&activity, opened + secs(110), LIMITS),
+            Due::Idle
+        );
     }
 }
