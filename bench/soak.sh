@@ -62,38 +62,8 @@ CLIENT=bench/chaos_client.py
 CSV=$WORK/samples.csv
 T0=$(date +%s.%N)
 
-log() { awk -v now="$(date +%s.%N)" -v t0="$T0" -v msg="$*" 'BEGIN {printf "[%6.1fs] %s\n", now - t0, msg}' >&2; }
-die() { echo "soak.sh: $*" >&2; exit 2; }
-
-# Every process this script starts is one of its jobs: cleanup stops those
-# still running, then kills what outlives 10 s.
-cleanup() {
-  local status=$? pids
-  set +e
-  pids=$(jobs -pr)
-  if [ -n "$pids" ]; then
-    kill $pids 2>/dev/null
-    for _ in $(seq 1 50); do [ -z "$(jobs -pr)" ] && break; sleep 0.2; done
-    pids=$(jobs -pr)
-    if [ -n "$pids" ]; then kill -9 $pids 2>/dev/null; fi
-    wait 2>/dev/null
-  fi
-  psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
-  if [ "$KEEP_WORK" = 1 ] || [ "$status" = 2 ]; then
-    echo "work directory (logs, samples): $WORK" >&2
-  else
-    rm -rf "$WORK"
-  fi
-}
-trap cleanup EXIT
-trap 'exit 2' INT TERM
-
-for tool in wrk redis-server redis-cli psql curl python3; do
-  command -v "$tool" >/dev/null || die "$tool is missing"
-done
-# The interpreter itself, not a version manager's shim (a shim would be the
-# background job's pid, and killing it would leave the interpreter running).
-PYTHON=$(python3 -c 'import sys; print(sys.executable)')
+NAME=soak.sh
+source bench/harness.sh
 [ "$WRITTEN" -lt "$PRODUCTS" ] || die "WRITTEN must be below PRODUCTS"
 [ "$INSTANCES" -ge 2 ] || die "INSTANCES must be at least 2"
 if [ ! -x "$CATALOG_BIN" ]; then

@@ -97,6 +97,14 @@ fn edit() -> impl Strategy<Value = Edit> {
     ]
 }
 
+/// Fuzz inputs from the committed corpus of `target` in the crate at
+/// `manifest_dir` (pass `env!("CARGO_MANIFEST_DIR")`).
+pub fn corpus_input(manifest_dir: &str, target: &str) -> impl Strategy<Value = Vec<u8>> + use<> {
+    fuzz_input(corpus(
+        &Path::new(manifest_dir).join("fuzz/corpus").join(target),
+    ))
+}
+
 /// Fuzz inputs: a corpus file as it is, mutated by up to eight edits, or
 /// random bytes.
 pub fn fuzz_input(corpus: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {

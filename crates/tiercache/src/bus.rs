@@ -637,15 +637,9 @@ mod tests {
     }
 
     mod fuzz {
-        use std::path::Path;
-
         use proptest::prelude::*;
 
         use super::*;
-
-        fn corpus() -> Vec<Vec<u8>> {
-            testkit::corpus(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/bus"))
-        }
 
         proptest! {
             #![proptest_config(testkit::fuzz_config())]
@@ -655,7 +649,7 @@ mod tests {
             /// when its sequence follows the last one seen from it.
             #[test]
             fn payloads_decode_or_are_refused(
-                payloads in prop::collection::vec(testkit::fuzz_input(corpus()), 1..8),
+                payloads in prop::collection::vec(testkit::corpus_input(env!("CARGO_MANIFEST_DIR"), "bus"), 1..8),
             ) {
                 let mut senders = Senders::new("me".to_owned());
                 let mut last: HashMap<String, u64> = HashMap::new();

@@ -391,101 +391,61 @@ mod tests {
         max_connections: 1,
     };
 
-    fn secs(n: u64) -> Duration {
-        Duration::from_secs(n)
+    /// A new connection's activity and a function looking at it after
+    /// that many seconds.
+    fn opened() -> (Arc<Activity>, impl FnMut(u64) -> Due) {
+        let activity = Arc::new(Activity::default());
+        let opened = Instant::now();
+        let mut watcher = Watcher::new(opened);
+        let watched = Arc::clone(&activity);
+        let look =
+            move |seconds| watcher.look(&watched, opened + Duration::from_secs(seconds), LIMITS);
+        (activity, look)
     }
 
     #[test]
     fn a_new_connection_gets_the_header_timeout() {
-        let opened = Instant::now();
-        let (activity, mut watcher) = (Activity::default(), Watcher::new(opened));
-        assert_eq!(
-            watcher.look(&activity, opened + secs(9), LIMITS),
-            Due::Nothing
-        );
-        assert_eq!(
-            watcher.look(&activity, opened + secs(10), LIMITS),
-            Due::Header
-        );
+        let (_, mut look) = opened();
+        assert_eq!((look(9), look(10)), (Due::Nothing, Due::Header));
     }
 
     #[test]
     fn a_trickled_head_does_not_extend_the_header_timeout() {
-        let opened = Instant::now();
-        let (activity, mut watcher) = (Activity::default(), Watcher::new(opened));
+        let (activity, mut look) = opened();
         for second in 1..10 {
             activity.on_bytes();
-            assert_eq!(
-                watcher.look(&activity, opened + secs(second), LIMITS),
-                Due::Nothing
-            );
+            assert_eq!(look(second), Due::Nothing);
         }
-        assert_eq!(
-            watcher.look(&activity, opened + secs(10), LIMITS),
-            Due::Header
-        );
+        assert_eq!(look(10), Due::Header);
     }
 
     #[test]
     fn after_a_response_the_idle_timeout_applies_then_the_header_one() {
-        let opened = Instant::now();
-        let (activity, mut watcher) = (Activity::default(), Watcher::new(opened));
+        let (activity, mut look) = opened();
         activity.on_bytes();
         activity.on_request();
-        assert_eq!(
-            watcher.look(&activity, opened + secs(100), LIMITS),
-            Due::Nothing,
-            "busy"
-        );
+        assert_eq!(look(100), Due::Nothing, "busy");
         activity.on_response();
-        assert_eq!(
-            watcher.look(&activity, opened + secs(101), LIMITS),
-            Due::Nothing
-        );
-        assert_eq!(
-            watcher.look(&activity, opened + secs(160), LIMITS),
-            Due::Nothing
-        );
+        assert_eq!((look(101), look(160)), (Due::Nothing, Due::Nothing));
         activity.on_bytes();
         assert_eq!(
-            watcher.look(&activity, opened + secs(161), LIMITS),
-            Due::Nothing,
+            (look(161), look(170)),
+            (Due::Nothing, Due::Nothing),
             "a head"
         );
-        assert_eq!(
-            watcher.look(&activity, opened + secs(170), LIMITS),
-            Due::Nothing
-        );
-        assert_eq!(
-            watcher.look(&activity, opened + secs(171), LIMITS),
-            Due::Header
-        );
+        assert_eq!(look(171), Due::Header);
     }
 
     #[test]
     fn an_idle_connection_times_out_and_a_new_request_restarts_the_clock() {
-        let opened = Instant::now();
-        let (activity, mut watcher) = (Activity::default(), Watcher::new(opened));
+        let (activity, mut look) = opened();
         activity.on_request();
         activity.on_response();
-        assert_eq!(
-            watcher.look(&activity, opened + secs(1), LIMITS),
-            Due::Nothing
-        );
+        assert_eq!(look(1), Due::Nothing);
         // A request came and went between two looks: idle from the later look.
         activity.on_request();
         activity.on_response();
-        assert_eq!(
-            watcher.look(&activity, opened + secs(50), LIMITS),
-            Due::Nothing
-        );
-        assert_eq!(
-            watcher.look(&activity, opened + secs(109), LIMITS),
-            Due::Nothing
-        );
-        assert_eq!(
-            watcher.look(&activity, opened + secs(110), LIMITS),
-            Due::Idle
-        );
+        assert_eq!((look(50), look(109)), (Due::Nothing, Due::Nothing));
+        assert_eq!(look(110), Due::Idle);
     }
 }

@@ -454,7 +454,6 @@ mod tests {
     }
 
     mod fuzz {
-        use std::path::Path;
         use std::sync::LazyLock;
 
         use proptest::prelude::*;
@@ -464,10 +463,6 @@ mod tests {
         use super::*;
         use crate::domain::schema::{text_pattern, trimmed_text_pattern};
         use crate::domain::{NewProduct, ProductPatch};
-
-        fn corpus() -> Vec<Vec<u8>> {
-            testkit::corpus(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/product_body"))
-        }
 
         static NAME: LazyLock<Regex> =
             LazyLock::new(|| Regex::new(&trimmed_text_pattern(200)).unwrap());
@@ -501,7 +496,7 @@ mod tests {
             /// accepted exactly when the OpenAPI schema accepts it.
             #[test]
             fn a_product_body_is_accepted_exactly_when_the_schema_accepts_it(
-                body in testkit::fuzz_input(corpus()),
+                body in testkit::corpus_input(env!("CARGO_MANIFEST_DIR"), "product_body"),
             ) {
                 let new = parse_json::<NewProduct>(&body);
                 let patch = parse_json::<ProductPatch>(&body);

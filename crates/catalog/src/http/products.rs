@@ -454,7 +454,6 @@ mod tests {
     }
 
     mod fuzz {
-        use std::path::Path;
 
         use axum::extract::Query;
         use axum::http::Uri;
@@ -462,17 +461,13 @@ mod tests {
 
         use super::*;
 
-        fn corpus() -> Vec<Vec<u8>> {
-            testkit::corpus(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/list_query"))
-        }
-
         proptest! {
             #![proptest_config(testkit::fuzz_config())]
 
             /// Any query string is a valid request or a 400, and a valid
             /// one keeps every bound.
             #[test]
-            fn any_list_query_is_a_bounded_request_or_a_400(query in testkit::fuzz_input(corpus())) {
+            fn any_list_query_is_a_bounded_request_or_a_400(query in testkit::corpus_input(env!("CARGO_MANIFEST_DIR"), "list_query")) {
                 // As a client would send it: every byte outside the
                 // unreserved set percent-encoded, `&` and `=` kept.
                 let encoded: String = query

@@ -420,16 +420,10 @@ mod tests {
     }
 
     mod fuzz {
-        use std::path::Path;
-
         use proptest::prelude::*;
         use serde_json::Value;
 
         use super::*;
-
-        fn corpus() -> Vec<Vec<u8>> {
-            testkit::corpus(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/change"))
-        }
 
         proptest! {
             #![proptest_config(testkit::fuzz_config())]
@@ -438,7 +432,7 @@ mod tests {
             /// id) or "everything": never a panic, never nothing.
             #[test]
             fn any_notification_invalidates_one_product_or_everything(
-                payload in testkit::fuzz_input(corpus()),
+                payload in testkit::corpus_input(env!("CARGO_MANIFEST_DIR"), "change"),
             ) {
                 let text = String::from_utf8_lossy(&payload);
                 let parsed = Invalidation::parse(&text);

@@ -533,15 +533,9 @@ mod tests {
     }
 
     mod fuzz {
-        use std::path::Path;
-
         use proptest::prelude::*;
 
         use super::*;
-
-        fn corpus() -> Vec<Vec<u8>> {
-            testkit::corpus(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/codec"))
-        }
 
         proptest! {
             #![proptest_config(testkit::fuzz_config())]
@@ -550,7 +544,7 @@ mod tests {
             /// an error, never a panic; a value that decodes as JSON
             /// survives sealing and opening again unchanged.
             #[test]
-            fn stored_bytes_open_and_decode_or_fail_cleanly(stored in testkit::fuzz_input(corpus())) {
+            fn stored_bytes_open_and_decode_or_fail_cleanly(stored in testkit::corpus_input(env!("CARGO_MANIFEST_DIR"), "codec")) {
                 let Ok(Opened::Value(bytes)) = open(&stored) else {
                     return Ok(());
                 };
