@@ -4,35 +4,8 @@
 //! about Redis, codecs or loaders: the manager decides what to store and
 //! weighs it.
 //!
-//! # How both bounds hold
-//!
-//! quick_cache bounds one number, the total *weight*. With `E = max_entries`
-//! and `B = max_bytes`, an entry of `b` bytes weighs `max(b · E, B)` (both
-//! divided by `gcd(B, E)` to keep the numbers small) and the capacity is
-//! `B · E`. Then
-//!
-//! - bytes: `Σ b · E ≤ Σ weight ≤ B · E`, so `Σ b ≤ B`, and
-//! - entries: `n · B ≤ Σ weight ≤ B · E`, so `n ≤ E`,
-//!
-//! both exactly. Each entry is charged for whichever bound it uses up
-//! faster. The price is some slack: a mix of tiny and huge entries fills
-//! neither bound exactly, but never less than half of both
-//! (`max(a, b) ≥ (a + b) / 2`).
-//!
-//! # Shards
-//!
-//! quick_cache splits the capacity evenly over its shards, and a key's shard
-//! is chosen by its hash, so a shard can fill up while others have room.
-//! Shards are therefore only used for caches large enough that each holds
-//! at least [`MIN_SHARD_ENTRIES`] entries (a 10,000-entry L1 has 16; any
-//! cache under 256 entries has one): a one-shard cache holds exactly
-//! `max_entries` small entries, a sharded one 96–99 % of them (measured from
-//! 256 to 100,000 entries) before the fullest shard starts evicting. Each
-//! shard gets the weight of a whole number of entries, so a sharded cache
-//! has up to `shards − 1` entry slots (under 1 %) fewer than `max_entries`,
-//! and as much less of `max_bytes`. A value heavier than what one shard
-//! admits (97 % of `max_bytes / shards`, all of it for a cache of a few
-//! entries) is not stored at all and counted as an eviction.
+//! How the two bounds become quick_cache's single weight bound, and when
+//! the cache is sharded, is [`layout`]'s business.
 //!
 //! # Expiry
 //!
@@ -65,19 +38,12 @@ use crate::clock::coarse;
 use crate::error::Error;
 use crate::stats::{L1Stats, Striped};
 
+mod layout;
+
+use layout::{Layout, Weigh};
+
 const HITS: usize = 0;
 const MISSES: usize = 1;
-
-/// Most shards an L1 uses (a power of two).
-const MAX_SHARDS: u64 = 16;
-/// Fewest entry slots per shard; smaller caches use fewer shards (see
-/// "Shards" above).
-const MIN_SHARD_ENTRIES: u64 = 128;
-/// Share of a shard's weight that quick_cache's "hot" (main) queue may
-/// hold; an entry heavier than this share is never admitted. quick_cache's
-/// default, raised to the whole shard for caches of a few entries, whose
-/// smallest entry would otherwise not fit.
-const HOT_ALLOCATION: f64 = 0.97;
 
 /// A bounded, TTL-aware, concurrent in-process cache: the L1 of a
 /// [`TieredCache`](crate::TieredCache), usable on its own.
@@ -251,23 +217,6 @@ impl Shared {
     }
 }
 
-/// An entry's weight: `max(bytes · per_byte, unit)` (see "How both bounds
-/// hold").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Weigh {
-    /// `max_entries / gcd`.
-    per_byte: u64,
-    /// `max_bytes / gcd`: the weight of the lightest entry.
-    unit: u64,
-}
-
-impl Weigh {
-    #[inline]
-    fn weight(self, bytes: u64) -> u64 {
-        bytes.saturating_mul(self.per_byte).max(self.unit)
-    }
-}
-
 #[derive(Clone)]
 struct SlotWeighter(Weigh);
 
@@ -292,80 +241,6 @@ impl<K, T> Lifecycle<K, Slot<T>> for Accounting {
         self.0.sub_bytes(slot.bytes());
         state.push((key, slot));
     }
-}
-
-/// How the bounds map onto quick_cache's weights and shards (see "How
-/// both bounds hold" and "Shards" above).
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Layout {
-    weigh: Weigh,
-    /// A power of two, at most [`MAX_SHARDS`].
-    shards: u64,
-    /// Entries each shard holds.
-    shard_slots: u64,
-    hot_allocation: f64,
-}
-
-impl Layout {
-    fn new(max_entries: u64, max_bytes: u64) -> Result<Self, Error> {
-        let common = gcd(max_entries, max_bytes);
-        let weigh = Weigh {
-            per_byte: max_entries / common,
-            unit: max_bytes / common,
-        };
-        // Weights (up to `u32::MAX` bytes each) and the capacity in u64.
-        if weigh.per_byte > u64::from(u32::MAX) || max_entries.checked_mul(weigh.unit).is_none() {
-            return Err(Error::config(
-                "L1 bounds too large to combine (max_entries × max_bytes)",
-            ));
-        }
-        let mut shards = MAX_SHARDS;
-        while shards > 1 && max_entries / shards < MIN_SHARD_ENTRIES {
-            shards /= 2;
-        }
-        let shard_slots = max_entries / shards;
-        // quick_cache admits an entry only if it fits its hot share: a
-        // shard of fewer than 1 / (1 − 0.97) ≈ 34 entries needs all of it.
-        let shard_weight = shard_slots * weigh.unit;
-        let hot_allocation = if hot_share(shard_weight, HOT_ALLOCATION) >= weigh.unit {
-            HOT_ALLOCATION
-        } else {
-            1.0
-        };
-        Ok(Self {
-            weigh,
-            shards,
-            shard_slots,
-            hot_allocation,
-        })
-    }
-
-    fn slots(&self) -> u64 {
-        self.shards * self.shard_slots
-    }
-
-    /// quick_cache's weight capacity: a whole number of entries per shard.
-    fn capacity(&self) -> u64 {
-        self.slots() * self.weigh.unit
-    }
-
-    /// The heaviest entry a shard admits.
-    fn max_weight(&self) -> u64 {
-        hot_share(self.shard_slots * self.weigh.unit, self.hot_allocation)
-    }
-}
-
-fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
-}
-
-/// The hot share of a shard's weight, computed as quick_cache does.
-fn hot_share(shard_weight: u64, allocation: f64) -> u64 {
-    let share = (shard_weight as f64 * allocation) as u64;
-    share.clamp(shard_weight.min(1), shard_weight)
 }
 
 impl<K, T> LocalCache<K, T>
