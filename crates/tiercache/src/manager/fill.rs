@@ -27,6 +27,19 @@ use crate::remote::codec::{self, Codec, Opened};
 
 type LoadError = Arc<dyn StdError + Send + Sync>;
 
+/// What became of a value [`Inner::store`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stored {
+    /// In Redis, and in L1.
+    InRedis,
+    /// Redis holds a newer version (the guard refused it): in neither level.
+    Refused,
+    /// Redis could not be used: in L1 only.
+    Unavailable,
+    /// Not meant for Redis (no L2, no L2 TTL, not encodable): in L1 only.
+    Local,
+}
+
 /// The loader error when the loader's task panicked.
 #[derive(Debug, thiserror::Error)]
 #[error("the cache loader panicked")]
@@ -63,7 +76,9 @@ where
         if let Some(value) = self.l1.peek(key) {
             return Ok((value, Source::L1));
         }
-        if let Some(l2) = &self.l2 {
+        // Redis may hold a version older than a write it missed.
+        let l2 = self.l2.as_ref().filter(|_| !self.unapplied.distrusts(key));
+        if let Some(l2) = l2 {
             let mut found = match l2.get(self.redis_key(key)).await {
                 Some(Some(stored)) => self.decode(stored).await,
                 Some(None) | None => None,
@@ -258,10 +273,22 @@ where
         let Some(l2) = &self.l2 else {
             return missing;
         };
+        // Keys Redis may hold old versions of go to the loader.
+        let (missing, mut distrusted): (Vec<&K>, Vec<&K>) = if self.unapplied.is_empty() {
+            (missing, Vec::new())
+        } else {
+            missing
+                .into_iter()
+                .partition(|key| !self.unapplied.distrusts(key))
+        };
+        if missing.is_empty() {
+            return distrusted;
+        }
         let redis_keys: Vec<String> = missing.iter().map(|k| self.redis_key(k)).collect();
         let Some(stored) = l2.get_many(&redis_keys).await else {
             self.counters.add(L2_MISSES, missing.len() as u64);
-            return missing;
+            distrusted.extend(missing);
+            return distrusted;
         };
         let mut still_missing = Vec::new();
         for (key, stored) in missing.into_iter().zip(stored) {
@@ -292,6 +319,7 @@ where
                 missing.push(key);
             }
         }
+        missing.extend(distrusted);
         missing
     }
 
@@ -363,19 +391,25 @@ where
     /// Stores one value (or negative entry) in Redis, then L1 (fenced by
     /// `ticket`). A value the version guard refused is not put in L1 either:
     /// Redis holds a newer one.
-    pub(super) async fn store(&self, key: &K, value: Shared<V>, ticket: Ticket) {
+    pub(super) async fn store(&self, key: &K, value: Shared<V>, ticket: Ticket) -> Stored {
         let (stored, weight) = self.encode(value.as_ref()).await;
+        let mut outcome = Stored::Local;
         if let (Some(l2), Some(stored)) = (&self.l2, stored) {
             let ttl = self.l2_ttl_for(&value);
             if !ttl.is_zero() {
                 let write = self.write(key, stored, ttl, &value);
-                if l2.set(&write, self.guard()).await == Some(false) {
-                    self.counters.incr(GUARD_REJECTIONS);
-                    return;
-                }
+                outcome = match l2.set(&write, self.guard()).await {
+                    Some(true) => Stored::InRedis,
+                    Some(false) => {
+                        self.counters.incr(GUARD_REJECTIONS);
+                        return Stored::Refused;
+                    }
+                    None => Stored::Unavailable,
+                };
             }
         }
         self.fill_l1(key, value, weight, ticket);
+        outcome
     }
 
     /// Stores many values in Redis (one pipeline), then L1, like

@@ -28,7 +28,7 @@ use crate::fence::Fences;
 use crate::flight::Flights;
 use crate::local::{LocalCache, Probe};
 use crate::remote::codec::{self, Codec};
-use crate::remote::{LogLimiter, RemoteCache, Write};
+use crate::remote::{AbortOnDrop, LogLimiter, RemoteCache, Write};
 use crate::stats::{
     BusState, BusStats, CacheStats, L2State, L2Stats, LoaderStats, StaleStats, Striped,
 };
@@ -37,9 +37,12 @@ use crate::write_behind::{Change, Enqueue, Enqueued, WriteBehind};
 mod fill;
 mod refresh;
 mod tags;
+mod unapplied;
 
+use fill::Stored;
 use refresh::Refreshes;
 pub(crate) use tags::Tags;
+use unapplied::{Repair, Unapplied};
 
 /// Keys a [`TieredCache`] accepts: anything hashable whose `Display` form is
 /// unique per key (it becomes the Redis key suffix) and parses back
@@ -204,8 +207,11 @@ type FlightResult<V> = Result<(Shared<V>, Source), Arc<dyn StdError + Send + Syn
 /// writes are version-checked on the server and whose writers invalidate
 /// with [`invalidate_version`](Self::invalidate_version); in an unversioned
 /// one a racing load can put an old value back into Redis until its TTL.
-/// If Redis is unreachable during an invalidation, the Redis copy lives
-/// until its TTL.
+/// If Redis fails or times out during a write's invalidation (or a
+/// write-through `set`), the write still completes: this instance stops
+/// trusting Redis for the key (its reads go to the loader) and retries the
+/// invalidation in the background until Redis takes it, then announces
+/// the key again on the bus (see `unapplied.rs`).
 ///
 /// # Failures of the loader
 ///
@@ -293,6 +299,10 @@ struct Inner<K, V> {
     counters: Striped<COUNTERS>,
     /// Rate limit of the "serving stale" warnings.
     stale_log: LogLimiter,
+    /// Invalidations Redis has not taken yet; shared with their repair task.
+    unapplied: Arc<Unapplied<K>>,
+    /// Retries them; stops with the last handle.
+    _repair: Option<AbortOnDrop>,
 }
 
 impl<K, V> TieredCache<K, V>
@@ -307,8 +317,17 @@ where
     }
 
     pub(crate) fn from_parts(parts: Parts<K, V>) -> Self {
+        let unapplied = Arc::new(Unapplied::default());
+        let repair_needed = parts.l2.is_some();
         Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|inner| Inner {
+                _repair: repair_needed.then(|| {
+                    AbortOnDrop(tokio::spawn(unapplied::repair(
+                        inner.clone(),
+                        Arc::clone(&unapplied),
+                    )))
+                }),
+                unapplied,
                 l1: parts.l1,
                 l2: parts.l2,
                 bus: parts.bus,
@@ -486,14 +505,21 @@ where
     pub async fn set(&self, key: &K, value: V) {
         let inner = &*self.inner;
         let ticket = inner.fences.start();
-        inner.store(key, Some(Arc::new(value)), ticket).await;
+        let value = Arc::new(value);
+        let repair = inner.repair_for(Some(&value));
+        if inner.store(key, Some(value), ticket).await == Stored::Unavailable {
+            // Redis may still hold the old version (L1 has the new one):
+            // see `unapplied.rs`.
+            inner.unapplied.record(key, repair);
+        }
         inner.announce(std::slice::from_ref(key));
     }
 
     /// Removes `key` from Redis (`UNLINK`), then from this instance's L1,
     /// then tells the other instances to drop it from theirs.
     ///
-    /// If Redis is unreachable, its copy stays until its TTL. In a
+    /// If Redis is unreachable, the removal is retried until Redis takes it,
+    /// and this instance does not read the key from Redis meanwhile. In a
     /// versioned cache, writers should prefer
     /// [`invalidate_version`](Self::invalidate_version).
     pub async fn invalidate(&self, key: &K) {
@@ -506,7 +532,11 @@ where
         let inner = &*self.inner;
         if let Some(l2) = &inner.l2 {
             let redis_keys: Vec<String> = keys.iter().map(|k| inner.redis_key(k)).collect();
-            l2.delete(&redis_keys).await;
+            if !l2.delete(&redis_keys).await {
+                for key in keys {
+                    inner.unapplied.record(key, Repair::unlink());
+                }
+            }
         }
         inner.drop_local(keys);
         inner.announce(keys);
@@ -530,10 +560,12 @@ where
             ttl: inner.settings.tombstone_ttl,
             version: i64::try_from(version).unwrap_or(i64::MAX),
         };
-        if l2.set(&write, Some(&versioning.field)).await != Some(true) {
-            // Refused (Redis holds a newer version, which is fine) or Redis
-            // failed (its copy lives until its TTL).
-            tracing::debug!(key = %write.key, version, "tombstone not written");
+        match l2.set(&write, Some(&versioning.field)).await {
+            Some(true) => {}
+            // Redis holds a newer version, which is fine.
+            Some(false) => tracing::debug!(key = %write.key, version, "tombstone refused"),
+            // Retried until Redis takes it; not trusted for `key` meanwhile.
+            None => inner.unapplied.record(key, Repair::tombstone(version)),
         }
         inner.drop_local(std::slice::from_ref(key));
         inner.announce(std::slice::from_ref(key));
@@ -633,7 +665,10 @@ where
         if let Some(l2) = &inner.l2 {
             match l2.clear_prefix(&inner.settings.key_prefix).await {
                 Some(unlinked) => tracing::debug!(unlinked, "L2 cleared"),
-                None => tracing::warn!("L2 clear did not complete; remaining keys expire by TTL"),
+                None => {
+                    tracing::warn!("L2 clear did not complete; Redis is not trusted until it does");
+                    inner.unapplied.distrust_all();
+                }
             }
         }
         inner.clear_local();

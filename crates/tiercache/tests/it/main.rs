@@ -14,4 +14,5 @@ mod failsafe;
 mod manager;
 mod remote;
 mod support;
+mod unapplied;
 mod write_behind;
