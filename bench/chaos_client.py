@@ -194,7 +194,12 @@ def cmd_writer(args):
             next_at = max(next_at + period, time.time() - period)
             pause_until(next_at, args.stop_file, deadline)
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(args.threads)]
+    run_threads(worker, [(k,) for k in range(args.threads)])
+
+
+def run_threads(target, jobs):
+    """Runs target(*job) for every job on a thread of its own; waits for all."""
+    threads = [threading.Thread(target=target, args=job) for job in jobs]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -259,11 +264,7 @@ def cmd_reader(args):
     jobs = [(i, url, "written", args.rate) for i, url in enumerate(urls)]
     if cold and args.cold_rate > 0:
         jobs += [(i, url, "cold", args.cold_rate) for i, url in enumerate(urls)]
-    threads = [threading.Thread(target=worker, args=job) for job in jobs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_threads(worker, jobs)
 
 
 def load_reads(path):

@@ -27,17 +27,13 @@ use crate::remote::codec::{self, Codec, Opened};
 
 type LoadError = Arc<dyn StdError + Send + Sync>;
 
-/// What became of a value [`Inner::store`] wrote.
+/// Whether [`Inner::store`] left Redis as it should be (stored, refused as
+/// older than what Redis holds, or not meant for Redis), or failed to
+/// reach it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Stored {
-    /// In Redis, and in L1.
-    InRedis,
-    /// Redis holds a newer version (the guard refused it): in neither level.
-    Refused,
-    /// Redis could not be used: in L1 only.
-    Unavailable,
-    /// Not meant for Redis (no L2, no L2 TTL, not encodable): in L1 only.
-    Local,
+pub(super) enum L2Write {
+    Done,
+    Failed,
 }
 
 /// The loader error when the loader's task panicked.
@@ -274,13 +270,7 @@ where
             return missing;
         };
         // Keys Redis may hold old versions of go to the loader.
-        let (missing, mut distrusted): (Vec<&K>, Vec<&K>) = if self.unapplied.is_empty() {
-            (missing, Vec::new())
-        } else {
-            missing
-                .into_iter()
-                .partition(|key| !self.unapplied.distrusts(key))
-        };
+        let (missing, mut distrusted) = self.unapplied.split(missing);
         if missing.is_empty() {
             return distrusted;
         }
@@ -391,21 +381,21 @@ where
     /// Stores one value (or negative entry) in Redis, then L1 (fenced by
     /// `ticket`). A value the version guard refused is not put in L1 either:
     /// Redis holds a newer one.
-    pub(super) async fn store(&self, key: &K, value: Shared<V>, ticket: Ticket) -> Stored {
+    pub(super) async fn store(&self, key: &K, value: Shared<V>, ticket: Ticket) -> L2Write {
         let (stored, weight) = self.encode(value.as_ref()).await;
-        let mut outcome = Stored::Local;
+        let mut outcome = L2Write::Done;
         if let (Some(l2), Some(stored)) = (&self.l2, stored) {
             let ttl = self.l2_ttl_for(&value);
             if !ttl.is_zero() {
                 let write = self.write(key, stored, ttl, &value);
-                outcome = match l2.set(&write, self.guard()).await {
-                    Some(true) => Stored::InRedis,
+                match l2.set(&write, self.guard()).await {
+                    Some(true) => {}
                     Some(false) => {
                         self.counters.incr(GUARD_REJECTIONS);
-                        return Stored::Refused;
+                        return L2Write::Done;
                     }
-                    None => Stored::Unavailable,
-                };
+                    None => outcome = L2Write::Failed,
+                }
             }
         }
         self.fill_l1(key, value, weight, ticket);

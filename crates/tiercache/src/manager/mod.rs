@@ -39,7 +39,7 @@ mod refresh;
 mod tags;
 mod unapplied;
 
-use fill::Stored;
+use fill::L2Write;
 use refresh::Refreshes;
 pub(crate) use tags::Tags;
 use unapplied::{Repair, Unapplied};
@@ -507,7 +507,7 @@ where
         let ticket = inner.fences.start();
         let value = Arc::new(value);
         let repair = inner.repair_for(Some(&value));
-        if inner.store(key, Some(value), ticket).await == Stored::Unavailable {
+        if inner.store(key, Some(value), ticket).await == L2Write::Failed {
             // Redis may still hold the old version (L1 has the new one):
             // see `unapplied.rs`.
             inner.unapplied.record(key, repair);

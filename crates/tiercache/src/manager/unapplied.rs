@@ -121,6 +121,15 @@ impl<K: Eq + std::hash::Hash + Clone> Unapplied<K> {
         self.len.load(Ordering::Relaxed) != 0 && self.lock().contains_key(key)
     }
 
+    /// `keys` split into those Redis can be asked for and those it may hold
+    /// an outdated value of.
+    pub(crate) fn split<'k>(&self, keys: Vec<&'k K>) -> (Vec<&'k K>, Vec<&'k K>) {
+        if self.is_empty() {
+            return (keys, Vec::new());
+        }
+        keys.into_iter().partition(|key| !self.distrusts(key))
+    }
+
     /// Whether all of Redis is distrusted.
     pub(crate) fn distrusts_everything(&self) -> bool {
         self.everything.load(Ordering::Relaxed)

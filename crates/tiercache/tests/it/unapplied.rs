@@ -63,6 +63,27 @@ async fn read(cache: &TieredCache<i64, Doc>, store: &Store, id: i64) -> u64 {
     lookup.value.unwrap().version
 }
 
+/// A private Redis, a fresh prefix, instances A and B on them, and a store
+/// at version 1 of every id, which A has read (so Redis holds version 1).
+async fn primed() -> (
+    PrivateRedis,
+    String,
+    TieredCache<i64, Doc>,
+    TieredCache<i64, Doc>,
+    Store,
+) {
+    let server = PrivateRedis::start().await;
+    let prefix = support::unique_prefix();
+    let a = instance(&server, &prefix).await;
+    let b = instance(&server, &prefix).await;
+    let store = Store::default();
+    store.0.lock().unwrap().extend(IDS.map(|id| (id, 1)));
+    for id in IDS {
+        assert_eq!(read(&a, &store, id).await, 1);
+    }
+    (server, prefix, a, b, store)
+}
+
 /// Whether `cache` answers the store's version of every id.
 async fn converged(cache: &TieredCache<i64, Doc>, store: &Store) -> bool {
     for id in IDS {
@@ -75,16 +96,8 @@ async fn converged(cache: &TieredCache<i64, Doc>, store: &Store) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_during_a_redis_hang_are_never_read_back_old() {
-    let server = PrivateRedis::start().await;
-    let prefix = support::unique_prefix();
-    let (a, b) = (
-        instance(&server, &prefix).await,
-        instance(&server, &prefix).await,
-    );
-    let store = Store::default();
-    store.0.lock().unwrap().extend(IDS.map(|id| (id, 1)));
+    let (server, prefix, a, b, store) = primed().await;
     for id in IDS {
-        assert_eq!(read(&a, &store, id).await, 1);
         assert_eq!(read(&b, &store, id).await, 1);
     }
 
@@ -132,14 +145,9 @@ async fn writes_during_a_redis_hang_are_never_read_back_old() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_through_during_a_redis_hang_is_repaired_once_it_answers() {
-    let server = PrivateRedis::start().await;
-    let prefix = support::unique_prefix();
-    let a = instance(&server, &prefix).await;
-    let store = Store::default();
-    store.0.lock().unwrap().extend(IDS.map(|id| (id, 1)));
-    for id in IDS {
-        read(&a, &store, id).await;
-    }
+    // B reads nothing before the end: it reads through Redis, which held
+    // version 1 of every id.
+    let (server, _prefix, a, b, store) = primed().await;
 
     server.pause();
     for id in IDS {
@@ -153,8 +161,6 @@ async fn a_write_through_during_a_redis_hang_is_repaired_once_it_answers() {
     }
     server.resume();
 
-    // A new instance reads through Redis, which held version 1 of every id.
-    let b = instance(&server, &prefix).await;
     eventually(
         Duration::from_secs(1),
         "Redis to stop answering version 1",
@@ -170,17 +176,7 @@ async fn a_write_through_during_a_redis_hang_is_repaired_once_it_answers() {
 /// version out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_redis_refuses_is_not_read_back_from_it() {
-    let server = PrivateRedis::start().await;
-    let prefix = support::unique_prefix();
-    let (a, b) = (
-        instance(&server, &prefix).await,
-        instance(&server, &prefix).await,
-    );
-    let store = Store::default();
-    store.0.lock().unwrap().extend(IDS.map(|id| (id, 1)));
-    for id in IDS {
-        read(&a, &store, id).await;
-    }
+    let (server, _prefix, a, b, store) = primed().await;
     let mut raw = server.raw().await;
     let refuse_writes = |replicas: u32| {
         let mut cmd = redis::cmd("CONFIG");
