@@ -76,13 +76,19 @@ pub const CACHE_NEGATIVE_HITS: &str = "cache_negative_hits_total";
 /// L2 state as a state set, `state="up"|"down"|"disabled"`: 1 for the
 /// current state, 0 for the others.
 pub const CACHE_L2_STATE: &str = "cache_l2_state";
-/// Sequence gaps seen in other instances' bus messages.
+/// Bus messages that did not continue this instance's change-log position.
 pub const CACHE_BUS_GAPS: &str = "cache_bus_gaps_total";
+/// Catch-ups that replayed the change log instead of clearing L1.
+pub const CACHE_BUS_REPLAYS: &str = "cache_bus_replays_total";
+/// Keys dropped from L1 by change-log replays.
+pub const CACHE_BUS_KEYS_REPLAYED: &str = "cache_bus_keys_replayed_total";
+/// Keys dropped from L1 because Redis client tracking reported a change.
+pub const CACHE_BUS_TRACKED_KEYS: &str = "cache_bus_tracked_keys_total";
 /// Bus publishes that failed.
 pub const CACHE_BUS_PUBLISH_ERRORS: &str = "cache_bus_publish_errors_total";
 /// Bus state as a state set, `state="subscribed"|"connecting"|"disabled"`.
 pub const CACHE_BUS_STATE: &str = "cache_bus_state";
-/// Times the bus emptied L1, `reason="gap"|"resubscribe"|"heartbeat_timeout"|"remote_clear"`.
+/// Times the bus emptied L1, `reason="log_truncated"|"log_lost"|"remote_clear"|"redis_flush"`.
 pub const CACHE_L1_CLEARS: &str = "cache_l1_clears_total";
 
 /// Answers served stale (fail-safe), `reason="loader_error"|"soft_timeout"|"throttled"`.
@@ -199,10 +205,13 @@ struct CacheHandles {
     bus_gaps: Counter,
     bus_publish_errors: Counter,
     bus_state: [Gauge; BUS_STATES.len()],
-    clears_gap: Counter,
-    clears_resubscribe: Counter,
-    clears_heartbeat_timeout: Counter,
+    bus_replays: Counter,
+    bus_keys_replayed: Counter,
+    bus_tracked_keys: Counter,
+    clears_log_truncated: Counter,
+    clears_log_lost: Counter,
     clears_remote_clear: Counter,
+    clears_redis_flush: Counter,
     stale_loader_error: Counter,
     stale_soft_timeout: Counter,
     stale_throttled: Counter,
@@ -388,7 +397,19 @@ fn describe(recorder: &PrometheusRecorder) {
         ),
         (
             CACHE_BUS_GAPS,
-            "Sequence gaps detected in other instances' bus messages.",
+            "Bus messages that did not continue this instance's change-log position; each started a catch-up.",
+        ),
+        (
+            CACHE_BUS_REPLAYS,
+            "Catch-ups that replayed the bus change log instead of clearing L1.",
+        ),
+        (
+            CACHE_BUS_KEYS_REPLAYED,
+            "Keys dropped from L1 by bus change-log replays.",
+        ),
+        (
+            CACHE_BUS_TRACKED_KEYS,
+            "Keys dropped from L1 because Redis client tracking reported a change made in Redis.",
         ),
         (CACHE_BUS_PUBLISH_ERRORS, "Bus publishes that failed."),
         (
@@ -541,10 +562,13 @@ impl CacheHandles {
             bus_gaps: counter(CACHE_BUS_GAPS, &[]),
             bus_publish_errors: counter(CACHE_BUS_PUBLISH_ERRORS, &[]),
             bus_state: BUS_STATES.map(|s| gauge(CACHE_BUS_STATE, &[("state", s.as_str())])),
-            clears_gap: counter(CACHE_L1_CLEARS, &[("reason", "gap")]),
-            clears_resubscribe: counter(CACHE_L1_CLEARS, &[("reason", "resubscribe")]),
-            clears_heartbeat_timeout: counter(CACHE_L1_CLEARS, &[("reason", "heartbeat_timeout")]),
+            bus_replays: counter(CACHE_BUS_REPLAYS, &[]),
+            bus_keys_replayed: counter(CACHE_BUS_KEYS_REPLAYED, &[]),
+            bus_tracked_keys: counter(CACHE_BUS_TRACKED_KEYS, &[]),
+            clears_log_truncated: counter(CACHE_L1_CLEARS, &[("reason", "log_truncated")]),
+            clears_log_lost: counter(CACHE_L1_CLEARS, &[("reason", "log_lost")]),
             clears_remote_clear: counter(CACHE_L1_CLEARS, &[("reason", "remote_clear")]),
+            clears_redis_flush: counter(CACHE_L1_CLEARS, &[("reason", "redis_flush")]),
             stale_loader_error: counter(CACHE_STALE_ANSWERS, &[("reason", "loader_error")]),
             stale_soft_timeout: counter(CACHE_STALE_ANSWERS, &[("reason", "soft_timeout")]),
             stale_throttled: counter(CACHE_STALE_ANSWERS, &[("reason", "throttled")]),
@@ -595,13 +619,14 @@ impl CacheHandles {
         for (gauge, state) in self.bus_state.iter().zip(BUS_STATES) {
             gauge.set(if stats.bus.state == state { 1.0 } else { 0.0 });
         }
-        self.clears_gap.absolute(stats.bus.l1_clears.gap);
-        self.clears_resubscribe
-            .absolute(stats.bus.l1_clears.resubscribe);
-        self.clears_heartbeat_timeout
-            .absolute(stats.bus.l1_clears.heartbeat_timeout);
-        self.clears_remote_clear
-            .absolute(stats.bus.l1_clears.remote_clear);
+        self.bus_replays.absolute(stats.bus.replays);
+        self.bus_keys_replayed.absolute(stats.bus.keys_replayed);
+        self.bus_tracked_keys.absolute(stats.bus.tracked_keys);
+        let clears = &stats.bus.l1_clears;
+        self.clears_log_truncated.absolute(clears.log_truncated);
+        self.clears_log_lost.absolute(clears.log_lost);
+        self.clears_remote_clear.absolute(clears.remote_clear);
+        self.clears_redis_flush.absolute(clears.redis_flush);
         self.stale_loader_error.absolute(stats.stale.loader_error);
         self.stale_soft_timeout.absolute(stats.stale.soft_timeout);
         self.stale_throttled.absolute(stats.stale.throttled);

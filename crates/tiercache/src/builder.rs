@@ -12,11 +12,12 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bus::{Bus, BusConfig};
+use crate::bus::log::LogConfig;
+use crate::bus::{Bus, BusConfig, LOG_SUFFIX};
 use crate::error::Error;
 use crate::fence::Fences;
 use crate::local::LocalCache;
-use crate::manager::{CacheKey, L1Handle, Parts, Settings, Tags, TieredCache};
+use crate::manager::{CacheKey, L1Handle, OwnWrites, Parts, Settings, Tags, TieredCache};
 use crate::remote::breaker::BreakerConfig;
 use crate::remote::codec::{Codec, JsonCodec};
 use crate::remote::topology::{RedisTopology, redact};
@@ -49,6 +50,8 @@ pub const DEFAULT_BREAKER_FAILURE_THRESHOLD: u32 = 5;
 pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
 /// Default for [`TieredCacheBuilder::heartbeat_interval`].
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default for [`TieredCacheBuilder::change_log_len`].
+pub const DEFAULT_CHANGE_LOG_LEN: usize = 10_000;
 /// Default for [`TieredCacheBuilder::fail_safe`]'s throttle.
 pub const DEFAULT_FAIL_SAFE_THROTTLE: Duration = Duration::from_secs(1);
 /// Default for [`TieredCacheBuilder::tombstone_ttl`].
@@ -115,6 +118,8 @@ pub struct TieredCacheBuilder<K, V> {
     breaker_cooldown: Duration,
     bus: bool,
     heartbeat_interval: Duration,
+    change_log_len: usize,
+    client_tracking: bool,
     versioning: Option<Versioning<V>>,
     tombstone_ttl: Duration,
     fail_safe_window: Duration,
@@ -162,6 +167,8 @@ impl<K, V> fmt::Debug for TieredCacheBuilder<K, V> {
             .field("breaker_cooldown", &self.breaker_cooldown)
             .field("bus", &self.bus)
             .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("change_log_len", &self.change_log_len)
+            .field("client_tracking", &self.client_tracking)
             .field(
                 "versioned_field",
                 &self.versioning.as_ref().map(|v| v.field.as_str()),
@@ -204,6 +211,8 @@ where
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
             bus: true,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            change_log_len: DEFAULT_CHANGE_LOG_LEN,
+            client_tracking: true,
             versioning: None,
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
             fail_safe_window: Duration::ZERO,
@@ -349,11 +358,35 @@ where
     }
 
     /// How often this instance publishes a heartbeat on the bus. A
-    /// subscription that hears nothing (not even its own heartbeats) for
-    /// three intervals is presumed dead: L1 is cleared and the connection
-    /// rebuilt. Default [`DEFAULT_HEARTBEAT_INTERVAL`] (1 s).
+    /// connection that hears nothing (not even its own heartbeats) for
+    /// three intervals is presumed dead: it is rebuilt and the change log
+    /// replayed. Default [`DEFAULT_HEARTBEAT_INTERVAL`] (1 s).
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.heartbeat_interval = interval;
+        self
+    }
+
+    /// How many bus messages the change log (`{key_prefix}{namespace}:bus:log`,
+    /// a capped Redis stream) keeps, about. An instance that missed
+    /// messages replays them from the log and drops only the keys they
+    /// named; one that was away longer than the log reaches back empties
+    /// its L1 instead. Each entry is one coalesced message (up to 500 keys).
+    /// Default [`DEFAULT_CHANGE_LOG_LEN`] (10,000).
+    pub fn change_log_len(mut self, entries: usize) -> Self {
+        self.change_log_len = entries;
+        self
+    }
+
+    /// Whether the bus asks Redis for client tracking of this cache's keys
+    /// (`CLIENT TRACKING ON BCAST PREFIX {key_prefix}{namespace}: NOLOOP`),
+    /// so that a value changed, deleted, expired or evicted in Redis by
+    /// anyone (another service, a script, `redis-cli`) leaves every
+    /// instance's L1 within the bus's delay. Default `true`; single server
+    /// only for now (on a cluster it stays off). Costs one invalidation
+    /// message per changed key per instance, and an instance's own L2 writes
+    /// come back to it too (the next read of such a key is an L2 hit).
+    pub fn client_tracking(mut self, enabled: bool) -> Self {
+        self.client_tracking = enabled;
         self
     }
 
@@ -472,6 +505,9 @@ where
         if self.heartbeat_interval.is_zero() {
             return Err(Error::config("heartbeat_interval must be positive"));
         }
+        if self.change_log_len == 0 {
+            return Err(Error::config("change_log_len must be positive"));
+        }
         if let Some(fraction) = self.eager_refresh
             && !(fraction > 0.0 && fraction < 1.0)
         {
@@ -534,17 +570,29 @@ where
         };
         let key_prefix = format!("{}{}:", self.key_prefix, self.namespace);
         let fences = Arc::new(Fences::new());
+        let own_writes = Arc::new(OwnWrites::new());
         let tags = Arc::new(Tags::new());
         let bus = match &l2 {
             Some(l2) if self.bus => {
                 let config = BusConfig {
                     channel: format!("{key_prefix}bus"),
                     heartbeat_interval: self.heartbeat_interval,
+                    log: LogConfig {
+                        key: format!("{key_prefix}{LOG_SUFFIX}"),
+                        max_len: self.change_log_len,
+                    },
+                    key_prefix: key_prefix.clone(),
+                    tracking: self.client_tracking,
                 };
                 let sink = L1Handle {
                     l1: l1.clone(),
                     fences: Arc::clone(&fences),
                     tags: Arc::clone(&tags),
+                    versions: self
+                        .versioning
+                        .clone()
+                        .map(|versioning| (Arc::clone(&self.codec), versioning)),
+                    own_writes: Arc::clone(&own_writes),
                 };
                 let bus = Bus::start(l2.clone(), config, Arc::new(sink));
                 if l2.state() == crate::L2State::Up {
@@ -586,6 +634,7 @@ where
             codec: self.codec,
             versioning: self.versioning,
             fences,
+            own_writes,
             tags,
             settings,
         }))

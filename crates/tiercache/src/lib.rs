@@ -39,17 +39,33 @@
 //!
 //! **Invalidation bus** (with L2 only): one Redis pub/sub channel per cache,
 //! `{key_prefix}{namespace}:bus` (pub/sub ignores database numbers, so the
-//! prefix is what separates caches). Every instance has a random instance
-//! id and numbers its messages. `set`, `invalidate`, `invalidate_many`,
-//! `warm` and `clear` publish after changing Redis; a background task
-//! coalesces what is queued while a `PUBLISH` is in flight into one small
-//! JSON message (keys only, at most 500 per message), so a write burst is a
-//! few messages. Keys travel as their `Display` strings and are parsed back
+//! prefix is what separates caches), and beside it a **change log**, the
+//! capped stream `{key_prefix}{namespace}:bus:log` (about 10,000 entries,
+//! [`TieredCacheBuilder::change_log_len`]). `set`, `invalidate`,
+//! `invalidate_many`, `warm` and `clear` publish after changing Redis; a
+//! background task coalesces what is queued while a publish is in flight
+//! into one small JSON message (keys only, at most 500 per message), so a
+//! write burst is a few messages. Each message is appended to the log and
+//! published by one script, which stamps it with its log entry and the one
+//! before it. Keys travel as their `Display` strings and are parsed back
 //! (`CacheKey: FromStr`) to be dropped from the receivers' L1; a key that
 //! does not parse clears the receiver's whole L1. Each instance has one
-//! dedicated pub/sub connection (to the first seed node on a cluster, where
-//! classic `PUBLISH` reaches every node), ignores its own messages, and
-//! publishes a heartbeat every heartbeat interval (1 s by default).
+//! dedicated RESP3 connection for the bus (to the first seed node on a
+//! cluster, where classic `PUBLISH` reaches every node), ignores its own
+//! messages, and publishes a heartbeat naming the log's head every
+//! heartbeat interval (1 s by default). A receiver applies a message only
+//! when it continues the log position it has reached; after anything else
+//! (a lost message, a reconnection, a silence) it reads the log from that
+//! position and drops exactly the keys named since.
+//!
+//! **Client tracking** (single server, on by default,
+//! [`TieredCacheBuilder::client_tracking`]): the bus connection also runs
+//! `CLIENT TRACKING ON BCAST PREFIX {key_prefix}{namespace}: NOLOOP`, so a
+//! key of this cache changed, deleted, expired or evicted in Redis by
+//! anyone (another service, a script, `redis-cli`) leaves every instance's
+//! L1 too. The cache's writes go over that connection, so `NOLOOP` keeps
+//! plain writes from coming back; versioned writes (scripts, which `NOLOOP`
+//! does not recognise) are told apart by version (`manager/sink.rs`).
 //! Counters are in [`BusStats`].
 //!
 //! # Guarantees
@@ -69,18 +85,29 @@
 //!   by a random jitter (default up to 10%), never lengthened. Without an
 //!   explicit invalidation an instance serves a value at most its L1 TTL
 //!   after it was loaded.
+//! - **The writer never reads back an old version.** Once a write has
+//!   returned, the instance that made it answers the new version (or a
+//!   miss), even when its Redis step failed: it then skips Redis for those
+//!   keys until the step is retried successfully (`manager/unapplied.rs`).
 //! - **Cross-instance invalidation.** Once a write has returned, the other
 //!   instances drop their L1 copy about one Redis round trip later
-//!   (milliseconds; SPEC bound 1 s). Pub/sub is fire-and-forget, so every
-//!   way of missing a message ends in an L1 clear: L1 is cleared on every
-//!   (re)subscription (after subscribing, so nothing after the clear is
-//!   missed), on a gap in another instance's sequence numbers (a lost or
-//!   failed publish), and when nothing, not even the instance's own
-//!   heartbeat, was heard for three heartbeat intervals (a half-dead
-//!   connection, which is then rebuilt). An instance cut off from the bus
-//!   serves a changed value at most until its L1 TTL. `build` waits for the
-//!   first subscription while Redis is up; [`TieredCache::wait_subscribed`]
-//!   lets a service wait for it before reporting healthy.
+//!   (milliseconds; SPEC bound 1 s). Nothing a message carried is lost to
+//!   a failed publish, a dropped or half-dead connection or a missed
+//!   message: the publisher retries until Redis takes it (every 50–250 ms),
+//!   and a receiver catches up from the change log as soon as it hears
+//!   Redis again, dropping only the keys changed meanwhile. L1 is emptied
+//!   only when the log cannot answer: it was trimmed past the receiver's
+//!   position, or Redis lost it (a restart without persistence, a flush).
+//!   While Redis cannot be reached, an instance serves what its L1 holds at
+//!   most until its L1 TTL. `build` waits for the first subscription while
+//!   Redis is up; [`TieredCache::wait_subscribed`] lets a service wait for
+//!   it before reporting healthy.
+//! - **Writes made outside the cache.** With client tracking on, a key
+//!   changed in Redis by anyone leaves every instance's L1 about one round
+//!   trip later. Changes made while an instance's bus connection is down
+//!   are not in the change log unless the cache made them: those reach its
+//!   L1 by its L1 TTL. In a versioned cache, an outside write is recognised
+//!   by its version: one that keeps the version L1 holds goes unnoticed.
 //! - **Race-free fills.** A load that started before an invalidation of its
 //!   key (here or, through the bus, on another instance) never lands in L1
 //!   (fill fences, `fence.rs`). In a [versioned](TieredCacheBuilder::versioned)
@@ -113,16 +140,19 @@
 //! | loader fails | with a fallback (fail-safe): [`Source::Stale`], loader throttled; else every coalesced caller gets the same [`Error::Loader`]; nothing is cached |
 //! | loader slow | past the soft timeout: fallback answered, load finishes in the background; past the hard timeout: abandoned ([`LoaderTimedOut`]) |
 //! | value too big for L1 | not admitted to L1 (counted as an eviction), still stored in Redis |
-//! | bus publish fails | counted in `bus.publish_errors`, logged at a rate limit; receivers see a sequence gap on the sender's next message and clear L1 |
-//! | bus connection drops | resubscribed with backoff (100 ms → 2 s), L1 cleared once subscribed |
-//! | bus silent for 3 heartbeats | connection rebuilt, L1 cleared (`bus.l1_clears.heartbeat_timeout`) |
+//! | bus publish fails | counted in `bus.publish_errors`; the message goes back into the queue (coalescing with newer work; past 100,000 keys it becomes one `clear`) and is retried every 50–250 ms, past the breaker, until Redis takes it |
+//! | bus connection drops, or is silent for 3 heartbeats | reconnected (every 50–250 ms while it fails), then the change log is replayed from the last applied entry: only the keys changed meanwhile leave L1 (`bus.replays`, `bus.keys_replayed`) |
+//! | receiver away longer than the change log reaches | L1 cleared (`bus.l1_clears.log_truncated`) |
+//! | Redis restarted without its data, or flushed | L1 cleared (`bus.l1_clears.log_lost`, `bus.l1_clears.redis_flush`) |
+//! | key changed in Redis by someone else | dropped from every L1 by client tracking (`bus.tracked_keys`); single server only |
 //!
 //! # Not yet
 //!
 //! The public types are `#[non_exhaustive]` where they will grow. Fail-safe keeps stale values in L1 only (Redis
 //! copies live until their own TTL). Sharded pub/sub (`SPUBLISH`) on
 //! clusters is not used: the bus depends on the first seed node being
-//! reachable.
+//! reachable. Client tracking is not used on a cluster yet (it is per
+//! node): there, writes made outside the cache reach L1 by its TTL.
 //!
 //! # Example
 //!
@@ -166,11 +196,11 @@ mod write_behind;
 
 pub use batch::{Abandoned, Batcher};
 pub use builder::{
-    DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURE_THRESHOLD, DEFAULT_FAIL_SAFE_THROTTLE,
-    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_KEY_PREFIX, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_MAX_ENTRIES,
-    DEFAULT_L1_TTL, DEFAULT_L2_CONNECT_TIMEOUT, DEFAULT_L2_TIMEOUT, DEFAULT_L2_TTL,
-    DEFAULT_NAMESPACE, DEFAULT_NEGATIVE_TTL, DEFAULT_TOMBSTONE_TTL, DEFAULT_TTL_JITTER,
-    TieredCacheBuilder,
+    DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURE_THRESHOLD, DEFAULT_CHANGE_LOG_LEN,
+    DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_KEY_PREFIX,
+    DEFAULT_L1_MAX_BYTES, DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_TTL, DEFAULT_L2_CONNECT_TIMEOUT,
+    DEFAULT_L2_TIMEOUT, DEFAULT_L2_TTL, DEFAULT_NAMESPACE, DEFAULT_NEGATIVE_TTL,
+    DEFAULT_TOMBSTONE_TTL, DEFAULT_TTL_JITTER, TieredCacheBuilder,
 };
 pub use error::{Error, LoaderTimedOut};
 pub use local::LocalCache;
@@ -179,7 +209,7 @@ pub use remote::breaker::{CircuitBreaker, Permit};
 pub use remote::codec::{Codec, CodecError, JsonCodec, PostcardCodec};
 pub use remote::topology::RedisTopology;
 pub use stats::{
-    BusClears, BusState, BusStats, CacheStats, DURATION_BUCKETS_MS, L1Stats, L2State, L2Stats,
-    LoaderStats, StaleStats, Striped, WriteBehindStats,
+    BusClears, BusState, BusStats, BusTracking, CacheStats, DURATION_BUCKETS_MS, L1Stats, L2State,
+    L2Stats, LoaderStats, StaleStats, Striped, WriteBehindStats,
 };
 pub use write_behind::{CLAIM_IDLE, Change, Flush, FlushError, Queued};

@@ -98,17 +98,32 @@ pub(crate) fn duration_bucket(ms: u64) -> usize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct BusStats {
-    /// Whether this instance is subscribed right now.
+    /// Whether this instance is subscribed (and in step with the change
+    /// log) right now.
     pub state: BusState,
+    /// Whether Redis client tracking reports outside writes to this instance.
+    pub tracking: BusTracking,
     /// Messages this instance published (keys, clears and heartbeats).
     pub published: u64,
-    /// Messages from other instances received and applied.
+    /// Messages from other instances received.
     pub received: u64,
-    /// Sequence gaps detected in other instances' messages (each cleared L1).
+    /// Messages that did not continue this instance's log position (one
+    /// was missed, or a heartbeat named a later head); each started a
+    /// catch-up.
     pub gaps: u64,
-    /// Publishes that failed; other instances miss those messages and see
-    /// a gap on the next one they receive.
+    /// Publishes Redis did not take; each is queued again and retried.
     pub publish_errors: u64,
+    /// Connections made (the first included); each is followed by a catch-up.
+    pub subscriptions: u64,
+    /// Connections dropped because nothing, not even our own heartbeat,
+    /// arrived for three heartbeat intervals.
+    pub silences: u64,
+    /// Catch-ups that replayed the change log (instead of clearing L1).
+    pub replays: u64,
+    /// Keys dropped from L1 by those replays.
+    pub keys_replayed: u64,
+    /// Keys dropped from L1 because Redis client tracking reported a change.
+    pub tracked_keys: u64,
     /// Times L1 was emptied by the bus, by reason.
     pub l1_clears: BusClears,
     /// Sum of propagation lags (receive time minus the sender's wall-clock
@@ -129,10 +144,16 @@ impl BusStats {
     pub(crate) fn disabled() -> Self {
         Self {
             state: BusState::Disabled,
+            tracking: BusTracking::Off,
             published: 0,
             received: 0,
             gaps: 0,
             publish_errors: 0,
+            subscriptions: 0,
+            silences: 0,
+            replays: 0,
+            keys_replayed: 0,
+            tracked_keys: 0,
             l1_clears: BusClears::default(),
             lag_ms_sum: 0,
             lag_samples: 0,
@@ -142,20 +163,36 @@ impl BusStats {
     }
 }
 
-/// Why the bus emptied L1, counted per reason.
+/// Why the bus emptied L1, counted per reason. Missed messages, lost
+/// connections and silences do not empty it: the change log is replayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[non_exhaustive]
 pub struct BusClears {
-    /// A sequence gap: messages from another instance were missed.
-    pub gap: u64,
-    /// A (re)subscription, including the first: messages may have been
-    /// missed while unsubscribed.
-    pub resubscribe: u64,
-    /// Nothing was heard for three heartbeat intervals (the subscription
-    /// was presumed half-dead and rebuilt).
-    pub heartbeat_timeout: u64,
+    /// The change log had been trimmed past this instance's position (it
+    /// was away longer than the log reaches back).
+    pub log_truncated: u64,
+    /// The change log was gone or had started again: Redis lost its data
+    /// (a restart without persistence, a flush) or the log was deleted.
+    pub log_lost: u64,
     /// Another instance cleared the whole cache.
     pub remote_clear: u64,
+    /// Redis client tracking reported a flush of the database.
+    pub redis_flush: u64,
+}
+
+/// Whether Redis client tracking reports outside writes to this instance.
+///
+/// Serialized in lowercase (`"on"`, `"off"`, `"unavailable"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum BusTracking {
+    /// On: a key of this cache written in Redis by anyone leaves every L1.
+    On,
+    /// Off: turned off, no bus, a cluster, or not connected yet.
+    Off,
+    /// Redis refused `CLIENT TRACKING` (older than 6.0, or an ACL).
+    Unavailable,
 }
 
 /// Whether the invalidation bus is listening.
@@ -167,8 +204,9 @@ pub struct BusClears {
 pub enum BusState {
     /// Subscribed: invalidations from other instances reach this one.
     Subscribed,
-    /// Not subscribed yet, or resubscribing after the connection was lost;
-    /// L1 is cleared once subscribed again.
+    /// Not subscribed yet, or reconnecting after the connection was lost;
+    /// what was missed meanwhile is replayed from the change log once
+    /// subscribed again.
     Connecting,
     /// No bus: no Redis configured, or the bus was turned off.
     Disabled,

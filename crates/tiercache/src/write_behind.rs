@@ -282,7 +282,7 @@ where
             .arg(write.key)
             .arg(if write.delete { "del" } else { "put" })
             .arg(write.payload);
-        match shared.l2.command::<Value>("EVAL enqueue", cmd).await {
+        match shared.l2.write_command::<Value>("EVAL enqueue", cmd).await {
             None => Enqueued::Unavailable,
             Some(Value::Nil | Value::Boolean(false)) => Enqueued::Conflict,
             Some(_) => {
@@ -620,7 +620,7 @@ where
         for (key, version) in written {
             cmd.arg(key).arg(version);
         }
-        let _: Option<Value> = self.l2.command("EVAL settle", cmd).await;
+        let _: Option<Value> = self.l2.write_command("EVAL settle", cmd).await;
     }
 
     async fn acknowledge(&self, ids: &[String]) -> bool {

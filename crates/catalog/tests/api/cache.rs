@@ -9,7 +9,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Backend, TestApp, assert_problem, both_stores, category_page, redis, test_prefix, use_redis,
+    Backend, TestApp, assert_problem, both_stores, cached_keys, category_page, redis, test_prefix,
+    use_redis,
 };
 
 both_stores!(
@@ -287,8 +288,7 @@ async fn clearing_and_invalidating_reach_every_level(backend: Backend) {
     read(&app, two).await;
     let mut redis = redis().await;
     let keys = |mut redis: redis::aio::MultiplexedConnection, prefix: String| async move {
-        let keys: Vec<String> = redis.keys(format!("{prefix}*")).await.unwrap();
-        keys.len()
+        cached_keys(&mut redis, &prefix).await.len()
     };
     // The two products, and the tag generation of their category's pages.
     assert_eq!(keys(redis.clone(), prefix.clone()).await, 3);

@@ -238,6 +238,20 @@ pub(crate) async fn redis() -> redis::aio::MultiplexedConnection {
         })
 }
 
+/// The cache entries stored under `prefix`: every key but the bus's change
+/// logs (`…:bus:log`), which each cache with a bus keeps.
+pub(crate) async fn cached_keys(
+    redis: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> Vec<String> {
+    let keys: Vec<String> = redis::AsyncCommands::keys(redis, format!("{prefix}*"))
+        .await
+        .unwrap();
+    keys.into_iter()
+        .filter(|key| !key.ends_with(":bus:log"))
+        .collect()
+}
+
 /// A key prefix no other test uses.
 pub(crate) fn test_prefix() -> String {
     format!("test:{}:", uuid::Uuid::new_v4().simple())

@@ -33,8 +33,11 @@ const CONTRACT: [(&str, &str); 11] = [
 ];
 
 /// The families of the consistency and fail-safe machinery (our additions).
-const ADDED: [(&str, &str); 17] = [
+const ADDED: [(&str, &str); 20] = [
     ("cache_bus_gaps_total", "counter"),
+    ("cache_bus_replays_total", "counter"),
+    ("cache_bus_keys_replayed_total", "counter"),
+    ("cache_bus_tracked_keys_total", "counter"),
     ("cache_l1_clears_total", "counter"),
     ("cache_stale_answers_total", "counter"),
     ("cache_loader_timeouts_total", "counter"),

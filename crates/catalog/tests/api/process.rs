@@ -12,8 +12,8 @@ use redis::AsyncCommands;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Backend, Row, TOKEN, TestApp, TestDb, pg_rows, pg_rows_within, pg_server_addr, redis,
-    redis_url, test_prefix, write_behind_stats,
+    Backend, Row, TOKEN, TestApp, TestDb, cached_keys, pg_rows, pg_rows_within, pg_server_addr,
+    redis, redis_url, test_prefix, write_behind_stats,
 };
 use crate::proxy::Proxy;
 
@@ -213,9 +213,9 @@ async fn warm_fills_redis_from_the_store() {
             .unwrap()
     };
     let some = warm(&["--ids", "3,5,999999"]);
-    let keys_after_some: Vec<String> = redis.keys(format!("{prefix}*")).await.unwrap();
+    let keys_after_some = cached_keys(&mut redis, &prefix).await;
     let all = warm(&["--all"]);
-    let keys_after_all: Vec<String> = redis.keys(format!("{prefix}*")).await.unwrap();
+    let keys_after_all = cached_keys(&mut redis, &prefix).await;
     let without_redis = catalog()
         .args(["warm", "--all"])
         .env("DATABASE_URL", db.url())

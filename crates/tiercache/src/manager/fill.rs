@@ -384,10 +384,15 @@ where
     pub(super) async fn store(&self, key: &K, value: Shared<V>, ticket: Ticket) -> L2Write {
         let (stored, weight) = self.encode(value.as_ref()).await;
         let mut outcome = L2Write::Done;
+        // Held until the L1 fill below.
+        let _own;
         if let (Some(l2), Some(stored)) = (&self.l2, stored) {
             let ttl = self.l2_ttl_for(&value);
             if !ttl.is_zero() {
                 let write = self.write(key, stored, ttl, &value);
+                _own = self
+                    .guard()
+                    .map(|_| self.own_writes.begin(key, write.version));
                 match l2.set(&write, self.guard()).await {
                     Some(true) => {}
                     Some(false) => {
@@ -414,6 +419,8 @@ where
         let mut writes = Vec::with_capacity(fills.len());
         // Each L1 item with the index of its Redis write, if it has one.
         let mut l1_items = Vec::with_capacity(fills.len());
+        // Held until the L1 fills below.
+        let mut own = Vec::new();
         for (key, value) in fills {
             if value.is_none() && !negatives {
                 continue;
@@ -423,7 +430,11 @@ where
             let mut written = None;
             if let Some(stored) = stored.filter(|_| self.l2.is_some() && !ttl.is_zero()) {
                 written = Some(writes.len());
-                writes.push(self.write(&key, stored, ttl, &value));
+                let write = self.write(&key, stored, ttl, &value);
+                if self.guard().is_some() {
+                    own.push(self.own_writes.begin(&key, write.version));
+                }
+                writes.push(write);
             }
             l1_items.push((key, value, weight, written));
         }
@@ -538,7 +549,7 @@ fn jitter(ttl: Duration, fraction: f64, unit_random: f64) -> Duration {
 }
 
 /// A stored value and its weight; `None` for a tombstone (a miss).
-fn decode_with<V: 'static>(
+pub(super) fn decode_with<V: 'static>(
     codec: &dyn Codec<V>,
     stored: &[u8],
 ) -> Result<Option<(Shared<V>, usize)>, codec::CodecError> {

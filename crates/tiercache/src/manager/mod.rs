@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::builder::{TieredCacheBuilder, Versioning};
-use crate::bus::{Bus, L1Sink};
+use crate::bus::Bus;
 use crate::error::Error;
 use crate::fence::Fences;
 use crate::flight::Flights;
@@ -35,12 +35,16 @@ use crate::stats::{
 use crate::write_behind::{Change, Enqueue, Enqueued, WriteBehind};
 
 mod fill;
+mod own_writes;
 mod refresh;
+mod sink;
 mod tags;
 mod unapplied;
 
 use fill::L2Write;
+pub(crate) use own_writes::OwnWrites;
 use refresh::Refreshes;
+pub(crate) use sink::L1Handle;
 pub(crate) use tags::Tags;
 use unapplied::{Repair, Unapplied};
 
@@ -132,6 +136,13 @@ pub(crate) struct Settings {
     pub(crate) eager_refresh: Option<f64>,
 }
 
+impl Settings {
+    /// The bus's change log, which a clear of the cache leaves in place.
+    pub(crate) fn change_log_key(&self) -> String {
+        format!("{}{}", self.key_prefix, crate::bus::LOG_SUFFIX)
+    }
+}
+
 /// What the builder hands to [`TieredCache::from_parts`].
 pub(crate) struct Parts<K, V> {
     pub(crate) l1: LocalCache<K, Shared<V>>,
@@ -141,6 +152,7 @@ pub(crate) struct Parts<K, V> {
     pub(crate) codec: Arc<dyn Codec<V>>,
     pub(crate) versioning: Option<Versioning<V>>,
     pub(crate) fences: Arc<Fences>,
+    pub(crate) own_writes: Arc<OwnWrites<K>>,
     pub(crate) tags: Arc<Tags>,
     pub(crate) settings: Settings,
 }
@@ -292,6 +304,8 @@ struct Inner<K, V> {
     codec: Arc<dyn Codec<V>>,
     versioning: Option<Versioning<V>>,
     fences: Arc<Fences>,
+    /// Versioned writes on their way into L1 (shared with the bus sink).
+    own_writes: Arc<OwnWrites<K>>,
     tags: Arc<Tags>,
     flights: Flights<K, FlightResult<V>>,
     refreshes: Refreshes<K>,
@@ -335,6 +349,7 @@ where
                 codec: parts.codec,
                 versioning: parts.versioning,
                 fences: parts.fences,
+                own_writes: parts.own_writes,
                 tags: parts.tags,
                 flights: Flights::new(),
                 refreshes: Refreshes::new(),
@@ -611,6 +626,12 @@ where
             Change::Delete => (codec::deleted(version), Vec::new(), None, ENTRY_OVERHEAD),
         };
         let redis_key = inner.redis_key(key);
+        let own_version = if value.is_some() {
+            i64::try_from(version).unwrap_or(i64::MAX)
+        } else {
+            -1
+        };
+        let _own = inner.own_writes.begin(key, own_version);
         let enqueued = queue
             .enqueue(Enqueue {
                 redis_key: &redis_key,
@@ -657,13 +678,17 @@ where
     /// Removes every key of this cache (`{key_prefix}{namespace}:*`) from
     /// Redis, by `SCAN` + `UNLINK` in batches (never `KEYS` or `FLUSHDB`),
     /// then empties this instance's L1, then tells the other instances to
-    /// empty theirs.
+    /// empty theirs. The bus's change log stays: the clear is one of its
+    /// entries.
     ///
     /// Keys written while the scan runs may survive it.
     pub async fn clear(&self) {
         let inner = &*self.inner;
         if let Some(l2) = &inner.l2 {
-            match l2.clear_prefix(&inner.settings.key_prefix).await {
+            match l2
+                .clear_prefix(&inner.settings.key_prefix, &inner.settings.change_log_key())
+                .await
+            {
                 Some(unlinked) => tracing::debug!(unlinked, "L2 cleared"),
                 None => {
                     tracing::warn!("L2 clear did not complete; Redis is not trusted until it does");
@@ -894,60 +919,6 @@ where
 
     fn tag_key(&self, tag: &str) -> String {
         format!("{}tag:{tag}", self.settings.key_prefix)
-    }
-}
-
-/// The receiving side of the bus for one cache: parses keys back from their
-/// `Display` strings and drops them from L1 (fenced, like local
-/// invalidations), and learns tag generations.
-pub(crate) struct L1Handle<K, V> {
-    pub(crate) l1: LocalCache<K, Shared<V>>,
-    pub(crate) fences: Arc<Fences>,
-    pub(crate) tags: Arc<Tags>,
-}
-
-impl<K, V> L1Handle<K, V> {
-    fn clear_all(&self)
-    where
-        K: CacheKey,
-        V: Send + Sync + 'static,
-    {
-        self.fences.clear();
-        self.l1.clear();
-        self.tags.forget_all();
-    }
-}
-
-impl<K, V> L1Sink for L1Handle<K, V>
-where
-    K: CacheKey,
-    V: Send + Sync + 'static,
-{
-    fn remove(&self, keys: &[String]) {
-        for key in keys {
-            match key.parse::<K>() {
-                Ok(key) => {
-                    self.fences.invalidate(&key);
-                    self.l1.remove(&key);
-                }
-                Err(_) => {
-                    // We cannot tell which entry it names; drop them all.
-                    tracing::warn!(%key, "bus key does not parse as a key of this cache; L1 cleared");
-                    self.clear_all();
-                    return;
-                }
-            }
-        }
-    }
-
-    fn tags(&self, tags: &[(String, u64)]) {
-        for (tag, generation) in tags {
-            self.tags.raise(tag, *generation);
-        }
-    }
-
-    fn clear(&self) {
-        self.clear_all();
     }
 }
 

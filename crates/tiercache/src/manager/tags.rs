@@ -11,8 +11,9 @@
 //! The authoritative generation lives in Redis (`{prefix}{namespace}:tag:{tag}`);
 //! each instance remembers the ones it has seen and learns new ones from
 //! the bus. Generations only move up here (a late or reordered message
-//! cannot move one back), and forgetting them (on a bus clear or
-//! resubscription) makes the next read fetch them from Redis again.
+//! cannot move one back), and forgetting them (when L1 is cleared) makes
+//! the next read fetch them from Redis again. A receiver that missed
+//! messages learns the generations they carried from the change log.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

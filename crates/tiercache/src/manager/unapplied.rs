@@ -227,7 +227,11 @@ where
     async fn repair_round(&self) -> bool {
         let Some(l2) = &self.l2 else { return true };
         if self.unapplied.distrusts_everything() {
-            if l2.clear_prefix(&self.settings.key_prefix).await.is_none() {
+            if l2
+                .clear_prefix(&self.settings.key_prefix, &self.settings.change_log_key())
+                .await
+                .is_none()
+            {
                 return false;
             }
             self.unapplied.cleared();

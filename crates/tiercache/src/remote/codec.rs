@@ -304,6 +304,14 @@ pub(crate) fn deleted(version: u64) -> Vec<u8> {
     marker_with_version(DELETED_MARKER, version)
 }
 
+/// The version of a tombstone (see [`tombstone`]); `None` for anything else.
+pub(crate) fn tombstone_version(stored: &[u8]) -> Option<u64> {
+    let (&TOMBSTONE_MARKER, digits) = stored.split_first()? else {
+        return None;
+    };
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 fn marker_with_version(marker: u8, version: u64) -> Vec<u8> {
     let mut stored = vec![marker];
     stored.extend_from_slice(version.to_string().as_bytes());
@@ -314,6 +322,14 @@ fn marker_with_version(marker: u8, version: u64) -> Vec<u8> {
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    #[test]
+    fn tombstones_tell_their_version() {
+        assert_eq!(tombstone_version(&tombstone(42)), Some(42));
+        assert_eq!(tombstone_version(&deleted(42)), None);
+        assert_eq!(tombstone_version(b"{}"), None);
+        assert_eq!(tombstone_version(b""), None);
+    }
     use std::collections::BTreeMap;
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

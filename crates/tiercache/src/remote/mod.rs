@@ -86,6 +86,9 @@ struct Inner {
     config: RemoteConfig,
     /// `None` until the first connection succeeds.
     conn: RwLock<Option<Conn>>,
+    /// Where writes go when set: the bus receiver's connection (see
+    /// [`RemoteCache::route_writes`]).
+    writer: RwLock<Option<Conn>>,
     breaker: CircuitBreaker,
     errors: AtomicU64,
     log: LogLimiter,
@@ -114,6 +117,7 @@ impl RemoteCache {
         let inner = Arc::new(Inner {
             breaker: CircuitBreaker::with_clock(config.breaker, Arc::new(SystemClock)),
             conn: RwLock::new(None),
+            writer: RwLock::new(None),
             errors: AtomicU64::new(0),
             log: LogLimiter::default(),
             config,
@@ -160,18 +164,21 @@ impl RemoteCache {
         self.inner.config.connect_timeout
     }
 
-    /// `PUBLISH channel message`; returns whether Redis took it. On a
-    /// cluster, classic `PUBLISH` reaches the subscribers of every node.
-    pub(crate) async fn publish(&self, channel: &str, message: &[u8]) -> bool {
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(channel).arg(message);
-        self.inner
-            .call(
-                "PUBLISH",
-                |conn| async move { conn.query::<u64>(&cmd).await },
-            )
-            .await
-            .is_some()
+    /// Sends this cache's writes (values, deletions, tag bumps, bus
+    /// publishes) over `conn` while it is set, else over the shared
+    /// connection.
+    ///
+    /// The bus receiver lends its connection, on which client tracking is
+    /// on with `NOLOOP`: Redis then reports to this instance only the
+    /// writes of others, so a value this instance just wrote is not
+    /// dropped from its own L1 by its own write's invalidation.
+    pub(crate) fn route_writes(&self, conn: Option<redis::aio::MultiplexedConnection>) {
+        *self.inner.writer.write().unwrap_or_else(|e| e.into_inner()) = conn.map(Conn::Listener);
+    }
+
+    /// Bound on every call.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.inner.config.timeout
     }
 
     /// The value at `key`: `Some(None)` when absent, `None` when Redis was
@@ -206,7 +213,7 @@ impl RemoteCache {
     pub(crate) async fn set(&self, write: &Write, guard: Option<&str>) -> Option<bool> {
         let cmd = write.cmd(guard);
         self.inner
-            .call("SET", |conn| async move { conn.query::<Value>(&cmd).await })
+            .call_write("SET", |conn| async move { conn.query::<Value>(&cmd).await })
             .await
             .map(|reply| is_stored(&reply))
     }
@@ -224,7 +231,7 @@ impl RemoteCache {
         let cmds: Vec<Cmd> = writes.iter().map(|write| write.cmd(guard)).collect();
         let replies: Vec<Value> = self
             .inner
-            .call(
+            .call_write(
                 "SET pipeline",
                 |conn| async move { conn.exec_batch(cmds).await },
             )
@@ -244,13 +251,42 @@ impl RemoteCache {
             .await
     }
 
+    /// Like [`command`](Self::command), for a command that writes values of
+    /// this cache (write-behind's scripts): sent where writes go (see
+    /// [`route_writes`](Self::route_writes)).
+    pub(crate) async fn write_command<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        cmd: Cmd,
+    ) -> Option<T> {
+        self.inner
+            .call_write(what, |conn| async move { conn.query(&cmd).await })
+            .await
+    }
+
+    /// Like [`command`](Self::command) but sent even while the breaker is
+    /// open, for background work that retries on its own pacing (the bus
+    /// publisher): its first success after an outage closes the breaker, so
+    /// such work resumes as soon as Redis answers rather than a cooldown
+    /// later.
+    pub(crate) async fn background_command<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        cmd: Cmd,
+    ) -> Option<T> {
+        let conn = self.inner.writer_conn()?;
+        self.inner
+            .run(what, conn, |conn| async move { conn.query(&cmd).await })
+            .await
+    }
+
     /// Raises the tag generation stored at `key` (see [`BUMP_TAG`]) and
     /// returns the new one; `None` when Redis was unusable.
     pub(crate) async fn bump_tag(&self, key: &str) -> Option<u64> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(BUMP_TAG).arg(1).arg(key);
         self.inner
-            .call(
+            .call_write(
                 "EVAL bump tag",
                 |conn| async move { conn.query(&cmd).await },
             )
@@ -265,7 +301,7 @@ impl RemoteCache {
         let mut cmd = redis::cmd("UNLINK");
         cmd.arg(keys);
         self.inner
-            .call(
+            .call_write(
                 "UNLINK",
                 |conn| async move { conn.query::<u64>(&cmd).await },
             )
@@ -273,13 +309,14 @@ impl RemoteCache {
             .is_some()
     }
 
-    /// Deletes every key starting with `prefix`: `SCAN MATCH prefix* COUNT 500`
-    /// on every node holding keys, `UNLINK` per batch found.
+    /// Deletes every key starting with `prefix` but `keep`: `SCAN MATCH
+    /// prefix* COUNT 500` on every node holding keys, `UNLINK` per batch
+    /// found.
     ///
     /// Each round trip has its own timeout, so a large keyspace is cleared
     /// in many short calls. Returns the number of keys unlinked, or `None`
     /// if Redis failed part way (some keys may be left).
-    pub(crate) async fn clear_prefix(&self, prefix: &str) -> Option<u64> {
+    pub(crate) async fn clear_prefix(&self, prefix: &str, keep: &str) -> Option<u64> {
         let pattern = format!("{}*", escape_glob(prefix));
         let nodes = self
             .inner
@@ -298,13 +335,14 @@ impl RemoteCache {
                     .arg(&pattern)
                     .arg("COUNT")
                     .arg(SCAN_COUNT);
-                let (next, keys): (u64, Vec<Vec<u8>>) = self
+                let (next, mut keys): (u64, Vec<Vec<u8>>) = self
                     .inner
                     .call(
                         "SCAN",
                         |conn| async move { conn.query_node(node, scan).await },
                     )
                     .await?;
+                keys.retain(|key| key != keep.as_bytes());
                 if !keys.is_empty() {
                     let mut unlink = redis::cmd("UNLINK");
                     unlink.arg(&keys);
@@ -369,20 +407,26 @@ pub(crate) struct Write {
 /// from the value itself: the digits after a `0x03` (versioned) or `0x04`
 /// (tombstone) marker, `-1` for a negative entry (the empty string), else
 /// the JSON field named ARGV[4]. A value whose version cannot be read is
-/// replaced. Returns 1 when stored, 0 when refused.
+/// replaced. Returns 1 when stored, 0 when refused, 2 when the very same
+/// bytes are already there (left as they are, TTL included: rewriting them
+/// would only send every instance a client-tracking invalidation for a
+/// value that did not change).
 const GUARDED_SET: &str = concat!(
     version_of_lua!(),
     r"
-local old = version_of(redis.call('GET', KEYS[1]), ARGV[4])
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[2] then return 2 end
+local old = version_of(cur, ARGV[4])
 if old and old > tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 "
 );
 
-/// Whether a reply to [`Write::cmd`] means "stored": `OK` from `SET`, 1 from the guard.
+/// Whether a reply to [`Write::cmd`] means "stored": `OK` from `SET`, 1
+/// (written) or 2 (already there) from the guard.
 fn is_stored(reply: &Value) -> bool {
-    matches!(reply, Value::Okay | Value::Int(1))
+    matches!(reply, Value::Okay | Value::Int(1 | 2))
 }
 
 /// New tag generation: `max(stored + 1, Redis time in ms)`. Time-based so
@@ -537,16 +581,40 @@ impl Inner {
         if self.breaker.permit() == Permit::Refused {
             return None;
         }
-        self.run(what, f).await
+        let conn = self.current_conn()?;
+        self.run(what, conn, f).await
     }
 
-    /// Runs one Redis call under the timeout, the breaker having allowed it.
-    async fn run<T, F, Fut>(&self, what: &'static str, f: F) -> Option<T>
+    /// Like [`call`](Self::call), over the connection writes go to.
+    async fn call_write<T, F, Fut>(&self, what: &'static str, f: F) -> Option<T>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let conn = self.current_conn()?;
+        if self.breaker.permit() == Permit::Refused {
+            return None;
+        }
+        let conn = self.writer_conn()?;
+        self.run(what, conn, f).await
+    }
+
+    /// The connection writes go to: the lent one, else the shared one.
+    fn writer_conn(&self) -> Option<Conn> {
+        let lent = self
+            .writer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        lent.or_else(|| self.current_conn())
+    }
+
+    /// Runs one Redis call on `conn` under the timeout, the breaker having
+    /// allowed it.
+    async fn run<T, F, Fut>(&self, what: &'static str, conn: Conn, f: F) -> Option<T>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
         // A debug span per Redis call (`RUST_LOG=tiercache=debug`); with
         // debug off it costs one level check.
         let call = tokio::time::timeout(self.config.timeout, f(conn))
@@ -598,11 +666,11 @@ impl Inner {
             return None;
         }
         let ping = redis::cmd("PING");
+        let conn = self.current_conn()?;
         let answered = self
-            .run(
-                "PING",
-                |conn| async move { conn.query::<String>(&ping).await },
-            )
+            .run("PING", conn, |conn| async move {
+                conn.query::<String>(&ping).await
+            })
             .await;
         Some(answered.is_some())
     }

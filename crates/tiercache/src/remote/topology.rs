@@ -23,7 +23,7 @@ use std::fmt;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 use redis::io::tcp::TcpSettings;
@@ -171,6 +171,9 @@ pub(crate) struct ConnectSettings {
 pub(crate) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    /// The bus receiver's connection to a single server, lent for writes
+    /// (see `RemoteCache::route_writes`); it does not reconnect by itself.
+    Listener(MultiplexedConnection),
 }
 
 impl fmt::Debug for Conn {
@@ -178,6 +181,7 @@ impl fmt::Debug for Conn {
         match self {
             Self::Single(_) => f.write_str("Conn::Single"),
             Self::Cluster(_) => f.write_str("Conn::Cluster"),
+            Self::Listener(_) => f.write_str("Conn::Listener"),
         }
     }
 }
@@ -238,6 +242,7 @@ impl Conn {
         match self {
             Self::Single(conn) => cmd.query_async(&mut conn.clone()).await,
             Self::Cluster(conn) => cmd.query_async(&mut conn.clone()).await,
+            Self::Listener(conn) => cmd.query_async(&mut conn.clone()).await,
         }
     }
 
@@ -248,13 +253,8 @@ impl Conn {
         cmds: Vec<Cmd>,
     ) -> RedisResult<Vec<T>> {
         match self {
-            Self::Single(conn) => {
-                let mut pipe = redis::pipe();
-                for cmd in cmds {
-                    pipe.add_command(cmd);
-                }
-                pipe.query_async(&mut conn.clone()).await
-            }
+            Self::Single(conn) => Self::pipeline(cmds).query_async(&mut conn.clone()).await,
+            Self::Listener(conn) => Self::pipeline(cmds).query_async(&mut conn.clone()).await,
             Self::Cluster(conn) => {
                 let sends = cmds.iter().map(|cmd| {
                     let mut conn = conn.clone();
@@ -265,11 +265,19 @@ impl Conn {
         }
     }
 
+    fn pipeline(cmds: Vec<Cmd>) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        for cmd in cmds {
+            pipe.add_command(cmd);
+        }
+        pipe
+    }
+
     /// The nodes that each hold a share of the keys: the server itself, or
     /// every cluster primary (as `host:port`).
     pub(crate) async fn key_holders(&self) -> RedisResult<Vec<Node>> {
         match self {
-            Self::Single(_) => Ok(vec![Node::Only]),
+            Self::Single(_) | Self::Listener(_) => Ok(vec![Node::Only]),
             Self::Cluster(conn) => {
                 let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
                 // Without a response policy the cluster client answers with
@@ -316,10 +324,17 @@ impl Conn {
     }
 }
 
-/// A dedicated pub/sub connection: to the server, or to the first seed
-/// node of a cluster (classic `PUBLISH` is broadcast to every node, so any
-/// node sees every message).
-pub(crate) async fn pubsub(topology: &RedisTopology) -> RedisResult<redis::aio::PubSub> {
+/// A dedicated RESP3 connection for the bus receiver, to the server or to
+/// the first seed node of a cluster (classic `PUBLISH` is broadcast to
+/// every node, so any node sees every message). Pub/sub messages and
+/// client-tracking invalidations arrive on `pushes`, followed by a
+/// `Disconnection` push when the connection is lost; it never reconnects by
+/// itself.
+pub(crate) async fn listener(
+    topology: &RedisTopology,
+    settings: ConnectSettings,
+    pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+) -> RedisResult<MultiplexedConnection> {
     let url = match topology {
         RedisTopology::Single(url) => url.as_str(),
         RedisTopology::Cluster(nodes) => nodes
@@ -328,7 +343,18 @@ pub(crate) async fn pubsub(topology: &RedisTopology) -> RedisResult<redis::aio::
             .ok_or_else(|| unexpected("cluster topology without nodes"))?,
     };
     let info = url.into_connection_info()?.set_tcp_settings(tcp_settings());
-    redis::Client::open(info)?.get_async_pubsub().await
+    let resp3 = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    let info = info.set_redis_settings(resp3);
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(settings.connect_timeout))
+        .set_response_timeout(Some(settings.response_timeout))
+        .set_push_sender(pushes);
+    redis::Client::open(info)?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
 }
 
 /// One node to scan.

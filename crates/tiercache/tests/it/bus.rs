@@ -1,6 +1,8 @@
 //! The invalidation bus between instances sharing one Redis: propagation of
-//! every kind of write, own messages ignored, gaps, lost subscriptions,
-//! half-dead subscriptions and coalescing of bursts.
+//! every kind of write, own messages ignored, missed messages replayed from
+//! the change log (lost connections, half-dead connections, gaps), full
+//! clears only when the log cannot answer, writes made outside the library
+//! (client tracking), and coalescing of bursts.
 //!
 //! Each test runs two caches in one process under its own key prefix (so
 //! its own channel), or on a private `redis-server` when it kills or pauses
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
-use tiercache::{BusState, Source, TieredCache};
+use tiercache::{BusClears, BusState, BusTracking, Source, TieredCache};
 
 use crate::support::{self, Item, PrivateRedis, StoreDown, eventually, found, found_all};
 
@@ -61,15 +63,19 @@ async fn eventually_named(cache: &Cache, id: i64, name: &str) {
     .await;
 }
 
-/// Asserts that `cache` heard nothing that made it clear its L1 beyond the
-/// first subscription.
+/// Asserts that `cache` heard nothing that made it clear its L1.
 fn assert_no_bus_clears(cache: &Cache) {
     let clears = cache.stats().bus.l1_clears;
-    assert_eq!(
-        (clears.resubscribe, clears.gap, clears.remote_clear),
-        (1, 0, 0),
-        "{clears:?}"
-    );
+    assert_eq!(clears, BusClears::default());
+}
+
+/// Whether `cache` answers `id` from its L1.
+async fn in_l1(cache: &Cache, id: i64) -> bool {
+    let lookup = cache
+        .get_or_load(&id, || async move { found(id) })
+        .await
+        .unwrap();
+    lookup.source == Source::L1
 }
 
 #[tokio::test]
@@ -157,40 +163,113 @@ async fn publish_raw(redis: &mut MultiplexedConnection, channel: &str, message: 
     assert!(receivers >= 1, "nobody listens on {channel}");
 }
 
+/// Appends an entry naming `keys` to the change log the way the publish
+/// script does, without publishing it (a message lost on the way), and
+/// returns its id and epoch.
+async fn append_unpublished(
+    redis: &mut MultiplexedConnection,
+    log: &str,
+    keys: &[&str],
+) -> (String, String) {
+    let head: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+        .arg(log)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(redis)
+        .await
+        .unwrap();
+    let (prev, epoch) = match head.first() {
+        Some((id, fields)) => (id.clone(), fields[1].clone()),
+        None => ("0-0".to_owned(), "test-epoch".to_owned()),
+    };
+    let body = serde_json::json!({"from": "elsewhere", "op": "keys", "keys": keys}).to_string();
+    let id: String = redis::cmd("XADD")
+        .arg(log)
+        .arg("*")
+        .arg("e")
+        .arg(&epoch)
+        .arg("p")
+        .arg(&prev)
+        .arg("m")
+        .arg(body)
+        .query_async(redis)
+        .await
+        .unwrap();
+    (id, epoch)
+}
+
 #[tokio::test]
-async fn a_sequence_gap_from_a_known_sender_clears_l1() {
+async fn a_message_lost_on_the_way_is_replayed_from_the_log() {
     let mut redis = support::raw_redis().await;
     let prefix = support::unique_prefix();
     let b: Cache = support::builder(&prefix).build().await.unwrap();
     let channel = b.bus_channel().unwrap().to_owned();
     assert_eq!(channel, format!("{prefix}item:bus"));
     cache_in_l1(&b, 1).await;
+    cache_in_l1(&b, 2).await;
 
-    publish_raw(
-        &mut redis,
-        &channel,
-        r#"{"from":"fake","seq":1,"op":"heartbeat"}"#,
-    )
-    .await;
-    publish_raw(
-        &mut redis,
-        &channel,
-        r#"{"from":"fake","seq":3,"op":"heartbeat"}"#,
-    )
-    .await;
+    let (head, epoch) = append_unpublished(&mut redis, &format!("{channel}:log"), &["1"]).await;
+    // A heartbeat naming a head B has not applied reveals the loss.
+    let heartbeat = serde_json::json!({
+        "id": head, "prev": head, "epoch": epoch, "from": "elsewhere", "op": "heartbeat"
+    });
+    publish_raw(&mut redis, &channel, &heartbeat.to_string()).await;
 
-    eventually(PROPAGATION, "B to detect the gap", || async {
-        b.stats().bus.gaps == 1
+    eventually(PROPAGATION, "B to replay the lost entry", || async {
+        b.stats().bus.keys_replayed == 1
     })
     .await;
-    let after = b.get_or_load(&1, || async { found(1) }).await.unwrap();
-    assert_eq!(after.source, Source::L2, "L1 was not cleared by the gap");
+    assert!(!in_l1(&b, 1).await, "the replayed key is still in L1");
+    assert!(in_l1(&b, 2).await, "a key the log did not name left L1");
     let bus = b.stats().bus;
-    assert_eq!((bus.received, bus.l1_clears.gap), (2, 1), "{bus:?}");
+    assert_eq!((bus.gaps, bus.replays), (1, 1), "{bus:?}");
+    assert_no_bus_clears(&b);
 }
 
 #[tokio::test]
-async fn a_killed_subscription_is_restored_and_clears_l1() {
+async fn a_log_trimmed_past_the_position_clears_l1() {
+    let mut redis = support::raw_redis().await;
+    let prefix = support::unique_prefix();
+    let a: Cache = support::builder(&prefix).build().await.unwrap();
+    let b: Cache = support::builder(&prefix)
+        .change_log_len(1)
+        .build()
+        .await
+        .unwrap();
+    let log = format!("{}:log", b.bus_channel().unwrap());
+    a.invalidate(&100).await;
+    eventually(PROPAGATION, "B to apply A's message", || async {
+        b.stats().bus.received >= 1
+    })
+    .await;
+    cache_in_l1(&b, 1).await;
+
+    // Two entries B never heard of, the first of which is trimmed away.
+    append_unpublished(&mut redis, &log, &["7"]).await;
+    let (head, epoch) = append_unpublished(&mut redis, &log, &["8"]).await;
+    let _: u64 = redis::cmd("XTRIM")
+        .arg(&log)
+        .arg("MAXLEN")
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let heartbeat = serde_json::json!({
+        "id": head, "prev": head, "epoch": epoch, "from": "elsewhere", "op": "heartbeat"
+    });
+    publish_raw(&mut redis, b.bus_channel().unwrap(), &heartbeat.to_string()).await;
+
+    eventually(PROPAGATION, "B to clear its L1", || async {
+        b.stats().bus.l1_clears.log_truncated == 1
+    })
+    .await;
+    assert!(!in_l1(&b, 1).await);
+}
+
+#[tokio::test]
+async fn a_killed_connection_is_restored_and_replays_instead_of_clearing() {
     let server = PrivateRedis::start().await;
     let mut admin = server.raw().await;
     let build = || async {
@@ -203,32 +282,34 @@ async fn a_killed_subscription_is_restored_and_clears_l1() {
     };
     let (a, b) = (build().await, build().await);
     assert_eq!(b.bus_state(), BusState::Subscribed);
-    cache_in_l1(&b, 1).await;
+    for id in 1..=30 {
+        cache_in_l1(&b, id).await;
+    }
 
-    // Only our two caches use this server, so every pub/sub client is theirs.
-    let killed: u64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    assert!(killed >= 2, "killed {killed}");
+    // Every client connection, data and bus, of both instances.
+    for kind in ["pubsub", "normal"] {
+        let _: u64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg(kind)
+            .arg("SKIPME")
+            .arg("yes")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+    }
+    // A changes one of them while B may still be reconnecting.
+    a.invalidate(&7).await;
 
-    eventually(Duration::from_secs(10), "B to resubscribe", || async {
-        b.stats().bus.l1_clears.resubscribe >= 2 && b.bus_state() == BusState::Subscribed
+    eventually(Duration::from_secs(10), "B to reconnect", || async {
+        b.stats().bus.subscriptions >= 2 && b.bus_state() == BusState::Subscribed
     })
     .await;
-    let after = b.get_or_load(&1, || async { found(1) }).await.unwrap();
-    assert_ne!(after.source, Source::L1, "L1 survived the resubscription");
-    // And invalidations flow again.
-    eventually(Duration::from_secs(10), "A to resubscribe", || async {
-        a.bus_state() == BusState::Subscribed
-    })
-    .await;
-    cache_in_l1(&b, 5).await;
-    a.invalidate(&5).await;
-    eventually_named(&b, 5, "new").await;
+    eventually_named(&b, 7, "new").await;
+    for id in (1..=30).filter(|&id| id != 7) {
+        assert!(in_l1(&b, id).await, "{id} left B's L1");
+    }
+    assert_no_bus_clears(&b);
 
     // Dropping the last handles stops the bus tasks and their connections.
     drop((a, b));
@@ -240,12 +321,11 @@ async fn a_killed_subscription_is_restored_and_clears_l1() {
             async move {
                 let clients: String = redis::cmd("CLIENT")
                     .arg("LIST")
-                    .arg("TYPE")
-                    .arg("pubsub")
                     .query_async(&mut admin)
                     .await
                     .unwrap();
-                clients.trim().is_empty()
+                // Only the admin connection is left.
+                clients.trim().lines().count() == 1
             }
         },
     )
@@ -253,7 +333,7 @@ async fn a_killed_subscription_is_restored_and_clears_l1() {
 }
 
 #[tokio::test]
-async fn a_silent_subscription_is_presumed_dead_and_clears_l1() {
+async fn a_silent_connection_is_presumed_dead_rebuilt_and_keeps_l1() {
     let server = PrivateRedis::start().await;
     let mut admin = server.raw().await;
     let b: Cache = TieredCache::builder()
@@ -265,8 +345,8 @@ async fn a_silent_subscription_is_presumed_dead_and_clears_l1() {
         .unwrap();
     cache_in_l1(&b, 1).await;
 
-    // PUBLISH is a write: pausing writes silences the heartbeats while the
-    // subscription itself stays connected.
+    // The publish script writes: pausing writes silences the heartbeats
+    // while the connection itself stays up.
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(2_000)
@@ -278,16 +358,152 @@ async fn a_silent_subscription_is_presumed_dead_and_clears_l1() {
     eventually(
         Duration::from_secs(10),
         "B to notice the silence",
-        || async { b.stats().bus.l1_clears.heartbeat_timeout >= 1 },
+        || async { b.stats().bus.silences >= 1 },
     )
     .await;
-    assert_eq!(b.stats().l1.entries, 0);
     let _: () = redis::cmd("CLIENT")
         .arg("UNPAUSE")
         .query_async(&mut admin)
         .await
         .unwrap();
     assert!(b.wait_subscribed(Duration::from_secs(10)).await);
+    assert!(in_l1(&b, 1).await, "nothing changed, yet L1 was emptied");
+    assert_no_bus_clears(&b);
+}
+
+#[tokio::test]
+async fn a_redis_that_lost_its_data_clears_every_l1() {
+    let mut server = PrivateRedis::start().await;
+    let build = || async {
+        TieredCache::<i64, Item>::builder()
+            .namespace("item")
+            .redis_url(server.url())
+            .build()
+            .await
+            .unwrap()
+    };
+    let (a, b) = (build().await, build().await);
+    a.invalidate(&100).await;
+    eventually(PROPAGATION, "B to apply A's message", || async {
+        b.stats().bus.received >= 1
+    })
+    .await;
+    cache_in_l1(&b, 1).await;
+
+    server.restart().await;
+
+    eventually(
+        Duration::from_secs(10),
+        "B to notice the lost log",
+        || async { b.stats().bus.l1_clears.log_lost >= 1 && b.bus_state() == BusState::Subscribed },
+    )
+    .await;
+    assert!(!in_l1(&b, 1).await);
+    drop(a);
+}
+
+#[tokio::test]
+async fn writes_made_in_redis_by_others_leave_every_l1() {
+    let mut redis = support::raw_redis().await;
+    let (a, b) = two_instances().await;
+    for cache in [&a, &b] {
+        assert_eq!(cache.stats().bus.tracking, BusTracking::On);
+        cache_in_l1(cache, 1).await;
+        cache_in_l1(cache, 2).await;
+    }
+
+    let outside = serde_json::to_string(&Item::with_name(1, "outside".to_owned())).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(a.redis_key(&1))
+        .arg(outside)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: u64 = redis::cmd("DEL")
+        .arg(a.redis_key(&2))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    for cache in [&a, &b] {
+        eventually(PROPAGATION, "the outside SET to reach L1", || async {
+            let lookup = cache.get_or_load(&1, || async { found(1) }).await.unwrap();
+            lookup.value.as_deref().map(|item| item.name.as_str()) == Some("outside")
+        })
+        .await;
+        eventually_named(cache, 2, "reloaded").await;
+        assert!(cache.stats().bus.tracked_keys >= 2);
+        assert_no_bus_clears(cache);
+    }
+}
+
+/// A value of a versioned cache.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Doc {
+    id: i64,
+    version: u64,
+}
+
+#[tokio::test]
+async fn a_versioned_cache_keeps_its_own_writes_and_drops_outside_ones() {
+    let mut redis = support::raw_redis().await;
+    let prefix = support::unique_prefix();
+    let build = || {
+        support::builder::<Doc>(&prefix)
+            .versioned("version", |doc: &Doc| doc.version)
+            .build()
+    };
+    let (a, b) = (build().await.unwrap(), build().await.unwrap());
+    let read = |cache: &TieredCache<i64, Doc>| {
+        let cache = cache.clone();
+        async move {
+            let lookup = cache
+                .get_or_load(&1, || async {
+                    Ok::<_, StoreDown>(Some(Doc { id: 1, version: 0 }))
+                })
+                .await
+                .unwrap();
+            (lookup.source, lookup.value.unwrap().version)
+        }
+    };
+
+    // A versioned write is a script, which NOLOOP does not tell from
+    // others' writes: Redis reports it back, and A keeps its copy because
+    // it is the version Redis holds.
+    a.set(&1, Doc { id: 1, version: 2 }).await;
+    eventually(PROPAGATION, "Redis to report A's own write", || async {
+        a.stats().bus.tracked_keys >= 1
+    })
+    .await;
+    assert_eq!(read(&a).await, (Source::L1, 2));
+    read(&b).await;
+    assert_eq!(read(&b).await, (Source::L1, 2));
+
+    let outside = serde_json::json!({"id": 1, "version": 3}).to_string();
+    let _: () = redis::cmd("SET")
+        .arg(a.redis_key(&1))
+        .arg(outside)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    for cache in [&a, &b] {
+        eventually(PROPAGATION, "the outside write to reach L1", || async {
+            read(cache).await == (Source::L1, 3)
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn client_tracking_can_be_turned_off() {
+    support::raw_redis().await;
+    let off: Cache = support::builder(&support::unique_prefix())
+        .client_tracking(false)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(off.stats().bus.tracking, BusTracking::Off);
 }
 
 #[tokio::test]
@@ -315,6 +531,7 @@ async fn a_burst_of_invalidations_is_coalesced_into_few_messages() {
         "{messages} messages for 1,000 invalidations"
     );
     assert_eq!(b.stats().bus.gaps, 0);
+    assert_no_bus_clears(&b);
 }
 
 #[tokio::test]

@@ -132,9 +132,11 @@ async fn an_invalidation_from_another_instance_fences_a_running_fill() {
     support::raw_redis().await;
     let prefix = support::unique_prefix();
     // Unversioned, so that only the bus-driven fence can keep version 1 out
-    // of the reader's L1 (its L2 write of version 1 goes through).
-    let reader: TieredCache<i64, Doc> = support::builder(&prefix).build().await.unwrap();
-    let writer: TieredCache<i64, Doc> = support::builder(&prefix).build().await.unwrap();
+    // of the reader's L1 (its L2 write of version 1 goes through); client
+    // tracking off, so that the bus message is the only invalidation.
+    let build = || support::builder(&prefix).client_tracking(false).build();
+    let reader: TieredCache<i64, Doc> = build().await.unwrap();
+    let writer: TieredCache<i64, Doc> = build().await.unwrap();
     let (loaded, release) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
     // Key 2 in the reader's L1 shows when the writer's message has arrived.
     reader.get_or_load(&2, || async { doc(1) }).await.unwrap();

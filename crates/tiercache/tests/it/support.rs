@@ -88,8 +88,10 @@ where
     (cache, prefix)
 }
 
-/// Every key matching `pattern`, found with SCAN (never KEYS).
+/// Every key matching `pattern`, found with SCAN (never KEYS), except the
+/// bus change logs (`…:bus:log`), which every cache with a bus has.
 pub(crate) async fn scan_keys(conn: &mut MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let is_change_log = |key: &String| key.ends_with(":bus:log");
     let mut keys = Vec::new();
     let mut cursor = 0u64;
     loop {
@@ -102,7 +104,7 @@ pub(crate) async fn scan_keys(conn: &mut MultiplexedConnection, pattern: &str) -
             .query_async(conn)
             .await
             .unwrap();
-        keys.extend(batch);
+        keys.extend(batch.into_iter().filter(|key| !is_change_log(key)));
         cursor = next;
         if cursor == 0 {
             break;

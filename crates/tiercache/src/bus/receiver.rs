@@ -1,0 +1,408 @@
+//! The receiver: keeps this instance's L1 in step with the change log.
+//!
+//! It owns one RESP3 connection ([`topology::listener`]) that is subscribed
+//! to the channel and, when enabled, has client tracking on for the cache's
+//! key prefix. On it arrive, in order:
+//!
+//! - bus messages: applied when they continue the log position this
+//!   instance has reached; otherwise the log is read from that position
+//!   (a *catch-up*) and only the keys named since are dropped;
+//! - tracking invalidations: Redis telling us a key under the prefix was
+//!   written, deleted, expired or evicted by anyone (another service, a
+//!   script, `redis-cli`); the key is dropped from L1. A flush of the
+//!   database empties L1. While tracking is on, the cache's own writes go
+//!   over this same connection ([`RemoteCache::route_writes`]), so that
+//!   `NOLOOP` keeps them from coming back as invalidations of the values
+//!   this instance just put in its L1.
+//!
+//! Whenever the connection is (re)made, or stays silent for three heartbeat
+//! intervals (half-dead), the receiver reconnects and catches up. L1 is
+//! emptied only when the log no longer reaches back to the position
+//! (trimmed, or lost with Redis's data), on a `clear` message, or on a flush.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{Cmd, FromRedisValue, PushInfo, PushKind, Value};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+use super::log::{Entry, LogConfig, Lost, READ_BATCH, RawEntry, continuity};
+use super::message::{Message, Op, Position, Step};
+use super::publisher::now_ms;
+use super::{L1Sink, Shared};
+use crate::remote::RemoteCache;
+use crate::remote::topology::{self, ConnectSettings, RedisTopology};
+use crate::stats::{BusState, BusTracking, duration_bucket};
+
+/// Silence, in heartbeat intervals, after which the connection is presumed dead.
+const SILENT_BEATS: u32 = 3;
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+/// Small, so that an instance is back in step soon after Redis is.
+const MAX_RETRY: Duration = Duration::from_millis(250);
+
+pub(super) struct Receiver {
+    pub(super) shared: Arc<Shared>,
+    pub(super) l2: RemoteCache,
+    pub(super) log: LogConfig,
+    pub(super) heartbeat: Duration,
+    pub(super) sink: Arc<dyn L1Sink>,
+    /// `{key_prefix}{namespace}:`: what every Redis key of this cache starts with.
+    pub(super) key_prefix: String,
+    /// Whether to turn client tracking on (single server only).
+    pub(super) tracking: bool,
+    /// How far the log has been applied; `None` before the first sync.
+    pub(super) position: Option<Position>,
+}
+
+/// The receiver's connection and what arrives on it.
+struct Link {
+    conn: MultiplexedConnection,
+    pushes: UnboundedReceiver<PushInfo>,
+}
+
+/// How a connection's life ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The connection closed.
+    Closed,
+    /// Nothing arrived, not even our own heartbeat, for the silence limit.
+    Silent,
+    /// A catch-up could not read the log.
+    LogUnreadable,
+}
+
+/// Redis did not answer a log read; the caller reconnects and retries.
+struct Unreadable;
+
+impl Receiver {
+    pub(super) async fn run(mut self) {
+        let mut retry = FIRST_RETRY;
+        loop {
+            self.shared.set_state(BusState::Connecting);
+            let mut link = match self.connect().await {
+                Ok(link) => link,
+                Err(error) => {
+                    self.shared.log.warn(|suppressed| {
+                        tracing::warn!(channel = %self.shared.channel, %error, suppressed, "bus not subscribed; retrying");
+                    });
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(MAX_RETRY);
+                    continue;
+                }
+            };
+            self.shared
+                .counters
+                .subscriptions
+                .fetch_add(1, Ordering::Relaxed);
+            if self.shared.tracking() == BusTracking::On {
+                self.l2.route_writes(Some(link.conn.clone()));
+            }
+            if self.sync(&link).await.is_err() {
+                self.l2.route_writes(None);
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(MAX_RETRY);
+                continue;
+            }
+            retry = FIRST_RETRY;
+            self.shared.set_state(BusState::Subscribed);
+            tracing::info!(channel = %self.shared.channel, "bus subscribed and in step with the change log");
+            let ended = self.listen(&mut link).await;
+            self.l2.route_writes(None);
+            self.shared.set_state(BusState::Connecting);
+            if ended == Ended::Silent {
+                self.shared
+                    .counters
+                    .silences
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!(channel = %self.shared.channel, reason = ?ended, "bus connection lost; reconnecting and catching up");
+        }
+    }
+
+    /// Connects, subscribes and turns tracking on.
+    async fn connect(&self) -> Result<Link, String> {
+        let settings = ConnectSettings {
+            response_timeout: self.l2.timeout(),
+            connect_timeout: self.l2.connect_timeout(),
+        };
+        let (sender, pushes) = unbounded_channel();
+        let attempt = async {
+            let mut conn = topology::listener(self.l2.topology(), settings, sender).await?;
+            conn.subscribe(&self.shared.channel).await?;
+            if self.tracking {
+                let mut track = redis::cmd("CLIENT");
+                track
+                    .arg("TRACKING")
+                    .arg("ON")
+                    .arg("BCAST")
+                    .arg("PREFIX")
+                    .arg(&self.key_prefix)
+                    .arg("NOLOOP");
+                if let Err(error) = track.query_async::<()>(&mut conn).await {
+                    self.shared.set_tracking(BusTracking::Unavailable);
+                    self.shared.log.warn(|suppressed| {
+                        tracing::warn!(%error, suppressed, "client tracking refused; writes made outside this library reach L1 only by its TTL");
+                    });
+                } else {
+                    self.shared.set_tracking(BusTracking::On);
+                }
+            }
+            Ok::<_, redis::RedisError>(Link { conn, pushes })
+        };
+        match tokio::time::timeout(self.l2.connect_timeout(), attempt).await {
+            Ok(Ok(link)) => Ok(link),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("connection attempt timed out".to_owned()),
+        }
+    }
+
+    /// Brings L1 in step with the log after a (re)connection.
+    async fn sync(&mut self, link: &Link) -> Result<(), Unreadable> {
+        match self.position.clone() {
+            Some(position) => self.catch_up(link, position).await,
+            None => {
+                // The first time: whatever L1 holds was loaded before we
+                // listened. Read the head first, so that no entry after it
+                // can be hidden by the clear.
+                let head = self.head(link).await?;
+                self.sink.clear();
+                self.position = Some(head.map(|entry| entry.position()).unwrap_or_default());
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies everything that arrives until the connection ends.
+    async fn listen(&mut self, link: &mut Link) -> Ended {
+        let silence = self.heartbeat * SILENT_BEATS;
+        loop {
+            let push = match tokio::time::timeout(silence, link.pushes.recv()).await {
+                Err(_) => return Ended::Silent,
+                Ok(None) => return Ended::Closed,
+                Ok(Some(push)) => push,
+            };
+            match push.kind {
+                PushKind::Disconnection => return Ended::Closed,
+                PushKind::Message => {
+                    let Some(Value::BulkString(payload)) = push.data.get(1) else {
+                        continue;
+                    };
+                    if self.on_message(link, payload).await.is_err() {
+                        return Ended::LogUnreadable;
+                    }
+                }
+                PushKind::Invalidate => self.on_invalidate(link, &push.data).await,
+                _ => {}
+            }
+        }
+    }
+
+    async fn on_message(&mut self, link: &Link, payload: &[u8]) -> Result<(), Unreadable> {
+        let message: Message = match serde_json::from_slice(payload) {
+            Ok(message) => message,
+            Err(error) => {
+                self.shared.log.warn(|suppressed| {
+                    tracing::warn!(channel = %self.shared.channel, %error, suppressed, "undecodable bus message ignored");
+                });
+                return Ok(());
+            }
+        };
+        let own = message.from == self.shared.instance;
+        if !own {
+            self.record_received(&message);
+        }
+        let position = self.position.clone().unwrap_or_default();
+        match position.step(&message) {
+            Step::Apply(id) => {
+                if !own {
+                    self.apply(&message);
+                }
+                self.position = Some(Position {
+                    epoch: message.epoch,
+                    id,
+                });
+                Ok(())
+            }
+            Step::Skip => Ok(()),
+            Step::CatchUp => {
+                self.shared.counters.gaps.fetch_add(1, Ordering::Relaxed);
+                self.catch_up(link, position).await
+            }
+        }
+    }
+
+    /// Drops from L1 the keys Redis says were changed by someone.
+    ///
+    /// A versioned cache's writes are scripts, which `NOLOOP` does not
+    /// recognise as this connection's own, so they come back too; the sink
+    /// tells them apart by comparing its entry with what Redis now holds,
+    /// read here on the same connection (after the write, in order).
+    async fn on_invalidate(&self, link: &Link, data: &[Value]) {
+        let counters = &self.shared.counters;
+        let keys: Vec<String> = match data.first() {
+            Some(Value::Array(keys)) => keys
+                .iter()
+                .filter_map(|key| String::from_redis_value(key.clone()).ok())
+                .filter(|key| key.strip_prefix(&self.key_prefix) != Some(super::LOG_SUFFIX))
+                .filter(|key| key.starts_with(&self.key_prefix))
+                .collect(),
+            // `FLUSHDB`/`FLUSHALL`: every key is gone.
+            Some(Value::Nil) | None => {
+                self.sink.clear();
+                counters.clear_flush.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Some(_) => return,
+        };
+        if keys.is_empty() {
+            return;
+        }
+        let stored: Vec<Option<Vec<u8>>> = if self.sink.revalidates() {
+            let mut mget = redis::cmd("MGET");
+            mget.arg(&keys);
+            let read: Option<Vec<Option<Vec<u8>>>> =
+                mget.query_async(&mut link.conn.clone()).await.ok();
+            // Unread: drop them all.
+            read.filter(|values| values.len() == keys.len())
+                .unwrap_or_else(|| vec![None; keys.len()])
+        } else {
+            vec![None; keys.len()]
+        };
+        let changes: Vec<(String, Option<Vec<u8>>)> = keys
+            .into_iter()
+            .map(|key| key[self.key_prefix.len()..].to_owned())
+            .zip(stored)
+            .collect();
+        counters
+            .tracked_keys
+            .fetch_add(changes.len() as u64, Ordering::Relaxed);
+        let later = self.sink.changed(&changes);
+        if !later.is_empty() {
+            // A fill reads Redis within one L2 timeout; whatever one that
+            // read the old value put in L1 is there by then.
+            let sink = Arc::clone(&self.sink);
+            let after = self.l2.timeout() * 2;
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                sink.recheck(&later);
+            });
+        }
+    }
+
+    /// Reads the log from `position` and applies every entry since; clears
+    /// L1 when the log no longer reaches back that far.
+    async fn catch_up(&mut self, link: &Link, position: Position) -> Result<(), Unreadable> {
+        let mut after = position.id;
+        let mut first = true;
+        loop {
+            let raw: Vec<RawEntry> = self.query(link, self.log.after(after)).await?;
+            let full = raw.len() >= READ_BATCH;
+            let entries: Vec<Entry> = raw.into_iter().filter_map(Entry::decode).collect();
+            if first {
+                first = false;
+                let head = if entries.is_empty() {
+                    self.head(link).await?
+                } else {
+                    None
+                };
+                if let Err(lost) = continuity(&position, entries.first(), head.as_ref()) {
+                    return self.start_over(link, lost).await;
+                }
+                self.shared.counters.replays.fetch_add(1, Ordering::Relaxed);
+            }
+            for entry in &entries {
+                if let Some(message) = &entry.message
+                    && message.from != self.shared.instance
+                {
+                    if message.op == Op::Keys {
+                        self.shared
+                            .counters
+                            .keys_replayed
+                            .fetch_add(message.keys.len() as u64, Ordering::Relaxed);
+                    }
+                    self.apply(message);
+                }
+                self.position = Some(entry.position());
+                after = entry.id;
+            }
+            if !full {
+                tracing::info!(channel = %self.shared.channel, "bus caught up from the change log");
+                return Ok(());
+            }
+        }
+    }
+
+    /// The log cannot be replayed: empty L1 and continue from its head.
+    async fn start_over(&mut self, link: &Link, lost: Lost) -> Result<(), Unreadable> {
+        let head = self.head(link).await?;
+        self.sink.clear();
+        let counter = match lost {
+            Lost::Truncated => &self.shared.counters.clear_truncated,
+            Lost::Restarted => &self.shared.counters.clear_restarted,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(channel = %self.shared.channel, reason = ?lost, "change log does not reach back to this instance's position; L1 cleared");
+        self.position = Some(head.map(|entry| entry.position()).unwrap_or_default());
+        Ok(())
+    }
+
+    /// The log's last entry, if any.
+    async fn head(&self, link: &Link) -> Result<Option<Entry>, Unreadable> {
+        let raw: Vec<RawEntry> = self.query(link, self.log.head()).await?;
+        Ok(raw.into_iter().next().and_then(Entry::decode))
+    }
+
+    /// A log read: on the receiver's own connection for a single server
+    /// (it works whenever the subscription does, breaker or not), routed by
+    /// the cluster client on a cluster (the log may live on another node).
+    async fn query<T: FromRedisValue>(&self, link: &Link, cmd: Cmd) -> Result<T, Unreadable> {
+        let read = match self.l2.topology() {
+            RedisTopology::Single(_) => cmd.query_async(&mut link.conn.clone()).await.ok(),
+            RedisTopology::Cluster(_) => self.l2.background_command("XRANGE bus log", cmd).await,
+        };
+        read.ok_or_else(|| {
+            self.shared.log.warn(|suppressed| {
+                tracing::warn!(channel = %self.shared.channel, suppressed, "bus change log unreadable; reconnecting");
+            });
+            Unreadable
+        })
+    }
+
+    fn record_received(&self, message: &Message) {
+        let counters = &self.shared.counters;
+        counters.received.fetch_add(1, Ordering::Relaxed);
+        if message.sent_ms > 0 {
+            let lag = now_ms().saturating_sub(message.sent_ms);
+            counters.lag_ms_sum.fetch_add(lag, Ordering::Relaxed);
+            counters.lag_samples.fetch_add(1, Ordering::Relaxed);
+            counters.lag_ms_max.fetch_max(lag, Ordering::Relaxed);
+            counters.lag_buckets[duration_bucket(lag)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Applies another instance's message to L1.
+    fn apply(&self, message: &Message) {
+        match message.op {
+            Op::Keys => self.sink.remove(&message.keys),
+            Op::Tags => {
+                let tags: Vec<(String, u64)> = message
+                    .keys
+                    .iter()
+                    .cloned()
+                    .zip(message.gens.iter().copied())
+                    .collect();
+                self.sink.tags(&tags);
+            }
+            Op::Clear => {
+                self.sink.clear();
+                self.shared
+                    .counters
+                    .clear_remote
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Op::Heartbeat => {}
+        }
+    }
+}
