@@ -133,7 +133,7 @@
 //! |---|---|
 //! | Redis unreachable at start | `build` succeeds, L2 is [`L2State::Down`], a background task reconnects with backoff |
 //! | Redis dies | the first calls fail (misses); after 5 consecutive failures the breaker opens and Redis is skipped |
-//! | a write's Redis step fails (invalidation, tombstone, write-through `SET`) | the write completes; this instance skips Redis for those keys and retries the step in the background (every 50–500 ms) until Redis takes it, then re-announces the keys on the bus; past 100,000 such keys, or after a `clear` Redis missed, it skips Redis for every key until it has removed all of the cache's keys from Redis |
+//! | a write's Redis step fails (invalidation, tombstone, write-through `SET`) | the write completes; this instance skips Redis for those keys and retries the step in the background (every 50–250 ms) until Redis takes it, then re-announces the keys on the bus; past 100,000 such keys, or after a `clear` Redis missed, it skips Redis for every key until it has removed all of the cache's keys from Redis |
 //! | Redis comes back | a probe every cooldown (1 s) closes the breaker; redis-rs reconnects; L2 is `Up` again within seconds |
 //! | Redis slow or hung | each call is cut at the timeout and counted as an error; a miss waits for Redis at most two timeouts: one reading (its wait for a batch in flight included) and one writing back what the loader returned (a third with write-behind, for the queued-value lookup); none once the breaker opens |
 //! | value in Redis undecodable | miss, counted in `l2.decode_errors`, overwritten by the next fill |

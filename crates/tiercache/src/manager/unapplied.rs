@@ -41,7 +41,7 @@ pub(crate) const ROUND: usize = 1_000;
 pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest pause between two rounds while Redis fails: once Redis answers
 /// again, the repair is at most this late.
-pub(crate) const MAX_BACKOFF: Duration = Duration::from_millis(500);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_millis(250);
 
 /// How to repair one key in Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -88,11 +88,25 @@ struct Inner {
     conn: RwLock<Option<Conn>>,
     /// Where writes go when set: the bus receiver's connection (see
     /// [`RemoteCache::route_writes`]).
-    writer: RwLock<Option<Conn>>,
+    writer: RwLock<Option<Lent>>,
+    /// Numbers the connections lent, so that a failed write takes back only
+    /// the one it used.
+    lends: AtomicU64,
     breaker: CircuitBreaker,
     errors: AtomicU64,
     log: LogLimiter,
 }
+
+/// The bus receiver's connection, lent for writes.
+#[derive(Debug, Clone)]
+struct Lent {
+    number: u64,
+    conn: Conn,
+}
+
+/// A failed call: whether it failed for want of Redis (rather than Redis
+/// refusing the command).
+struct Unavailable(bool);
 
 /// Aborts a background task when dropped, so that tasks live exactly as
 /// long as their owner.
@@ -118,6 +132,7 @@ impl RemoteCache {
             breaker: CircuitBreaker::with_clock(config.breaker, Arc::new(SystemClock)),
             conn: RwLock::new(None),
             writer: RwLock::new(None),
+            lends: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             log: LogLimiter::default(),
             config,
@@ -173,7 +188,11 @@ impl RemoteCache {
     /// writes of others, so a value this instance just wrote is not
     /// dropped from its own L1 by its own write's invalidation.
     pub(crate) fn route_writes(&self, conn: Option<redis::aio::MultiplexedConnection>) {
-        *self.inner.writer.write().unwrap_or_else(|e| e.into_inner()) = conn.map(Conn::Listener);
+        let lent = conn.map(|conn| Lent {
+            number: self.inner.lends.fetch_add(1, Ordering::Relaxed),
+            conn: Conn::Listener(conn),
+        });
+        *self.inner.writer.write().unwrap_or_else(|e| e.into_inner()) = lent;
     }
 
     /// Bound on every call.
@@ -274,9 +293,8 @@ impl RemoteCache {
         what: &'static str,
         cmd: Cmd,
     ) -> Option<T> {
-        let conn = self.inner.writer_conn()?;
         self.inner
-            .run(what, conn, |conn| async move { conn.query(&cmd).await })
+            .on_writer(what, |conn| async move { conn.query(&cmd).await })
             .await
     }
 
@@ -594,18 +612,42 @@ impl Inner {
         if self.breaker.permit() == Permit::Refused {
             return None;
         }
-        let conn = self.writer_conn()?;
-        self.run(what, conn, f).await
+        self.on_writer(what, f).await
     }
 
-    /// The connection writes go to: the lent one, else the shared one.
-    fn writer_conn(&self) -> Option<Conn> {
+    /// Runs one call on the connection writes go to: the lent one, else the
+    /// shared one. A lent connection that failed for want of Redis (closed,
+    /// timed out) is taken back, so that the writes after it use the shared
+    /// connection until the bus lends a new one.
+    async fn on_writer<T, F, Fut>(&self, what: &'static str, f: F) -> Option<T>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
         let lent = self
             .writer
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        lent.or_else(|| self.current_conn())
+        let Some(lent) = lent else {
+            let conn = self.current_conn()?;
+            return self.run(what, conn, f).await;
+        };
+        match self.attempt(what, lent.conn, f).await {
+            Ok(value) => Some(value),
+            Err(Unavailable(unavailable)) => {
+                if unavailable {
+                    let mut writer = self.writer.write().unwrap_or_else(|e| e.into_inner());
+                    if writer
+                        .as_ref()
+                        .is_some_and(|held| held.number == lent.number)
+                    {
+                        *writer = None;
+                    }
+                }
+                None
+            }
+        }
     }
 
     /// Runs one Redis call on `conn` under the timeout, the breaker having
@@ -615,33 +657,48 @@ impl Inner {
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
+        self.attempt(what, conn, f).await.ok()
+    }
+
+    /// [`run`](Self::run), telling a failure for want of Redis from a refusal.
+    async fn attempt<T, F, Fut>(
+        &self,
+        what: &'static str,
+        conn: Conn,
+        f: F,
+    ) -> Result<T, Unavailable>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
         // A debug span per Redis call (`RUST_LOG=tiercache=debug`); with
         // debug off it costs one level check.
         let call = tokio::time::timeout(self.config.timeout, f(conn))
             .instrument(tracing::debug_span!("redis", command = what));
-        let failure = match call.await {
+        let (failure, unavailable) = match call.await {
             Ok(Ok(value)) => {
                 self.record_success();
-                return Some(value);
+                return Ok(value);
             }
             Ok(Err(error)) => {
-                if is_availability_failure(&error) {
+                let unavailable = is_availability_failure(&error);
+                if unavailable {
                     self.record_failure();
                 } else {
                     self.record_success();
                 }
-                error.to_string()
+                (error.to_string(), unavailable)
             }
             Err(_) => {
                 self.record_failure();
-                format!("timed out after {:?}", self.config.timeout)
+                (format!("timed out after {:?}", self.config.timeout), true)
             }
         };
         self.errors.fetch_add(1, Ordering::Relaxed);
         self.log.warn(|suppressed| {
             tracing::warn!(command = what, error = %failure, suppressed, "L2 call failed; treated as a miss");
         });
-        None
+        Err(Unavailable(unavailable))
     }
 
     fn record_success(&self) {

@@ -13,6 +13,7 @@ mod consistency;
 mod failsafe;
 mod manager;
 mod remote;
+mod schedule;
 mod support;
 mod unapplied;
 mod write_behind;
