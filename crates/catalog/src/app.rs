@@ -184,6 +184,7 @@ where
         .l1_ttl(config.l1_ttl)
         .l2_ttl(config.l2_ttl)
         .l2_timeout(config.l2_timeout)
+        .client_tracking(config.client_tracking)
         .fail_safe(config.fail_safe, tiercache::DEFAULT_FAIL_SAFE_THROTTLE)
         .loader_timeouts(
             Some(config.loader_soft_timeout),

@@ -184,6 +184,13 @@ pub struct CacheConfig {
     #[arg(long, env = "EAGER_REFRESH", value_name = "EAGER_REFRESH", default_value_t = 0.8,
           value_parser = fraction)]
     pub eager_refresh: f64,
+
+    /// Whether each instance asks Redis to report every change of the
+    /// cache's keys (client tracking), so that products changed in Redis by
+    /// anything else leave every L1 (single Redis server only).
+    #[arg(long, env = "CACHE_CLIENT_TRACKING", value_name = "CACHE_CLIENT_TRACKING",
+          default_value_t = true, action = clap::ArgAction::Set)]
+    pub client_tracking: bool,
 }
 
 fn seconds_or_zero(value: &str) -> Result<Duration, String> {
@@ -217,6 +224,7 @@ impl Default for CacheConfig {
             loader_hard_timeout: Duration::from_secs(5),
             eager_refresh: 0.8,
             write_behind_interval: Duration::from_millis(100),
+            client_tracking: true,
         }
     }
 }

@@ -1,7 +1,6 @@
 //! The product cache seen from outside: `X-Cache` transitions, what lands in
 //! Redis, `/cache/*`, and Redis failing (unreachable, corrupt, restarted).
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
@@ -12,6 +11,7 @@ use crate::helpers::{
     Backend, TestApp, assert_problem, both_stores, cached_keys, category_page, redis, test_prefix,
     use_redis,
 };
+use crate::private_redis::PrivateRedis;
 
 both_stores!(
     reads_go_miss_then_l1_and_a_peer_hits_l2,
@@ -378,49 +378,6 @@ async fn an_unreachable_redis_leaves_the_service_up_and_degraded() {
     assert_eq!(stats["levels"]["l2"]["state"], "down");
 }
 
-/// A private `redis-server` on its own port, killed when dropped.
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (Debian package redis-server)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "private redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            port,
-            child: Some(child),
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Reads every id once; returns the `X-Cache` of each and records statuses.
 async fn round(app: &TestApp, ids: &[i64], statuses: &mut Vec<StatusCode>) -> Vec<String> {
     let mut sources = Vec::new();
@@ -434,16 +391,11 @@ async fn round(app: &TestApp, ids: &[i64], statuses: &mut Vec<StatusCode>) -> Ve
 
 #[tokio::test]
 async fn redis_killed_and_restarted_under_reads_fails_no_request() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut redis_server = PrivateRedis::start(port);
+    let mut redis_server = PrivateRedis::start().await;
     // A one-entry L1 sends most reads to L2, so L2 trouble shows.
     let app = TestApp::spawn_with(Backend::Sqlite, |c| {
         use_redis(c, &test_prefix());
-        c.cache.redis_url = Some(format!("redis://127.0.0.1:{}", redis_server.port).into());
+        c.cache.redis_url = Some(redis_server.url().into());
         c.cache.l1_max_entries = 1;
     })
     .await;
@@ -465,7 +417,7 @@ async fn redis_killed_and_restarted_under_reads_fails_no_request() {
         round(&app, &ids, &mut statuses).await;
     }
     let down: Value = app.get("/health").await.json().await.unwrap();
-    let redis_server = PrivateRedis::start(port);
+    redis_server.restart().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut l2_back = false;
     while Instant::now() < deadline && !l2_back {
