@@ -75,17 +75,21 @@ pub(crate) trait L1Sink: Send + Sync + 'static {
     /// not a key of this cache empties L1 (we cannot tell what it named).
     fn remove(&self, keys: &[String]);
     /// Whether [`changed`](Self::changed) wants what Redis now holds at
-    /// each key (to tell this instance's own writes from others').
-    fn revalidates(&self) -> bool;
+    /// `key` (a versioned cache holding the key in L1 or writing it), to
+    /// tell this instance's own writes from others'. A key it does not
+    /// want is judged without a read, or later by [`recheck`](Self::recheck).
+    fn wants_stored(&self, key: &str) -> bool;
     /// Keys client tracking reported as changed in Redis, each with what
-    /// Redis holds now when [`revalidates`](Self::revalidates) (else, or
-    /// when it could not be read, `None`): drops them from L1 unless the
-    /// change is this instance's own write. Strings that are not keys of
-    /// this cache are ignored (tracking reports every key under the
-    /// prefix). Returns the changes to [`recheck`](Self::recheck) once the
+    /// Redis holds now when [`wants_stored`](Self::wants_stored) said so
+    /// (else, or when it could not be read, `None`): drops them from L1
+    /// unless the change is this instance's own write. Strings that are
+    /// not keys of this cache are ignored (tracking reports every key under
+    /// the prefix). Returns the keys to [`recheck`](Self::recheck) once the
     /// fills running now are over.
-    fn changed(&self, changes: &[(String, Option<Vec<u8>>)]) -> Vec<(String, Vec<u8>)>;
-    /// Drops each key whose L1 entry is older than what Redis held.
+    fn changed(&self, changes: &[(String, Option<Vec<u8>>)]) -> Vec<String>;
+    /// Whether L1 holds `key` now (a recheck then needs what Redis holds).
+    fn holds(&self, key: &str) -> bool;
+    /// Drops each key whose L1 entry is older than what Redis holds.
     fn recheck(&self, changes: &[(String, Vec<u8>)]);
     /// Raises these tags' generations (tag, generation) to at least the given ones.
     fn tags(&self, tags: &[(String, u64)]);
@@ -211,6 +215,7 @@ impl Bus {
             key_prefix: config.key_prefix,
             tracking,
             position: None,
+            rechecks: std::collections::VecDeque::new(),
         };
         let receiver = tokio::spawn(receiver.run());
         let publisher = tokio::spawn(publisher::publish(

@@ -20,9 +20,10 @@
 //! emptied only when the log no longer reaches back to the position
 //! (trimmed, or lost with Redis's data), on a `clear` message, or on a flush.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{Cmd, FromRedisValue, PushInfo, PushKind, Value};
@@ -41,6 +42,8 @@ const SILENT_BEATS: u32 = 3;
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 /// Small, so that an instance is back in step soon after Redis is.
 const MAX_RETRY: Duration = Duration::from_millis(250);
+/// Longest wait before a due recheck runs.
+const RECHECK_TICK: Duration = Duration::from_millis(100);
 
 pub(super) struct Receiver {
     pub(super) shared: Arc<Shared>,
@@ -54,6 +57,8 @@ pub(super) struct Receiver {
     pub(super) tracking: bool,
     /// How far the log has been applied; `None` before the first sync.
     pub(super) position: Option<Position>,
+    /// Keys tracked changes found missing from L1, to look at again when due.
+    pub(super) rechecks: VecDeque<(Instant, Vec<String>)>,
 }
 
 /// The receiver's connection and what arrives on it.
@@ -177,12 +182,26 @@ impl Receiver {
     /// Applies everything that arrives until the connection ends.
     async fn listen(&mut self, link: &mut Link) -> Ended {
         let silence = self.heartbeat * SILENT_BEATS;
+        let mut last_heard = Instant::now();
+        // One timer for the whole connection, not one per push: it checks
+        // for silence every heartbeat and runs the rechecks that are due.
+        let mut ticker = tokio::time::interval(self.heartbeat.min(RECHECK_TICK));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let push = match tokio::time::timeout(silence, link.pushes.recv()).await {
-                Err(_) => return Ended::Silent,
-                Ok(None) => return Ended::Closed,
-                Ok(Some(push)) => push,
+            let push = tokio::select! {
+                push = link.pushes.recv() => push,
+                _ = ticker.tick() => {
+                    if last_heard.elapsed() > silence {
+                        return Ended::Silent;
+                    }
+                    self.run_due_rechecks().await;
+                    continue;
+                }
             };
+            let Some(push) = push else {
+                return Ended::Closed;
+            };
+            last_heard = Instant::now();
             match push.kind {
                 PushKind::Disconnection => return Ended::Closed,
                 PushKind::Message => {
@@ -239,14 +258,19 @@ impl Receiver {
     /// recognise as this connection's own, so they come back too; the sink
     /// tells them apart by comparing its entry with what Redis now holds,
     /// read here on the same connection (after the write, in order).
-    async fn on_invalidate(&self, link: &Link, data: &[Value]) {
+    async fn on_invalidate(&mut self, link: &Link, data: &[Value]) {
         let counters = &self.shared.counters;
         let keys: Vec<String> = match data.first() {
             Some(Value::Array(keys)) => keys
                 .iter()
-                .filter_map(|key| String::from_redis_value(key.clone()).ok())
-                .filter(|key| key.strip_prefix(&self.key_prefix) != Some(super::LOG_SUFFIX))
+                .filter_map(|key| match key {
+                    Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+                    Value::SimpleString(text) => Some(text.as_str()),
+                    _ => None,
+                })
                 .filter(|key| key.starts_with(&self.key_prefix))
+                .filter(|key| key[self.key_prefix.len()..] != *super::LOG_SUFFIX)
+                .map(str::to_owned)
                 .collect(),
             // `FLUSHDB`/`FLUSHALL`: every key is gone.
             Some(Value::Nil) | None => {
@@ -259,36 +283,74 @@ impl Receiver {
         if keys.is_empty() {
             return;
         }
-        let stored: Vec<Option<Vec<u8>>> = if self.sink.revalidates() {
-            let mut mget = redis::cmd("MGET");
-            mget.arg(&keys);
-            let read: Option<Vec<Option<Vec<u8>>>> =
-                mget.query_async(&mut link.conn.clone()).await.ok();
-            // Unread: drop them all.
-            read.filter(|values| values.len() == keys.len())
-                .unwrap_or_else(|| vec![None; keys.len()])
-        } else {
-            vec![None; keys.len()]
-        };
-        let changes: Vec<(String, Option<Vec<u8>>)> = keys
-            .into_iter()
+        let names: Vec<String> = keys
+            .iter()
             .map(|key| key[self.key_prefix.len()..].to_owned())
-            .zip(stored)
             .collect();
         counters
             .tracked_keys
-            .fetch_add(changes.len() as u64, Ordering::Relaxed);
+            .fetch_add(names.len() as u64, Ordering::Relaxed);
+        // Read (on this connection, so after the change) only what the sink
+        // needs to judge now: usually nothing, for keys L1 does not hold.
+        let wanted: Vec<usize> = (0..names.len())
+            .filter(|&i| self.sink.wants_stored(&names[i]))
+            .collect();
+        let mut stored: Vec<Option<Vec<u8>>> = vec![None; names.len()];
+        if !wanted.is_empty() {
+            let mut mget = redis::cmd("MGET");
+            for &i in &wanted {
+                mget.arg(&keys[i]);
+            }
+            let read: Option<Vec<Option<Vec<u8>>>> =
+                mget.query_async(&mut link.conn.clone()).await.ok();
+            // Unread: judged without it (dropped).
+            if let Some(values) = read.filter(|values| values.len() == wanted.len()) {
+                for (&i, value) in wanted.iter().zip(values) {
+                    stored[i] = value;
+                }
+            }
+        }
+        let changes: Vec<(String, Option<Vec<u8>>)> = names.into_iter().zip(stored).collect();
         let later = self.sink.changed(&changes);
         if !later.is_empty() {
-            // A fill reads Redis within one L2 timeout; whatever one that
+            // A fill reads Redis within one L2 timeout: whatever one that
             // read the old value put in L1 is there by then.
-            let sink = Arc::clone(&self.sink);
-            let after = self.l2.timeout() * 2;
-            tokio::spawn(async move {
-                tokio::time::sleep(after).await;
-                sink.recheck(&later);
-            });
+            let due = Instant::now() + self.l2.timeout() * 2;
+            self.rechecks.push_back((due, later));
         }
+    }
+
+    /// Rechecks the keys tracked changes found missing from L1, once due:
+    /// those L1 holds by now are compared with what Redis holds.
+    async fn run_due_rechecks(&mut self) {
+        let now = Instant::now();
+        let mut held = Vec::new();
+        while let Some((due, _)) = self.rechecks.front()
+            && *due <= now
+        {
+            let Some((_, keys)) = self.rechecks.pop_front() else {
+                break;
+            };
+            held.extend(keys.into_iter().filter(|key| self.sink.holds(key)));
+        }
+        if held.is_empty() {
+            return;
+        }
+        let full: Vec<String> = held
+            .iter()
+            .map(|key| format!("{}{key}", self.key_prefix))
+            .collect();
+        let Some(values) = self.l2.get_many(&full).await else {
+            // Redis unusable: nothing to compare with; the bus and the L1
+            // TTL still bound what is served.
+            return;
+        };
+        let changes: Vec<(String, Vec<u8>)> = held
+            .into_iter()
+            .zip(values)
+            .filter_map(|(key, value)| Some((key, value?)))
+            .collect();
+        self.sink.recheck(&changes);
     }
 
     /// Reads the log from `position` and applies every entry since; clears

@@ -19,15 +19,16 @@ use std::sync::Mutex;
 /// The registry of one cache.
 #[derive(Debug)]
 pub(crate) struct OwnWrites<K> {
-    /// `(key, version)` → writes of it in flight.
-    pending: Mutex<HashMap<(K, i64), usize>>,
+    /// Key → the versions of its writes in flight (one element per write).
+    pending: Mutex<HashMap<K, Vec<i64>>>,
 }
 
 /// One registered write; ends when dropped.
 #[must_use = "the registration ends when this is dropped"]
 pub(crate) struct OwnWrite<'a, K: Hash + Eq + Clone> {
     registry: &'a OwnWrites<K>,
-    entry: (K, i64),
+    key: K,
+    version: i64,
 }
 
 impl<K: Hash + Eq + Clone> OwnWrites<K> {
@@ -40,20 +41,27 @@ impl<K: Hash + Eq + Clone> OwnWrites<K> {
     /// Registers a write of `version` (`-1`: a negative entry) of `key`,
     /// until the returned guard is dropped.
     pub(crate) fn begin(&self, key: &K, version: i64) -> OwnWrite<'_, K> {
-        let entry = (key.clone(), version);
-        *self.lock().entry(entry.clone()).or_default() += 1;
+        self.lock().entry(key.clone()).or_default().push(version);
         OwnWrite {
             registry: self,
-            entry,
+            key: key.clone(),
+            version,
         }
     }
 
     /// Whether a write of exactly this version of `key` is in flight here.
     pub(crate) fn pending(&self, key: &K, version: i64) -> bool {
-        self.lock().contains_key(&(key.clone(), version))
+        self.lock()
+            .get(key)
+            .is_some_and(|versions| versions.contains(&version))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(K, i64), usize>> {
+    /// Whether any write of `key` is in flight here.
+    pub(crate) fn writing(&self, key: &K) -> bool {
+        self.lock().contains_key(key)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Vec<i64>>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -61,10 +69,12 @@ impl<K: Hash + Eq + Clone> OwnWrites<K> {
 impl<K: Hash + Eq + Clone> Drop for OwnWrite<'_, K> {
     fn drop(&mut self) {
         let mut pending = self.registry.lock();
-        if let Some(count) = pending.get_mut(&self.entry) {
-            *count -= 1;
-            if *count == 0 {
-                pending.remove(&self.entry);
+        if let Some(versions) = pending.get_mut(&self.key) {
+            if let Some(at) = versions.iter().position(|&v| v == self.version) {
+                versions.swap_remove(at);
+            }
+            if versions.is_empty() {
+                pending.remove(&self.key);
             }
         }
     }
@@ -79,13 +89,13 @@ mod tests {
         let writes = OwnWrites::new();
         let first = writes.begin(&1, 5);
         let second = writes.begin(&1, 5);
-        assert!(writes.pending(&1, 5));
+        assert!(writes.pending(&1, 5) && writes.writing(&1));
         assert!(!writes.pending(&1, 4), "another version");
-        assert!(!writes.pending(&2, 5), "another key");
+        assert!(!writes.pending(&2, 5) && !writes.writing(&2), "another key");
         drop(first);
         assert!(writes.pending(&1, 5));
         drop(second);
-        assert!(!writes.pending(&1, 5));
+        assert!(!writes.pending(&1, 5) && !writes.writing(&1));
         assert!(writes.lock().is_empty());
     }
 }

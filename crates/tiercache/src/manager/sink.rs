@@ -91,11 +91,19 @@ where
     }
 
     fn verdict(&self, key: &K, stored: Option<&[u8]>) -> Verdict {
-        let (Some((_, versioning)), Some((floor, exact))) = (&self.versions, self.floor(stored))
-        else {
+        let Some((_, versioning)) = &self.versions else {
             return Verdict::Drop;
         };
-        match self.l1.peek(key) {
+        let held = self.l1.peek(key);
+        if held.is_none() && !self.own_writes.writing(key) {
+            // Nothing to drop, nothing of ours on its way: only a fill
+            // running now could land something older.
+            return Verdict::Later;
+        }
+        let Some((floor, exact)) = self.floor(stored) else {
+            return Verdict::Drop;
+        };
+        match held {
             Some(held) => {
                 let held = self.version(versioning, &held);
                 let current = match exact {
@@ -136,11 +144,14 @@ where
         }
     }
 
-    fn revalidates(&self) -> bool {
+    fn wants_stored(&self, name: &str) -> bool {
         self.versions.is_some()
+            && name
+                .parse::<K>()
+                .is_ok_and(|key| self.l1.peek(&key).is_some() || self.own_writes.writing(&key))
     }
 
-    fn changed(&self, changes: &[(String, Option<Vec<u8>>)]) -> Vec<(String, Vec<u8>)> {
+    fn changed(&self, changes: &[(String, Option<Vec<u8>>)]) -> Vec<String> {
         let mut later = Vec::new();
         for (name, stored) in changes {
             let Ok(key) = name.parse::<K>() else {
@@ -149,14 +160,15 @@ where
             match self.verdict(&key, stored.as_deref()) {
                 Verdict::Own => {}
                 Verdict::Drop => self.drop_key(&key),
-                Verdict::Later => {
-                    if let Some(stored) = stored {
-                        later.push((name.clone(), stored.clone()));
-                    }
-                }
+                Verdict::Later => later.push(name.clone()),
             }
         }
         later
+    }
+
+    fn holds(&self, name: &str) -> bool {
+        name.parse::<K>()
+            .is_ok_and(|key| self.l1.peek(&key).is_some())
     }
 
     fn recheck(&self, changes: &[(String, Vec<u8>)]) {

@@ -106,7 +106,9 @@ async fn an_invalidated_value_is_never_a_fallback() {
 
 #[tokio::test]
 async fn a_slow_loader_past_the_soft_timeout_answers_stale_then_fills_the_cache() {
-    let cache = l1_only(Duration::from_millis(100))
+    // Long enough that a loaded machine still sees the background fill in
+    // L1 before it expires again.
+    let cache = l1_only(Duration::from_secs(1))
         .fail_safe(Duration::from_secs(60), Duration::from_millis(50))
         .loader_timeouts(Some(Duration::from_millis(50)), None)
         .build()
