@@ -608,9 +608,12 @@ def cmd_report(args):
         phase_stale = [(r, v) for r, v in stale if phase["start"] <= r["t0"] < phase["end"]]
         late = [(r, v) for r, v in phase_stale if r["t0"] >= phase["heal"] + ttl + 1]
         after1 = [(r, v) for r, v in phase_stale if r["t0"] >= phase["heal"] + 1]
+        writer_stale = [(r, v) for r, v in phase_stale if r["instance"] == 0]
         if phase["kind"] == "redis":
-            bad = late
-            rule = f"after heal + L1_TTL + 1 s"
+            # The writer never answers older than it acknowledged, Redis
+            # failing or not; the others may until their L1 TTL.
+            bad = writer_stale + [(r, v) for r, v in late if r["instance"] != 0]
+            rule = "on A after its own ack, or on B after heal + L1_TTL + 1 s"
         else:
             bad = phase_stale
             rule = "with Redis and the bus healthy (A: after its own ack; B: 1 s after it)"
@@ -659,7 +662,7 @@ def cmd_report(args):
             f"versions {fmt_s(measure.get('versions_s'))})",
             f"{div1.get('count', '-')} @{div1.get('offset', 0):.1f}s",
             f"{div2.get('count', '-')} @{div2.get('offset', 0):.1f}s",
-            f"{len(phase_stale)}/{len(after1)}/{len(late)}",
+            f"{len(phase_stale)}/{len(after1)}/{len(late)} (A {len(writer_stale)})",
             f"{rss[0] // 1024}→{rss[2] // 1024}", f"{rss[1] // 1024}→{rss[3] // 1024}",
         ])
 
@@ -678,7 +681,7 @@ def cmd_report(args):
            "uncached non-200", "uncached p99/max (fault)"], rows1)
     print()
     print(f"Writes on A, recovery and consistency (L1_TTL {ttl:g} s); stale = reads older than an "
-          "acknowledged write: all/after heal+1s/after heal+TTL+1s; RSS in MiB before→after.")
+          "acknowledged write: all/after heal+1s/after heal+TTL+1s (A: those on the writer); RSS in MiB before→after.")
     table(["phase", "writes ok", "writes failed", "recovery", "diverged +1s", f"diverged +TTL+1s",
            "stale reads", "RSS A", "RSS B"], rows2)
     print()
