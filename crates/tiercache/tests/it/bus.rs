@@ -14,7 +14,7 @@ use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
 use tiercache::{BusClears, BusState, BusTracking, Source, TieredCache};
 
-use crate::support::{self, Item, PrivateRedis, StoreDown, eventually, found, found_all};
+use crate::support::{self, Doc, Item, PrivateRedis, StoreDown, eventually, found, found_all};
 
 /// The SPEC bound on propagation to another instance.
 const PROPAGATION: Duration = Duration::from_secs(1);
@@ -30,6 +30,16 @@ async fn two_instances() -> (Cache, Cache) {
     assert_eq!(a.bus_state(), BusState::Subscribed);
     assert_eq!(b.bus_state(), BusState::Subscribed);
     (a, b)
+}
+
+/// An instance of the cache on a private server (default prefix).
+async fn on_server(server: &PrivateRedis) -> Cache {
+    TieredCache::builder()
+        .namespace("item")
+        .redis_url(server.url())
+        .build()
+        .await
+        .unwrap()
 }
 
 /// Loads `id` into `cache` (and Redis) and checks that L1 now has it.
@@ -272,15 +282,7 @@ async fn a_log_trimmed_past_the_position_clears_l1() {
 async fn a_killed_connection_is_restored_and_replays_instead_of_clearing() {
     let server = PrivateRedis::start().await;
     let mut admin = server.raw().await;
-    let build = || async {
-        TieredCache::<i64, Item>::builder()
-            .namespace("item")
-            .redis_url(server.url())
-            .build()
-            .await
-            .unwrap()
-    };
-    let (a, b) = (build().await, build().await);
+    let (a, b) = (on_server(&server).await, on_server(&server).await);
     assert_eq!(b.bus_state(), BusState::Subscribed);
     for id in 1..=30 {
         cache_in_l1(&b, id).await;
@@ -374,15 +376,7 @@ async fn a_silent_connection_is_presumed_dead_rebuilt_and_keeps_l1() {
 #[tokio::test]
 async fn a_redis_that_lost_its_data_clears_every_l1() {
     let mut server = PrivateRedis::start().await;
-    let build = || async {
-        TieredCache::<i64, Item>::builder()
-            .namespace("item")
-            .redis_url(server.url())
-            .build()
-            .await
-            .unwrap()
-    };
-    let (a, b) = (build().await, build().await);
+    let (a, b) = (on_server(&server).await, on_server(&server).await);
     a.invalidate(&100).await;
     eventually(PROPAGATION, "B to apply A's message", || async {
         b.stats().bus.received >= 1
@@ -435,13 +429,6 @@ async fn writes_made_in_redis_by_others_leave_every_l1() {
         assert!(cache.stats().bus.tracked_keys >= 2);
         assert_no_bus_clears(cache);
     }
-}
-
-/// A value of a versioned cache.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct Doc {
-    id: i64,
-    version: u64,
 }
 
 #[tokio::test]

@@ -12,41 +12,15 @@
 //! soak can run minutes).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
 use tiercache::TieredCache;
 
-use crate::support::{self, PrivateRedis, StoreDown, eventually};
-
-/// A value with a version, like a catalog product.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Doc {
-    id: i64,
-    version: u64,
-}
+use crate::support::{self, Doc, PrivateRedis, VersionStore, eventually, read_version};
 
 type Cache = TieredCache<i64, Doc>;
-
-/// The source of truth: the current version of every id.
-#[derive(Debug, Clone, Default)]
-struct Store(Arc<Mutex<HashMap<i64, u64>>>);
-
-impl Store {
-    fn version(&self, id: i64) -> u64 {
-        self.0.lock().unwrap().get(&id).copied().unwrap_or(1)
-    }
-
-    fn bump(&self, id: i64) -> u64 {
-        let mut versions = self.0.lock().unwrap();
-        let version = versions.entry(id).or_insert(1);
-        *version += 1;
-        *version
-    }
-}
 
 const IDS: i64 = 20;
 const INSTANCES: usize = 3;
@@ -112,26 +86,11 @@ async fn instance(server: &PrivateRedis, prefix: &str) -> Cache {
         .unwrap()
 }
 
-/// The version `cache` answers for `id`, loading from `store` on a miss.
-async fn read(cache: &Cache, store: &Store, id: i64) -> u64 {
-    let store = store.clone();
-    let lookup = cache
-        .get_or_load(&id, move || async move {
-            Ok::<_, StoreDown>(Some(Doc {
-                id,
-                version: store.version(id),
-            }))
-        })
-        .await
-        .unwrap();
-    lookup.value.unwrap().version
-}
-
 /// The ids on which `cache` does not answer the store's version, with what it answered.
-async fn diverging(cache: &Cache, store: &Store) -> Vec<(i64, u64, u64)> {
+async fn diverging(cache: &Cache, store: &VersionStore) -> Vec<(i64, u64, u64)> {
     let mut wrong = Vec::new();
     for id in 1..=IDS {
-        let answered = read(cache, store, id).await;
+        let answered = read_version(cache, store, id).await;
         let current = store.version(id);
         if answered != current {
             wrong.push((id, answered, current));
@@ -209,7 +168,7 @@ async fn after_random_faults_every_instance_converges_within_a_second() {
     for _ in 0..INSTANCES {
         caches.push(instance(&server, &prefix).await);
     }
-    let store = Store::default();
+    let store = VersionStore::default();
     // What each instance acknowledged writing, per id.
     let mut acknowledged: Vec<HashMap<i64, u64>> = vec![HashMap::new(); INSTANCES];
     let mut steps = HashMap::<&'static str, usize>::new();
@@ -231,7 +190,7 @@ async fn after_random_faults_every_instance_converges_within_a_second() {
                 *steps.entry("write-through").or_default() += 1;
             }
             Step::Read { on, id } => {
-                let answered = read(&caches[on], &store, id).await;
+                let answered = read_version(&caches[on], &store, id).await;
                 if let Some(&written) = acknowledged[on].get(&id) {
                     assert!(
                         answered >= written,
@@ -272,7 +231,7 @@ async fn after_random_faults_every_instance_converges_within_a_second() {
     // lasts.
     for cache in &caches {
         for id in 1..=IDS {
-            read(cache, &store, id).await;
+            read_version(cache, &store, id).await;
         }
     }
     let names = [

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
@@ -157,6 +157,52 @@ impl Item {
             tags: vec!["test".to_owned()],
         }
     }
+}
+
+/// A value of a versioned cache, like a catalog product reduced to its
+/// version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Doc {
+    pub(crate) id: i64,
+    pub(crate) version: u64,
+}
+
+/// A source of truth for [`Doc`]s: the current version of every id (1
+/// until bumped).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct VersionStore(Arc<Mutex<HashMap<i64, u64>>>);
+
+impl VersionStore {
+    pub(crate) fn version(&self, id: i64) -> u64 {
+        self.0.lock().unwrap().get(&id).copied().unwrap_or(1)
+    }
+
+    /// Makes a new version of `id` current and returns it.
+    pub(crate) fn bump(&self, id: i64) -> u64 {
+        let mut versions = self.0.lock().unwrap();
+        let version = versions.entry(id).or_insert(1);
+        *version += 1;
+        *version
+    }
+}
+
+/// The version `cache` answers for `id`, loading from `store` on a miss.
+pub(crate) async fn read_version(
+    cache: &TieredCache<i64, Doc>,
+    store: &VersionStore,
+    id: i64,
+) -> u64 {
+    let store = store.clone();
+    let lookup = cache
+        .get_or_load(&id, move || async move {
+            Ok::<_, StoreDown>(Some(Doc {
+                id,
+                version: store.version(id),
+            }))
+        })
+        .await
+        .unwrap();
+    lookup.value.unwrap().version
 }
 
 /// A loader result for `get_or_load`.

@@ -4,37 +4,11 @@
 //! store's version within a second.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tiercache::TieredCache;
 
-use crate::support::{self, PrivateRedis, StoreDown, eventually};
-
-/// A value with a version, like a catalog product.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Doc {
-    id: i64,
-    version: u64,
-}
-
-/// The source of truth: the current version of every id.
-#[derive(Debug, Clone, Default)]
-struct Store(Arc<Mutex<HashMap<i64, u64>>>);
-
-impl Store {
-    fn version(&self, id: i64) -> u64 {
-        self.0.lock().unwrap()[&id]
-    }
-
-    fn bump(&self, id: i64) -> u64 {
-        let mut versions = self.0.lock().unwrap();
-        let version = versions.get_mut(&id).unwrap();
-        *version += 1;
-        *version
-    }
-}
+use crate::support::{self, Doc, PrivateRedis, VersionStore, eventually, read_version};
 
 const IDS: std::ops::RangeInclusive<i64> = 1..=20;
 
@@ -48,21 +22,6 @@ async fn instance(server: &PrivateRedis, prefix: &str) -> TieredCache<i64, Doc> 
         .unwrap()
 }
 
-/// The version `cache` answers for `id`, loading from `store` on a miss.
-async fn read(cache: &TieredCache<i64, Doc>, store: &Store, id: i64) -> u64 {
-    let store = store.clone();
-    let lookup = cache
-        .get_or_load(&id, move || async move {
-            Ok::<_, StoreDown>(Some(Doc {
-                id,
-                version: store.version(id),
-            }))
-        })
-        .await
-        .unwrap();
-    lookup.value.unwrap().version
-}
-
 /// A private Redis, a fresh prefix, instances A and B on them, and a store
 /// at version 1 of every id, which A has read (so Redis holds version 1).
 async fn primed() -> (
@@ -70,24 +29,23 @@ async fn primed() -> (
     String,
     TieredCache<i64, Doc>,
     TieredCache<i64, Doc>,
-    Store,
+    VersionStore,
 ) {
     let server = PrivateRedis::start().await;
     let prefix = support::unique_prefix();
     let a = instance(&server, &prefix).await;
     let b = instance(&server, &prefix).await;
-    let store = Store::default();
-    store.0.lock().unwrap().extend(IDS.map(|id| (id, 1)));
+    let store = VersionStore::default();
     for id in IDS {
-        assert_eq!(read(&a, &store, id).await, 1);
+        assert_eq!(read_version(&a, &store, id).await, 1);
     }
     (server, prefix, a, b, store)
 }
 
 /// Whether `cache` answers the store's version of every id.
-async fn converged(cache: &TieredCache<i64, Doc>, store: &Store) -> bool {
+async fn converged(cache: &TieredCache<i64, Doc>, store: &VersionStore) -> bool {
     for id in IDS {
-        if read(cache, store, id).await != store.version(id) {
+        if read_version(cache, store, id).await != store.version(id) {
             return false;
         }
     }
@@ -98,7 +56,7 @@ async fn converged(cache: &TieredCache<i64, Doc>, store: &Store) -> bool {
 async fn writes_during_a_redis_hang_are_never_read_back_old() {
     let (server, prefix, a, b, store) = primed().await;
     for id in IDS {
-        assert_eq!(read(&b, &store, id).await, 1);
+        assert_eq!(read_version(&b, &store, id).await, 1);
     }
 
     server.pause();
@@ -108,11 +66,11 @@ async fn writes_during_a_redis_hang_are_never_read_back_old() {
         a.invalidate_version(&id, version).await;
         acknowledged.insert(id, version);
         // The writer answers what it acknowledged, and so it does below.
-        assert_eq!(read(&a, &store, id).await, version);
+        assert_eq!(read_version(&a, &store, id).await, version);
     }
     for id in IDS {
         assert_eq!(
-            read(&a, &store, id).await,
+            read_version(&a, &store, id).await,
             acknowledged[&id],
             "during the hang"
         );
@@ -126,7 +84,7 @@ async fn writes_during_a_redis_hang_are_never_read_back_old() {
     a.clear_local();
     for id in IDS {
         assert_eq!(
-            read(&a, &store, id).await,
+            read_version(&a, &store, id).await,
             acknowledged[&id],
             "after the hang"
         );
@@ -154,7 +112,7 @@ async fn a_write_through_during_a_redis_hang_is_repaired_once_it_answers() {
         let version = store.bump(id);
         a.set(&id, Doc { id, version }).await;
         assert_eq!(
-            read(&a, &store, id).await,
+            read_version(&a, &store, id).await,
             version,
             "the writer's L1 has it"
         );
@@ -192,7 +150,11 @@ async fn a_write_redis_refuses_is_not_read_back_from_it() {
     // L1 emptied (TTL, eviction): Redis still answers version 1.
     a.clear_local();
     for id in IDS {
-        assert_eq!(read(&a, &store, id).await, store.version(id), "id {id}");
+        assert_eq!(
+            read_version(&a, &store, id).await,
+            store.version(id),
+            "id {id}"
+        );
     }
 
     let _: () = refuse_writes(0).query_async(&mut raw).await.unwrap();
