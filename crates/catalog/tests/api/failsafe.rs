@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgConnection};
 
-use crate::helpers::{Backend, TestApp, TestDb, assert_problem, pg_server_addr, sample, scrape};
+use crate::helpers::{
+    Backend, TestApp, TestDb, assert_problem, pg_server_addr, read_product as read, sample, scrape,
+};
 use crate::proxy::Proxy;
 
 /// The shortest L1 TTL the configuration accepts.
@@ -41,20 +43,6 @@ async fn spawn_behind_proxy(configure: impl FnOnce(&mut ServeConfig)) -> (TestAp
     })
     .await;
     (app, proxy)
-}
-
-/// `GET /products/{id}`: status, `X-Cache` (empty when absent) and body.
-async fn read(app: &TestApp, id: i64) -> (StatusCode, String, Value) {
-    let response = app.get(&format!("/products/{id}")).await;
-    let status = response.status();
-    let source = response
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, source, body)
 }
 
 /// Asserts a 503 problem that tells nothing of the store's internals.

@@ -26,7 +26,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use crate::helpers::{Backend, TestApp, pg_rows, sample, scrape, test_prefix, use_redis};
+use crate::helpers::{
+    Backend, TestApp, pg_rows, read_product, sample, scrape, test_prefix, use_redis,
+};
 use crate::private_redis::PrivateRedis;
 
 /// Issue 15: how soon every instance answers the current version once
@@ -144,15 +146,7 @@ impl Answer {
 }
 
 async fn read(app: &TestApp, id: i64) -> Answer {
-    let response = app.get(&format!("/products/{id}")).await;
-    let status = response.status();
-    let source = response
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let body = response.json().await.unwrap_or(Value::Null);
+    let (status, source, body) = read_product(app, id).await;
     Answer {
         status,
         source,

@@ -252,6 +252,21 @@ pub(crate) async fn cached_keys(
         .collect()
 }
 
+/// `GET /products/{id}` on `app`: status, `X-Cache` (empty when absent) and
+/// body (`null` when not JSON).
+pub(crate) async fn read_product(app: &TestApp, id: i64) -> (reqwest::StatusCode, String, Value) {
+    let response = app.get(&format!("/products/{id}")).await;
+    let status = response.status();
+    let source = response
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, source, body)
+}
+
 /// A key prefix no other test uses.
 pub(crate) fn test_prefix() -> String {
     format!("test:{}:", uuid::Uuid::new_v4().simple())
