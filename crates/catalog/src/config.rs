@@ -187,7 +187,7 @@ pub struct CacheConfig {
 
     /// Whether each instance asks Redis to report every change of the
     /// cache's keys (client tracking), so that products changed in Redis by
-    /// anything else leave every L1 (single Redis server only).
+    /// anything else leave every L1 (on a cluster, every primary is tracked).
     #[arg(long, env = "CACHE_CLIENT_TRACKING", value_name = "CACHE_CLIENT_TRACKING",
           default_value_t = true, action = clap::ArgAction::Set)]
     pub client_tracking: bool,

@@ -381,10 +381,11 @@ where
     /// (`CLIENT TRACKING ON BCAST PREFIX {key_prefix}{namespace}: NOLOOP`),
     /// so that a value changed, deleted, expired or evicted in Redis by
     /// anyone (another service, a script, `redis-cli`) leaves every
-    /// instance's L1 within the bus's delay. Default `true`; single server
-    /// only for now (on a cluster it stays off). Costs one invalidation
-    /// message per changed key per instance, and an instance's own L2 writes
-    /// come back to it too (the next read of such a key is an L2 hit).
+    /// instance's L1 within the bus's delay. Default `true`; on a cluster
+    /// every primary is tracked. Costs one invalidation message per changed
+    /// key per instance; an instance that holds the key reads it back once
+    /// to tell its own writes from others' (in an unversioned cache on a
+    /// cluster, its own writes drop its copy: the next read is an L2 hit).
     pub fn client_tracking(mut self, enabled: bool) -> Self {
         self.client_tracking = enabled;
         self

@@ -58,14 +58,16 @@
 //! (a lost message, a reconnection, a silence) it reads the log from that
 //! position and drops exactly the keys named since.
 //!
-//! **Client tracking** (single server, on by default,
-//! [`TieredCacheBuilder::client_tracking`]): the bus connection also runs
-//! `CLIENT TRACKING ON BCAST PREFIX {key_prefix}{namespace}: NOLOOP`, so a
-//! key of this cache changed, deleted, expired or evicted in Redis by
-//! anyone (another service, a script, `redis-cli`) leaves every instance's
-//! L1 too. The cache's writes go over that connection, so `NOLOOP` keeps
-//! plain writes from coming back; versioned writes (scripts, which `NOLOOP`
-//! does not recognise) are told apart by version (`manager/sink.rs`).
+//! **Client tracking** (on by default, [`TieredCacheBuilder::client_tracking`]):
+//! the bus connection also runs `CLIENT TRACKING ON BCAST PREFIX
+//! {key_prefix}{namespace}: NOLOOP` (on a cluster, a connection to every
+//! primary does, since tracking is per node), so a key of this cache
+//! changed, deleted, expired or evicted in Redis by anyone (another
+//! service, a script, `redis-cli`) leaves every instance's L1 too. On a
+//! single server the cache's writes go over that connection, so `NOLOOP`
+//! keeps plain writes from coming back; versioned writes (scripts, which
+//! `NOLOOP` does not recognise, and every write on a cluster) are told
+//! apart by version (`manager/sink.rs`).
 //! Counters are in [`BusStats`].
 //!
 //! # Guarantees
@@ -144,15 +146,17 @@
 //! | bus connection drops, or is silent for 3 heartbeats | reconnected (every 50–250 ms while it fails), then the change log is replayed from the last applied entry: only the keys changed meanwhile leave L1 (`bus.replays`, `bus.keys_replayed`) |
 //! | receiver away longer than the change log reaches | L1 cleared (`bus.l1_clears.log_truncated`) |
 //! | Redis restarted without its data, or flushed | L1 cleared (`bus.l1_clears.log_lost`, `bus.l1_clears.redis_flush`) |
-//! | key changed in Redis by someone else | dropped from every L1 by client tracking (`bus.tracked_keys`); single server only |
+//! | key changed in Redis by someone else | dropped from every L1 by client tracking (`bus.tracked_keys`) |
 //!
 //! # Not yet
 //!
 //! The public types are `#[non_exhaustive]` where they will grow. Fail-safe keeps stale values in L1 only (Redis
 //! copies live until their own TTL). Sharded pub/sub (`SPUBLISH`) on
 //! clusters is not used: the bus depends on the first seed node being
-//! reachable. Client tracking is not used on a cluster yet (it is per
-//! node): there, writes made outside the cache reach L1 by its TTL.
+//! reachable. On a cluster, client tracking covers the primaries found
+//! when the bus connects: a primary added later (resharding) is tracked
+//! from the next reconnection; a failover drops a tracking connection and
+//! so reconnects them all.
 //!
 //! # Example
 //!

@@ -189,7 +189,7 @@ pub struct BusClears {
 pub enum BusTracking {
     /// On: a key of this cache written in Redis by anyone leaves every L1.
     On,
-    /// Off: turned off, no bus, a cluster, or not connected yet.
+    /// Off: turned off, no bus, or not connected yet.
     Off,
     /// Redis refused `CLIENT TRACKING` (older than 6.0, or an ACL).
     Unavailable,

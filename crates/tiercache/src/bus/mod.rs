@@ -40,7 +40,7 @@
 //!   after the read can be missed.
 //! - A message Redis did not take is queued again and retried: no change
 //!   is lost to an outage, it arrives once Redis answers.
-//! - With client tracking on (the default, single server), a key of this
+//! - With client tracking on (the default), a key of this
 //!   cache changed in Redis by anyone is dropped from L1 too.
 
 pub(crate) mod log;
@@ -193,9 +193,6 @@ impl Bus {
     /// Starts the publisher and the receiver. Returns at once; the receiver
     /// connects in the background (see [`wait_subscribed`](Self::wait_subscribed)).
     pub(crate) fn start(l2: RemoteCache, config: BusConfig, sink: Arc<dyn L1Sink>) -> Self {
-        // Client tracking is per connection and per node; on a cluster the
-        // receiver's connection sees one node only, so it stays off there.
-        let tracking = config.tracking && !l2.topology().is_cluster();
         let shared = Arc::new(Shared {
             instance: format!("{:016x}", rand::random::<u64>()),
             channel: config.channel,
@@ -213,7 +210,7 @@ impl Bus {
             heartbeat: config.heartbeat_interval,
             sink,
             key_prefix: config.key_prefix,
-            tracking,
+            tracking: config.tracking,
             position: None,
             rechecks: std::collections::VecDeque::new(),
         };

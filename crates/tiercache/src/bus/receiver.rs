@@ -2,7 +2,9 @@
 //!
 //! It owns one RESP3 connection ([`topology::listener`]) that is subscribed
 //! to the channel and, when enabled, has client tracking on for the cache's
-//! key prefix. On it arrive, in order:
+//! key prefix (on a cluster, tracking runs on one more connection per
+//! primary, feeding the same queue; losing any of them is losing the
+//! link). On it arrive, in order:
 //!
 //! - bus messages: applied when they continue the log position this
 //!   instance has reached; otherwise the log is read from that position
@@ -10,8 +12,8 @@
 //! - tracking invalidations: Redis telling us a key under the prefix was
 //!   written, deleted, expired or evicted by anyone (another service, a
 //!   script, `redis-cli`); the key is dropped from L1. A flush of the
-//!   database empties L1. While tracking is on, the cache's own writes go
-//!   over this same connection ([`RemoteCache::route_writes`]), so that
+//!   database empties L1. While tracking is on a single server, the cache's
+//!   own writes go over this same connection ([`RemoteCache::route_writes`]), so that
 //!   `NOLOOP` keeps them from coming back as invalidations of the values
 //!   this instance just put in its L1.
 //!
@@ -33,8 +35,8 @@ use super::log::{Entry, LogConfig, Lost, READ_BATCH, RawEntry, continuity};
 use super::message::{Message, Op, Position, Step};
 use super::publisher::now_ms;
 use super::{L1Sink, Shared};
-use crate::remote::RemoteCache;
 use crate::remote::topology::{self, ConnectSettings, RedisTopology};
+use crate::remote::{RemoteCache, is_availability_failure};
 use crate::stats::{BusState, BusTracking, duration_bucket};
 
 /// Silence, in heartbeat intervals, after which the connection is presumed dead.
@@ -53,7 +55,7 @@ pub(super) struct Receiver {
     pub(super) sink: Arc<dyn L1Sink>,
     /// `{key_prefix}{namespace}:`: what every Redis key of this cache starts with.
     pub(super) key_prefix: String,
-    /// Whether to turn client tracking on (single server only).
+    /// Whether to turn client tracking on.
     pub(super) tracking: bool,
     /// How far the log has been applied; `None` before the first sync.
     pub(super) position: Option<Position>,
@@ -61,9 +63,13 @@ pub(super) struct Receiver {
     pub(super) rechecks: VecDeque<(Instant, Vec<String>)>,
 }
 
-/// The receiver's connection and what arrives on it.
+/// The receiver's connections and what arrives on them.
 struct Link {
+    /// Subscribed to the channel; on a single server also tracking, and
+    /// lent for the cache's writes.
     conn: MultiplexedConnection,
+    /// On a cluster: one tracking connection per primary, kept open.
+    _trackers: Vec<MultiplexedConnection>,
     pushes: UnboundedReceiver<PushInfo>,
 }
 
@@ -101,7 +107,9 @@ impl Receiver {
                 .counters
                 .subscriptions
                 .fetch_add(1, Ordering::Relaxed);
-            if self.shared.tracking() == BusTracking::On {
+            // Writes go where they are tracked with NOLOOP: a single
+            // server's one connection (a cluster routes each key itself).
+            if self.shared.tracking() == BusTracking::On && !self.l2.topology().is_cluster() {
                 self.l2.route_writes(Some(link.conn.clone()));
             }
             if self.sync(&link).await.is_err() {
@@ -126,41 +134,72 @@ impl Receiver {
         }
     }
 
-    /// Connects, subscribes and turns tracking on.
+    /// Connects, subscribes and turns tracking on (on every primary of a
+    /// cluster, each over a connection of its own feeding the same pushes).
     async fn connect(&self) -> Result<Link, String> {
         let settings = ConnectSettings {
             response_timeout: self.l2.timeout(),
             connect_timeout: self.l2.connect_timeout(),
         };
         let (sender, pushes) = unbounded_channel();
+        let topology = self.l2.topology();
         let attempt = async {
-            let mut conn = topology::listener(self.l2.topology(), settings, sender).await?;
+            let mut conn = topology::listener(topology, None, settings, sender.clone()).await?;
             conn.subscribe(&self.shared.channel).await?;
+            let mut trackers = Vec::new();
             if self.tracking {
-                let mut track = redis::cmd("CLIENT");
-                track
-                    .arg("TRACKING")
-                    .arg("ON")
-                    .arg("BCAST")
-                    .arg("PREFIX")
-                    .arg(&self.key_prefix)
-                    .arg("NOLOOP");
-                if let Err(error) = track.query_async::<()>(&mut conn).await {
-                    self.shared.set_tracking(BusTracking::Unavailable);
-                    self.shared.log.warn(|suppressed| {
-                        tracing::warn!(%error, suppressed, "client tracking refused; writes made outside this library reach L1 only by its TTL");
-                    });
+                let tracked = if topology.is_cluster() {
+                    let primaries = self.l2.primaries().await.ok_or_else(|| {
+                        redis::RedisError::from((redis::ErrorKind::Io, "cluster primaries unknown"))
+                    })?;
+                    let mut tracked = Ok(());
+                    for node in &primaries {
+                        let mut tracker =
+                            topology::listener(topology, Some(node), settings, sender.clone())
+                                .await?;
+                        tracked = tracked.and(self.track(&mut tracker).await);
+                        trackers.push(tracker);
+                    }
+                    tracked
                 } else {
-                    self.shared.set_tracking(BusTracking::On);
+                    self.track(&mut conn).await
+                };
+                match tracked {
+                    Ok(()) => self.shared.set_tracking(BusTracking::On),
+                    // Lost on the way: try the whole connection again.
+                    Err(error) if is_availability_failure(&error) => return Err(error),
+                    Err(error) => {
+                        self.shared.set_tracking(BusTracking::Unavailable);
+                        self.shared.log.warn(|suppressed| {
+                            tracing::warn!(%error, suppressed, "client tracking refused; writes made outside this library reach L1 only by its TTL");
+                        });
+                    }
                 }
             }
-            Ok::<_, redis::RedisError>(Link { conn, pushes })
+            Ok::<_, redis::RedisError>(Link {
+                conn,
+                _trackers: trackers,
+                pushes,
+            })
         };
         match tokio::time::timeout(self.l2.connect_timeout(), attempt).await {
             Ok(Ok(link)) => Ok(link),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err("connection attempt timed out".to_owned()),
         }
+    }
+
+    /// `CLIENT TRACKING ON BCAST PREFIX <key prefix> NOLOOP` on `conn`.
+    async fn track(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .arg("BCAST")
+            .arg("PREFIX")
+            .arg(&self.key_prefix)
+            .arg("NOLOOP")
+            .query_async(conn)
+            .await
     }
 
     /// Brings L1 in step with the log after a (re)connection.
@@ -301,8 +340,13 @@ impl Receiver {
             for &i in &wanted {
                 mget.arg(&keys[i]);
             }
-            let read: Option<Vec<Option<Vec<u8>>>> =
-                mget.query_async(&mut link.conn.clone()).await.ok();
+            let read: Option<Vec<Option<Vec<u8>>>> = match self.l2.topology() {
+                RedisTopology::Single(_) => mget.query_async(&mut link.conn.clone()).await.ok(),
+                RedisTopology::Cluster(_) => {
+                    let full: Vec<String> = wanted.iter().map(|&i| keys[i].clone()).collect();
+                    self.l2.get_many(&full).await
+                }
+            };
             // Unread: judged without it (dropped).
             if let Some(values) = read.filter(|values| values.len() == wanted.len()) {
                 for (&i, value) in wanted.iter().zip(values) {

@@ -327,6 +327,17 @@ impl RemoteCache {
             .is_some()
     }
 
+    /// Every cluster primary (the server itself on a single node); `None`
+    /// when Redis was unusable.
+    pub(crate) async fn primaries(&self) -> Option<Vec<topology::Node>> {
+        self.inner
+            .call(
+                "cluster nodes",
+                |conn| async move { conn.key_holders().await },
+            )
+            .await
+    }
+
     /// Deletes every key starting with `prefix` but `keep`: `SCAN MATCH
     /// prefix* COUNT 500` on every node holding keys, `UNLINK` per batch
     /// found.

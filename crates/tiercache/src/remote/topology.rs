@@ -27,7 +27,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
 use redis::io::tcp::TcpSettings;
-use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, IntoConnectionInfo, RedisResult, Value};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, RedisResult,
+    Value,
+};
 
 use crate::error::Error;
 
@@ -324,14 +327,15 @@ impl Conn {
     }
 }
 
-/// A dedicated RESP3 connection for the bus receiver, to the server or to
-/// the first seed node of a cluster (classic `PUBLISH` is broadcast to
-/// every node, so any node sees every message). Pub/sub messages and
-/// client-tracking invalidations arrive on `pushes`, followed by a
-/// `Disconnection` push when the connection is lost; it never reconnects by
-/// itself.
+/// A dedicated RESP3 connection for the bus receiver: to the server, to the
+/// first seed node of a cluster (classic `PUBLISH` is broadcast to every
+/// node, so any node sees every message), or with `node` to that cluster
+/// node (client tracking is per node). Pub/sub messages and client-tracking
+/// invalidations arrive on `pushes`, followed by a `Disconnection` push
+/// when the connection is lost; it never reconnects by itself.
 pub(crate) async fn listener(
     topology: &RedisTopology,
+    node: Option<&Node>,
     settings: ConnectSettings,
     pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
 ) -> RedisResult<MultiplexedConnection> {
@@ -342,7 +346,24 @@ pub(crate) async fn listener(
             .map(String::as_str)
             .ok_or_else(|| unexpected("cluster topology without nodes"))?,
     };
-    let info = url.into_connection_info()?.set_tcp_settings(tcp_settings());
+    // The seed's credentials and TLS settings, at the node's address.
+    let mut info = url.into_connection_info()?.set_tcp_settings(tcp_settings());
+    if let Some(Node::Address { host, port }) = node {
+        let addr = match info.addr().clone() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host: host.clone(),
+                port: *port,
+                insecure,
+                tls_params,
+            },
+            _ => ConnectionAddr::Tcp(host.clone(), *port),
+        };
+        info = info.set_addr(addr);
+    }
     let resp3 = info
         .redis_settings()
         .clone()

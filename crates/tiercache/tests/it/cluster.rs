@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tiercache::{BusState, L2State, Source};
+use tiercache::{BusState, BusTracking, L2State, Source};
 
 use crate::support::{self, Item, PrivateCluster, eventually, found, found_all};
 
@@ -165,4 +165,68 @@ async fn redis_rs_splits_mget_per_slot_but_not_pipelines(cluster: &PrivateCluste
         error.kind(),
         redis::ErrorKind::Server(redis::ServerErrorKind::CrossSlot)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_made_in_a_cluster_by_others_leave_every_l1() {
+    let cluster = PrivateCluster::start().await;
+    let prefix = support::unique_prefix();
+    let build = || {
+        support::builder::<Item>(&prefix)
+            .redis_url(cluster.urls().join(","))
+            .build()
+    };
+    let (a, b) = (build().await.unwrap(), build().await.unwrap());
+    // Keys on every primary: client tracking is per node.
+    let ids: Vec<i64> = (1..=12).collect();
+    for cache in [&a, &b] {
+        assert_eq!(cache.stats().bus.tracking, BusTracking::On);
+        for &id in &ids {
+            eventually(
+                Duration::from_secs(5),
+                "the key to settle in L1",
+                || async {
+                    let lookup = cache.get_or_load(&id, || async move { found(id) }).await;
+                    lookup.unwrap().source == Source::L1
+                },
+            )
+            .await;
+        }
+    }
+
+    let mut outside = redis::cluster::ClusterClient::new(cluster.urls())
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap();
+    for &id in &ids {
+        let value = serde_json::to_string(&Item::with_name(id, format!("outside {id}"))).unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(a.redis_key(&id))
+            .arg(value)
+            .query_async(&mut outside)
+            .await
+            .unwrap();
+    }
+
+    for cache in [&a, &b] {
+        eventually(
+            Duration::from_secs(1),
+            "the outside writes to reach L1",
+            || async {
+                for &id in &ids {
+                    let lookup = cache
+                        .get_or_load(&id, || async move { found(id) })
+                        .await
+                        .unwrap();
+                    if lookup.value.map(|item| item.name.clone()) != Some(format!("outside {id}")) {
+                        return false;
+                    }
+                }
+                true
+            },
+        )
+        .await;
+        assert!(cache.stats().bus.tracked_keys >= ids.len() as u64);
+    }
 }
