@@ -167,6 +167,7 @@ async fn redis_rs_splits_mget_per_slot_but_not_pipelines(cluster: &PrivateCluste
     );
 }
 
+/// `SET` and `DEL` by another client, on keys of every primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_made_in_a_cluster_by_others_leave_every_l1() {
     let cluster = PrivateCluster::start().await;
@@ -199,15 +200,28 @@ async fn writes_made_in_a_cluster_by_others_leave_every_l1() {
         .get_async_connection()
         .await
         .unwrap();
+    // Even ids are set to a new value, odd ones deleted (read back: reloaded).
     for &id in &ids {
-        let value = serde_json::to_string(&Item::with_name(id, format!("outside {id}"))).unwrap();
-        let _: () = redis::cmd("SET")
-            .arg(a.redis_key(&id))
-            .arg(value)
-            .query_async(&mut outside)
-            .await
-            .unwrap();
+        let cmd = if id % 2 == 0 {
+            let value =
+                serde_json::to_string(&Item::with_name(id, format!("outside {id}"))).unwrap();
+            let mut set = redis::cmd("SET");
+            set.arg(a.redis_key(&id)).arg(value);
+            set
+        } else {
+            let mut del = redis::cmd("DEL");
+            del.arg(a.redis_key(&id));
+            del
+        };
+        let _: redis::Value = cmd.query_async(&mut outside).await.unwrap();
     }
+    let expected = |id: i64| {
+        if id % 2 == 0 {
+            format!("outside {id}")
+        } else {
+            "reloaded".to_owned()
+        }
+    };
 
     for cache in [&a, &b] {
         eventually(
@@ -215,11 +229,14 @@ async fn writes_made_in_a_cluster_by_others_leave_every_l1() {
             "the outside writes to reach L1",
             || async {
                 for &id in &ids {
-                    let lookup = cache
-                        .get_or_load(&id, || async move { found(id) })
-                        .await
-                        .unwrap();
-                    if lookup.value.map(|item| item.name.clone()) != Some(format!("outside {id}")) {
+                    let reload = || async move {
+                        Ok::<_, support::StoreDown>(Some(Item::with_name(
+                            id,
+                            "reloaded".to_owned(),
+                        )))
+                    };
+                    let lookup = cache.get_or_load(&id, reload).await.unwrap();
+                    if lookup.value.map(|item| item.name.clone()) != Some(expected(id)) {
                         return false;
                     }
                 }
