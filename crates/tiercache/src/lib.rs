@@ -68,6 +68,15 @@
 //! keeps plain writes from coming back; versioned writes (scripts, which
 //! `NOLOOP` does not recognise, and every write on a cluster) are told
 //! apart by version (`manager/sink.rs`).
+//!
+//! What they cost: each bus message is one script call (`XREVRANGE` +
+//! `XADD` + `PUBLISH`) instead of a `PUBLISH`, and the log holds up to
+//! about [`TieredCacheBuilder::change_log_len`] entries of at most 500 keys;
+//! tracking sends every instance one invalidation per changed key, and an
+//! instance holding that key reads it back once. Measured on the catalog
+//! (`bench/tracking.sh`, two instances, tracking on vs off): L1 hits
+//! unchanged, writes about 4% slower, +10 µs CPU per write on each other
+//! instance and +7 µs in Redis.
 //! Counters are in [`BusStats`].
 //!
 //! # Guarantees
