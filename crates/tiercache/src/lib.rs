@@ -205,6 +205,7 @@ mod local;
 mod manager;
 mod remote;
 mod stats;
+mod task;
 mod write_behind;
 
 pub use batch::{Abandoned, Batcher};

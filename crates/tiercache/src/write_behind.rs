@@ -60,8 +60,9 @@ use redis::Value;
 use tokio::sync::{Mutex, Notify};
 
 use crate::remote::codec::Codec;
-use crate::remote::{LogLimiter, RemoteCache, version_of_lua};
+use crate::remote::{RemoteCache, version_of_lua};
 use crate::stats::{DURATION_BUCKETS_MS, WriteBehindStats, duration_bucket};
+use crate::task::LogLimiter;
 
 /// Most entries one round reads (and one batch holds before coalescing).
 const BATCH: usize = 500;
@@ -124,7 +125,7 @@ pub(crate) struct Config<K, V> {
 /// The queue of one cache: the script that enqueues, and the flusher.
 pub(crate) struct WriteBehind<K, V> {
     shared: Arc<Shared<K, V>>,
-    _flusher: crate::remote::AbortOnDrop,
+    _flusher: crate::task::AbortOnDrop,
 }
 
 impl<K, V> fmt::Debug for WriteBehind<K, V> {
@@ -260,7 +261,7 @@ where
         let flusher = tokio::spawn(run(Arc::clone(&shared)));
         Self {
             shared,
-            _flusher: crate::remote::AbortOnDrop(flusher),
+            _flusher: crate::task::AbortOnDrop(flusher),
         }
     }
 

@@ -55,8 +55,9 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use crate::remote::{AbortOnDrop, LogLimiter, RemoteCache};
+use crate::remote::RemoteCache;
 use crate::stats::{BusClears, BusState, BusStats, BusTracking, DURATION_BUCKETS_MS};
+use crate::task::{AbortOnDrop, LogLimiter};
 use log::LogConfig;
 use message::{Message, Op};
 use receiver::Receiver;

@@ -28,10 +28,11 @@ use crate::fence::Fences;
 use crate::flight::Flights;
 use crate::local::{LocalCache, Probe};
 use crate::remote::codec::{self, Codec};
-use crate::remote::{AbortOnDrop, LogLimiter, RemoteCache, Write};
+use crate::remote::{RemoteCache, Write};
 use crate::stats::{
     BusState, BusStats, CacheStats, L2State, L2Stats, LoaderStats, StaleStats, Striped,
 };
+use crate::task::{AbortOnDrop, LogLimiter};
 use crate::write_behind::{Change, Enqueue, Enqueued, WriteBehind};
 
 mod fill;

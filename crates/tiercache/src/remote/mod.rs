@@ -9,7 +9,7 @@
 //! Nothing here returns an error to its caller. Every operation answers
 //! `None`/`false` when Redis could not be used: not connected yet, breaker
 //! open, error or timeout (each call is bounded by the configured timeout).
-//! Failures are counted and logged at most once per [`LOG_EVERY`], with the
+//! Failures are counted and logged at most once per [`LOG_EVERY`](crate::task::LOG_EVERY), with the
 //! number of suppressed ones. The manager turns "unavailable" into a miss.
 //!
 //! # Connection lifecycle
@@ -34,22 +34,20 @@ pub(crate) mod topology;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
 
 use redis::{Cmd, RedisError, Value};
-use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::batch::Batcher;
 use crate::clock::SystemClock;
 use crate::error::Error;
 use crate::stats::L2State;
+use crate::task::{AbortOnDrop, LogLimiter};
 use breaker::{BreakerConfig, CircuitBreaker, Permit};
 use topology::{Conn, ConnectSettings, RedisTopology};
 
-/// At most one L2 warning per this interval; the rest are counted.
-pub(crate) const LOG_EVERY: Duration = Duration::from_secs(5);
 /// Failed probes after which the supervisor rebuilds the connection.
 const REBUILD_AFTER: u32 = 3;
 /// `SCAN … COUNT`: keys examined per round trip when clearing a prefix.
@@ -107,17 +105,6 @@ struct Lent {
 /// A failed call: whether it failed for want of Redis (rather than Redis
 /// refusing the command).
 struct Unavailable(bool);
-
-/// Aborts a background task when dropped, so that tasks live exactly as
-/// long as their owner.
-#[derive(Debug)]
-pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 impl RemoteCache {
     /// Makes one connection attempt and starts the supervisor.
@@ -780,30 +767,6 @@ async fn supervise(inner: Weak<Inner>) {
     }
 }
 
-/// Lets one warning through per [`LOG_EVERY`] and counts the rest.
-#[derive(Debug, Default)]
-pub(crate) struct LogLimiter {
-    last: Mutex<Option<Instant>>,
-    suppressed: AtomicU64,
-}
-
-impl LogLimiter {
-    /// Calls `log` with the number of warnings suppressed since the last
-    /// one, or counts this one as suppressed.
-    pub(crate) fn warn(&self, log: impl FnOnce(u64)) {
-        let now = Instant::now();
-        {
-            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|at| now.duration_since(at) < LOG_EVERY) {
-                self.suppressed.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            *last = Some(now);
-        }
-        log(self.suppressed.swap(0, Ordering::Relaxed));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -840,19 +803,5 @@ mod tests {
         assert!(is_availability_failure(&loading));
         let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         assert!(is_availability_failure(&io));
-    }
-
-    #[test]
-    fn log_limiter_lets_one_warning_through_per_interval() {
-        let limiter = LogLimiter::default();
-        let mut logged = Vec::new();
-        for _ in 0..5 {
-            limiter.warn(|suppressed| logged.push(suppressed));
-        }
-        assert_eq!(logged, vec![0]);
-        assert_eq!(limiter.suppressed.load(Ordering::Relaxed), 4);
-        *limiter.last.lock().unwrap() = Some(Instant::now() - LOG_EVERY);
-        limiter.warn(|suppressed| logged.push(suppressed));
-        assert_eq!(logged, vec![0, 4]);
     }
 }
