@@ -437,6 +437,11 @@ mod tests {
                 let text = String::from_utf8_lossy(&payload);
                 let parsed = Invalidation::parse(&text);
                 let change: Option<Value> = serde_json::from_str(&text).ok();
+                if change.is_none() && serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok() {
+                    // JSON a `Value` cannot hold (a number beyond f64's
+                    // range, in a field the parser skips): no oracle.
+                    return Ok(());
+                }
                 let id = change.as_ref().and_then(|c| c.get("id")).and_then(Value::as_i64);
                 match parsed {
                     Invalidation::Product { id: got, version, .. } => {
