@@ -163,6 +163,16 @@ async fn clear_on_one_instance_empties_the_others_l1() {
     assert_no_bus_clears(&a);
 }
 
+/// `SET key value` by a client that is not the cache.
+async fn set_outside(redis: &mut MultiplexedConnection, key: &str, value: &str) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query_async(redis)
+        .await
+        .unwrap();
+}
+
 async fn publish_raw(redis: &mut MultiplexedConnection, channel: &str, message: &str) {
     let receivers: u64 = redis::cmd("PUBLISH")
         .arg(channel)
@@ -407,12 +417,7 @@ async fn writes_made_in_redis_by_others_leave_every_l1() {
     }
 
     let outside = serde_json::to_string(&Item::with_name(1, "outside".to_owned())).unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(a.redis_key(&1))
-        .arg(outside)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    set_outside(&mut redis, &a.redis_key(&1), &outside).await;
     let _: u64 = redis::cmd("DEL")
         .arg(a.redis_key(&2))
         .query_async(&mut redis)
@@ -470,12 +475,7 @@ async fn a_versioned_cache_keeps_its_own_writes_and_drops_outside_ones() {
     .await;
 
     let outside = serde_json::json!({"id": 1, "version": 3}).to_string();
-    let _: () = redis::cmd("SET")
-        .arg(a.redis_key(&1))
-        .arg(outside)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    set_outside(&mut redis, &a.redis_key(&1), &outside).await;
 
     for cache in [&a, &b] {
         eventually(PROPAGATION, "the outside write to reach L1", || async {
