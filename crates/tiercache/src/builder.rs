@@ -15,9 +15,8 @@ use serde::de::DeserializeOwned;
 use crate::bus::log::LogConfig;
 use crate::bus::{Bus, BusConfig, LOG_SUFFIX};
 use crate::error::Error;
-use crate::fence::Fences;
 use crate::local::LocalCache;
-use crate::manager::{CacheKey, L1Handle, OwnWrites, Parts, Settings, Tags, TieredCache};
+use crate::manager::{CacheKey, L1Handle, LocalLevel, OwnWrites, Parts, Settings, TieredCache};
 use crate::remote::breaker::BreakerConfig;
 use crate::remote::codec::{Codec, JsonCodec};
 use crate::remote::topology::{RedisTopology, redact};
@@ -553,7 +552,7 @@ where
             RedisSetting::Url(url) => Some(RedisTopology::parse(&url)?),
             RedisSetting::Topology(topology) => Some(topology),
         };
-        let l1 = LocalCache::new(self.l1_max_entries, self.l1_max_bytes)?;
+        let local = LocalLevel::new(LocalCache::new(self.l1_max_entries, self.l1_max_bytes)?);
         let l2 = match topology {
             None => None,
             Some(topology) => Some(
@@ -570,9 +569,7 @@ where
             ),
         };
         let key_prefix = format!("{}{}:", self.key_prefix, self.namespace);
-        let fences = Arc::new(Fences::new());
         let own_writes = Arc::new(OwnWrites::new());
-        let tags = Arc::new(Tags::new());
         let bus = match &l2 {
             Some(l2) if self.bus => {
                 let config = BusConfig {
@@ -586,9 +583,7 @@ where
                     tracking: self.client_tracking,
                 };
                 let sink = L1Handle {
-                    l1: l1.clone(),
-                    fences: Arc::clone(&fences),
-                    tags: Arc::clone(&tags),
+                    local: local.clone(),
                     versions: self
                         .versioning
                         .clone()
@@ -628,15 +623,13 @@ where
             _ => None,
         };
         Ok(TieredCache::from_parts(Parts {
-            l1,
+            local,
             l2,
             bus,
             write_behind,
             codec: self.codec,
             versioning: self.versioning,
-            fences,
             own_writes,
-            tags,
             settings,
         }))
     }

@@ -1,9 +1,19 @@
-//! Which keys are being refreshed in the background, and which refreshes
-//! failed recently (so that a failing loader is not retried on every hit).
+//! Eager refresh: a hit past the refresh point reloads its key in the
+//! background, one refresh per key at a time, and a key whose refresh
+//! failed is not retried for the fail-safe throttle (so that a failing
+//! loader is not called on every hit).
 
 use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::future::Future;
 use std::hash::{BuildHasher, Hash, RandomState};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::counters::Counter;
+use super::{CacheKey, Inner};
 
 use crate::clock::coarse;
 
@@ -60,6 +70,43 @@ impl<K: Eq + Hash + Clone> Refreshes<K> {
             shard.retain(|_, state| state.is_none_or(|retry_at| retry_at > now));
         }
         shard.insert(key.clone(), Some(now.saturating_add(throttle_ms)));
+    }
+}
+
+impl<K, V> Inner<K, V>
+where
+    K: CacheKey,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Reloads `key` in the background (eager refresh), unless a refresh of
+    /// it runs already or failed less than the fail-safe throttle ago.
+    pub(super) fn refresh<F, Fut, E>(self: &Arc<Self>, key: &K, loader: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: StdError + Send + Sync + 'static,
+    {
+        if !self.refreshes.begin(key) {
+            return;
+        }
+        self.counters.incr(Counter::Refreshes);
+        let ticket = self.local.ticket();
+        let load = self.load_and_store(loader(), key, ticket);
+        let inner = Arc::clone(self);
+        let key = key.clone();
+        tokio::spawn(async move {
+            let succeeded = match load.await {
+                Ok(_) => true,
+                Err(error) => {
+                    inner.counters.incr(Counter::RefreshErrors);
+                    tracing::debug!(%error, "eager refresh failed");
+                    false
+                }
+            };
+            let throttle =
+                u64::try_from(inner.settings.fail_safe_throttle.as_millis()).unwrap_or(u64::MAX);
+            inner.refreshes.end(&key, succeeded, throttle);
+        });
     }
 }
 

@@ -21,19 +21,15 @@
 
 use std::sync::Arc;
 
-use super::fill::decode_with;
-use super::{CacheKey, OwnWrites, Shared, Tags};
+use super::encode::{Decoded, decode_with};
+use super::{CacheKey, LocalLevel, OwnWrites, Shared};
 use crate::builder::Versioning;
 use crate::bus::L1Sink;
-use crate::fence::Fences;
-use crate::local::LocalCache;
 use crate::remote::codec::{self, Codec};
 
 /// What the bus may do to one cache's L1.
 pub(crate) struct L1Handle<K, V> {
-    pub(crate) l1: LocalCache<K, Shared<V>>,
-    pub(crate) fences: Arc<Fences>,
-    pub(crate) tags: Arc<Tags>,
+    pub(crate) local: LocalLevel<K, V>,
     /// For a versioned cache: how to read the version of a stored value.
     pub(crate) versions: Option<(Arc<dyn Codec<V>>, Versioning<V>)>,
     pub(crate) own_writes: Arc<OwnWrites<K>>,
@@ -55,17 +51,6 @@ where
     K: CacheKey,
     V: Send + Sync + 'static,
 {
-    fn clear_all(&self) {
-        self.fences.clear();
-        self.l1.clear();
-        self.tags.forget_all();
-    }
-
-    fn drop_key(&self, key: &K) {
-        self.fences.invalidate(key);
-        self.l1.remove(key);
-    }
-
     /// The version of a value (`-1` for a negative entry).
     fn version(&self, versioning: &Versioning<V>, value: &Shared<V>) -> i64 {
         match value {
@@ -85,7 +70,7 @@ where
             return Some((i64::try_from(version).unwrap_or(i64::MAX), Exact::No));
         }
         match decode_with(codec.as_ref(), stored) {
-            Ok(Some((now, _))) => Some((self.version(versioning, &now), Exact::Yes)),
+            Ok(Decoded::Entry(now)) => Some((self.version(versioning, &now.value), Exact::Yes)),
             _ => None,
         }
     }
@@ -94,7 +79,7 @@ where
         let Some((_, versioning)) = &self.versions else {
             return Verdict::Drop;
         };
-        let held = self.l1.peek(key);
+        let held = self.local.l1.peek(key);
         if held.is_none() && !self.own_writes.writing(key) {
             // Nothing to drop, nothing of ours on its way: only a fill
             // running now could land something older.
@@ -133,11 +118,11 @@ where
     fn remove(&self, keys: &[String]) {
         for key in keys {
             match key.parse::<K>() {
-                Ok(key) => self.drop_key(&key),
+                Ok(key) => self.local.drop_key(&key),
                 Err(_) => {
                     // We cannot tell which entry it names; drop them all.
                     tracing::warn!(%key, "bus key does not parse as a key of this cache; L1 cleared");
-                    self.clear_all();
+                    self.local.clear();
                     return;
                 }
             }
@@ -146,9 +131,9 @@ where
 
     fn wants_stored(&self, name: &str) -> bool {
         self.versions.is_some()
-            && name
-                .parse::<K>()
-                .is_ok_and(|key| self.l1.peek(&key).is_some() || self.own_writes.writing(&key))
+            && name.parse::<K>().is_ok_and(|key| {
+                self.local.l1.peek(&key).is_some() || self.own_writes.writing(&key)
+            })
     }
 
     fn changed(&self, changes: &[(String, Option<Vec<u8>>)]) -> Vec<String> {
@@ -159,7 +144,7 @@ where
             };
             match self.verdict(&key, stored.as_deref()) {
                 Verdict::Own => {}
-                Verdict::Drop => self.drop_key(&key),
+                Verdict::Drop => self.local.drop_key(&key),
                 Verdict::Later => later.push(name.clone()),
             }
         }
@@ -168,7 +153,7 @@ where
 
     fn holds(&self, name: &str) -> bool {
         name.parse::<K>()
-            .is_ok_and(|key| self.l1.peek(&key).is_some())
+            .is_ok_and(|key| self.local.l1.peek(&key).is_some())
     }
 
     fn recheck(&self, changes: &[(String, Vec<u8>)]) {
@@ -179,21 +164,21 @@ where
             let (Ok(key), Some((floor, _))) = (name.parse::<K>(), self.floor(Some(stored))) else {
                 continue;
             };
-            if let Some(held) = self.l1.peek(&key)
+            if let Some(held) = self.local.l1.peek(&key)
                 && self.version(versioning, &held) < floor
             {
-                self.l1.remove(&key);
+                self.local.l1.remove(&key);
             }
         }
     }
 
     fn tags(&self, tags: &[(String, u64)]) {
         for (tag, generation) in tags {
-            self.tags.raise(tag, *generation);
+            self.local.tags.raise(tag, *generation);
         }
     }
 
     fn clear(&self) {
-        self.clear_all();
+        self.local.clear();
     }
 }

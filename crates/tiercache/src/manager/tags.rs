@@ -18,6 +18,12 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{CacheKey, Inner, TieredCache};
+use crate::remote::Read;
+
 /// The generations this instance knows.
 #[derive(Debug, Default)]
 pub(crate) struct Tags {
@@ -56,6 +62,67 @@ impl Tags {
 
     pub(crate) fn forget_all(&self) {
         self.known().clear();
+    }
+}
+
+impl<K, V> TieredCache<K, V>
+where
+    K: CacheKey,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// The current generation of `tag`: put it into the keys of the entries
+    /// the tag covers (e.g. `format!("{generation}:{category}:{page}")`), so
+    /// that [`invalidate_tags`](Self::invalidate_tags) makes them
+    /// unreachable everywhere at once. See this module's docs for why this
+    /// is race-free.
+    ///
+    /// Known generations cost a map lookup; an unknown one costs a Redis
+    /// `GET` (0 when Redis has none or is unreachable).
+    pub async fn tag_generation(&self, tag: &str) -> u64 {
+        let inner = &*self.inner;
+        if let Some(generation) = inner.local.tags.get(tag) {
+            return generation;
+        }
+        let stored = match &inner.l2 {
+            Some(l2) => match l2.get(inner.tag_key(tag)).await {
+                Read::Found(bytes) => Some(bytes),
+                Read::Absent | Read::Unavailable => None,
+            },
+            None => None,
+        };
+        let generation = stored
+            .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse().ok())
+            .unwrap_or(0);
+        inner.local.tags.raise(tag, generation)
+    }
+
+    /// Moves each tag to a new generation (in Redis, here, and through the
+    /// bus on every other instance), so that every entry keyed with an older
+    /// generation is never read again. If Redis is unreachable only this
+    /// instance moves on (the others see a bus gap, or their L1 TTL).
+    pub async fn invalidate_tags(&self, tags: &[&str]) {
+        let inner = &*self.inner;
+        let mut published = Vec::with_capacity(tags.len());
+        for &tag in tags {
+            let bumped = match &inner.l2 {
+                Some(l2) => l2.bump_tag(&inner.tag_key(tag)).await,
+                None => None,
+            };
+            let generation = match bumped {
+                Some(generation) => inner.local.tags.raise(tag, generation),
+                None => inner.local.tags.bump_local(tag),
+            };
+            published.push((tag.to_owned(), generation));
+        }
+        if let Some(bus) = &inner.bus {
+            bus.publish_tags(published);
+        }
+    }
+}
+
+impl<K, V> Inner<K, V> {
+    fn tag_key(&self, tag: &str) -> String {
+        format!("{}tag:{tag}", self.settings.key_prefix)
     }
 }
 

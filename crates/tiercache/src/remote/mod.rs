@@ -75,7 +75,7 @@ pub(crate) struct RemoteConfig {
 pub(crate) struct RemoteCache {
     inner: Arc<Inner>,
     /// Single-key reads, sent as one `MGET` when they arrive together.
-    gets: Batcher<String, Option<Option<Vec<u8>>>>,
+    gets: Batcher<String, Read>,
     _supervisor: Arc<AbortOnDrop>,
 }
 
@@ -199,12 +199,11 @@ impl RemoteCache {
     /// themselves timing out give up with them rather than one batch later
     /// each. A read that gives up leaves its key in its batch; the answer
     /// is dropped.
-    pub(crate) async fn get(&self, key: String) -> Option<Option<Vec<u8>>> {
-        tokio::time::timeout(self.inner.config.timeout, self.gets.call(key))
-            .await
-            .ok()?
-            .ok()
-            .flatten()
+    pub(crate) async fn get(&self, key: String) -> Read {
+        match tokio::time::timeout(self.inner.config.timeout, self.gets.call(key)).await {
+            Ok(Ok(read)) => read,
+            Ok(Err(_)) | Err(_) => Read::Unavailable,
+        }
     }
 
     /// One `MGET` for all `keys`, answers in key order.
@@ -405,6 +404,28 @@ end
 }
 pub(crate) use version_of_lua;
 
+/// The answer to a single-key read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Read {
+    /// The key's bytes.
+    Found(Vec<u8>),
+    /// Redis answered: no such key.
+    Absent,
+    /// Redis could not be used (down, breaker open, timeout, error).
+    Unavailable,
+}
+
+impl Read {
+    /// From a `GET` reply; `None` when the call failed.
+    fn from_reply(reply: Option<Option<Vec<u8>>>) -> Self {
+        match reply {
+            Some(Some(bytes)) => Self::Found(bytes),
+            Some(None) => Self::Absent,
+            None => Self::Unavailable,
+        }
+    }
+}
+
 /// One value to store in Redis.
 #[derive(Debug, Clone)]
 pub(crate) struct Write {
@@ -527,18 +548,21 @@ pub(crate) fn is_availability_failure(error: &RedisError) -> bool {
 
 impl Inner {
     /// A batch of [`RemoteCache::get`]s: a `GET` for one key, else one `MGET`.
-    async fn get_batch(&self, keys: Vec<String>) -> Vec<Option<Option<Vec<u8>>>> {
+    async fn get_batch(&self, keys: Vec<String>) -> Vec<Read> {
         if let [key] = keys.as_slice() {
             let mut cmd = redis::cmd("GET");
             cmd.arg(key);
-            return vec![
-                self.call("GET", |conn| async move { conn.query(&cmd).await })
-                    .await,
-            ];
+            let value: Option<Option<Vec<u8>>> = self
+                .call("GET", |conn| async move { conn.query(&cmd).await })
+                .await;
+            return vec![Read::from_reply(value)];
         }
         match self.mget(&keys).await {
-            Some(values) => values.into_iter().map(Some).collect(),
-            None => vec![None; keys.len()],
+            Some(values) => values
+                .into_iter()
+                .map(|v| Read::from_reply(Some(v)))
+                .collect(),
+            None => keys.iter().map(|_| Read::Unavailable).collect(),
         }
     }
 

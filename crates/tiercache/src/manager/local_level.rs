@@ -1,0 +1,91 @@
+//! [`LocalLevel`]: this instance's L1 together with what keeps it honest
+//! (fill fences and the tag generations it knows), so that dropping a key or
+//! clearing L1 means the same whether the manager or the bus does it.
+
+use std::sync::Arc;
+
+use super::{CacheKey, Shared, Tags};
+use crate::fence::{Fences, Ticket};
+use crate::local::{Lifetime, LocalCache};
+
+/// L1, its fences and its tag generations; cheap to clone (shared parts).
+pub(crate) struct LocalLevel<K, V> {
+    pub(crate) l1: LocalCache<K, Shared<V>>,
+    fences: Arc<Fences>,
+    pub(crate) tags: Arc<Tags>,
+}
+
+impl<K, V> Clone for LocalLevel<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            l1: self.l1.clone(),
+            fences: Arc::clone(&self.fences),
+            tags: Arc::clone(&self.tags),
+        }
+    }
+}
+
+/// Whether a fenced insert stayed in L1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Filled {
+    Kept,
+    /// An invalidation of the key came in while it loaded: removed again.
+    Fenced,
+}
+
+impl<K, V> LocalLevel<K, V>
+where
+    K: CacheKey,
+    V: Send + Sync + 'static,
+{
+    pub(crate) fn new(l1: LocalCache<K, Shared<V>>) -> Self {
+        Self {
+            l1,
+            fences: Arc::new(Fences::new()),
+            tags: Arc::new(Tags::new()),
+        }
+    }
+
+    /// Taken before a load reads any level; checked after its L1 fill.
+    pub(super) fn ticket(&self) -> Ticket {
+        self.fences.start()
+    }
+
+    /// Whether `key` was invalidated (or L1 cleared) since `ticket`.
+    pub(super) fn crossed(&self, key: &K, ticket: Ticket) -> bool {
+        self.fences.crossed(key, ticket)
+    }
+
+    /// Drops `key`, fencing out fills of it that are still loading.
+    pub(crate) fn drop_key(&self, key: &K) {
+        self.fences.invalidate(key);
+        self.l1.remove(key);
+    }
+
+    /// Empties L1, fences out every running fill and forgets the known tag
+    /// generations (they are read from Redis again).
+    pub(crate) fn clear(&self) {
+        self.fences.clear();
+        self.l1.clear();
+        self.tags.forget_all();
+    }
+
+    /// Puts a value that was loaded under `ticket` into L1, unless its key
+    /// was invalidated meanwhile.
+    pub(super) fn insert_fenced(
+        &self,
+        key: &K,
+        value: Shared<V>,
+        weight: usize,
+        life: Lifetime,
+        ticket: Ticket,
+    ) -> Filled {
+        self.l1.insert_with(key, value, weight, life);
+        // After the insert: see `fence.rs` for why this order is race-free.
+        if self.fences.crossed(key, ticket) {
+            self.l1.remove(key);
+            return Filled::Fenced;
+        }
+        Filled::Kept
+    }
+}

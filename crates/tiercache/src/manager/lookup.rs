@@ -1,0 +1,59 @@
+//! What a read answers: [`Lookup`] (the value or "not found") and the
+//! [`Source`] level that answered.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+/// Which level answered a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Source {
+    /// The in-process cache.
+    L1,
+    /// Redis.
+    L2,
+    /// The caller's loader (a miss in every level).
+    Loader,
+    /// A fail-safe answer: an expired L1 value, served because the loader
+    /// failed, timed out, or failed recently (see the builder's `fail_safe`).
+    Stale,
+}
+
+/// The answer to a lookup: the value (or "not found") and where it came from.
+#[derive(Debug)]
+pub struct Lookup<V> {
+    /// The value, shared with the cache; `None` means the loader said it
+    /// does not exist (possibly remembered as a negative entry).
+    pub value: Option<Arc<V>>,
+    /// The level that answered.
+    pub source: Source,
+}
+
+impl<V> Clone for Lookup<V> {
+    fn clone(&self) -> Self {
+        Self {
+            value: self.value.clone(),
+            source: self.source,
+        }
+    }
+}
+
+impl<V> Lookup<V> {
+    /// Whether a value was found.
+    pub fn is_found(&self) -> bool {
+        self.value.is_some()
+    }
+
+    /// Whether a cache level answered with a current value (neither the
+    /// loader nor a stale fallback).
+    pub fn is_cache_hit(&self) -> bool {
+        matches!(self.source, Source::L1 | Source::L2)
+    }
+
+    /// The value, dropping the source.
+    pub fn into_value(self) -> Option<Arc<V>> {
+        self.value
+    }
+}

@@ -1,0 +1,446 @@
+//! The read paths of [`TieredCache`]: one key (L1, then single-flight over
+//! L2 and the loader, with fail-safe answers) and a batch (L1, one `MGET`,
+//! one loader call), filling the levels above the one that answered.
+//!
+//! Invariant: no cache level can fail a caller. L2 trouble (errors,
+//! timeouts, undecodable values) is a miss; the only error a read returns
+//! is the loader's own.
+
+use std::collections::{HashMap, HashSet};
+use std::error::Error as StdError;
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::counters::Counter;
+use super::encode::Entry;
+use super::local_level::Filled;
+use super::{CacheKey, FlightResult, Inner, LoadError, Lookup, Shared, Source, TieredCache};
+use crate::error::{Error, LoaderTimedOut};
+use crate::fence::Ticket;
+use crate::local::Probe;
+use crate::remote::Read;
+
+/// The loader error when the loader's task panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("the cache loader panicked")]
+struct LoaderPanicked;
+
+/// A fail-safe fallback: an expired L1 value and its weight.
+struct Fallback<V> {
+    value: Shared<V>,
+    bytes: u64,
+}
+
+impl<K, V> TieredCache<K, V>
+where
+    K: CacheKey,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Returns the value for `key`: from L1, else Redis, else `loader`.
+    ///
+    /// An L2 hit fills L1; a loader result fills Redis and L1 (`Ok(None)` as
+    /// a negative entry). Concurrent misses of one key run one loader (see
+    /// the type-level docs). An L1 hit takes no lock beyond a shard read
+    /// lock, allocates nothing and does not await.
+    ///
+    /// `loader` is only called on a miss (or for an eager refresh); the
+    /// future it returns must own what it needs (`'static`), because a load
+    /// may finish in the background after a soft timeout. Clone your
+    /// handles inside `loader`, not before, to keep hits free of that cost.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Loader`] when the loader (this caller's or the one it
+    /// waited for) fails or hits the hard timeout and no stale fallback
+    /// exists. Cache-level failures are never errors.
+    pub async fn get_or_load<F, Fut, E>(&self, key: &K, loader: F) -> Result<Lookup<V>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: StdError + Send + Sync + 'static,
+    {
+        let stale = match self.inner.local.l1.probe(key) {
+            Probe::Fresh { value, refresh } => {
+                if value.is_none() {
+                    self.inner.counters.incr(Counter::NegativeHits);
+                }
+                if refresh {
+                    self.inner.refresh(key, loader);
+                }
+                return Ok(Lookup {
+                    value,
+                    source: Source::L1,
+                });
+            }
+            Probe::Degraded(value) => {
+                self.inner.counters.incr(Counter::StaleThrottled);
+                return Ok(Lookup {
+                    value,
+                    source: Source::Stale,
+                });
+            }
+            Probe::Stale { value, bytes } => Some(Fallback { value, bytes }),
+            Probe::Missing => None,
+        };
+        let inner = &self.inner;
+        // Boxed so that the hit path's future stays small: the fill's state
+        // (Redis calls, the caller's loader) is large, and inline it would
+        // make every caller's future that large, allocated and moved on
+        // every call, hits included.
+        let (result, ran) = Box::pin(
+            inner
+                .flights
+                .run(key, || Inner::fill(inner, key, loader, stale)),
+        )
+        .await;
+        if !ran {
+            inner.counters.incr(Counter::Coalesced);
+        }
+        match result {
+            Ok((value, source)) => Ok(Lookup { value, source }),
+            Err(error) => Err(Error::Loader(error)),
+        }
+    }
+
+    /// Returns the values for `keys`, in order (duplicates answered each
+    /// time): L1 first, then one Redis `MGET` for the keys L1 lacked, then
+    /// one `loader` call for the keys still missing.
+    ///
+    /// The loader gets each missing key once and returns the values it
+    /// found; keys absent from its map are "not found" and stored as
+    /// negative entries. Loaded values fill Redis in one pipeline, and L1.
+    /// If every key is cached, the loader is not called.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Loader`] when the loader fails; nothing is cached then.
+    pub async fn get_many_or_load<F, Fut, E>(
+        &self,
+        keys: &[K],
+        loader: F,
+    ) -> Result<Vec<(K, Lookup<V>)>, Error>
+    where
+        F: FnOnce(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<HashMap<K, V>, E>>,
+        E: StdError + Send + Sync + 'static,
+    {
+        let inner = &*self.inner;
+        let ticket = inner.local.ticket();
+        let mut answers: HashMap<&K, Lookup<V>> = HashMap::with_capacity(keys.len());
+        let mut missing: Vec<&K> = Vec::new();
+        let mut seen: HashSet<&K> = HashSet::with_capacity(keys.len());
+        for key in keys {
+            if !seen.insert(key) {
+                continue;
+            }
+            match inner.local.l1.get(key) {
+                Some(value) => {
+                    if value.is_none() {
+                        inner.counters.incr(Counter::NegativeHits);
+                    }
+                    answers.insert(
+                        key,
+                        Lookup {
+                            value,
+                            source: Source::L1,
+                        },
+                    );
+                }
+                None => missing.push(key),
+            }
+        }
+        if !missing.is_empty() {
+            missing = inner.fill_many_from_l2(missing, &mut answers, ticket).await;
+        }
+        if !missing.is_empty() {
+            inner.counters.incr(Counter::Loads);
+            let load = loader(missing.iter().map(|k| (*k).clone()).collect());
+            let mut loaded = match inner.bounded(load).await {
+                Ok(loaded) => loaded,
+                Err(error) => {
+                    inner.counters.incr(Counter::LoaderErrors);
+                    return Err(Error::Loader(error));
+                }
+            };
+            let mut fills = Vec::with_capacity(missing.len());
+            for key in missing {
+                let value = loaded.remove(key).map(Arc::new);
+                fills.push(((*key).clone(), value.clone()));
+                answers.insert(
+                    key,
+                    Lookup {
+                        value,
+                        source: Source::Loader,
+                    },
+                );
+            }
+            inner.store_many(fills, true, ticket).await;
+        }
+        Ok(keys
+            .iter()
+            .map(|key| {
+                let answer = answers
+                    .get(key)
+                    .cloned()
+                    .expect("every key was answered by L1, L2 or the loader");
+                (key.clone(), answer)
+            })
+            .collect())
+    }
+}
+
+impl<K, V> Inner<K, V>
+where
+    K: CacheKey,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// The leader's half of a miss: L2, then the loader, filling on the way
+    /// back; `stale` is the fail-safe fallback, if any.
+    async fn fill<F, Fut, E>(
+        self: &Arc<Self>,
+        key: &K,
+        loader: F,
+        stale: Option<Fallback<V>>,
+    ) -> FlightResult<V>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: StdError + Send + Sync + 'static,
+    {
+        let ticket = self.local.ticket();
+        // A flight that finished between our L1 miss and our joining may
+        // have filled L1 already.
+        if let Some(value) = self.local.l1.peek(key) {
+            return Ok((value, Source::L1));
+        }
+        // Redis may hold a version older than a write it missed.
+        let l2 = self.l2.as_ref().filter(|_| !self.unapplied.distrusts(key));
+        if let Some(l2) = l2 {
+            let mut found = match l2.get(self.redis_key(key)).await {
+                Read::Found(stored) => self.decode(stored).await,
+                Read::Absent | Read::Unavailable => None,
+            };
+            if found.is_none() {
+                found = self.pending_value(key).await;
+            }
+            if let Some(Entry { value, weight }) = found {
+                self.record_l2_hit(&value);
+                self.fill_l1(key, value.clone(), weight, ticket);
+                return Ok((value, Source::L2));
+            }
+            self.counters.incr(Counter::L2Misses);
+        }
+        self.counters.incr(Counter::Loads);
+        let load = self.load_and_store(loader(), key, ticket);
+        let loaded = match (self.settings.soft_timeout, &stale) {
+            (Some(soft), Some(fallback)) => {
+                // In a task, so that it can finish (and fill the cache)
+                // after we answered with the fallback.
+                let mut task = tokio::spawn(load);
+                match tokio::time::timeout(soft, &mut task).await {
+                    Ok(joined) => joined.unwrap_or_else(|_| Err(Arc::new(LoaderPanicked))),
+                    Err(_) => {
+                        self.counters.incr(Counter::SoftTimeouts);
+                        self.counters.incr(Counter::StaleSoftTimeout);
+                        self.degrade(key, fallback, ticket);
+                        if task.is_finished() {
+                            // Its fresh value may have landed before our
+                            // fallback and been overwritten: make it a miss.
+                            self.local.l1.remove(key);
+                        }
+                        return Ok((fallback.value.clone(), Source::Stale));
+                    }
+                }
+            }
+            _ => load.await,
+        };
+        match (loaded, stale) {
+            (Ok(value), _) => Ok((value, Source::Loader)),
+            // A fallback invalidated while we loaded is known to be old.
+            (Err(error), Some(fallback)) if !self.local.crossed(key, ticket) => {
+                self.counters.incr(Counter::StaleLoaderError);
+                self.stale_log.warn(|suppressed| {
+                    tracing::warn!(%error, suppressed, "loader failed; serving a stale value");
+                });
+                self.degrade(key, &fallback, ticket);
+                Ok((fallback.value, Source::Stale))
+            }
+            (Err(error), _) => Err(error),
+        }
+    }
+
+    /// Runs a load (bounded by the hard timeout) and stores its result.
+    pub(super) fn load_and_store<Fut, E>(
+        self: &Arc<Self>,
+        load: Fut,
+        key: &K,
+        ticket: Ticket,
+    ) -> impl Future<Output = Result<Shared<V>, LoadError>> + Send + 'static
+    where
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: StdError + Send + Sync + 'static,
+    {
+        let inner = Arc::clone(self);
+        let key = key.clone();
+        async move {
+            match inner.bounded(load).await {
+                Ok(value) => {
+                    let value = value.map(Arc::new);
+                    inner.store(&key, value.clone(), ticket).await;
+                    Ok(value)
+                }
+                Err(error) => {
+                    inner.counters.incr(Counter::LoaderErrors);
+                    Err(error)
+                }
+            }
+        }
+    }
+
+    /// Awaits a loader, abandoning it at the hard timeout.
+    pub(super) async fn bounded<T, E>(
+        &self,
+        load: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, LoadError>
+    where
+        E: StdError + Send + Sync + 'static,
+    {
+        let Some(limit) = self.settings.hard_timeout else {
+            return load.await.map_err(|e| Arc::new(e) as LoadError);
+        };
+        match tokio::time::timeout(limit, load).await {
+            Ok(result) => result.map_err(|e| Arc::new(e) as LoadError),
+            Err(_) => {
+                self.counters.incr(Counter::HardTimeouts);
+                Err(Arc::new(LoaderTimedOut(limit)))
+            }
+        }
+    }
+
+    /// Keeps a fail-safe answer in L1 for the throttle time, so that the
+    /// failing loader is not called again by every request meanwhile.
+    fn degrade(&self, key: &K, fallback: &Fallback<V>, ticket: Ticket) {
+        let weight = usize::try_from(fallback.bytes).unwrap_or(usize::MAX);
+        let life = self.degraded_lifetime();
+        self.insert_fenced(key, fallback.value.clone(), weight, life, ticket);
+    }
+
+    /// One `MGET` for `missing`; answers what it can and returns the rest.
+    async fn fill_many_from_l2<'k>(
+        &self,
+        missing: Vec<&'k K>,
+        answers: &mut HashMap<&'k K, Lookup<V>>,
+        ticket: Ticket,
+    ) -> Vec<&'k K> {
+        let Some(l2) = &self.l2 else {
+            return missing;
+        };
+        // Keys Redis may hold old versions of go to the loader.
+        let (missing, mut distrusted) = self.unapplied.split(missing);
+        if missing.is_empty() {
+            return distrusted;
+        }
+        let redis_keys: Vec<String> = missing.iter().map(|k| self.redis_key(k)).collect();
+        let Some(stored) = l2.get_many(&redis_keys).await else {
+            self.counters.add(Counter::L2Misses, missing.len() as u64);
+            distrusted.extend(missing);
+            return distrusted;
+        };
+        let mut still_missing = Vec::new();
+        for (key, stored) in missing.into_iter().zip(stored) {
+            let found = match stored {
+                Some(stored) => self.decode(stored).await,
+                None => None,
+            };
+            if !self.answer_from_l2(key, found, answers, ticket) {
+                still_missing.push(key);
+            }
+        }
+        let pending = match &self.write_behind {
+            Some(queue) if !still_missing.is_empty() => {
+                let keys: Vec<String> = still_missing.iter().map(ToString::to_string).collect();
+                queue.pending(&keys).await
+            }
+            _ => None,
+        };
+        let mut pending = pending.unwrap_or_default().into_iter();
+        let mut missing = Vec::new();
+        for key in still_missing {
+            let found = match pending.next().flatten() {
+                Some(stored) => self.decode(stored).await,
+                None => None,
+            };
+            if !self.answer_from_l2(key, found, answers, ticket) {
+                self.counters.incr(Counter::L2Misses);
+                missing.push(key);
+            }
+        }
+        missing.extend(distrusted);
+        missing
+    }
+
+    /// Records `found` (a value read from Redis: the cache or the
+    /// write-behind queue) as `key`'s answer and fills L1; `false` if there
+    /// is none.
+    fn answer_from_l2<'k>(
+        &self,
+        key: &'k K,
+        found: Option<Entry<V>>,
+        answers: &mut HashMap<&'k K, Lookup<V>>,
+        ticket: Ticket,
+    ) -> bool {
+        let Some(Entry { value, weight }) = found else {
+            return false;
+        };
+        self.record_l2_hit(&value);
+        self.fill_l1(key, value.clone(), weight, ticket);
+        answers.insert(
+            key,
+            Lookup {
+                value,
+                source: Source::L2,
+            },
+        );
+        true
+    }
+
+    /// Write-behind: the newest queued value of `key`, which the store may
+    /// not have yet (see the write-behind module docs, "Pending values").
+    async fn pending_value(&self, key: &K) -> Option<Entry<V>> {
+        let queue = self.write_behind.as_ref()?;
+        let pending = queue.pending(&[key.to_string()]).await?;
+        let stored = pending.into_iter().next().flatten()?;
+        self.decode(stored).await
+    }
+
+    fn record_l2_hit(&self, value: &Shared<V>) {
+        self.counters.incr(Counter::L2Hits);
+        if value.is_none() {
+            self.counters.incr(Counter::NegativeHits);
+        }
+    }
+
+    /// Puts a value that was loaded under `ticket` into L1, unless its key
+    /// was invalidated meanwhile.
+    pub(super) fn fill_l1(&self, key: &K, value: Shared<V>, weight: usize, ticket: Ticket) {
+        let life = self.l1_lifetime(&value);
+        self.insert_fenced(key, value, weight, life, ticket);
+    }
+
+    /// [`LocalLevel::insert_fenced`](super::LocalLevel::insert_fenced), counted.
+    pub(super) fn insert_fenced(
+        &self,
+        key: &K,
+        value: Shared<V>,
+        weight: usize,
+        life: crate::local::Lifetime,
+        ticket: Ticket,
+    ) {
+        if self.local.insert_fenced(key, value, weight, life, ticket) == Filled::Fenced {
+            self.counters.incr(Counter::FencedFills);
+        }
+    }
+}

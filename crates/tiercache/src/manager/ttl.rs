@@ -1,0 +1,85 @@
+//! How long entries live: L1 lifetimes (TTL, fail-safe window, eager-refresh
+//! point) and L2 TTLs, each shortened by a random jitter so that entries
+//! filled together do not expire together.
+
+use std::time::Duration;
+
+use super::{Inner, Shared};
+use crate::local::Lifetime;
+
+impl<K, V> Inner<K, V> {
+    /// An L1 entry's life: the (jittered) TTL; for values also the
+    /// fail-safe window and the eager-refresh point.
+    pub(super) fn l1_lifetime(&self, value: &Shared<V>) -> Lifetime {
+        if value.is_none() {
+            let ttl = self.settings.negative_ttl.min(self.settings.l1_ttl);
+            return Lifetime::ttl(self.jitter(ttl));
+        }
+        let fresh = self.jitter(self.settings.l1_ttl);
+        Lifetime {
+            fresh,
+            stale: self.settings.fail_safe_window,
+            refresh_after: self.settings.eager_refresh.map(|f| fresh.mul_f64(f)),
+            degraded: false,
+        }
+    }
+
+    /// The life of a value this instance wrote (write-behind): as fresh as a
+    /// fill, negative entries included (they stand for a delete).
+    pub(super) fn written_lifetime(&self, value: &Shared<V>) -> Lifetime {
+        if value.is_some() {
+            self.l1_lifetime(value)
+        } else {
+            Lifetime::ttl(self.jitter(self.settings.l1_ttl))
+        }
+    }
+
+    /// A fail-safe answer's life: fresh for the throttle time, so that the
+    /// failing loader is not called again by every request meanwhile.
+    pub(super) fn degraded_lifetime(&self) -> Lifetime {
+        Lifetime {
+            fresh: self.settings.fail_safe_throttle,
+            stale: self.settings.fail_safe_window,
+            refresh_after: None,
+            degraded: true,
+        }
+    }
+
+    pub(super) fn l2_ttl_for(&self, value: &Shared<V>) -> Duration {
+        let ttl = if value.is_some() {
+            self.settings.l2_ttl
+        } else {
+            self.settings.negative_ttl.min(self.settings.l2_ttl)
+        };
+        self.jitter(ttl)
+    }
+
+    /// Shortens `ttl` by a random fraction up to the configured jitter; never
+    /// lengthens it, so the configured TTL stays a bound on staleness.
+    fn jitter(&self, ttl: Duration) -> Duration {
+        jitter(ttl, self.settings.ttl_jitter, rand::random::<f64>())
+    }
+}
+
+fn jitter(ttl: Duration, fraction: f64, unit_random: f64) -> Duration {
+    if fraction <= 0.0 || ttl.is_zero() {
+        return ttl;
+    }
+    ttl.mul_f64(1.0 - fraction * unit_random)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_only_shortens_within_the_fraction() {
+        let ttl = Duration::from_secs(100);
+        assert_eq!(jitter(ttl, 0.1, 0.0), ttl);
+        assert_eq!(jitter(ttl, 0.1, 1.0), Duration::from_secs(90));
+        assert_eq!(jitter(ttl, 0.0, 0.7), ttl);
+        assert_eq!(jitter(Duration::ZERO, 0.5, 0.7), Duration::ZERO);
+        let mid = jitter(ttl, 0.2, 0.5);
+        assert_eq!(mid, Duration::from_secs(90));
+    }
+}

@@ -1,0 +1,401 @@
+//! The write paths of [`TieredCache`]: write-through `set`, invalidations
+//! (plain, versioned with tombstones, whole cache), write-behind, warming;
+//! and the stores they share (one value, or many in one pipeline, Redis
+//! first, then L1, version-guarded in a versioned cache).
+//!
+//! Every write changes Redis first, then this instance's L1, then announces
+//! the keys on the bus. A Redis step that fails leaves the key distrusted
+//! and its repair queued (see `unapplied.rs`); the write itself completes.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::counters::Counter;
+use super::encode::{ENTRY_OVERHEAD, Encoded};
+use super::unapplied::Repair;
+use super::{CacheKey, Inner, Shared, TieredCache};
+use crate::error::Error;
+use crate::fence::Ticket;
+use crate::remote::Write;
+use crate::remote::codec;
+use crate::write_behind::{Change, Enqueue, Enqueued};
+
+/// Whether [`Inner::store`] left Redis as it should be (stored, refused as
+/// older than what Redis holds, or not meant for Redis), or failed to
+/// reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum L2Write {
+    Done,
+    Failed,
+}
+
+impl<K, V> TieredCache<K, V>
+where
+    K: CacheKey,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Stores `value` under `key` in Redis (one `SET … PX`, version-checked
+    /// in a versioned cache) and L1, with the usual TTLs, then tells the
+    /// other instances to drop their L1 copy. If the value cannot be
+    /// encoded it is kept in L1 only. This is write-through: call it after
+    /// the source of truth took the write.
+    pub async fn set(&self, key: &K, value: V) {
+        let inner = &*self.inner;
+        let ticket = inner.local.ticket();
+        let value = Arc::new(value);
+        let repair = inner.repair_for(Some(&value));
+        if inner.store(key, Some(value), ticket).await == L2Write::Failed {
+            // Redis may still hold the old version (L1 has the new one):
+            // see `unapplied.rs`.
+            inner.unapplied.record(key, repair);
+        }
+        inner.announce(std::slice::from_ref(key));
+    }
+
+    /// Removes `key` from Redis (`UNLINK`), then from this instance's L1,
+    /// then tells the other instances to drop it from theirs.
+    ///
+    /// If Redis is unreachable, the removal is retried until Redis takes it,
+    /// and this instance does not read the key from Redis meanwhile. In a
+    /// versioned cache, writers should prefer
+    /// [`invalidate_version`](Self::invalidate_version).
+    pub async fn invalidate(&self, key: &K) {
+        self.invalidate_many(std::slice::from_ref(key)).await;
+    }
+
+    /// Removes `keys` from Redis (one `UNLINK`), then from this instance's
+    /// L1, then tells the other instances to drop them from theirs.
+    pub async fn invalidate_many(&self, keys: &[K]) {
+        let inner = &*self.inner;
+        if let Some(l2) = &inner.l2 {
+            let redis_keys: Vec<String> = keys.iter().map(|k| inner.redis_key(k)).collect();
+            if !l2.delete(&redis_keys).await {
+                for key in keys {
+                    inner.unapplied.record(key, Repair::unlink());
+                }
+            }
+        }
+        inner.drop_local(keys);
+        inner.announce(keys);
+    }
+
+    /// Invalidates `key` after a write that made `version` current (for a
+    /// delete: one more than the deleted version). Redis gets a tombstone
+    /// that refuses every older version for the tombstone TTL, so a slow
+    /// reader that loaded the old value cannot put it back; then this
+    /// instance's L1 and every other instance's drop the key.
+    ///
+    /// In an unversioned cache this is [`invalidate`](Self::invalidate).
+    pub async fn invalidate_version(&self, key: &K, version: u64) {
+        let inner = &*self.inner;
+        let (Some(l2), Some(versioning)) = (&inner.l2, &inner.versioning) else {
+            return self.invalidate(key).await;
+        };
+        let write = Write {
+            key: inner.redis_key(key),
+            value: codec::tombstone(version),
+            ttl: inner.settings.tombstone_ttl,
+            version: i64::try_from(version).unwrap_or(i64::MAX),
+        };
+        match l2.set(&write, Some(&versioning.field)).await {
+            Some(true) => {}
+            // Redis holds a newer version, which is fine.
+            Some(false) => tracing::debug!(key = %write.key, version, "tombstone refused"),
+            // Retried until Redis takes it; not trusted for `key` meanwhile.
+            None => inner.unapplied.record(key, Repair::tombstone(version)),
+        }
+        inner.drop_local(std::slice::from_ref(key));
+        inner.announce(std::slice::from_ref(key));
+    }
+
+    /// Write-behind: records that `key` changed to `version` (for a delete:
+    /// one more than the deleted version) in Redis, both in the cache
+    /// (readers everywhere see it at once; a delete reads as "absent") and
+    /// in the durable queue the flusher writes to the store from, in one
+    /// atomic step; then in this instance's L1, and tells the other
+    /// instances to drop their copy. Once this returns `Ok` the change
+    /// survives a crash of this process.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`] when Redis holds `version` or a newer one (a
+    /// concurrent writer won: read again and retry); [`Error::Unavailable`]
+    /// when Redis cannot be used or the cache has no write-behind queue. In
+    /// both cases nothing changed.
+    pub async fn write_behind(
+        &self,
+        key: &K,
+        version: u64,
+        change: Change<V>,
+    ) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let (Some(queue), Some(versioning)) = (&inner.write_behind, &inner.versioning) else {
+            return Err(Error::Unavailable);
+        };
+        let ticket = inner.local.ticket();
+        let (stored, payload, value, weight) = match change {
+            Change::Put(value) => {
+                let encoded = inner.codec.encode(&value).map_err(|error| {
+                    tracing::error!(%error, "a write-behind value could not be encoded");
+                    Error::Unavailable
+                })?;
+                let weight = ENTRY_OVERHEAD + encoded.len();
+                let sealed = codec::seal(encoded.clone(), inner.settings.compression_threshold)
+                    .map_err(|_| Error::Unavailable)?;
+                let stored = codec::with_version(sealed, version);
+                (stored, encoded, Some(Arc::new(value)), weight)
+            }
+            Change::Delete => (codec::deleted(version), Vec::new(), None, ENTRY_OVERHEAD),
+        };
+        let redis_key = inner.redis_key(key);
+        let own_version = if value.is_some() {
+            i64::try_from(version).unwrap_or(i64::MAX)
+        } else {
+            -1
+        };
+        let _own = inner.own_writes.begin(key, own_version);
+        let enqueued = queue
+            .enqueue(Enqueue {
+                redis_key: &redis_key,
+                key: key.to_string(),
+                version,
+                delete: value.is_none(),
+                stored,
+                ttl: inner.settings.l2_ttl,
+                field: &versioning.field,
+                payload,
+            })
+            .await;
+        match enqueued {
+            Enqueued::Queued => {
+                let life = inner.written_lifetime(&value);
+                inner.insert_fenced(key, value, weight, life, ticket);
+                inner.announce(std::slice::from_ref(key));
+                Ok(())
+            }
+            Enqueued::Conflict => {
+                // Our copy is older than Redis's: the next read fetches it.
+                inner.drop_local(std::slice::from_ref(key));
+                Err(Error::Conflict)
+            }
+            Enqueued::Unavailable => Err(Error::Unavailable),
+        }
+    }
+
+    /// Writes every queued write-behind change to the store, for at most
+    /// `limit`; returns whether the queue is empty (`true` without one).
+    /// For graceful shutdown: drain before exit.
+    pub async fn drain_write_behind(&self, limit: Duration) -> bool {
+        match &self.inner.write_behind {
+            Some(queue) => queue.drain(limit).await,
+            None => true,
+        }
+    }
+
+    /// Removes `key` from this instance's L1 only (e.g. on an invalidation
+    /// message from another instance).
+    pub fn invalidate_local(&self, key: &K) {
+        self.inner.drop_local(std::slice::from_ref(key));
+    }
+
+    /// Removes every key of this cache (`{key_prefix}{namespace}:*`) from
+    /// Redis, by `SCAN` + `UNLINK` in batches (never `KEYS` or `FLUSHDB`),
+    /// then empties this instance's L1, then tells the other instances to
+    /// empty theirs. The bus's change log stays: the clear is one of its
+    /// entries.
+    ///
+    /// Keys written while the scan runs may survive it.
+    pub async fn clear(&self) {
+        let inner = &*self.inner;
+        if let Some(l2) = &inner.l2 {
+            match l2
+                .clear_prefix(&inner.settings.key_prefix, &inner.settings.change_log_key())
+                .await
+            {
+                Some(unlinked) => tracing::debug!(unlinked, "L2 cleared"),
+                None => {
+                    tracing::warn!("L2 clear did not complete; Redis is not trusted until it does");
+                    inner.unapplied.distrust_all();
+                }
+            }
+        }
+        inner.local.clear();
+        if let Some(bus) = &inner.bus {
+            bus.publish_clear();
+        }
+    }
+
+    /// Empties this instance's L1 only (and forgets the tag generations it
+    /// knew; they are read from Redis again).
+    pub fn clear_local(&self) {
+        self.inner.local.clear();
+    }
+
+    /// Loads `keys` in batches of `batch_size` and stores every value the
+    /// loader returns in Redis (one pipeline per batch) and L1, whether or
+    /// not it was cached. Keys the loader does not return are skipped (no
+    /// negative entries). Returns how many values were stored.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Loader`] from the first failing batch; the batches before it
+    /// stay cached.
+    pub async fn warm<F, Fut, E>(
+        &self,
+        keys: Vec<K>,
+        batch_size: usize,
+        mut loader: F,
+    ) -> Result<usize, Error>
+    where
+        F: FnMut(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<HashMap<K, V>, E>>,
+        E: StdError + Send + Sync + 'static,
+    {
+        let inner = &*self.inner;
+        let mut warmed = 0;
+        for batch in keys.chunks(batch_size.max(1)) {
+            let ticket = inner.local.ticket();
+            inner.counters.incr(Counter::Loads);
+            let loaded = inner
+                .bounded(loader(batch.to_vec()))
+                .await
+                .map_err(|error| {
+                    inner.counters.incr(Counter::LoaderErrors);
+                    Error::Loader(error)
+                })?;
+            warmed += loaded.len();
+            let warmed_keys: Vec<K> = loaded.keys().cloned().collect();
+            let fills = loaded
+                .into_iter()
+                .map(|(key, value)| (key, Some(Arc::new(value))))
+                .collect();
+            inner.store_many(fills, false, ticket).await;
+            inner.announce(&warmed_keys);
+        }
+        Ok(warmed)
+    }
+}
+
+impl<K, V> Inner<K, V>
+where
+    K: CacheKey,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Drops `keys` from L1, fencing out fills that are still loading them.
+    fn drop_local(&self, keys: &[K]) {
+        for key in keys {
+            self.local.drop_key(key);
+        }
+    }
+
+    /// The guard's JSON field in a versioned cache.
+    fn guard(&self) -> Option<&str> {
+        self.versioning.as_ref().map(|v| v.field.as_str())
+    }
+
+    /// The Redis write of a stored value, with its version when versioned.
+    fn write(&self, key: &K, stored: Vec<u8>, ttl: Duration, value: &Shared<V>) -> Write {
+        let (stored, version) = match (&self.versioning, value) {
+            (Some(versioning), Some(value)) => {
+                let version = (versioning.version_of)(value);
+                (
+                    codec::with_version(stored, version),
+                    i64::try_from(version).unwrap_or(i64::MAX),
+                )
+            }
+            _ => (stored, -1),
+        };
+        Write {
+            key: self.redis_key(key),
+            value: stored,
+            ttl,
+            version,
+        }
+    }
+
+    /// Stores one value (or negative entry) in Redis, then L1 (fenced by
+    /// `ticket`). A value the version guard refused is not put in L1 either:
+    /// Redis holds a newer one.
+    pub(super) async fn store(&self, key: &K, value: Shared<V>, ticket: Ticket) -> L2Write {
+        let (encoded, weight) = self.encode(value.as_ref()).await;
+        let mut outcome = L2Write::Done;
+        // Held until the L1 fill below.
+        let _own;
+        if let (Some(l2), Encoded::Stored(stored)) = (&self.l2, encoded) {
+            let ttl = self.l2_ttl_for(&value);
+            if !ttl.is_zero() {
+                let write = self.write(key, stored, ttl, &value);
+                _own = self
+                    .guard()
+                    .map(|_| self.own_writes.begin(key, write.version));
+                match l2.set(&write, self.guard()).await {
+                    Some(true) => {}
+                    Some(false) => {
+                        self.counters.incr(Counter::GuardRejections);
+                        return L2Write::Done;
+                    }
+                    None => outcome = L2Write::Failed,
+                }
+            }
+        }
+        self.fill_l1(key, value, weight, ticket);
+        outcome
+    }
+
+    /// Stores many values in Redis (one pipeline), then L1, like
+    /// [`store`](Self::store). Negative entries are stored only when
+    /// `negatives` is set.
+    pub(super) async fn store_many(
+        &self,
+        fills: Vec<(K, Shared<V>)>,
+        negatives: bool,
+        ticket: Ticket,
+    ) {
+        let mut writes = Vec::with_capacity(fills.len());
+        // Each L1 item with the index of its Redis write, if it has one.
+        let mut l1_items = Vec::with_capacity(fills.len());
+        // Held until the L1 fills below.
+        let mut own = Vec::new();
+        for (key, value) in fills {
+            if value.is_none() && !negatives {
+                continue;
+            }
+            let (encoded, weight) = self.encode(value.as_ref()).await;
+            let ttl = self.l2_ttl_for(&value);
+            let mut written = None;
+            if let Encoded::Stored(stored) = encoded
+                && self.l2.is_some()
+                && !ttl.is_zero()
+            {
+                written = Some(writes.len());
+                let write = self.write(&key, stored, ttl, &value);
+                if self.guard().is_some() {
+                    own.push(self.own_writes.begin(&key, write.version));
+                }
+                writes.push(write);
+            }
+            l1_items.push((key, value, weight, written));
+        }
+        let stored = match &self.l2 {
+            Some(l2) => l2.set_many(&writes, self.guard()).await,
+            None => None,
+        };
+        for (key, value, weight, written) in l1_items {
+            let refused = match (&stored, written) {
+                (Some(stored), Some(index)) => !stored.get(index).copied().unwrap_or(true),
+                _ => false,
+            };
+            if refused {
+                self.counters.incr(Counter::GuardRejections);
+                continue;
+            }
+            self.fill_l1(&key, value, weight, ticket);
+        }
+    }
+}
