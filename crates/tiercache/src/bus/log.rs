@@ -11,37 +11,14 @@
 //! entries (`MAXLEN ~`); an instance whose position fell off its start
 //! clears its L1.
 //!
-//! Appending and publishing are one script ([`PUBLISH`]), so the log and
+//! Appending and publishing are one script ([`PUBLISH`](crate::remote::scripts::PUBLISH)), so the log and
 //! the channel carry the same messages in the same order.
 
 use redis::Cmd;
 
-use super::message::{EntryId, Message, Position};
+use crate::remote::scripts::PUBLISH;
 
-/// Appends ARGV[2] (a message body) to the log KEYS[1] unless ARGV[5] is
-/// `0` (a heartbeat), then publishes it on channel ARGV[1] with its
-/// envelope: its entry id, the entry before it and the log's epoch (the
-/// last entry's, or ARGV[3] when the log is empty). The log is trimmed to
-/// about ARGV[4] entries. Returns the entry id (the head for a heartbeat).
-const PUBLISH: &str = r#"
-local head = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local prev, epoch = '0-0', ''
-if head[1] then
-  prev = head[1][1]
-  local fields = head[1][2]
-  for i = 1, #fields, 2 do
-    if fields[i] == 'e' then epoch = fields[i + 1] end
-  end
-end
-local id = prev
-if ARGV[5] == '1' then
-  if epoch == '' then epoch = ARGV[3] end
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'e', epoch, 'p', prev, 'm', ARGV[2])
-end
-local envelope = '{"id":"' .. id .. '","prev":"' .. prev .. '","epoch":"' .. epoch .. '",'
-redis.call('PUBLISH', ARGV[1], envelope .. string.sub(ARGV[2], 2))
-return id
-"#;
+use super::message::{EntryId, Message, Position};
 
 /// Entries read per `XRANGE` during a catch-up.
 pub(super) const READ_BATCH: usize = 200;

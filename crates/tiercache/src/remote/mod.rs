@@ -1,4 +1,7 @@
-//! L2: Redis, behind a timeout, a circuit breaker and a supervisor.
+//! L2: Redis, behind a timeout, a circuit breaker and a supervisor. This
+//! file owns the operations the cache uses (reads, guarded writes, deletes,
+//! clears); how each call runs is in `connection`, the Lua scripts in
+//! [`scripts`], stored forms in [`codec`], where Redis is in [`topology`].
 //!
 //! Owns the connection, the breaker and the L2 error counter. Works on
 //! already-encoded bytes and full Redis keys; it knows nothing about value
@@ -21,43 +24,41 @@
 //! - retries the first connection with exponential backoff (100 ms → 2 s);
 //! - while the breaker is open, sends a `PING` probe every cooldown, so the
 //!   level comes back `Up` even when no traffic would probe it;
-//! - rebuilds the connection from scratch after [`REBUILD_AFTER`] failed
-//!   probes, in case the old one is wedged (e.g. its reconnect gave up).
+//! - rebuilds the connection from scratch after a few failed probes, in case the old one is wedged (e.g. its reconnect gave up).
 //!
 //! Between those, redis-rs reconnects a dropped connection by itself
 //! (`ConnectionManager` for one server, the cluster client per node).
 
 pub(crate) mod codec;
+pub(crate) mod scripts;
 
 pub(crate) mod breaker;
+mod connection;
 pub(crate) mod topology;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use redis::{Cmd, RedisError, Value};
-use tracing::Instrument;
+use redis::{Cmd, Value};
 
 use crate::batch::Batcher;
 use crate::clock::SystemClock;
 use crate::error::Error;
 use crate::stats::L2State;
 use crate::task::{AbortOnDrop, LogLimiter};
-use breaker::{BreakerConfig, CircuitBreaker, Permit};
-use topology::{Conn, ConnectSettings, RedisTopology};
+use breaker::{BreakerConfig, CircuitBreaker};
+pub(crate) use connection::is_availability_failure;
+use connection::{Inner, Lent, supervise};
+use scripts::{BUMP_TAG, GUARDED_SET};
+use topology::{Conn, RedisTopology};
 
-/// Failed probes after which the supervisor rebuilds the connection.
-const REBUILD_AFTER: u32 = 3;
 /// `SCAN … COUNT`: keys examined per round trip when clearing a prefix.
 const SCAN_COUNT: usize = 500;
 /// Single-key reads in flight at once; more wait and go out as one `MGET`.
 const READ_LANES: usize = 2;
 /// Most keys in one batched `MGET`.
 const MAX_READ_BATCH: usize = 100;
-const FIRST_RETRY: Duration = Duration::from_millis(100);
-const MAX_RETRY: Duration = Duration::from_secs(2);
 
 /// Everything the L2 needs to connect and behave.
 #[derive(Debug, Clone)]
@@ -78,33 +79,6 @@ pub(crate) struct RemoteCache {
     gets: Batcher<String, Read>,
     _supervisor: Arc<AbortOnDrop>,
 }
-
-#[derive(Debug)]
-struct Inner {
-    config: RemoteConfig,
-    /// `None` until the first connection succeeds.
-    conn: RwLock<Option<Conn>>,
-    /// Where writes go when set: the bus receiver's connection (see
-    /// [`RemoteCache::route_writes`]).
-    writer: RwLock<Option<Lent>>,
-    /// Numbers the connections lent, so that a failed write takes back only
-    /// the one it used.
-    lends: AtomicU64,
-    breaker: CircuitBreaker,
-    errors: AtomicU64,
-    log: LogLimiter,
-}
-
-/// The bus receiver's connection, lent for writes.
-#[derive(Debug, Clone)]
-struct Lent {
-    number: u64,
-    conn: Conn,
-}
-
-/// A failed call: whether it failed for want of Redis (rather than Redis
-/// refusing the command).
-struct Unavailable(bool);
 
 impl RemoteCache {
     /// Makes one connection attempt and starts the supervisor.
@@ -381,29 +355,6 @@ impl RemoteCache {
     }
 }
 
-/// Lua `version_of(stored, field)`: the version of a stored value (see
-/// [`codec`]): the digits after a `0x03` (versioned), `0x04` (tombstone) or
-/// `0x05` (deleted) marker, `-1` for a negative entry, the JSON field
-/// `field` of JSON text, `nil` when absent or unreadable.
-macro_rules! version_of_lua {
-    () => {
-        r"
-local function version_of(cur, field)
-  if not cur then return nil end
-  local first = string.byte(cur, 1)
-  if first == nil then return -1 end
-  if first >= 3 and first <= 5 then return tonumber(string.match(cur, '^.(%d+)')) end
-  if first > 8 then
-    local ok, doc = pcall(cjson.decode, cur)
-    if ok and type(doc) == 'table' then return tonumber(doc[field]) end
-  end
-  return nil
-end
-"
-    };
-}
-pub(crate) use version_of_lua;
-
 /// The answer to a single-key read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Read {
@@ -438,46 +389,11 @@ pub(crate) struct Write {
     pub(crate) version: i64,
 }
 
-/// The version guard (SPEC §4: "never replace a newer version with an
-/// older one"). Stores ARGV[2] under KEYS[1] for ARGV[3] ms unless what is
-/// stored has a higher version than ARGV[1]. The stored version is read
-/// from the value itself: the digits after a `0x03` (versioned) or `0x04`
-/// (tombstone) marker, `-1` for a negative entry (the empty string), else
-/// the JSON field named ARGV[4]. A value whose version cannot be read is
-/// replaced. Returns 1 when stored, 0 when refused, 2 when the very same
-/// bytes are already there (left as they are, TTL included: rewriting them
-/// would only send every instance a client-tracking invalidation for a
-/// value that did not change).
-const GUARDED_SET: &str = concat!(
-    version_of_lua!(),
-    r"
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[2] then return 2 end
-local old = version_of(cur, ARGV[4])
-if old and old > tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-"
-);
-
 /// Whether a reply to [`Write::cmd`] means "stored": `OK` from `SET`, 1
 /// (written) or 2 (already there) from the guard.
 fn is_stored(reply: &Value) -> bool {
     matches!(reply, Value::Okay | Value::Int(1 | 2))
 }
-
-/// New tag generation: `max(stored + 1, Redis time in ms)`. Time-based so
-/// that a generation never comes back after its key was deleted (by a
-/// cache clear, say): entries keyed by an old generation must stay
-/// unreachable.
-const BUMP_TAG: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-local new = math.max(cur + 1, now)
-redis.call('SET', KEYS[1], string.format('%.0f', new))
-return new
-";
 
 impl Write {
     /// `SET … PX` (replying `OK`) or the guard script (`EVAL`:
@@ -522,30 +438,6 @@ fn escape_glob(prefix: &str) -> String {
     escaped
 }
 
-/// Whether `error` says Redis is unavailable (as opposed to Redis having
-/// answered and rejected this particular command).
-pub(crate) fn is_availability_failure(error: &RedisError) -> bool {
-    use redis::{ErrorKind, ServerErrorKind};
-    match error.kind() {
-        ErrorKind::Server(kind) => matches!(
-            kind,
-            ServerErrorKind::BusyLoading
-                | ServerErrorKind::TryAgain
-                | ServerErrorKind::ClusterDown
-                | ServerErrorKind::MasterDown
-                | ServerErrorKind::ReadOnly
-                | ServerErrorKind::Moved
-                | ServerErrorKind::Ask
-        ),
-        // Redis answered: with an error code redis-rs has no name for
-        // (WRONGTYPE, OOM, NOAUTH…), or with a reply of an unexpected type.
-        ErrorKind::Extension | ErrorKind::Parse | ErrorKind::UnexpectedReturnType => false,
-        // I/O, cluster routing, authentication, client-side failures of the
-        // connection: when in doubt, protect the caller from waiting.
-        _ => true,
-    }
-}
-
 impl Inner {
     /// A batch of [`RemoteCache::get`]s: a `GET` for one key, else one `MGET`.
     async fn get_batch(&self, keys: Vec<String>) -> Vec<Read> {
@@ -580,215 +472,6 @@ impl Inner {
         // A reply of another length would misattribute values to keys.
         (values.len() == keys.len()).then_some(values)
     }
-
-    fn current_conn(&self) -> Option<Conn> {
-        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn connect_settings(&self) -> ConnectSettings {
-        ConnectSettings {
-            response_timeout: self.config.timeout,
-            connect_timeout: self.config.connect_timeout,
-        }
-    }
-
-    /// One bounded connection attempt; on success installs the connection
-    /// and closes the breaker.
-    async fn try_establish(&self) -> bool {
-        let attempt = Conn::establish(&self.config.topology, self.connect_settings());
-        let error = match tokio::time::timeout(self.config.connect_timeout, attempt).await {
-            Ok(Ok(conn)) => {
-                *self.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn);
-                self.breaker.on_success();
-                tracing::info!(redis = %self.config.topology, "L2 connected");
-                return true;
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "connection attempt timed out".to_owned(),
-        };
-        self.log.warn(|suppressed| {
-            tracing::warn!(redis = %self.config.topology, %error, suppressed, "L2 unavailable; serving without it");
-        });
-        false
-    }
-
-    /// Runs one Redis call under the breaker and the timeout.
-    async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Option<T>
-    where
-        F: FnOnce(Conn) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>>,
-    {
-        if self.breaker.permit() == Permit::Refused {
-            return None;
-        }
-        let conn = self.current_conn()?;
-        self.run(what, conn, f).await
-    }
-
-    /// Like [`call`](Self::call), over the connection writes go to.
-    async fn call_write<T, F, Fut>(&self, what: &'static str, f: F) -> Option<T>
-    where
-        F: FnOnce(Conn) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>>,
-    {
-        if self.breaker.permit() == Permit::Refused {
-            return None;
-        }
-        self.on_writer(what, f).await
-    }
-
-    /// Runs one call on the connection writes go to: the lent one, else the
-    /// shared one. A lent connection that failed for want of Redis (closed,
-    /// timed out) is taken back, so that the writes after it use the shared
-    /// connection until the bus lends a new one.
-    async fn on_writer<T, F, Fut>(&self, what: &'static str, f: F) -> Option<T>
-    where
-        F: FnOnce(Conn) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>>,
-    {
-        let lent = self
-            .writer
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let Some(lent) = lent else {
-            let conn = self.current_conn()?;
-            return self.run(what, conn, f).await;
-        };
-        match self.attempt(what, lent.conn, f).await {
-            Ok(value) => Some(value),
-            Err(Unavailable(unavailable)) => {
-                if unavailable {
-                    let mut writer = self.writer.write().unwrap_or_else(|e| e.into_inner());
-                    if writer
-                        .as_ref()
-                        .is_some_and(|held| held.number == lent.number)
-                    {
-                        *writer = None;
-                    }
-                }
-                None
-            }
-        }
-    }
-
-    /// Runs one Redis call on `conn` under the timeout, the breaker having
-    /// allowed it.
-    async fn run<T, F, Fut>(&self, what: &'static str, conn: Conn, f: F) -> Option<T>
-    where
-        F: FnOnce(Conn) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>>,
-    {
-        self.attempt(what, conn, f).await.ok()
-    }
-
-    /// [`run`](Self::run), telling a failure for want of Redis from a refusal.
-    async fn attempt<T, F, Fut>(
-        &self,
-        what: &'static str,
-        conn: Conn,
-        f: F,
-    ) -> Result<T, Unavailable>
-    where
-        F: FnOnce(Conn) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>>,
-    {
-        // A debug span per Redis call (`RUST_LOG=tiercache=debug`); with
-        // debug off it costs one level check.
-        let call = tokio::time::timeout(self.config.timeout, f(conn))
-            .instrument(tracing::debug_span!("redis", command = what));
-        let (failure, unavailable) = match call.await {
-            Ok(Ok(value)) => {
-                self.record_success();
-                return Ok(value);
-            }
-            Ok(Err(error)) => {
-                let unavailable = is_availability_failure(&error);
-                if unavailable {
-                    self.record_failure();
-                } else {
-                    self.record_success();
-                }
-                (error.to_string(), unavailable)
-            }
-            Err(_) => {
-                self.record_failure();
-                (format!("timed out after {:?}", self.config.timeout), true)
-            }
-        };
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        self.log.warn(|suppressed| {
-            tracing::warn!(command = what, error = %failure, suppressed, "L2 call failed; treated as a miss");
-        });
-        Err(Unavailable(unavailable))
-    }
-
-    fn record_success(&self) {
-        if self.breaker.on_success() {
-            tracing::info!(redis = %self.config.topology, "L2 is back; circuit breaker closed");
-        }
-    }
-
-    fn record_failure(&self) {
-        if self.breaker.on_failure() {
-            tracing::warn!(
-                redis = %self.config.topology,
-                cooldown = ?self.config.breaker.cooldown,
-                "L2 failing; circuit breaker open, skipping Redis until a probe succeeds"
-            );
-        }
-    }
-
-    /// Sends a `PING` if the breaker wants a probe now; `None` if it does not.
-    async fn probe(&self) -> Option<bool> {
-        if self.breaker.permit() == Permit::Refused {
-            return None;
-        }
-        let ping = redis::cmd("PING");
-        let conn = self.current_conn()?;
-        let answered = self
-            .run("PING", conn, |conn| async move {
-                conn.query::<String>(&ping).await
-            })
-            .await;
-        Some(answered.is_some())
-    }
-}
-
-/// Background care of one L2: first connection, probes, rebuilds.
-///
-/// Holds only a `Weak`, so it never keeps a dropped cache alive; it also
-/// exits when upgrading fails.
-async fn supervise(inner: Weak<Inner>) {
-    let mut retry = FIRST_RETRY;
-    let mut failed_probes = 0u32;
-    loop {
-        let pause = {
-            let Some(inner) = inner.upgrade() else { return };
-            if inner.current_conn().is_none() || failed_probes >= REBUILD_AFTER {
-                if inner.try_establish().await {
-                    failed_probes = 0;
-                    retry = FIRST_RETRY;
-                    inner.config.breaker.cooldown
-                } else {
-                    inner.breaker.trip();
-                    let pause = retry;
-                    retry = (retry * 2).min(MAX_RETRY);
-                    pause
-                }
-            } else {
-                if !inner.breaker.is_closed() {
-                    match inner.probe().await {
-                        Some(true) => failed_probes = 0,
-                        Some(false) => failed_probes += 1,
-                        None => {}
-                    }
-                }
-                inner.config.breaker.cooldown
-            }
-        };
-        tokio::time::sleep(pause).await;
-    }
 }
 
 #[cfg(test)]
@@ -812,20 +495,5 @@ mod tests {
         let packed = write.cmd(None).get_packed_command();
         let text = String::from_utf8(packed).unwrap();
         assert!(text.ends_with("$2\r\nPX\r\n$1\r\n1\r\n"), "{text:?}");
-    }
-
-    #[test]
-    fn rejected_commands_do_not_count_as_unavailability() {
-        let unexpected = RedisError::from((redis::ErrorKind::UnexpectedReturnType, "x"));
-        assert!(!is_availability_failure(&unexpected));
-        let wrong_type = redis::make_extension_error("WRONGTYPE".into(), None);
-        assert!(!is_availability_failure(&wrong_type));
-        let loading = RedisError::from((
-            redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading),
-            "loading",
-        ));
-        assert!(is_availability_failure(&loading));
-        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert!(is_availability_failure(&io));
     }
 }
