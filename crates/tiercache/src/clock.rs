@@ -7,8 +7,8 @@
 //!   tests use `ManualClock` and move time by hand.
 //! - [`coarse`] is the clock of the L1 *hot path*. `Instant::now()` costs about
 //!   20 ns here (measured: 20.4 ns per call on this machine), more than half
-//!   of a raw quick_cache hit, so the L1 reads a millisecond counter that one
-//!   background thread advances every 10 ms instead.
+//!   of a raw quick_cache hit, so the L1 reads quanta's recent time, which
+//!   one background thread refreshes every 10 ms instead.
 //!
 //! Neither clock is wall time: both are monotonic and only differences mean
 //! anything.
@@ -61,66 +61,72 @@ impl Clock for ManualClock {
     }
 }
 
-/// A process-wide millisecond clock that is cheap to read.
+/// A process-wide millisecond clock that is cheap to read: quanta's
+/// *recent* time, which one upkeep thread refreshes every [`TICK`](coarse::TICK).
 ///
-/// Reading it is one relaxed atomic load of a cache line that is written once
-/// per tick, so readers on every core share it without contention. One
-/// thread (`tiercache-clock`) advances it every [`TICK`](coarse::TICK) while at least one
-/// [`Handle`](coarse::Handle) is alive and exits when the last one is dropped, so a process
-/// that drops its caches has no thread left behind.
+/// Reading it is one load of a value written once per tick, so readers on
+/// every core share it without contention. The upkeep thread runs while at
+/// least one [`Handle`](coarse::Handle) is alive and stops when the last one
+/// is dropped, so a process that drops its caches has no thread left behind.
 ///
 /// Invariants: the value never goes backwards, and while a handle is alive it
 /// lags real time by at most one tick plus scheduling delay. A lagging clock
 /// only makes entries live slightly longer than their TTL, never shorter.
+///
+/// quanta allows one upkeep thread per process. If something else in the
+/// process started it first, that thread keeps this clock current (at its
+/// own interval) and a warning says so: should its owner stop it while
+/// caches live, L1 entries would stop expiring.
 pub(crate) mod coarse {
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{LazyLock, Mutex};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     /// How often the clock advances; also the resolution of L1 TTLs.
     ///
-    /// 10 ms, not 1: each tick wakes this thread, and on a machine whose
-    /// cores are all serving requests the wake-up preempts a worker. Measured
-    /// on the catalog's L1-hit path (2 cores, wrk -c64, 3 alternating rounds):
-    /// 11.8 µs of server CPU per request with a 10 ms tick against 12.6 µs
-    /// with a 1 ms tick. Cache TTLs are seconds; 10 ms more is nothing.
+    /// 10 ms, not 1: each tick wakes the upkeep thread, and on a machine
+    /// whose cores are all serving requests the wake-up preempts a worker.
+    /// Measured on the catalog's L1-hit path (2 cores, wrk -c64, 3
+    /// alternating rounds): 11.8 µs of server CPU per request with a 10 ms
+    /// tick against 12.6 µs with a 1 ms tick. Cache TTLs are seconds; 10 ms
+    /// more is nothing.
     pub(crate) const TICK: Duration = Duration::from_millis(10);
 
-    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
-    static NOW_MS: AtomicU64 = AtomicU64::new(0);
-    static TICKER: Mutex<Ticker> = Mutex::new(Ticker {
+    /// The origin of [`now_ms`]: the first use of the clock.
+    static START: LazyLock<quanta::Instant> = LazyLock::new(quanta::Instant::now);
+    static UPKEEP: Mutex<Upkeep> = Mutex::new(Upkeep {
         users: 0,
-        running: false,
+        thread: None,
     });
 
-    struct Ticker {
+    struct Upkeep {
         users: usize,
-        running: bool,
+        /// Our upkeep thread, when we started it (stops when dropped).
+        thread: Option<quanta::Handle>,
     }
 
-    /// Keeps the ticker thread alive; the clock is only current while one exists.
+    /// Keeps the upkeep thread alive; the clock is only current while one exists.
     #[derive(Debug)]
     pub(crate) struct Handle(());
 
-    /// Registers a user of the clock, starting the ticker thread if needed.
+    /// Registers a user of the clock, starting the upkeep thread if needed.
     ///
-    /// The clock is brought up to date before this returns, so a cache built
-    /// right after an idle period does not read a stale time.
+    /// Starting it brings the clock up to date before this returns, so a
+    /// cache built right after an idle period does not read a stale time.
     pub(crate) fn acquire() -> Handle {
-        refresh();
-        let mut ticker = TICKER.lock().unwrap_or_else(|e| e.into_inner());
-        ticker.users += 1;
-        if !ticker.running {
-            // Spawning under the lock pairs with the exit check in `run`: the
-            // thread only stops while it holds the lock and sees no users, so
-            // a user registering concurrently either keeps it alive or starts
-            // a fresh one, never neither.
-            let spawned = std::thread::Builder::new()
-                .name("tiercache-clock".into())
-                .spawn(run);
-            ticker.running = spawned.is_ok();
-            if let Err(error) = spawned {
-                tracing::warn!(%error, "could not start the tiercache clock thread; L1 entries will expire late");
+        LazyLock::force(&START);
+        let mut upkeep = UPKEEP.lock().unwrap_or_else(|e| e.into_inner());
+        upkeep.users += 1;
+        if upkeep.thread.is_none() {
+            match quanta::Upkeep::new(TICK).start() {
+                Ok(thread) => upkeep.thread = Some(thread),
+                Err(quanta::Error::UpkeepRunning) => {
+                    tracing::warn!(
+                        "quanta's upkeep thread was started outside tiercache; L1 expiry follows its interval"
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not start the clock's upkeep thread; L1 reads fall back to the precise clock");
+                }
             }
         }
         Handle(())
@@ -128,32 +134,22 @@ pub(crate) mod coarse {
 
     impl Drop for Handle {
         fn drop(&mut self) {
-            let mut ticker = TICKER.lock().unwrap_or_else(|e| e.into_inner());
-            ticker.users -= 1;
-        }
-    }
-
-    fn run() {
-        loop {
-            std::thread::sleep(TICK);
-            refresh();
-            let mut ticker = TICKER.lock().unwrap_or_else(|e| e.into_inner());
-            if ticker.users == 0 {
-                ticker.running = false;
-                return;
+            let mut upkeep = UPKEEP.lock().unwrap_or_else(|e| e.into_inner());
+            upkeep.users -= 1;
+            if upkeep.users == 0 {
+                // Joins the thread (up to a tick of its sleep) under the
+                // lock, so that a user arriving meanwhile starts a new one
+                // only once this one is gone: quanta allows one at a time.
+                upkeep.thread = None;
             }
         }
-    }
-
-    fn refresh() {
-        let elapsed = u64::try_from(START.elapsed().as_millis()).unwrap_or(u64::MAX);
-        NOW_MS.fetch_max(elapsed, Ordering::Relaxed);
     }
 
     /// Milliseconds since the process first used the clock.
     #[inline]
     pub(crate) fn now_ms() -> u64 {
-        NOW_MS.load(Ordering::Relaxed)
+        let elapsed = quanta::Instant::recent().saturating_duration_since(*START);
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
     }
 }
 

@@ -205,6 +205,7 @@ mod local;
 mod manager;
 mod remote;
 mod stats;
+mod striped;
 mod task;
 mod write_behind;
 
@@ -224,6 +225,7 @@ pub use remote::codec::{Codec, CodecError, JsonCodec, PostcardCodec};
 pub use remote::topology::RedisTopology;
 pub use stats::{
     BusClears, BusState, BusStats, BusTracking, CacheStats, DURATION_BUCKETS_MS, L1Stats, L2State,
-    L2Stats, LoaderStats, StaleStats, Striped, WriteBehindStats,
+    L2Stats, LoaderStats, StaleStats, WriteBehindStats,
 };
+pub use striped::Striped;
 pub use write_behind::{CLAIM_IDLE, Change, Flush, FlushError, Queued};

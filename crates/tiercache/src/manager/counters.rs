@@ -2,7 +2,7 @@
 //! counted in per-thread stripes (see [`Striped`]) because reads count on the
 //! hit path.
 
-use crate::stats::Striped;
+use crate::striped::Striped;
 
 /// An event the manager counts (see `CacheStats` for what each means).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

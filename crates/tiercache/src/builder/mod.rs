@@ -1,7 +1,8 @@
-//! [`TieredCacheBuilder`]: every knob of a [`TieredCache`], with its default.
+//! [`TieredCacheBuilder`]: every knob of a [`TieredCache`](crate::TieredCache), with its default.
 //!
-//! The builder only collects and validates settings; `build` creates the
-//! levels. It never reads the environment: services map their own
+//! The builder only collects settings (this file, with each knob's
+//! documentation); `build` validates them and wires the levels together
+//! (`build.rs`); every default is one constant in `defaults.rs`. It never reads the environment: services map their own
 //! configuration (e.g. `L1_MAX_ENTRIES`) onto these methods.
 
 use std::fmt;
@@ -12,49 +13,15 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bus::log::LogConfig;
-use crate::bus::{Bus, BusConfig, LOG_SUFFIX};
-use crate::error::Error;
-use crate::local::LocalCache;
-use crate::manager::{CacheKey, L1Handle, LocalLevel, OwnWrites, Parts, Settings, TieredCache};
-use crate::remote::breaker::BreakerConfig;
+use crate::manager::CacheKey;
 use crate::remote::codec::{Codec, JsonCodec};
 use crate::remote::topology::{RedisTopology, redact};
-use crate::remote::{RemoteCache, RemoteConfig};
-use crate::write_behind::{self, Flush, WriteBehind};
+use crate::write_behind::Flush;
 
-/// Default for [`TieredCacheBuilder::namespace`].
-pub const DEFAULT_NAMESPACE: &str = "default";
-/// Default for [`TieredCacheBuilder::key_prefix`] (SPEC §5 `CACHE_PREFIX`).
-pub const DEFAULT_KEY_PREFIX: &str = "cache:";
-/// Default for [`TieredCacheBuilder::l1_max_entries`].
-pub const DEFAULT_L1_MAX_ENTRIES: u64 = 10_000;
-/// Default for [`TieredCacheBuilder::l1_max_bytes`]: 64 MiB.
-pub const DEFAULT_L1_MAX_BYTES: u64 = 64 * 1024 * 1024;
-/// Default for [`TieredCacheBuilder::l1_ttl`].
-pub const DEFAULT_L1_TTL: Duration = Duration::from_secs(300);
-/// Default for [`TieredCacheBuilder::l2_ttl`].
-pub const DEFAULT_L2_TTL: Duration = Duration::from_secs(3_600);
-/// Default for [`TieredCacheBuilder::negative_ttl`].
-pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(30);
-/// Default for [`TieredCacheBuilder::ttl_jitter`].
-pub const DEFAULT_TTL_JITTER: f64 = 0.1;
-/// Default for [`TieredCacheBuilder::l2_timeout`].
-pub const DEFAULT_L2_TIMEOUT: Duration = Duration::from_millis(100);
-/// Default for [`TieredCacheBuilder::l2_connect_timeout`].
-pub const DEFAULT_L2_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Default for [`TieredCacheBuilder::breaker_failure_threshold`].
-pub const DEFAULT_BREAKER_FAILURE_THRESHOLD: u32 = 5;
-/// Default for [`TieredCacheBuilder::breaker_cooldown`].
-pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
-/// Default for [`TieredCacheBuilder::heartbeat_interval`].
-pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-/// Default for [`TieredCacheBuilder::change_log_len`].
-pub const DEFAULT_CHANGE_LOG_LEN: usize = 10_000;
-/// Default for [`TieredCacheBuilder::fail_safe`]'s throttle.
-pub const DEFAULT_FAIL_SAFE_THROTTLE: Duration = Duration::from_secs(1);
-/// Default for [`TieredCacheBuilder::tombstone_ttl`].
-pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+mod build;
+mod defaults;
+
+pub use defaults::*;
 
 /// Where the builder's Redis setting came from; URLs are parsed in `build`.
 #[derive(Clone)]
@@ -74,7 +41,7 @@ impl fmt::Debug for RedisSetting {
     }
 }
 
-/// Configures and builds a [`TieredCache`]; obtained from [`TieredCache::builder`].
+/// Configures and builds a [`TieredCache`](crate::TieredCache); obtained from [`TieredCache::builder`](crate::TieredCache::builder).
 ///
 /// Every setting has a default (see each method), so
 /// `TieredCache::builder().build().await` gives an L1-only cache.
@@ -229,7 +196,7 @@ where
     ///
     /// Caches of different value types sharing one Redis must use different
     /// namespaces. Must be non-empty and must not contain `:`, so that
-    /// [`clear`](TieredCache::clear) of one namespace cannot match another's
+    /// [`clear`](crate::TieredCache::clear) of one namespace cannot match another's
     /// keys.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = namespace.into();
@@ -399,7 +366,7 @@ where
     ///
     /// This closes the classic cache-aside race (a slow reader putting an
     /// old value back after a writer's invalidation) together with
-    /// [`TieredCache::invalidate_version`], which leaves a short-lived
+    /// [`TieredCache::invalidate_version`](crate::TieredCache::invalidate_version), which leaves a short-lived
     /// tombstone (see [`tombstone_ttl`](Self::tombstone_ttl)) instead of
     /// deleting. Off by default: sets are plain `SET`s.
     pub fn versioned(
@@ -414,7 +381,7 @@ where
         self
     }
 
-    /// How long a tombstone left by [`TieredCache::invalidate_version`]
+    /// How long a tombstone left by [`TieredCache::invalidate_version`](crate::TieredCache::invalidate_version)
     /// refuses older versions. It must outlast the slowest load that can
     /// race a write (bound it with [`loader_timeouts`](Self::loader_timeouts)).
     /// Default [`DEFAULT_TOMBSTONE_TTL`] (60 s).
@@ -441,7 +408,7 @@ where
     /// (see [`fail_safe`](Self::fail_safe)) gets it, while the load goes on
     /// in the background and fills the cache when it finishes. After
     /// `hard`, the load is abandoned: the caller gets the stale fallback if
-    /// there is one, else [`Error::Loader`] with a [`LoaderTimedOut`](crate::LoaderTimedOut).
+    /// there is one, else [`Error::Loader`](crate::Error::Loader) with a [`LoaderTimedOut`](crate::LoaderTimedOut).
     /// Default: neither.
     pub fn loader_timeouts(mut self, soft: Option<Duration>, hard: Option<Duration>) -> Self {
         self.soft_timeout = soft;
@@ -449,7 +416,7 @@ where
         self
     }
 
-    /// Turns on write-behind (see [`TieredCache::write_behind`]): changes
+    /// Turns on write-behind (see [`TieredCache::write_behind`](crate::TieredCache::write_behind)): changes
     /// are queued in a Redis Stream and `flush` writes them to the store in
     /// batches, polling every `interval` when idle. Needs a versioned cache
     /// and a single Redis node (not a cluster). Default: off.
@@ -465,172 +432,5 @@ where
     pub fn eager_refresh(mut self, fraction: Option<f64>) -> Self {
         self.eager_refresh = fraction;
         self
-    }
-
-    /// Builds the cache.
-    ///
-    /// With Redis configured, makes one connection attempt (bounded by
-    /// [`l2_connect_timeout`](Self::l2_connect_timeout)) and returns whether
-    /// or not it succeeded: an unreachable Redis yields a working cache whose
-    /// L2 is [`Down`](crate::L2State::Down) and reconnects in the background.
-    /// Must be called within a Tokio runtime when Redis is configured.
-    ///
-    /// With Redis up and the bus on, also waits (at most the connect
-    /// timeout) until the bus is subscribed; otherwise the bus keeps
-    /// subscribing in the background (see
-    /// [`TieredCache::wait_subscribed`]).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for an invalid setting: zero L1 bounds, a namespace
-    /// that is empty or contains `:`, a jitter outside `[0, 1)`, zero
-    /// timeouts, a zero breaker cooldown or heartbeat interval, or a Redis
-    /// URL that does not parse.
-    pub async fn build(self) -> Result<TieredCache<K, V>, Error> {
-        if self.namespace.is_empty() || self.namespace.contains(':') {
-            return Err(Error::config(format!(
-                "namespace must be non-empty and contain no ':' (got {:?})",
-                self.namespace
-            )));
-        }
-        if !(0.0..1.0).contains(&self.ttl_jitter) {
-            return Err(Error::config(format!(
-                "ttl_jitter must be in [0, 1) (got {})",
-                self.ttl_jitter
-            )));
-        }
-        if self.breaker_cooldown.is_zero() {
-            return Err(Error::config("breaker_cooldown must be positive"));
-        }
-        if self.heartbeat_interval.is_zero() {
-            return Err(Error::config("heartbeat_interval must be positive"));
-        }
-        if self.change_log_len == 0 {
-            return Err(Error::config("change_log_len must be positive"));
-        }
-        if let Some(fraction) = self.eager_refresh
-            && !(fraction > 0.0 && fraction < 1.0)
-        {
-            return Err(Error::config(format!(
-                "eager_refresh must be in (0, 1) (got {fraction})"
-            )));
-        }
-        if [self.soft_timeout, self.hard_timeout].contains(&Some(Duration::ZERO)) {
-            return Err(Error::config("loader timeouts must be positive"));
-        }
-        if self.versioning.is_some() && self.tombstone_ttl.is_zero() {
-            return Err(Error::config("tombstone_ttl must be positive"));
-        }
-        if let Some((_, interval)) = &self.write_behind {
-            if self.versioning.is_none() {
-                return Err(Error::config("write-behind needs a versioned cache"));
-            }
-            if interval.is_zero() {
-                return Err(Error::config("the write-behind interval must be positive"));
-            }
-            match &self.redis {
-                RedisSetting::None => {
-                    return Err(Error::config(
-                        "write-behind needs Redis: its queue is a Redis Stream",
-                    ));
-                }
-                RedisSetting::Url(url) if RedisTopology::parse(url)?.is_cluster() => {
-                    return Err(Error::config(
-                        "write-behind needs a single Redis node, not a cluster",
-                    ));
-                }
-                RedisSetting::Topology(topology) if topology.is_cluster() => {
-                    return Err(Error::config(
-                        "write-behind needs a single Redis node, not a cluster",
-                    ));
-                }
-                RedisSetting::Url(_) | RedisSetting::Topology(_) => {}
-            }
-        }
-        let topology = match self.redis {
-            RedisSetting::None => None,
-            RedisSetting::Url(url) => Some(RedisTopology::parse(&url)?),
-            RedisSetting::Topology(topology) => Some(topology),
-        };
-        let local = LocalLevel::new(LocalCache::new(self.l1_max_entries, self.l1_max_bytes)?);
-        let l2 = match topology {
-            None => None,
-            Some(topology) => Some(
-                RemoteCache::connect(RemoteConfig {
-                    topology,
-                    timeout: self.l2_timeout,
-                    connect_timeout: self.l2_connect_timeout,
-                    breaker: BreakerConfig {
-                        failure_threshold: self.breaker_failure_threshold,
-                        cooldown: self.breaker_cooldown,
-                    },
-                })
-                .await?,
-            ),
-        };
-        let key_prefix = format!("{}{}:", self.key_prefix, self.namespace);
-        let own_writes = Arc::new(OwnWrites::new());
-        let bus = match &l2 {
-            Some(l2) if self.bus => {
-                let config = BusConfig {
-                    channel: format!("{key_prefix}bus"),
-                    heartbeat_interval: self.heartbeat_interval,
-                    log: LogConfig {
-                        key: format!("{key_prefix}{LOG_SUFFIX}"),
-                        max_len: self.change_log_len,
-                    },
-                    key_prefix: key_prefix.clone(),
-                    tracking: self.client_tracking,
-                };
-                let sink = L1Handle {
-                    local: local.clone(),
-                    versions: self
-                        .versioning
-                        .clone()
-                        .map(|versioning| (Arc::clone(&self.codec), versioning)),
-                    own_writes: Arc::clone(&own_writes),
-                };
-                let bus = Bus::start(l2.clone(), config, Arc::new(sink));
-                if l2.state() == crate::L2State::Up {
-                    bus.wait_subscribed(self.l2_connect_timeout).await;
-                }
-                Some(bus)
-            }
-            _ => None,
-        };
-        let settings = Settings {
-            key_prefix,
-            l1_ttl: self.l1_ttl,
-            l2_ttl: self.l2_ttl,
-            negative_ttl: self.negative_ttl,
-            ttl_jitter: self.ttl_jitter,
-            compression_threshold: self.compression_threshold,
-            tombstone_ttl: self.tombstone_ttl,
-            fail_safe_window: self.fail_safe_window,
-            fail_safe_throttle: self.fail_safe_throttle,
-            soft_timeout: self.soft_timeout,
-            hard_timeout: self.hard_timeout,
-            eager_refresh: self.eager_refresh,
-        };
-        let write_behind = match (self.write_behind, &l2, &self.versioning) {
-            (Some((flush, interval)), Some(l2), Some(versioning)) => Some(WriteBehind::start(
-                l2.clone(),
-                Arc::clone(&self.codec),
-                &settings.key_prefix,
-                &versioning.field,
-                write_behind::Config { flush, interval },
-            )),
-            _ => None,
-        };
-        Ok(TieredCache::from_parts(Parts {
-            local,
-            l2,
-            bus,
-            write_behind,
-            codec: self.codec,
-            versioning: self.versioning,
-            own_writes,
-            settings,
-        }))
     }
 }

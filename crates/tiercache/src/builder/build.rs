@@ -1,0 +1,193 @@
+//! [`TieredCacheBuilder::build`]: validates the settings, then creates the
+//! levels (L1, the Redis connection, the bus, the write-behind queue) and
+//! hands them to the manager.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{RedisSetting, TieredCacheBuilder};
+use crate::bus::log::LogConfig;
+use crate::bus::{Bus, BusConfig, LOG_SUFFIX};
+use crate::error::Error;
+use crate::local::LocalCache;
+use crate::manager::{CacheKey, L1Handle, LocalLevel, OwnWrites, Parts, Settings, TieredCache};
+use crate::remote::breaker::BreakerConfig;
+use crate::remote::topology::RedisTopology;
+use crate::remote::{RemoteCache, RemoteConfig};
+use crate::write_behind::{self, WriteBehind};
+
+impl<K, V> TieredCacheBuilder<K, V>
+where
+    K: CacheKey,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Builds the cache.
+    ///
+    /// With Redis configured, makes one connection attempt (bounded by
+    /// [`l2_connect_timeout`](Self::l2_connect_timeout)) and returns whether
+    /// or not it succeeded: an unreachable Redis yields a working cache whose
+    /// L2 is [`Down`](crate::L2State::Down) and reconnects in the background.
+    /// Must be called within a Tokio runtime when Redis is configured.
+    ///
+    /// With Redis up and the bus on, also waits (at most the connect
+    /// timeout) until the bus is subscribed; otherwise the bus keeps
+    /// subscribing in the background (see
+    /// [`TieredCache::wait_subscribed`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an invalid setting: zero L1 bounds, a namespace
+    /// that is empty or contains `:`, a jitter outside `[0, 1)`, zero
+    /// timeouts, a zero breaker cooldown or heartbeat interval, or a Redis
+    /// URL that does not parse.
+    pub async fn build(self) -> Result<TieredCache<K, V>, Error> {
+        if self.namespace.is_empty() || self.namespace.contains(':') {
+            return Err(Error::config(format!(
+                "namespace must be non-empty and contain no ':' (got {:?})",
+                self.namespace
+            )));
+        }
+        if !(0.0..1.0).contains(&self.ttl_jitter) {
+            return Err(Error::config(format!(
+                "ttl_jitter must be in [0, 1) (got {})",
+                self.ttl_jitter
+            )));
+        }
+        if self.breaker_cooldown.is_zero() {
+            return Err(Error::config("breaker_cooldown must be positive"));
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(Error::config("heartbeat_interval must be positive"));
+        }
+        if self.change_log_len == 0 {
+            return Err(Error::config("change_log_len must be positive"));
+        }
+        if let Some(fraction) = self.eager_refresh
+            && !(fraction > 0.0 && fraction < 1.0)
+        {
+            return Err(Error::config(format!(
+                "eager_refresh must be in (0, 1) (got {fraction})"
+            )));
+        }
+        if [self.soft_timeout, self.hard_timeout].contains(&Some(Duration::ZERO)) {
+            return Err(Error::config("loader timeouts must be positive"));
+        }
+        if self.versioning.is_some() && self.tombstone_ttl.is_zero() {
+            return Err(Error::config("tombstone_ttl must be positive"));
+        }
+        if let Some((_, interval)) = &self.write_behind {
+            if self.versioning.is_none() {
+                return Err(Error::config("write-behind needs a versioned cache"));
+            }
+            if interval.is_zero() {
+                return Err(Error::config("the write-behind interval must be positive"));
+            }
+            match &self.redis {
+                RedisSetting::None => {
+                    return Err(Error::config(
+                        "write-behind needs Redis: its queue is a Redis Stream",
+                    ));
+                }
+                RedisSetting::Url(url) if RedisTopology::parse(url)?.is_cluster() => {
+                    return Err(Error::config(
+                        "write-behind needs a single Redis node, not a cluster",
+                    ));
+                }
+                RedisSetting::Topology(topology) if topology.is_cluster() => {
+                    return Err(Error::config(
+                        "write-behind needs a single Redis node, not a cluster",
+                    ));
+                }
+                RedisSetting::Url(_) | RedisSetting::Topology(_) => {}
+            }
+        }
+        let topology = match self.redis {
+            RedisSetting::None => None,
+            RedisSetting::Url(url) => Some(RedisTopology::parse(&url)?),
+            RedisSetting::Topology(topology) => Some(topology),
+        };
+        let local = LocalLevel::new(LocalCache::new(self.l1_max_entries, self.l1_max_bytes)?);
+        let l2 = match topology {
+            None => None,
+            Some(topology) => Some(
+                RemoteCache::connect(RemoteConfig {
+                    topology,
+                    timeout: self.l2_timeout,
+                    connect_timeout: self.l2_connect_timeout,
+                    breaker: BreakerConfig {
+                        failure_threshold: self.breaker_failure_threshold,
+                        cooldown: self.breaker_cooldown,
+                    },
+                })
+                .await?,
+            ),
+        };
+        let key_prefix = format!("{}{}:", self.key_prefix, self.namespace);
+        let own_writes = Arc::new(OwnWrites::new());
+        let bus = match &l2 {
+            Some(l2) if self.bus => {
+                let config = BusConfig {
+                    channel: format!("{key_prefix}bus"),
+                    heartbeat_interval: self.heartbeat_interval,
+                    log: LogConfig {
+                        key: format!("{key_prefix}{LOG_SUFFIX}"),
+                        max_len: self.change_log_len,
+                    },
+                    key_prefix: key_prefix.clone(),
+                    tracking: self.client_tracking,
+                };
+                let sink = L1Handle {
+                    local: local.clone(),
+                    versions: self
+                        .versioning
+                        .clone()
+                        .map(|versioning| (Arc::clone(&self.codec), versioning)),
+                    own_writes: Arc::clone(&own_writes),
+                };
+                let bus = Bus::start(l2.clone(), config, Arc::new(sink));
+                if l2.state() == crate::L2State::Up {
+                    bus.wait_subscribed(self.l2_connect_timeout).await;
+                }
+                Some(bus)
+            }
+            _ => None,
+        };
+        let settings = Settings {
+            key_prefix,
+            l1_ttl: self.l1_ttl,
+            l2_ttl: self.l2_ttl,
+            negative_ttl: self.negative_ttl,
+            ttl_jitter: self.ttl_jitter,
+            compression_threshold: self.compression_threshold,
+            tombstone_ttl: self.tombstone_ttl,
+            fail_safe_window: self.fail_safe_window,
+            fail_safe_throttle: self.fail_safe_throttle,
+            soft_timeout: self.soft_timeout,
+            hard_timeout: self.hard_timeout,
+            eager_refresh: self.eager_refresh,
+        };
+        let write_behind = match (self.write_behind, &l2, &self.versioning) {
+            (Some((flush, interval)), Some(l2), Some(versioning)) => Some(WriteBehind::start(
+                l2.clone(),
+                Arc::clone(&self.codec),
+                &settings.key_prefix,
+                &versioning.field,
+                write_behind::Config { flush, interval },
+            )),
+            _ => None,
+        };
+        Ok(TieredCache::from_parts(Parts {
+            local,
+            l2,
+            bus,
+            write_behind,
+            codec: self.codec,
+            versioning: self.versioning,
+            own_writes,
+            settings,
+        }))
+    }
+}
