@@ -321,7 +321,7 @@ mod tests {
         assert_eq!(batcher.call(1).await, Err(Abandoned));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_batch_past_its_deadline_is_abandoned_and_frees_its_lane() {
         let deadline = Some(Duration::from_millis(50));
         let batcher = Batcher::new(1, 10, deadline, |batch: Vec<u64>| async move {

@@ -172,7 +172,7 @@ mod tests {
         assert_eq!(flights.len(), 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_abandoned_flight_is_unregistered() {
         let flights = Flights::<u64, u64>::new();
         let run = flights.run(&1, std::future::pending::<u64>);

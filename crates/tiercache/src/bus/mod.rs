@@ -47,6 +47,7 @@ pub(crate) mod log;
 mod message;
 mod publisher;
 mod receiver;
+mod tracking;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -21,6 +21,8 @@
 //! intervals (half-dead), the receiver reconnects and catches up. L1 is
 //! emptied only when the log no longer reaches back to the position
 //! (trimmed, or lost with Redis's data), on a `clear` message, or on a flush.
+//!
+//! The tracking side (invalidation pushes, rechecks) is in `tracking`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -34,6 +36,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use super::log::{Entry, LogConfig, Lost, READ_BATCH, RawEntry, continuity};
 use super::message::{Message, Op, Position, Step};
 use super::publisher::now_ms;
+use super::tracking::RECHECK_TICK;
 use super::{L1Sink, Shared};
 use crate::remote::topology::{self, ConnectSettings, RedisTopology};
 use crate::remote::{RemoteCache, is_availability_failure};
@@ -44,8 +47,6 @@ const SILENT_BEATS: u32 = 3;
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 /// Small, so that an instance is back in step soon after Redis is.
 const MAX_RETRY: Duration = Duration::from_millis(250);
-/// Longest wait before a due recheck runs.
-const RECHECK_TICK: Duration = Duration::from_millis(100);
 
 pub(super) struct Receiver {
     pub(super) shared: Arc<Shared>,
@@ -64,10 +65,10 @@ pub(super) struct Receiver {
 }
 
 /// The receiver's connections and what arrives on them.
-struct Link {
+pub(super) struct Link {
     /// Subscribed to the channel; on a single server also tracking, and
     /// lent for the cache's writes.
-    conn: MultiplexedConnection,
+    pub(super) conn: MultiplexedConnection,
     /// On a cluster: one tracking connection per primary, kept open.
     _trackers: Vec<MultiplexedConnection>,
     pushes: UnboundedReceiver<PushInfo>,
@@ -189,19 +190,6 @@ impl Receiver {
         }
     }
 
-    /// `CLIENT TRACKING ON BCAST PREFIX <key prefix> NOLOOP` on `conn`.
-    async fn track(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
-        redis::cmd("CLIENT")
-            .arg("TRACKING")
-            .arg("ON")
-            .arg("BCAST")
-            .arg("PREFIX")
-            .arg(&self.key_prefix)
-            .arg("NOLOOP")
-            .query_async(conn)
-            .await
-    }
-
     /// Brings L1 in step with the log after a (re)connection.
     async fn sync(&mut self, link: &Link) -> Result<(), Unreadable> {
         match self.position.clone() {
@@ -289,112 +277,6 @@ impl Receiver {
                 self.catch_up(link, position).await
             }
         }
-    }
-
-    /// Drops from L1 the keys Redis says were changed by someone.
-    ///
-    /// A versioned cache's writes are scripts, which `NOLOOP` does not
-    /// recognise as this connection's own, so they come back too; the sink
-    /// tells them apart by comparing its entry with what Redis now holds,
-    /// read here on the same connection (after the write, in order).
-    async fn on_invalidate(&mut self, link: &Link, data: &[Value]) {
-        let counters = &self.shared.counters;
-        let keys: Vec<String> = match data.first() {
-            Some(Value::Array(keys)) => keys
-                .iter()
-                .filter_map(|key| match key {
-                    Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
-                    Value::SimpleString(text) => Some(text.as_str()),
-                    _ => None,
-                })
-                .filter(|key| key.starts_with(&self.key_prefix))
-                .filter(|key| key[self.key_prefix.len()..] != *super::LOG_SUFFIX)
-                .map(str::to_owned)
-                .collect(),
-            // `FLUSHDB`/`FLUSHALL`: every key is gone.
-            Some(Value::Nil) | None => {
-                self.sink.clear();
-                counters.clear_flush.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            Some(_) => return,
-        };
-        if keys.is_empty() {
-            return;
-        }
-        let names: Vec<String> = keys
-            .iter()
-            .map(|key| key[self.key_prefix.len()..].to_owned())
-            .collect();
-        counters
-            .tracked_keys
-            .fetch_add(names.len() as u64, Ordering::Relaxed);
-        // Read (on this connection, so after the change) only what the sink
-        // needs to judge now: usually nothing, for keys L1 does not hold.
-        let wanted: Vec<usize> = (0..names.len())
-            .filter(|&i| self.sink.wants_stored(&names[i]))
-            .collect();
-        let mut stored: Vec<Option<Vec<u8>>> = vec![None; names.len()];
-        if !wanted.is_empty() {
-            let mut mget = redis::cmd("MGET");
-            for &i in &wanted {
-                mget.arg(&keys[i]);
-            }
-            let read: Option<Vec<Option<Vec<u8>>>> = match self.l2.topology() {
-                RedisTopology::Single(_) => mget.query_async(&mut link.conn.clone()).await.ok(),
-                RedisTopology::Cluster(_) => {
-                    let full: Vec<String> = wanted.iter().map(|&i| keys[i].clone()).collect();
-                    self.l2.get_many(&full).await
-                }
-            };
-            // Unread: judged without it (dropped).
-            if let Some(values) = read.filter(|values| values.len() == wanted.len()) {
-                for (&i, value) in wanted.iter().zip(values) {
-                    stored[i] = value;
-                }
-            }
-        }
-        let changes: Vec<(String, Option<Vec<u8>>)> = names.into_iter().zip(stored).collect();
-        let later = self.sink.changed(&changes);
-        if !later.is_empty() {
-            // A fill reads Redis within one L2 timeout: whatever one that
-            // read the old value put in L1 is there by then.
-            let due = Instant::now() + self.l2.timeout() * 2;
-            self.rechecks.push_back((due, later));
-        }
-    }
-
-    /// Rechecks the keys tracked changes found missing from L1, once due:
-    /// those L1 holds by now are compared with what Redis holds.
-    async fn run_due_rechecks(&mut self) {
-        let now = Instant::now();
-        let mut held = Vec::new();
-        while let Some((due, _)) = self.rechecks.front()
-            && *due <= now
-        {
-            let Some((_, keys)) = self.rechecks.pop_front() else {
-                break;
-            };
-            held.extend(keys.into_iter().filter(|key| self.sink.holds(key)));
-        }
-        if held.is_empty() {
-            return;
-        }
-        let full: Vec<String> = held
-            .iter()
-            .map(|key| format!("{}{key}", self.key_prefix))
-            .collect();
-        let Some(values) = self.l2.get_many(&full).await else {
-            // Redis unusable: nothing to compare with; the bus and the L1
-            // TTL still bound what is served.
-            return;
-        };
-        let changes: Vec<(String, Vec<u8>)> = held
-            .into_iter()
-            .zip(values)
-            .filter_map(|(key, value)| Some((key, value?)))
-            .collect();
-        self.sink.recheck(&changes);
     }
 
     /// Reads the log from `position` and applies every entry since; clears
