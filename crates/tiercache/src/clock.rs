@@ -2,9 +2,9 @@
 //!
 //! Two clocks live here, for two different jobs:
 //!
-//! - [`Clock`] is the injectable clock of the time-based *logic* (the circuit
-//!   breaker today; stale windows later). Production uses [`SystemClock`];
-//!   tests use `ManualClock` and move time by hand.
+//! - [`Clock`] is the injectable clock of time-based *logic* that tests must
+//!   be able to move by hand: the circuit breaker's cooldown. Production
+//!   uses [`SystemClock`]; tests use `ManualClock`.
 //! - [`coarse`] is the clock of the L1 *hot path*. `Instant::now()` costs about
 //!   20 ns here (measured: 20.4 ns per call on this machine), more than half
 //!   of a raw quick_cache hit, so the L1 reads quanta's recent time, which
