@@ -1,4 +1,5 @@
-//! Time sources.
+//! Time sources: the injectable clock of time-based logic, and the coarse
+//! clock of the L1 hot path.
 //!
 //! Two clocks live here, for two different jobs:
 //!
