@@ -47,12 +47,17 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
 }
 
+impl PoolSettings {
+    /// The defaults of `DB_MAX_CONNECTIONS` and `DB_ACQUIRE_TIMEOUT_SECS`.
+    pub const DEFAULT: Self = Self {
+        max_connections: 16,
+        acquire_timeout: Duration::from_secs(5),
+    };
+}
+
 impl Default for PoolSettings {
     fn default() -> Self {
-        Self {
-            max_connections: 16,
-            acquire_timeout: Duration::from_secs(5),
-        }
+        Self::DEFAULT
     }
 }
 
