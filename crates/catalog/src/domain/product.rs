@@ -50,6 +50,47 @@ impl Product {
     pub fn etag(&self) -> String {
         etag_for(self.id, self.version)
     }
+
+    /// The next version of this product after a full replace by `new`,
+    /// made at `now`.
+    pub fn replaced(&self, new: &NewProduct, now: DateTime<Utc>) -> Self {
+        Self {
+            id: self.id,
+            name: new.name.as_str().to_owned(),
+            description: new.description.as_str().to_owned(),
+            price: new.price,
+            category: new.category.as_str().to_owned(),
+            in_stock: new.in_stock,
+            version: self.version + 1,
+            created_at: self.created_at,
+            updated_at: Some(now),
+        }
+    }
+
+    /// The next version of this product after `patch`, made at `now`: the
+    /// fields the patch names change, the others stay.
+    pub fn patched(&self, patch: &ProductPatch, now: DateTime<Utc>) -> Self {
+        Self {
+            id: self.id,
+            name: patch
+                .name
+                .as_ref()
+                .map_or_else(|| self.name.clone(), |n| n.as_str().to_owned()),
+            description: patch
+                .description
+                .as_ref()
+                .map_or_else(|| self.description.clone(), |d| d.as_str().to_owned()),
+            price: patch.price.unwrap_or(self.price),
+            category: patch
+                .category
+                .as_ref()
+                .map_or_else(|| self.category.clone(), |c| c.as_str().to_owned()),
+            in_stock: patch.in_stock.unwrap_or(self.in_stock),
+            version: self.version + 1,
+            created_at: self.created_at,
+            updated_at: Some(now),
+        }
+    }
 }
 
 /// The entity tag of product `id` at `version`, quoted as HTTP wants it.
@@ -347,6 +388,48 @@ mod tests {
         );
         let patch: ProductPatch = serde_json::from_str(r#"{"price":2.5}"#).unwrap();
         assert_eq!(patch.price, Price::from_cents(250));
+    }
+
+    #[test]
+    fn the_next_version_keeps_identity_and_creation_and_takes_the_changes() {
+        let created_at = Utc::now();
+        let current = Product {
+            id: 7,
+            name: "Widget".into(),
+            description: "old".into(),
+            price: Price(1999),
+            category: "tools".into(),
+            in_stock: true,
+            version: 3,
+            created_at,
+            updated_at: None,
+        };
+        let now = created_at + chrono::Duration::seconds(5);
+        let new: NewProduct =
+            serde_json::from_str(r#"{"name":"Gadget","price":5,"category":"toys"}"#).unwrap();
+        let patch: ProductPatch = serde_json::from_str(r#"{"in_stock":false}"#).unwrap();
+
+        let replaced = current.replaced(&new, now);
+        let patched = current.patched(&patch, now);
+
+        assert_eq!(
+            (replaced.id, replaced.version, replaced.created_at),
+            (7, 4, created_at)
+        );
+        assert_eq!(
+            (replaced.name.as_str(), replaced.description.as_str()),
+            ("Gadget", "")
+        );
+        assert_eq!(replaced.updated_at, Some(now));
+        assert_eq!(
+            patched,
+            Product {
+                in_stock: false,
+                version: 4,
+                updated_at: Some(now),
+                ..current
+            }
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tiercache::{Change, Lookup, Source, TieredCache};
 
 use crate::config::WriteStrategy;
 use crate::domain::{NewProduct, Product, ProductPatch};
-use crate::store::{Expected, PageRequest, Store, StoreError, Updated};
+use crate::store::{self, Expected, PageRequest, Store, StoreError, Updated};
 
 pub use listen::{CHANNEL, ChangeListener, LISTENER_APPLICATION_NAME, ListenerStats};
 pub use pages::{Page, PageCache, PageKey};
@@ -294,7 +294,7 @@ impl ProductService {
         self.update(
             id,
             expected,
-            |current| write_behind::replaced(current, new),
+            |current| current.replaced(new, store::now()),
             || self.store.replace(id, new, expected),
         )
         .await
@@ -309,7 +309,7 @@ impl ProductService {
         self.update(
             id,
             expected,
-            |current| write_behind::patched(current, patch),
+            |current| current.patched(patch, store::now()),
             || self.store.patch(id, patch, expected),
         )
         .await
