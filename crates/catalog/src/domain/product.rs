@@ -9,7 +9,6 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
-use utoipa::ToSchema;
 
 /// Most characters a name may have after trimming.
 pub(crate) const NAME_MAX_CHARS: usize = 200;
@@ -27,14 +26,13 @@ const NO_NUL: &str = "must not contain NUL (U+0000) characters";
 ///
 /// Unknown fields are rejected when reading one back (from Redis), so that a
 /// foreign value is a cache miss rather than served as it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Product {
     /// Store-assigned identifier, positive.
     pub id: i64,
     pub name: String,
     pub description: String,
-    #[schema(schema_with = super::schema::price)]
     pub price: Price,
     pub category: String,
     pub in_stock: bool,
@@ -239,17 +237,13 @@ fn default_in_stock() -> bool {
 
 /// A complete, valid product without its store-assigned fields: the body of
 /// `POST /products` and `PUT /products/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
-    #[schema(schema_with = super::schema::name)]
     pub name: ProductName,
     #[serde(default)]
-    #[schema(schema_with = super::schema::description, required = false)]
     pub description: Description,
-    #[schema(schema_with = super::schema::price)]
     pub price: Price,
-    #[schema(schema_with = super::schema::category)]
     pub category: Category,
     /// Defaults to `true`.
     #[serde(default = "default_in_stock")]
@@ -260,24 +254,18 @@ pub struct NewProduct {
 ///
 /// A field that is present must be valid; `null` is rejected rather than
 /// read as "unchanged", so a client cannot think it cleared a field.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[schema(min_properties = 1)]
 pub struct ProductPatch {
     #[serde(default, deserialize_with = "present")]
-    #[schema(schema_with = super::schema::name, required = false)]
     pub name: Option<ProductName>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(schema_with = super::schema::description, required = false)]
     pub description: Option<Description>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(schema_with = super::schema::price, required = false)]
     pub price: Option<Price>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(schema_with = super::schema::category, required = false)]
     pub category: Option<Category>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = bool, required = false)]
     pub in_stock: Option<bool>,
 }
 

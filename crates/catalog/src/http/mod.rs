@@ -16,6 +16,7 @@ mod health;
 mod metrics;
 mod openapi;
 mod products;
+mod schema;
 mod server;
 
 use std::sync::Arc;

@@ -19,7 +19,8 @@ use super::error::{ApiError, Problem};
 use super::extract::{
     Authenticated, IfNoneMatch, JsonBody, ProductId, id_pattern, if_match, parse_digits, parse_id,
 };
-use crate::domain::{Category, NewProduct, Product, ProductPatch, schema};
+use super::schema;
+use crate::domain::{Category, NewProduct, Product, ProductPatch};
 use crate::service::{DEFAULT_PAGE_LIMIT, MAX_BATCH_IDS, MAX_PAGE_LIMIT, RenderedProduct};
 
 /// `X-Cache` names the level that answered a product read.
