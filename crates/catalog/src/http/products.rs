@@ -228,6 +228,8 @@ pub(super) async fn get_product(
     // The hit path: body and ETag were rendered when the product entered the
     // cache; here they only share its buffer.
     let (etag, body) = RenderedProduct::response_parts(product);
+    let etag = HeaderValue::from_maybe_shared(etag)
+        .expect("an ETag built from two integers is a valid header");
     let mut response = if if_none_match.matches(&etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
