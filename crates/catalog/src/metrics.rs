@@ -37,6 +37,8 @@ use metrics_exporter_prometheus::{
 use tiercache::{BusState, CacheStats, DURATION_BUCKETS_MS, L2State};
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::store::{Op, StoreMetrics};
+
 /// Lookups answered by a cache level, `cache_type="l1"|"l2"` (negative
 /// entries included).
 pub const CACHE_HITS: &str = "cache_hits_total";
@@ -304,14 +306,6 @@ impl Metrics {
         timer
     }
 
-    /// The `db_query_duration_seconds` series of one store operation.
-    pub fn store_timer(&self, op: &'static str) -> Histogram {
-        self.0.recorder.register_histogram(
-            &Key::from_parts(DB_QUERY_DURATION, vec![Label::from_static_parts("op", op)]),
-            &METADATA,
-        )
-    }
-
     /// An unlabelled counter of `name`.
     pub fn counter(&self, name: &'static str) -> Counter {
         self.0
@@ -352,6 +346,31 @@ impl Metrics {
             timer.replay_into(histogram, seen);
         }
         self.0.handle.render()
+    }
+}
+
+/// The store's figures, under their SPEC names.
+impl StoreMetrics for Metrics {
+    fn query_duration(&self, op: Op) -> Histogram {
+        self.0.recorder.register_histogram(
+            &Key::from_parts(
+                DB_QUERY_DURATION,
+                vec![Label::from_static_parts("op", op.as_str())],
+            ),
+            &METADATA,
+        )
+    }
+
+    fn batched_reads(&self) -> Counter {
+        self.counter(DB_BATCHED_READS)
+    }
+
+    fn read_batches(&self) -> Counter {
+        self.counter(DB_READ_BATCHES)
+    }
+
+    fn circuit_open(&self) -> Gauge {
+        self.gauge(DB_CIRCUIT_OPEN)
     }
 }
 

@@ -14,6 +14,7 @@
 
 mod batched;
 pub mod breaker;
+mod decorator;
 mod instrumented;
 mod postgres;
 mod sqlite;
@@ -27,6 +28,7 @@ use crate::domain::{NewProduct, Product, ProductPatch};
 
 pub use batched::BatchedReads;
 pub use breaker::GuardedStore;
+pub use decorator::{Op, StoreMetrics};
 pub use instrumented::InstrumentedStore;
 
 /// The `application_name` of the store's connections; the change trigger
