@@ -1,7 +1,10 @@
-//! Persistence: one [`Store`] trait, two implementations with the same
-//! behaviour (PostgreSQL for production, SQLite as the embedded default).
+//! Persistence: the [`Store`] trait and the one implementation that serves
+//! both databases alike (PostgreSQL for production, SQLite as the embedded
+//! default): `sql.rs` is what they share, `postgres.rs` and `sqlite.rs`
+//! what each does its own way. Decorators (`batched`, `breaker`,
+//! `instrumented`) wrap it.
 //!
-//! Invariants every implementation keeps:
+//! Invariants kept on both databases:
 //! - `version` starts at 1 and each update increments it atomically in the
 //!   same statement that changes the row (`UPDATE … RETURNING`);
 //! - batch lookups are one query and pages are keyset pages ordered by id;
@@ -17,6 +20,7 @@ pub mod breaker;
 mod decorator;
 mod instrumented;
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::time::Duration;
@@ -35,9 +39,6 @@ pub use instrumented::InstrumentedStore;
 /// does not notify for sessions with this name (the service invalidates its
 /// own writes).
 pub const APPLICATION_NAME: &str = "catalog";
-
-pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
 
 /// Connection-pool settings shared by both stores.
 #[derive(Debug, Clone)]
@@ -205,9 +206,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// an unreachable database is [`StoreError::Unavailable`].
 pub async fn connect(url: &str, pool: &PoolSettings) -> Result<Box<dyn Store>, StoreError> {
     if is_postgres_url(url) {
-        Ok(Box::new(PgStore::connect(url, pool).await?))
+        Ok(Box::new(postgres::connect(url, pool).await?))
     } else if url.starts_with("sqlite:") {
-        Ok(Box::new(SqliteStore::connect(url, pool).await?))
+        Ok(Box::new(sqlite::connect(url, pool).await?))
     } else {
         Err(StoreError::Query(sqlx::Error::Configuration(
             "DATABASE_URL must start with postgres://, postgresql:// or sqlite:".into(),
