@@ -20,10 +20,11 @@ use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::seed;
 use crate::service::{
-    Caches, ChangeListener, ListenerStats, PageCache, ProductCache, ProductService, RenderedCodec,
-    RenderedProduct, StoreFlusher,
+    Caches, PageCache, ProductCache, ProductService, RenderedCodec, RenderedProduct, StoreFlusher,
 };
-use crate::store::{self, BatchedReads, GuardedStore, InstrumentedStore, Store};
+use crate::store::{
+    self, BatchedReads, ChangeListener, GuardedStore, InstrumentedStore, ListenerStats, Store,
+};
 
 /// A built service, bound to its address, not yet serving.
 #[derive(Debug)]
@@ -69,9 +70,10 @@ impl Application {
         }
         let caches = build_caches(&config.cache, &store).await?;
         let products = caches.products.clone();
-        let changes = spawn_change_listener(&config, &caches).await?;
+        let service = ProductService::new(Arc::clone(&store), caches, config.cache.write_strategy);
+        let changes = spawn_change_listener(&config, &service).await?;
         let state = AppState::new(
-            ProductService::new(Arc::clone(&store), caches, config.cache.write_strategy),
+            service,
             config.api_token.unwrap_or_else(generated_token),
             metrics,
         );
@@ -239,16 +241,17 @@ async fn build_product_cache(
 }
 
 /// On PostgreSQL, starts listening for changes made outside the service
-/// before any request is served, so that none is missed.
+/// before any request is served, so that none is missed; `service` forgets
+/// what they made stale.
 async fn spawn_change_listener(
     config: &ServeConfig,
-    caches: &Caches,
+    service: &ProductService,
 ) -> anyhow::Result<Option<ChangeListener>> {
     let url = config.db.database_url.expose_secret();
     if !store::is_postgres_url(url) {
         return Ok(None);
     }
-    let changes = ChangeListener::spawn(url, &config.db.pool(), caches.clone())
+    let changes = ChangeListener::spawn(url, &config.db.pool(), service.clone())
         .await
         .context("could not LISTEN for product changes in PostgreSQL")?;
     Ok(Some(changes))

@@ -7,7 +7,6 @@
 //! L2 and L1; `write-through`, store first, then put the new version in L2
 //! and L1) lives in one place.
 
-mod listen;
 mod pages;
 mod rendered;
 mod stats;
@@ -21,9 +20,10 @@ use tiercache::{Change, Lookup, Source, TieredCache};
 
 use crate::config::WriteStrategy;
 use crate::domain::{NewProduct, Product, ProductPatch};
-use crate::store::{self, Expected, PageRequest, Store, StoreError, Updated};
+use crate::store::{
+    self, Expected, Invalidation, InvalidationSink, PageRequest, Store, StoreError, Updated,
+};
 
-pub use listen::{CHANNEL, ChangeListener, LISTENER_APPLICATION_NAME, ListenerStats};
 pub use pages::{Page, PageCache, PageKey};
 pub use rendered::{RenderedCodec, RenderedProduct};
 pub use stats::{RequestSnapshot, RequestStats};
@@ -347,45 +347,53 @@ impl ProductService {
         }
         let deleted = self.store.delete(id, expected).await?;
         // The tombstone refuses the deleted version and every older one.
-        self.cache
-            .invalidate_version(&id, version_of(&deleted).saturating_add(1))
+        let stale_below = version_of(&deleted).saturating_add(1);
+        self.forget(id, Some(stale_below), &[&deleted.category])
             .await;
-        self.pages.invalidate_tags(&[&deleted.category]).await;
         Ok(())
     }
 
-    /// After a write the store took (SPEC §4). `invalidate`: drops the
-    /// product everywhere, with a tombstone that keeps slower readers'
-    /// older copies out of Redis. `write-through`: stores the new version in
-    /// Redis (version-checked) and L1, and the other instances drop theirs.
-    /// Either way, then the pages of its category (and of the one it left).
+    /// After a write the store took (SPEC §4). `invalidate`: forgets the
+    /// product ([`forget`](Self::forget)). `write-through`: stores the new
+    /// version in Redis (version-checked) and L1, and the other instances
+    /// drop theirs. Either way, then the pages of its category (and of the
+    /// one it left).
     async fn written(&self, product: &Product, previous_category: Option<&str>) {
-        match self.write_strategy {
-            WriteStrategy::Invalidate => {
-                self.cache
-                    .invalidate_version(&product.id, version_of(product))
-                    .await;
-            }
-            WriteStrategy::WriteThrough => {
-                self.cache
-                    .set(&product.id, RenderedProduct::new(product.clone()))
-                    .await;
-            }
-            // Updates are in the cache already (`queue_update`); creates
-            // went to the store first and enter the cache like this.
-            WriteStrategy::WriteBehind => {
-                if product.version == 1 {
-                    self.cache
-                        .set(&product.id, RenderedProduct::new(product.clone()))
-                        .await;
-                }
-            }
-        }
         let mut tags = vec![product.category.as_str()];
         if let Some(previous) = previous_category.filter(|c| *c != product.category) {
             tags.push(previous);
         }
+        let put = match self.write_strategy {
+            WriteStrategy::Invalidate => {
+                self.forget(product.id, Some(version_of(product)), &tags)
+                    .await;
+                return;
+            }
+            WriteStrategy::WriteThrough => true,
+            // Updates are in the cache already (`queue_update`); creates
+            // went to the store first and enter the cache like this.
+            WriteStrategy::WriteBehind => product.version == 1,
+        };
+        if put {
+            self.cache
+                .set(&product.id, RenderedProduct::new(product.clone()))
+                .await;
+        }
         self.pages.invalidate_tags(&tags).await;
+    }
+
+    /// Forgets product `id` everywhere, then the pages of `categories`.
+    /// With a `version`, copies older than it leave every level and a
+    /// tombstone keeps slower readers' older copies out of Redis; without
+    /// one, every copy leaves. The bus tells the other instances. The one
+    /// way a change is invalidated, whether the service made it or
+    /// PostgreSQL reported it ([`InvalidationSink`]).
+    async fn forget(&self, id: i64, version: Option<u64>, categories: &[&str]) {
+        match version {
+            Some(version) => self.cache.invalidate_version(&id, version).await,
+            None => self.cache.invalidate(&id).await,
+        }
+        self.pages.invalidate_tags(categories).await;
     }
 
     /// Write-behind update: the next version of the current product, put in
@@ -521,6 +529,24 @@ impl ProductService {
                 })
                 .await?;
             progress(warmed);
+        }
+    }
+}
+
+/// Changes made outside the service, from the PostgreSQL change listener:
+/// forgotten as the service forgets its own writes.
+impl InvalidationSink for ProductService {
+    async fn invalidate(&self, invalidation: Invalidation) {
+        match invalidation {
+            Invalidation::Product {
+                id,
+                version,
+                categories,
+            } => {
+                let categories: Vec<&str> = categories.iter().map(String::as_str).collect();
+                self.forget(id, version, &categories).await;
+            }
+            Invalidation::All => self.clear_cache().await,
         }
     }
 }

@@ -12,8 +12,9 @@
 //!   a [`StoreError`] a caller can act on.
 //!
 //! PostgreSQL also announces changes made outside the service (trigger in
-//! `migrations/postgres/0002_products_notify.sql`), which the service's
-//! change listener turns into cache invalidations; SQLite has no equivalent.
+//! `migrations/postgres/0002_products_notify.sql`), which its
+//! [`ChangeListener`] turns into [`Invalidation`]s for the service to apply;
+//! SQLite has no equivalent.
 
 mod batched;
 pub mod breaker;
@@ -34,6 +35,10 @@ pub use batched::BatchedReads;
 pub use breaker::GuardedStore;
 pub use decorator::{Op, StoreMetrics};
 pub use instrumented::InstrumentedStore;
+pub use postgres::{
+    CHANNEL, ChangeListener, Invalidation, InvalidationSink, LISTENER_APPLICATION_NAME,
+    ListenerStats,
+};
 
 /// The `application_name` of the store's connections; the change trigger
 /// does not notify for sessions with this name (the service invalidates its

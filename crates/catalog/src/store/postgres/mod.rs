@@ -7,6 +7,9 @@
 //! Every connection of the pool identifies itself as
 //! [`APPLICATION_NAME`](super::APPLICATION_NAME): the change trigger skips
 //! those sessions, because the service invalidates its own writes already.
+//! Changes made by anything else reach the service through [`listen`].
+
+mod listen;
 
 use std::str::FromStr;
 
@@ -17,6 +20,11 @@ use sqlx::{FromRow, Postgres, Row, Transaction};
 use super::sql::{Dialect, ProductRow, SqlStore, Update, current_version};
 use super::{APPLICATION_NAME, PoolSettings, StoreError, Updated, missed_write, now};
 use crate::domain::NewProduct;
+
+pub use listen::{
+    CHANNEL, ChangeListener, Invalidation, InvalidationSink, LISTENER_APPLICATION_NAME,
+    ListenerStats,
+};
 
 /// The selected columns, as a macro so that every statement is one `&'static str`.
 macro_rules! columns {
