@@ -13,6 +13,7 @@ mod dashboard;
 mod error;
 mod extract;
 mod health;
+mod list_query;
 mod metrics;
 mod openapi;
 mod products;
