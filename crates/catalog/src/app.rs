@@ -4,7 +4,9 @@
 //!
 //! Shutdown order: stop accepting → let in-flight requests finish (each is
 //! bounded by the request timeout) → stop the change listener → drain the
-//! write-behind queue (at most 10 s) → close the store's pool.
+//! write-behind queue into the store (at most 10 s) → close the store's
+//! pool → drop the product cache, the last handle of it, which stops its
+//! background tasks (invalidation bus, write-behind flusher).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -108,7 +110,9 @@ impl Application {
             .expect("a bound listener has a local address")
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight requests.
+    /// Serves until `shutdown` completes, then shuts down in the order the
+    /// module documentation gives: in-flight requests, change listener,
+    /// write-behind queue, store pool, product cache.
     ///
     /// # Errors
     /// The server failed while accepting connections.
@@ -129,7 +133,8 @@ impl Application {
         if let Some(changes) = self.changes {
             changes.stop().await;
         }
-        // SPEC §4: graceful shutdown drains the write-behind queue first.
+        // SPEC §4: graceful shutdown drains the write-behind queue, while
+        // the pool it flushes into is still open.
         if !self.products.drain_write_behind(WRITE_BEHIND_DRAIN).await {
             tracing::warn!(
                 "write-behind queue not empty at shutdown; the remaining changes stay in Redis \

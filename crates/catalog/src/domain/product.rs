@@ -19,7 +19,8 @@ pub(crate) const CATEGORY_MAX_CHARS: usize = 100;
 /// Highest accepted price, in cents (1,000,000,000.00).
 pub(crate) const PRICE_MAX_CENTS: i64 = 100_000_000_000;
 /// Why a text with a NUL character is refused: PostgreSQL cannot store one
-/// in `text`, so both stores refuse it alike rather than SQLite keeping it.
+/// in `text`, so it is refused on both databases alike rather than SQLite
+/// keeping it.
 const NO_NUL: &str = "must not contain NUL (U+0000) characters";
 
 /// A product as stored and as returned by the API.

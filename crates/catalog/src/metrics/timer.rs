@@ -23,7 +23,7 @@ const TIMER_OVERFLOW_SECONDS: f64 = 2.0 * DURATION_BUCKETS[DURATION_BUCKETS.len(
 /// `request_duration_seconds` of one endpoint, recorded without shared
 /// writes: per-thread stripes of bucket counts and of the summed duration
 /// (`tiercache::Striped`), replayed into the exporter's histogram at scrape
-/// time ([`Metrics::render`]). Recording straight into the exporter's
+/// time ([`Metrics::render`](super::Metrics::render)). Recording straight into the exporter's
 /// histogram (an atomic bucket all cores append to) cost about a tenth of
 /// the L1-hit throughput on 2 cores (measured); this costs two striped
 /// increments.

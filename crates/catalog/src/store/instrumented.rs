@@ -4,8 +4,9 @@
 //! the time taken (`RUST_LOG=catalog=debug` shows them, inside the request's
 //! span and so with its request id).
 //!
-//! A decorator rather than code in each implementation, so that both stores
-//! are measured the same way and neither knows about metrics. Failed calls
+//! A decorator rather than code in the store, so that every call is
+//! measured the same way on both databases and the store itself knows
+//! nothing of timing. Failed calls
 //! are timed too: a store that times out is exactly what the histogram must
 //! show. `close` is not timed: closing waits for in-flight queries, not the
 //! database.

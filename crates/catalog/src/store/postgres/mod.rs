@@ -5,7 +5,7 @@
 //! `cents::numeric / 100` on the way in), so no float ever touches a price.
 //!
 //! Every connection of the pool identifies itself as
-//! [`APPLICATION_NAME`](super::APPLICATION_NAME): the change trigger skips
+//! [`APPLICATION_NAME`]: the change trigger skips
 //! those sessions, because the service invalidates its own writes already.
 //! Changes made by anything else reach the service through [`listen`].
 
@@ -51,7 +51,7 @@ pub(crate) struct Pg;
 
 /// Connects a pool to `url`; waits at most `acquire_timeout` for the first
 /// connection. An `application_name` in `url` is replaced by
-/// [`APPLICATION_NAME`](super::APPLICATION_NAME).
+/// [`APPLICATION_NAME`].
 ///
 /// # Errors
 /// [`StoreError::Unavailable`] when the server cannot be reached.
