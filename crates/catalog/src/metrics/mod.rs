@@ -154,7 +154,7 @@ impl Metrics {
     }
 
     /// An unlabelled counter of `name`.
-    pub fn counter(&self, name: &'static str) -> Counter {
+    fn counter(&self, name: &'static str) -> Counter {
         self.0
             .recorder
             .register_counter(&Key::from_static_name(name), &METADATA)

@@ -80,11 +80,6 @@ impl GuardedStore {
             _probe: probe,
         }
     }
-
-    /// Whether calls currently reach the store.
-    pub fn is_closed(&self) -> bool {
-        self.guard.breaker.is_closed()
-    }
 }
 
 impl Guard {
