@@ -109,10 +109,10 @@ impl RenderedProduct {
     /// `this` (no copy; one allocation, the `Bytes` owner's).
     ///
     /// Plain bytes rather than an HTTP header: the service hands out data
-    /// and `http/` builds the `ETag` header from them with
-    /// `HeaderValue::from_maybe_shared`, which keeps sharing this buffer.
-    /// That costs what building it here did (one check of the ETag's few
-    /// bytes per response), so the hit path does no more work for it.
+    /// and `http/` builds the `ETag` header from them with `from_maybe_shared`,
+    /// which keeps sharing this buffer. That costs what building the header
+    /// here did (one check of the ETag's few bytes per response), so the hit
+    /// path does no more work for it.
     pub fn response_parts(this: Arc<Self>) -> (Bytes, Bytes) {
         let body_start = this.body_start;
         let mut body = Bytes::from_owner(Rendered(this));
