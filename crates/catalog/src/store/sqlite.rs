@@ -1,4 +1,5 @@
-//! SQLite, the embedded default store: integer-cent prices, WAL journal.
+//! SQLite, the embedded default database: its [`Dialect`] (integer-cent
+//! prices, WAL journal, `json_each` batches).
 //!
 //! SQLite serialises writers; WAL lets readers go on meanwhile, and the busy
 //! timeout makes a writer wait for the lock instead of failing at once.

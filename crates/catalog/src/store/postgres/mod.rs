@@ -1,13 +1,13 @@
-//! PostgreSQL, the production store: `NUMERIC(12,2)` prices, identity ids,
-//! `= ANY($1)` batches, `UNNEST` batch inserts.
+//! PostgreSQL, the production database: its [`Dialect`] (`NUMERIC(12,2)`
+//! prices, identity ids, `= ANY($1)` batches, `UNNEST` batch inserts) and,
+//! in [`listen`], the changes made outside the service.
 //!
 //! Prices cross the wire as integer cents (`price * 100` cast to bigint, and
 //! `cents::numeric / 100` on the way in), so no float ever touches a price.
 //!
-//! Every connection of the pool identifies itself as
-//! [`APPLICATION_NAME`]: the change trigger skips
-//! those sessions, because the service invalidates its own writes already.
-//! Changes made by anything else reach the service through [`listen`].
+//! Every connection of the pool identifies itself as [`APPLICATION_NAME`]:
+//! the change trigger skips those sessions, because the service invalidates
+//! its own writes already.
 
 mod listen;
 
