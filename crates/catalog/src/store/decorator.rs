@@ -101,7 +101,8 @@ pub(crate) trait Decorator: Send + Sync + std::fmt::Debug {
         call
     }
 
-    /// One product by id.
+    /// [`Store::get`]: by default the inner store's answer, through
+    /// [`around`](Self::around).
     fn get(&self, id: i64) -> impl Future<Output = Result<Option<Product>, StoreError>> + Send {
         self.around(Op::Get, self.inner().get(id))
     }
