@@ -4,7 +4,9 @@
 //!
 //! Shutdown order: stop accepting → let in-flight requests finish (each is
 //! bounded by the request timeout) → stop the change listener → drain the
-//! write-behind queue (at most 10 s) → close the store's pool.
+//! write-behind queue into the store (at most 10 s) → close the store's
+//! pool → drop the product cache, the last handle of it, which stops its
+//! background tasks (invalidation bus, write-behind flusher).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,10 +22,11 @@ use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::seed;
 use crate::service::{
-    Caches, ChangeListener, ListenerStats, PageCache, ProductCache, ProductService, RenderedCodec,
-    RenderedProduct, StoreFlusher,
+    Caches, PageCache, ProductCache, ProductService, RenderedCodec, RenderedProduct, StoreFlusher,
 };
-use crate::store::{self, BatchedReads, GuardedStore, InstrumentedStore, Store};
+use crate::store::{
+    self, BatchedReads, ChangeListener, GuardedStore, InstrumentedStore, ListenerStats, Store,
+};
 
 /// A built service, bound to its address, not yet serving.
 #[derive(Debug)]
@@ -69,9 +72,10 @@ impl Application {
         }
         let caches = build_caches(&config.cache, &store).await?;
         let products = caches.products.clone();
-        let changes = spawn_change_listener(&config, &caches).await?;
+        let service = ProductService::new(Arc::clone(&store), caches, config.cache.write_strategy);
+        let changes = spawn_change_listener(&config, &service).await?;
         let state = AppState::new(
-            ProductService::new(Arc::clone(&store), caches, config.cache.write_strategy),
+            service,
             config.api_token.unwrap_or_else(generated_token),
             metrics,
         );
@@ -106,7 +110,9 @@ impl Application {
             .expect("a bound listener has a local address")
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight requests.
+    /// Serves until `shutdown` completes, then shuts down in the order the
+    /// module documentation gives: in-flight requests, change listener,
+    /// write-behind queue, store pool, product cache.
     ///
     /// # Errors
     /// The server failed while accepting connections.
@@ -127,7 +133,8 @@ impl Application {
         if let Some(changes) = self.changes {
             changes.stop().await;
         }
-        // SPEC §4: graceful shutdown drains the write-behind queue first.
+        // SPEC §4: graceful shutdown drains the write-behind queue, while
+        // the pool it flushes into is still open.
         if !self.products.drain_write_behind(WRITE_BEHIND_DRAIN).await {
             tracing::warn!(
                 "write-behind queue not empty at shutdown; the remaining changes stay in Redis \
@@ -239,16 +246,17 @@ async fn build_product_cache(
 }
 
 /// On PostgreSQL, starts listening for changes made outside the service
-/// before any request is served, so that none is missed.
+/// before any request is served, so that none is missed; `service` forgets
+/// what they made stale.
 async fn spawn_change_listener(
     config: &ServeConfig,
-    caches: &Caches,
+    service: &ProductService,
 ) -> anyhow::Result<Option<ChangeListener>> {
     let url = config.db.database_url.expose_secret();
     if !store::is_postgres_url(url) {
         return Ok(None);
     }
-    let changes = ChangeListener::spawn(url, &config.db.pool(), caches.clone())
+    let changes = ChangeListener::spawn(url, &config.db.pool(), service.clone())
         .await
         .context("could not LISTEN for product changes in PostgreSQL")?;
     Ok(Some(changes))

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tiercache::L2State;
 
 use crate::app::{Application, build_caches};
-use crate::config::{CacheConfig, DbConfig, LogFormat, ServeConfig};
+use crate::config::{CacheConfig, DEFAULT_BIND_ADDR, DbConfig, LogFormat, ServeConfig};
 use crate::service::{ProductService, WarmScope};
 use crate::{seed, store};
 
@@ -99,7 +99,7 @@ impl WarmArgs {
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     /// Base URL of the running catalog instance.
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8000")]
+    #[arg(long, value_name = "URL", default_value = format!("http://{DEFAULT_BIND_ADDR}"))]
     pub url: String,
 }
 

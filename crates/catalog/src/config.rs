@@ -4,7 +4,7 @@
 //! reads the environment later.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -15,6 +15,32 @@ use crate::store::PoolSettings;
 
 /// The embedded default store: a SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://catalog.db?mode=rwc";
+/// Default of `BIND_ADDR` (and so of the URL `catalog stats` asks).
+pub const DEFAULT_BIND_ADDR: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8000));
+/// Default of `REQUEST_TIMEOUT_SECS`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of `CACHE_WRITE_STRATEGY`.
+pub const DEFAULT_WRITE_STRATEGY: WriteStrategy = WriteStrategy::Invalidate;
+/// Default of `FAIL_SAFE_SECS`: an hour of stale answers while the store is
+/// down (tiercache's own default is off).
+pub const DEFAULT_FAIL_SAFE: Duration = Duration::from_secs(3_600);
+/// Default of `LOADER_SOFT_TIMEOUT_MS`.
+pub const DEFAULT_LOADER_SOFT_TIMEOUT: Duration = Duration::from_millis(250);
+/// Default of `LOADER_HARD_TIMEOUT_MS`.
+pub const DEFAULT_LOADER_HARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default of `WRITE_BEHIND_INTERVAL_MS`.
+pub const DEFAULT_WRITE_BEHIND_INTERVAL: Duration = Duration::from_millis(100);
+/// Default of `EAGER_REFRESH`.
+pub const DEFAULT_EAGER_REFRESH: f64 = 0.8;
+/// Default of `CACHE_CLIENT_TRACKING`.
+pub const DEFAULT_CLIENT_TRACKING: bool = true;
+/// Default of `HTTP_HEADER_TIMEOUT_SECS`.
+pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `HTTP_IDLE_TIMEOUT_SECS`.
+pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default of `HTTP_MAX_CONNECTIONS`.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: u32 = 10_000;
 
 fn secret(value: &str) -> Result<SecretString, Infallible> {
     Ok(SecretString::from(value))
@@ -22,6 +48,17 @@ fn secret(value: &str) -> Result<SecretString, Infallible> {
 
 fn seconds(value: &str) -> Result<Duration, String> {
     positive(value, "seconds").map(Duration::from_secs)
+}
+
+/// A default duration as the whole seconds its flag takes (and `--help`
+/// shows), so that the flag's default and the constant cannot differ.
+fn in_seconds(default: Duration) -> String {
+    default.as_secs().to_string()
+}
+
+/// A default duration as the whole milliseconds its flag takes.
+fn in_millis(default: Duration) -> String {
+    default.as_millis().to_string()
 }
 
 /// Where the products live.
@@ -39,12 +76,13 @@ pub struct DbConfig {
     pub database_url: SecretString,
 
     /// Most open database connections.
-    #[arg(long, env = "DB_MAX_CONNECTIONS", value_name = "DB_MAX_CONNECTIONS", default_value_t = 16,
+    #[arg(long, env = "DB_MAX_CONNECTIONS", value_name = "DB_MAX_CONNECTIONS", default_value_t = PoolSettings::DEFAULT.max_connections,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_max_connections: u32,
 
     /// Seconds a query waits for a connection before the store counts as down.
-    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_SECS", value_name = "DB_ACQUIRE_TIMEOUT_SECS", default_value = "5", value_parser = seconds)]
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_SECS", value_name = "DB_ACQUIRE_TIMEOUT_SECS",
+          default_value = in_seconds(PoolSettings::DEFAULT.acquire_timeout), value_parser = seconds)]
     pub db_acquire_timeout: Duration,
 
     /// Batch queries that single-product reads may run at once; reads
@@ -63,11 +101,10 @@ pub const DEFAULT_READ_LANES: u32 = 2;
 impl DbConfig {
     /// A configuration for `url` with default pool settings.
     pub fn new(url: &str) -> Self {
-        let defaults = PoolSettings::default();
         Self {
             database_url: SecretString::from(url),
-            db_max_connections: defaults.max_connections,
-            db_acquire_timeout: defaults.acquire_timeout,
+            db_max_connections: PoolSettings::DEFAULT.max_connections,
+            db_acquire_timeout: PoolSettings::DEFAULT.acquire_timeout,
             db_read_lanes: DEFAULT_READ_LANES,
         }
     }
@@ -120,21 +157,23 @@ pub struct CacheConfig {
     pub redis_url: Option<SecretString>,
 
     /// Most products kept in the in-process L1.
-    #[arg(long, env = "L1_MAX_ENTRIES", value_name = "L1_MAX_ENTRIES", default_value_t = 10_000,
+    #[arg(long, env = "L1_MAX_ENTRIES", value_name = "L1_MAX_ENTRIES", default_value_t = tiercache::DEFAULT_L1_MAX_ENTRIES,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub l1_max_entries: u64,
 
     /// Most bytes the in-process L1 may hold (64 MiB by default).
-    #[arg(long, env = "L1_MAX_BYTES", value_name = "L1_MAX_BYTES", default_value_t = 64 * 1024 * 1024,
+    #[arg(long, env = "L1_MAX_BYTES", value_name = "L1_MAX_BYTES", default_value_t = tiercache::DEFAULT_L1_MAX_BYTES,
           value_parser = clap::value_parser!(u64).range(1024..))]
     pub l1_max_bytes: u64,
 
     /// Seconds a product stays in L1.
-    #[arg(long, env = "L1_TTL_SECS", value_name = "L1_TTL_SECS", default_value = "300", value_parser = seconds)]
+    #[arg(long, env = "L1_TTL_SECS", value_name = "L1_TTL_SECS",
+          default_value = in_seconds(tiercache::DEFAULT_L1_TTL), value_parser = seconds)]
     pub l1_ttl: Duration,
 
     /// Seconds a product stays in Redis.
-    #[arg(long, env = "L2_TTL_SECS", value_name = "L2_TTL_SECS", default_value = "3600", value_parser = seconds)]
+    #[arg(long, env = "L2_TTL_SECS", value_name = "L2_TTL_SECS",
+          default_value = in_seconds(tiercache::DEFAULT_L2_TTL), value_parser = seconds)]
     pub l2_ttl: Duration,
 
     /// Prefix of every Redis key (namespaces several deployments on one Redis).
@@ -142,46 +181,46 @@ pub struct CacheConfig {
         long,
         env = "CACHE_PREFIX",
         value_name = "CACHE_PREFIX",
-        default_value = "cache:"
+        default_value = tiercache::DEFAULT_KEY_PREFIX
     )]
     pub cache_prefix: String,
 
     /// Milliseconds one Redis call may take before it counts as a miss.
-    #[arg(long, env = "L2_TIMEOUT_MS", value_name = "L2_TIMEOUT_MS", default_value = "100", value_parser = milliseconds)]
+    #[arg(long, env = "L2_TIMEOUT_MS", value_name = "L2_TIMEOUT_MS",
+          default_value = in_millis(tiercache::DEFAULT_L2_TIMEOUT), value_parser = milliseconds)]
     pub l2_timeout: Duration,
 
     /// How writes reach the cache.
     #[arg(long, env = "CACHE_WRITE_STRATEGY", value_name = "CACHE_WRITE_STRATEGY", value_enum,
-          default_value_t = WriteStrategy::Invalidate)]
+          default_value_t = DEFAULT_WRITE_STRATEGY)]
     pub write_strategy: WriteStrategy,
 
     /// Seconds an expired L1 product is kept as a fail-safe answer
     /// (`X-Cache: STALE`) for when the store fails or is slow. 0: off.
-    #[arg(long, env = "FAIL_SAFE_SECS", value_name = "FAIL_SAFE_SECS", default_value = "3600",
-          value_parser = seconds_or_zero)]
+    #[arg(long, env = "FAIL_SAFE_SECS", value_name = "FAIL_SAFE_SECS", default_value = in_seconds(DEFAULT_FAIL_SAFE), value_parser = seconds_or_zero)]
     pub fail_safe: Duration,
 
     /// Milliseconds a store read may take before a stale product is
     /// answered instead (the read goes on and refreshes the cache).
     #[arg(long, env = "LOADER_SOFT_TIMEOUT_MS", value_name = "LOADER_SOFT_TIMEOUT_MS",
-          default_value = "250", value_parser = milliseconds)]
+          default_value = in_millis(DEFAULT_LOADER_SOFT_TIMEOUT), value_parser = milliseconds)]
     pub loader_soft_timeout: Duration,
 
     /// Milliseconds after which a store read is abandoned (stale answer if
     /// there is one, else 503).
     #[arg(long, env = "LOADER_HARD_TIMEOUT_MS", value_name = "LOADER_HARD_TIMEOUT_MS",
-          default_value = "5000", value_parser = milliseconds)]
+          default_value = in_millis(DEFAULT_LOADER_HARD_TIMEOUT), value_parser = milliseconds)]
     pub loader_hard_timeout: Duration,
 
     /// Milliseconds between write-behind flushes when the queue is idle
     /// (a write wakes the flusher at once).
     #[arg(long, env = "WRITE_BEHIND_INTERVAL_MS", value_name = "WRITE_BEHIND_INTERVAL_MS",
-          default_value = "100", value_parser = milliseconds)]
+          default_value = in_millis(DEFAULT_WRITE_BEHIND_INTERVAL), value_parser = milliseconds)]
     pub write_behind_interval: Duration,
 
     /// Fraction of the L1 TTL after which a hit reloads the product in the
     /// background (0 < f < 1); 0: off.
-    #[arg(long, env = "EAGER_REFRESH", value_name = "EAGER_REFRESH", default_value_t = 0.8,
+    #[arg(long, env = "EAGER_REFRESH", value_name = "EAGER_REFRESH", default_value_t = DEFAULT_EAGER_REFRESH,
           value_parser = fraction)]
     pub eager_refresh: f64,
 
@@ -189,7 +228,7 @@ pub struct CacheConfig {
     /// cache's keys (client tracking), so that products changed in Redis by
     /// anything else leave every L1 (on a cluster, every primary is tracked).
     #[arg(long, env = "CACHE_CLIENT_TRACKING", value_name = "CACHE_CLIENT_TRACKING",
-          default_value_t = true, action = clap::ArgAction::Set)]
+          default_value_t = DEFAULT_CLIENT_TRACKING, action = clap::ArgAction::Set)]
     pub client_tracking: bool,
 }
 
@@ -212,19 +251,19 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             redis_url: None,
-            l1_max_entries: 10_000,
-            l1_max_bytes: 64 * 1024 * 1024,
-            l1_ttl: Duration::from_secs(300),
-            l2_ttl: Duration::from_secs(3_600),
-            cache_prefix: "cache:".to_owned(),
-            l2_timeout: Duration::from_millis(100),
-            write_strategy: WriteStrategy::Invalidate,
-            fail_safe: Duration::from_secs(3_600),
-            loader_soft_timeout: Duration::from_millis(250),
-            loader_hard_timeout: Duration::from_secs(5),
-            eager_refresh: 0.8,
-            write_behind_interval: Duration::from_millis(100),
-            client_tracking: true,
+            l1_max_entries: tiercache::DEFAULT_L1_MAX_ENTRIES,
+            l1_max_bytes: tiercache::DEFAULT_L1_MAX_BYTES,
+            l1_ttl: tiercache::DEFAULT_L1_TTL,
+            l2_ttl: tiercache::DEFAULT_L2_TTL,
+            cache_prefix: tiercache::DEFAULT_KEY_PREFIX.to_owned(),
+            l2_timeout: tiercache::DEFAULT_L2_TIMEOUT,
+            write_strategy: DEFAULT_WRITE_STRATEGY,
+            fail_safe: DEFAULT_FAIL_SAFE,
+            loader_soft_timeout: DEFAULT_LOADER_SOFT_TIMEOUT,
+            loader_hard_timeout: DEFAULT_LOADER_HARD_TIMEOUT,
+            eager_refresh: DEFAULT_EAGER_REFRESH,
+            write_behind_interval: DEFAULT_WRITE_BEHIND_INTERVAL,
+            client_tracking: DEFAULT_CLIENT_TRACKING,
         }
     }
 }
@@ -235,28 +274,28 @@ pub struct HttpConfig {
     /// Seconds a client has to send a complete request head, from opening
     /// the connection or from the head's first byte on a kept-alive one.
     #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECS", value_name = "HTTP_HEADER_TIMEOUT_SECS",
-          default_value = "10", value_parser = seconds)]
+          default_value = in_seconds(DEFAULT_HTTP_HEADER_TIMEOUT), value_parser = seconds)]
     pub http_header_timeout: Duration,
 
     /// Seconds a kept-alive connection may wait for its next request.
     #[arg(long, env = "HTTP_IDLE_TIMEOUT_SECS", value_name = "HTTP_IDLE_TIMEOUT_SECS",
-          default_value = "60", value_parser = seconds)]
+          default_value = in_seconds(DEFAULT_HTTP_IDLE_TIMEOUT), value_parser = seconds)]
     pub http_idle_timeout: Duration,
 
     /// Most HTTP connections open at once; more wait to be accepted. Keep
     /// it under the process's file limit (`ulimit -n`) minus the database
     /// and Redis connections.
     #[arg(long, env = "HTTP_MAX_CONNECTIONS", value_name = "HTTP_MAX_CONNECTIONS",
-          default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+          default_value_t = DEFAULT_HTTP_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
     pub http_max_connections: u32,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            http_header_timeout: Duration::from_secs(10),
-            http_idle_timeout: Duration::from_secs(60),
-            http_max_connections: 10_000,
+            http_header_timeout: DEFAULT_HTTP_HEADER_TIMEOUT,
+            http_idle_timeout: DEFAULT_HTTP_IDLE_TIMEOUT,
+            http_max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
         }
     }
 }
@@ -288,7 +327,7 @@ pub struct ServeConfig {
         long,
         env = "BIND_ADDR",
         value_name = "BIND_ADDR",
-        default_value = "127.0.0.1:8000"
+        default_value_t = DEFAULT_BIND_ADDR
     )]
     pub bind_addr: SocketAddr,
 
@@ -305,7 +344,8 @@ pub struct ServeConfig {
 
     /// Seconds one request may take; also bounds how long shutdown waits
     /// for in-flight requests.
-    #[arg(long, env = "REQUEST_TIMEOUT_SECS", value_name = "REQUEST_TIMEOUT_SECS", default_value = "30", value_parser = seconds)]
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", value_name = "REQUEST_TIMEOUT_SECS",
+          default_value = in_seconds(DEFAULT_REQUEST_TIMEOUT), value_parser = seconds)]
     pub request_timeout: Duration,
 }
 
@@ -319,7 +359,7 @@ impl ServeConfig {
             http: HttpConfig::default(),
             bind_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             api_token: None,
-            request_timeout: Duration::from_secs(30),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }

@@ -9,7 +9,6 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
-use utoipa::ToSchema;
 
 /// Most characters a name may have after trimming.
 pub(crate) const NAME_MAX_CHARS: usize = 200;
@@ -20,21 +19,21 @@ pub(crate) const CATEGORY_MAX_CHARS: usize = 100;
 /// Highest accepted price, in cents (1,000,000,000.00).
 pub(crate) const PRICE_MAX_CENTS: i64 = 100_000_000_000;
 /// Why a text with a NUL character is refused: PostgreSQL cannot store one
-/// in `text`, so both stores refuse it alike rather than SQLite keeping it.
+/// in `text`, so it is refused on both databases alike rather than SQLite
+/// keeping it.
 const NO_NUL: &str = "must not contain NUL (U+0000) characters";
 
 /// A product as stored and as returned by the API.
 ///
 /// Unknown fields are rejected when reading one back (from Redis), so that a
 /// foreign value is a cache miss rather than served as it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Product {
     /// Store-assigned identifier, positive.
     pub id: i64,
     pub name: String,
     pub description: String,
-    #[schema(schema_with = super::schema::price)]
     pub price: Price,
     pub category: String,
     pub in_stock: bool,
@@ -49,6 +48,47 @@ impl Product {
     /// Strong entity tag for this revision: changes exactly when `version` does.
     pub fn etag(&self) -> String {
         etag_for(self.id, self.version)
+    }
+
+    /// The next version of this product after a full replace by `new`,
+    /// made at `now`.
+    pub fn replaced(&self, new: &NewProduct, now: DateTime<Utc>) -> Self {
+        Self {
+            id: self.id,
+            name: new.name.as_str().to_owned(),
+            description: new.description.as_str().to_owned(),
+            price: new.price,
+            category: new.category.as_str().to_owned(),
+            in_stock: new.in_stock,
+            version: self.version + 1,
+            created_at: self.created_at,
+            updated_at: Some(now),
+        }
+    }
+
+    /// The next version of this product after `patch`, made at `now`: the
+    /// fields the patch names change, the others stay.
+    pub fn patched(&self, patch: &ProductPatch, now: DateTime<Utc>) -> Self {
+        Self {
+            id: self.id,
+            name: patch
+                .name
+                .as_ref()
+                .map_or_else(|| self.name.clone(), |n| n.as_str().to_owned()),
+            description: patch
+                .description
+                .as_ref()
+                .map_or_else(|| self.description.clone(), |d| d.as_str().to_owned()),
+            price: patch.price.unwrap_or(self.price),
+            category: patch
+                .category
+                .as_ref()
+                .map_or_else(|| self.category.clone(), |c| c.as_str().to_owned()),
+            in_stock: patch.in_stock.unwrap_or(self.in_stock),
+            version: self.version + 1,
+            created_at: self.created_at,
+            updated_at: Some(now),
+        }
     }
 }
 
@@ -198,17 +238,13 @@ fn default_in_stock() -> bool {
 
 /// A complete, valid product without its store-assigned fields: the body of
 /// `POST /products` and `PUT /products/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
-    #[schema(schema_with = super::schema::name)]
     pub name: ProductName,
     #[serde(default)]
-    #[schema(schema_with = super::schema::description, required = false)]
     pub description: Description,
-    #[schema(schema_with = super::schema::price)]
     pub price: Price,
-    #[schema(schema_with = super::schema::category)]
     pub category: Category,
     /// Defaults to `true`.
     #[serde(default = "default_in_stock")]
@@ -219,24 +255,18 @@ pub struct NewProduct {
 ///
 /// A field that is present must be valid; `null` is rejected rather than
 /// read as "unchanged", so a client cannot think it cleared a field.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[schema(min_properties = 1)]
 pub struct ProductPatch {
     #[serde(default, deserialize_with = "present")]
-    #[schema(schema_with = super::schema::name, required = false)]
     pub name: Option<ProductName>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(schema_with = super::schema::description, required = false)]
     pub description: Option<Description>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(schema_with = super::schema::price, required = false)]
     pub price: Option<Price>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(schema_with = super::schema::category, required = false)]
     pub category: Option<Category>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = bool, required = false)]
     pub in_stock: Option<bool>,
 }
 
@@ -347,6 +377,48 @@ mod tests {
         );
         let patch: ProductPatch = serde_json::from_str(r#"{"price":2.5}"#).unwrap();
         assert_eq!(patch.price, Price::from_cents(250));
+    }
+
+    #[test]
+    fn the_next_version_keeps_identity_and_creation_and_takes_the_changes() {
+        let created_at = Utc::now();
+        let current = Product {
+            id: 7,
+            name: "Widget".into(),
+            description: "old".into(),
+            price: Price(1999),
+            category: "tools".into(),
+            in_stock: true,
+            version: 3,
+            created_at,
+            updated_at: None,
+        };
+        let now = created_at + chrono::Duration::seconds(5);
+        let new: NewProduct =
+            serde_json::from_str(r#"{"name":"Gadget","price":5,"category":"toys"}"#).unwrap();
+        let patch: ProductPatch = serde_json::from_str(r#"{"in_stock":false}"#).unwrap();
+
+        let replaced = current.replaced(&new, now);
+        let patched = current.patched(&patch, now);
+
+        assert_eq!(
+            (replaced.id, replaced.version, replaced.created_at),
+            (7, 4, created_at)
+        );
+        assert_eq!(
+            (replaced.name.as_str(), replaced.description.as_str()),
+            ("Gadget", "")
+        );
+        assert_eq!(replaced.updated_at, Some(now));
+        assert_eq!(
+            patched,
+            Product {
+                in_stock: false,
+                version: 4,
+                updated_at: Some(now),
+                ..current
+            }
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@ use utoipa::{PartialSchema, ToSchema};
 use super::AppState;
 use super::error::{ApiError, Problem};
 use super::extract::{Authenticated, JsonBody, ProductId};
-use crate::domain::{Category, schema};
+use super::schema;
+use crate::domain::Category;
 use crate::service::WarmScope;
 
 /// Most ids one warm request may name.

@@ -461,8 +461,8 @@ mod tests {
         use serde_json::Value;
 
         use super::*;
-        use crate::domain::schema::{text_pattern, trimmed_text_pattern};
         use crate::domain::{NewProduct, ProductPatch};
+        use crate::http::schema::{text_pattern, trimmed_text_pattern};
 
         static NAME: LazyLock<Regex> =
             LazyLock::new(|| Regex::new(&trimmed_text_pattern(200)).unwrap());

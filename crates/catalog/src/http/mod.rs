@@ -13,9 +13,11 @@ mod dashboard;
 mod error;
 mod extract;
 mod health;
+mod list_query;
 mod metrics;
 mod openapi;
 mod products;
+mod schema;
 mod server;
 
 use std::sync::Arc;

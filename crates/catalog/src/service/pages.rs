@@ -1,4 +1,5 @@
-//! Cached category pages: keys and the cache type.
+//! Pages of products: the page read, and the cache of category pages (keys
+//! and the cache type).
 //!
 //! A page of one category (`GET /products?category=C&after=A&limit=L`) is
 //! cached under a key that includes the category's *tag generation*
@@ -9,11 +10,14 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tiercache::TieredCache;
 
+use super::{ProductService, Served, ServiceError};
 use crate::domain::Product;
+use crate::store::{PageRequest, Store, StoreError};
 
 /// Category pages: [`PageKey`] → [`Page`] (plain JSON in Redis).
 pub type PageCache = TieredCache<PageKey, Page>;
@@ -66,6 +70,82 @@ impl FromStr for PageKey {
             category: next()?.to_owned(),
         })
     }
+}
+
+/// One page read: the page and, for a cached (category) page, who answered.
+#[derive(Debug)]
+pub struct PageRead {
+    pub page: Arc<Page>,
+    pub served: Option<Served>,
+}
+
+impl ProductService {
+    /// One page. Category pages are cached (and dropped by tag when a
+    /// product of the category changes); pages of all products are not, as
+    /// every write would drop them.
+    pub async fn page(
+        &self,
+        category: Option<String>,
+        after: i64,
+        limit: u32,
+    ) -> Result<PageRead, ServiceError> {
+        let Some(category) = category else {
+            let page = load_page(self.store.as_ref(), None, after, limit).await?;
+            return Ok(PageRead {
+                page: Arc::new(page),
+                served: None,
+            });
+        };
+        let key = PageKey {
+            generation: self.pages.tag_generation(&category).await,
+            after,
+            limit,
+            category,
+        };
+        let lookup = self
+            .pages
+            .get_or_load(&key, || {
+                let store = Arc::clone(&self.store);
+                let category = key.category.clone();
+                async move {
+                    Ok::<_, StoreError>(Some(
+                        load_page(store.as_ref(), Some(category), after, limit).await?,
+                    ))
+                }
+            })
+            .await?;
+        let page = lookup
+            .value
+            .expect("the page loader never answers \"absent\"");
+        Ok(PageRead {
+            page,
+            served: Some(Served::from_source(lookup.source)),
+        })
+    }
+}
+
+/// One page from the store; asks for one row more than `limit` so that the
+/// cursor is `null` exactly when nothing follows.
+async fn load_page(
+    store: &dyn Store,
+    category: Option<String>,
+    after: i64,
+    limit: u32,
+) -> Result<Page, StoreError> {
+    let request = PageRequest {
+        category,
+        after,
+        limit: limit + 1,
+    };
+    let mut items = store.list(&request).await?;
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    let next_after = if more {
+        items.last().map(|p| p.id)
+    } else {
+        None
+    };
+    Ok(Page { items, next_after })
 }
 
 #[cfg(test)]

@@ -3,19 +3,96 @@
 //! how queued changes reach the store.
 //!
 //! An update reads the current product through the cache, checks `If-Match`
-//! against it, builds the next version (`version + 1`, `updated_at` now) and
-//! hands it to `TieredCache::write_behind`, which puts it in Redis and in
+//! against it, builds the next version
+//! ([`Product::replaced`](crate::domain::Product::replaced) or
+//! [`Product::patched`](crate::domain::Product::patched): `version + 1`,
+//! `updated_at` now) and hands it to `TieredCache::write_behind`, which puts it in Redis and in
 //! the durable queue in one step, or reports that another writer got there
 //! first (then we read again and retry). Creates still go to the store
 //! first: it assigns the ids.
 
-use futures_util::future::BoxFuture;
 use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
 use tiercache::{Change, Flush, FlushError, Queued};
 
-use super::RenderedProduct;
-use crate::domain::{NewProduct, Product, ProductPatch};
-use crate::store::{ProductChange, Store};
+use super::{ProductService, RenderedProduct, ServiceError, version_of};
+use crate::domain::Product;
+use crate::store::{Expected, ProductChange, Store, StoreError, Updated};
+
+/// Write-behind updates retried this often when other writers keep winning.
+const WRITE_BEHIND_ATTEMPTS: usize = 5;
+
+impl ProductService {
+    /// Write-behind update: the next version of the current product, put in
+    /// the cache and the durable queue (SPEC §4), retried while other
+    /// writers win the race for that version.
+    pub(super) async fn queue_update(
+        &self,
+        id: i64,
+        expected: Expected,
+        next: impl Fn(&Product) -> Product,
+    ) -> Result<Updated, ServiceError> {
+        for _ in 0..WRITE_BEHIND_ATTEMPTS {
+            let current = self.current(id, expected).await?;
+            let current = current.product();
+            let product = next(current);
+            let change = Change::Put(RenderedProduct::new(product.clone()));
+            match self
+                .cache
+                .write_behind(&id, version_of(&product), change)
+                .await
+            {
+                Ok(()) => {
+                    return Ok(Updated {
+                        product,
+                        previous_category: current.category.clone(),
+                    });
+                }
+                Err(error) if error.is_conflict() => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(tiercache::Error::Conflict.into())
+    }
+
+    /// Write-behind delete: a "deleted" marker in the cache and the change
+    /// in the durable queue; returns the product as it was.
+    pub(super) async fn queue_delete(
+        &self,
+        id: i64,
+        expected: Expected,
+    ) -> Result<Product, ServiceError> {
+        for _ in 0..WRITE_BEHIND_ATTEMPTS {
+            let current = self.current(id, expected).await?;
+            let current = current.product();
+            let version = version_of(current).saturating_add(1);
+            match self.cache.write_behind(&id, version, Change::Delete).await {
+                Ok(()) => return Ok(current.clone()),
+                Err(error) if error.is_conflict() => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(tiercache::Error::Conflict.into())
+    }
+
+    /// The product a write-behind change starts from, through the cache;
+    /// checks `If-Match` against it.
+    async fn current(
+        &self,
+        id: i64,
+        expected: Expected,
+    ) -> Result<Arc<RenderedProduct>, ServiceError> {
+        let lookup = self.lookup(id).await?;
+        let current = lookup.value.ok_or(StoreError::NotFound)?;
+        match expected {
+            Expected::Version(v) if v != current.product().version => {
+                Err(StoreError::VersionConflict.into())
+            }
+            Expected::Version(_) | Expected::Any => Ok(current),
+        }
+    }
+}
 
 /// Writes queued product changes to the store, one transaction per batch.
 #[derive(Debug, Clone)]
@@ -53,44 +130,5 @@ impl Flush<i64, RenderedProduct> for StoreFlusher {
                 }
             })
         })
-    }
-}
-
-/// The next version of `current` after a full replace.
-pub(super) fn replaced(current: &Product, new: &NewProduct) -> Product {
-    Product {
-        id: current.id,
-        name: new.name.as_str().to_owned(),
-        description: new.description.as_str().to_owned(),
-        price: new.price,
-        category: new.category.as_str().to_owned(),
-        in_stock: new.in_stock,
-        version: current.version + 1,
-        created_at: current.created_at,
-        updated_at: Some(crate::store::now()),
-    }
-}
-
-/// The next version of `current` after a patch.
-pub(super) fn patched(current: &Product, patch: &ProductPatch) -> Product {
-    Product {
-        id: current.id,
-        name: patch
-            .name
-            .as_ref()
-            .map_or_else(|| current.name.clone(), |n| n.as_str().to_owned()),
-        description: patch
-            .description
-            .as_ref()
-            .map_or_else(|| current.description.clone(), |d| d.as_str().to_owned()),
-        price: patch.price.unwrap_or(current.price),
-        category: patch
-            .category
-            .as_ref()
-            .map_or_else(|| current.category.clone(), |c| c.as_str().to_owned()),
-        in_stock: patch.in_stock.unwrap_or(current.in_stock),
-        version: current.version + 1,
-        created_at: current.created_at,
-        updated_at: Some(crate::store::now()),
     }
 }

@@ -32,13 +32,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use metrics::Counter;
 use tiercache::Batcher;
 
-use super::{Expected, PageRequest, ProductChange, Store, StoreError, Updated};
-use crate::domain::{NewProduct, Product, ProductPatch};
-use crate::metrics::{DB_BATCHED_READS, DB_READ_BATCHES, Metrics};
+use super::decorator::{Decorator, StoreMetrics};
+use super::{Store, StoreError};
+use crate::domain::Product;
 
 /// Most ids one batch query asks for.
 const MAX_BATCH: usize = 100;
@@ -57,9 +56,14 @@ impl BatchedReads {
     /// Wraps `inner`, running at most `lanes` (at least 1) batch queries at
     /// a time, each for at most `deadline`, and counting reads and batches
     /// in `metrics`.
-    pub fn new(inner: Arc<dyn Store>, lanes: u32, deadline: Duration, metrics: &Metrics) -> Self {
-        let reads = metrics.counter(DB_BATCHED_READS);
-        let batches = metrics.counter(DB_READ_BATCHES);
+    pub fn new(
+        inner: Arc<dyn Store>,
+        lanes: u32,
+        deadline: Duration,
+        metrics: &dyn StoreMetrics,
+    ) -> Self {
+        let reads = metrics.batched_reads();
+        let batches = metrics.read_batches();
         let store = Arc::clone(&inner);
         let lanes = usize::try_from(lanes).unwrap_or(usize::MAX);
         Self {
@@ -70,10 +74,6 @@ impl BatchedReads {
             }),
             inner,
         }
-    }
-
-    fn inner(&self) -> &dyn Store {
-        self.inner.as_ref()
     }
 }
 
@@ -131,18 +131,9 @@ async fn read_batch(inner: &dyn Store, ids: Vec<i64>) -> Vec<Answer> {
     }
 }
 
-#[async_trait]
-impl Store for BatchedReads {
-    async fn migrate(&self) -> Result<(), StoreError> {
-        self.inner().migrate().await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner().ping().await
-    }
-
-    async fn close(&self) {
-        self.inner().close().await;
+impl Decorator for BatchedReads {
+    fn inner(&self) -> &dyn Store {
+        self.inner.as_ref()
     }
 
     async fn get(&self, id: i64) -> Result<Option<Product>, StoreError> {
@@ -153,51 +144,5 @@ impl Store for BatchedReads {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "the batch read was abandoned"),
             )))
         })
-    }
-
-    async fn get_many(&self, ids: &[i64]) -> Result<Vec<Product>, StoreError> {
-        self.inner().get_many(ids).await
-    }
-
-    async fn list(&self, page: &PageRequest) -> Result<Vec<Product>, StoreError> {
-        self.inner().list(page).await
-    }
-
-    async fn create(&self, new: &NewProduct) -> Result<Product, StoreError> {
-        self.inner().create(new).await
-    }
-
-    async fn create_many(&self, new: &[NewProduct]) -> Result<u64, StoreError> {
-        self.inner().create_many(new).await
-    }
-
-    async fn replace(
-        &self,
-        id: i64,
-        new: &NewProduct,
-        expected: Expected,
-    ) -> Result<Updated, StoreError> {
-        self.inner().replace(id, new, expected).await
-    }
-
-    async fn patch(
-        &self,
-        id: i64,
-        patch: &ProductPatch,
-        expected: Expected,
-    ) -> Result<Updated, StoreError> {
-        self.inner().patch(id, patch, expected).await
-    }
-
-    async fn delete(&self, id: i64, expected: Expected) -> Result<Product, StoreError> {
-        self.inner().delete(id, expected).await
-    }
-
-    async fn apply(&self, changes: &[ProductChange]) -> Result<(), StoreError> {
-        self.inner().apply(changes).await
-    }
-
-    async fn count(&self) -> Result<i64, StoreError> {
-        self.inner().count().await
     }
 }

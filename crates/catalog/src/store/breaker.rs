@@ -26,14 +26,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use metrics::Gauge;
 use tiercache::{CircuitBreaker, Permit};
 use tokio_util::task::AbortOnDropHandle;
 
-use super::{Expected, PageRequest, ProductChange, Store, StoreError, Updated};
-use crate::domain::{NewProduct, Product, ProductPatch};
-use crate::metrics::{DB_CIRCUIT_OPEN, Metrics};
+use super::decorator::{Decorator, Op, StoreMetrics};
+use super::{Store, StoreError};
 
 /// Consecutive unavailable answers that open the breaker.
 pub const FAILURE_THRESHOLD: u32 = 3;
@@ -69,34 +67,18 @@ impl GuardedStore {
     ///
     /// # Panics
     /// Outside a tokio runtime (the probe task is spawned on it).
-    pub fn new(inner: Arc<dyn Store>, metrics: &Metrics) -> Self {
+    pub fn new(inner: Arc<dyn Store>, metrics: &dyn StoreMetrics) -> Self {
         let guard = Arc::new(Guard {
             inner,
             breaker: CircuitBreaker::new(FAILURE_THRESHOLD, COOLDOWN),
             hung: AtomicBool::new(false),
-            open: metrics.gauge(DB_CIRCUIT_OPEN),
+            open: metrics.circuit_open(),
         });
         let probe = AbortOnDropHandle::new(tokio::spawn(probe(Arc::downgrade(&guard))));
         Self {
             guard,
             _probe: probe,
         }
-    }
-
-    /// Whether calls currently reach the store.
-    pub fn is_closed(&self) -> bool {
-        self.guard.breaker.is_closed()
-    }
-
-    fn inner(&self) -> &dyn Store {
-        self.guard.inner.as_ref()
-    }
-
-    async fn guarded<T>(
-        &self,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        self.guard.guarded(call).await
     }
 }
 
@@ -192,67 +174,21 @@ async fn probe(guard: std::sync::Weak<Guard>) {
     }
 }
 
-#[async_trait]
-impl Store for GuardedStore {
-    async fn migrate(&self) -> Result<(), StoreError> {
-        self.inner().migrate().await
+impl Decorator for GuardedStore {
+    fn inner(&self) -> &dyn Store {
+        self.guard.inner.as_ref()
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.guarded(self.inner().ping()).await
-    }
-
-    async fn close(&self) {
-        self.inner().close().await;
-    }
-
-    async fn get(&self, id: i64) -> Result<Option<Product>, StoreError> {
-        self.guarded(self.inner().get(id)).await
-    }
-
-    async fn get_many(&self, ids: &[i64]) -> Result<Vec<Product>, StoreError> {
-        self.guarded(self.inner().get_many(ids)).await
-    }
-
-    async fn list(&self, page: &PageRequest) -> Result<Vec<Product>, StoreError> {
-        self.guarded(self.inner().list(page)).await
-    }
-
-    async fn create(&self, new: &NewProduct) -> Result<Product, StoreError> {
-        self.guarded(self.inner().create(new)).await
-    }
-
-    async fn create_many(&self, new: &[NewProduct]) -> Result<u64, StoreError> {
-        self.guarded(self.inner().create_many(new)).await
-    }
-
-    async fn replace(
+    /// Every call but `migrate` (made once, at start, before there is
+    /// traffic to protect) goes through the breaker.
+    async fn around<T: Send>(
         &self,
-        id: i64,
-        new: &NewProduct,
-        expected: Expected,
-    ) -> Result<Updated, StoreError> {
-        self.guarded(self.inner().replace(id, new, expected)).await
-    }
-
-    async fn patch(
-        &self,
-        id: i64,
-        patch: &ProductPatch,
-        expected: Expected,
-    ) -> Result<Updated, StoreError> {
-        self.guarded(self.inner().patch(id, patch, expected)).await
-    }
-
-    async fn delete(&self, id: i64, expected: Expected) -> Result<Product, StoreError> {
-        self.guarded(self.inner().delete(id, expected)).await
-    }
-
-    async fn apply(&self, changes: &[ProductChange]) -> Result<(), StoreError> {
-        self.guarded(self.inner().apply(changes)).await
-    }
-
-    async fn count(&self) -> Result<i64, StoreError> {
-        self.guarded(self.inner().count()).await
+        op: Op,
+        call: impl Future<Output = Result<T, StoreError>> + Send,
+    ) -> Result<T, StoreError> {
+        match op {
+            Op::Migrate => call.await,
+            _ => self.guard.guarded(call).await,
+        }
     }
 }

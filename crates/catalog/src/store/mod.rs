@@ -1,7 +1,10 @@
-//! Persistence: one [`Store`] trait, two implementations with the same
-//! behaviour (PostgreSQL for production, SQLite as the embedded default).
+//! Persistence: the [`Store`] trait and the one implementation that serves
+//! both databases alike (PostgreSQL for production, SQLite as the embedded
+//! default): `sql.rs` is what they share, `postgres.rs` and `sqlite.rs`
+//! what each does its own way. Decorators (`batched`, `breaker`,
+//! `instrumented`) wrap it.
 //!
-//! Invariants every implementation keeps:
+//! Invariants kept on both databases:
 //! - `version` starts at 1 and each update increments it atomically in the
 //!   same statement that changes the row (`UPDATE … RETURNING`);
 //! - batch lookups are one query and pages are keyset pages ordered by id;
@@ -9,13 +12,16 @@
 //!   a [`StoreError`] a caller can act on.
 //!
 //! PostgreSQL also announces changes made outside the service (trigger in
-//! `migrations/postgres/0002_products_notify.sql`), which the service's
-//! change listener turns into cache invalidations; SQLite has no equivalent.
+//! `migrations/postgres/0002_products_notify.sql`), which its
+//! [`ChangeListener`] turns into [`Invalidation`]s for the service to apply;
+//! SQLite has no equivalent.
 
 mod batched;
 pub mod breaker;
+mod decorator;
 mod instrumented;
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::time::Duration;
@@ -27,15 +33,17 @@ use crate::domain::{NewProduct, Product, ProductPatch};
 
 pub use batched::BatchedReads;
 pub use breaker::GuardedStore;
+pub use decorator::{Op, StoreMetrics};
 pub use instrumented::InstrumentedStore;
+pub use postgres::{
+    CHANNEL, ChangeListener, Invalidation, InvalidationSink, LISTENER_APPLICATION_NAME,
+    ListenerStats,
+};
 
 /// The `application_name` of the store's connections; the change trigger
 /// does not notify for sessions with this name (the service invalidates its
 /// own writes).
 pub const APPLICATION_NAME: &str = "catalog";
-
-pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
 
 /// Connection-pool settings shared by both stores.
 #[derive(Debug, Clone)]
@@ -47,12 +55,17 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
 }
 
+impl PoolSettings {
+    /// The defaults of `DB_MAX_CONNECTIONS` and `DB_ACQUIRE_TIMEOUT_SECS`.
+    pub const DEFAULT: Self = Self {
+        max_connections: 16,
+        acquire_timeout: Duration::from_secs(5),
+    };
+}
+
 impl Default for PoolSettings {
     fn default() -> Self {
-        Self {
-            max_connections: 16,
-            acquire_timeout: Duration::from_secs(5),
-        }
+        Self::DEFAULT
     }
 }
 
@@ -198,9 +211,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// an unreachable database is [`StoreError::Unavailable`].
 pub async fn connect(url: &str, pool: &PoolSettings) -> Result<Box<dyn Store>, StoreError> {
     if is_postgres_url(url) {
-        Ok(Box::new(PgStore::connect(url, pool).await?))
+        Ok(Box::new(postgres::connect(url, pool).await?))
     } else if url.starts_with("sqlite:") {
-        Ok(Box::new(SqliteStore::connect(url, pool).await?))
+        Ok(Box::new(sqlite::connect(url, pool).await?))
     } else {
         Err(StoreError::Query(sqlx::Error::Configuration(
             "DATABASE_URL must start with postgres://, postgresql:// or sqlite:".into(),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use catalog::app::Application;
 use catalog::config::ServeConfig;
-use catalog::service::ListenerStats;
+use catalog::store::ListenerStats;
 use catalog::store::{self, PoolSettings, Store};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use secrecy::SecretString;

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use catalog::service::{CHANNEL, LISTENER_APPLICATION_NAME};
+use catalog::store::{CHANNEL, LISTENER_APPLICATION_NAME};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::postgres::PgListener;

@@ -1,15 +1,16 @@
-//! Invalidation from the database itself (PostgreSQL only): changes made
-//! outside the service (`psql -c "UPDATE products …"`, scripts, other
-//! programs) reach the product cache within a round trip.
+//! Changes made outside the service (PostgreSQL only): `psql -c "UPDATE
+//! products …"`, scripts, other programs. A [`ChangeListener`] turns them
+//! into [`Invalidation`]s within a round trip and hands each to an
+//! [`InvalidationSink`] (the service, which applies it exactly as it
+//! applies its own writes); this module does the database side only.
 //!
 //! A trigger on `products` (migration `0002_products_notify.sql`) sends one
-//! `pg_notify` on [`CHANNEL`] per changed row, at commit. A
-//! [`ChangeListener`] task `LISTEN`s on its own connection (not one of the
-//! store's pool, so it never competes with requests) and, per notification,
-//! invalidates the product with its new version (a tombstone in Redis), and
-//! the pages of its categories: this instance's L1 copies are dropped, and the bus tells every other instance to drop
-//! theirs. Every instance listens, so each change is invalidated once per
-//! instance; invalidation is idempotent, which makes that harmless.
+//! `pg_notify` on [`CHANNEL`] per changed row, at commit. The listener
+//! task `LISTEN`s on its own connection (not one of the store's pool, so it
+//! never competes with requests) and, per notification, yields the product
+//! with its new version and the categories whose pages it was on. Every
+//! instance listens, so each change is invalidated once per instance;
+//! invalidation is idempotent, which makes that harmless.
 //!
 //! Contract with the trigger: the store's connections are named
 //! [`APPLICATION_NAME`](crate::store::APPLICATION_NAME) and the trigger stays silent for those sessions,
@@ -23,21 +24,22 @@
 //!
 //! Notifications are not queued for a session that is not connected: those
 //! sent while the listener is reconnecting are lost. So after every
-//! reconnection (not after the first connection) the whole cache is cleared,
-//! and counted in [`ListenerStats::reconnects`]. sqlx's
-//! [`PgListener::recv`] would reconnect silently, with no chance to clear;
+//! reconnection (not after the first connection) the listener yields
+//! [`Invalidation::All`], counted in [`ListenerStats::reconnects`]. sqlx's
+//! [`PgListener::recv`] would reconnect silently, with no chance to say so;
 //! this task uses [`PgListener::try_recv`], which reports the lost
 //! connection as `Ok(None)`, and reconnects itself with capped exponential
 //! backoff.
 //!
-//! A payload that cannot be read clears the whole cache as well: something
-//! changed, and without an id the only safe answer is to forget everything
-//! (payloads come from our trigger, so this means someone else `NOTIFY`s on
-//! our channel; the warning says so).
+//! A payload that cannot be read is [`Invalidation::All`] as well:
+//! something changed, and without an id the only safe answer is to forget
+//! everything (payloads come from our trigger, so this means someone else
+//! `NOTIFY`s on our channel; the warning says so).
 //!
 //! Limits: PostgreSQL holds undelivered notifications in a queue of 8 GB;
 //! if this listener falls that far behind, transactions that change products
-//! fail at commit. One invalidation costs one Redis round trip, so a bulk
+//! fail at commit. The sink is awaited before the next notification is
+//! read, and one invalidation costs one Redis round trip, so a bulk
 //! `UPDATE` of millions of rows is better followed by `DELETE /cache`.
 //!
 //! SQLite has no notifications between processes: direct writes to a SQLite
@@ -49,12 +51,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::future::Future;
+
 use serde::Deserialize;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::Caches;
 use crate::store::{PoolSettings, StoreError};
 
 /// The channel the trigger notifies on (`pg_notify('catalog_products', …)`).
@@ -94,7 +97,8 @@ impl ListenerStats {
         self.0.notifications.load(Ordering::Relaxed)
     }
 
-    /// Successful reconnections since start; each one cleared the cache.
+    /// Successful reconnections since start; after each one the sink was
+    /// told that everything is stale.
     pub fn reconnects(&self) -> u64 {
         self.0.reconnects.load(Ordering::Relaxed)
     }
@@ -118,9 +122,10 @@ pub struct ChangeListener {
 
 impl ChangeListener {
     /// Connects to `url` as [`LISTENER_APPLICATION_NAME`], `LISTEN`s on
-    /// [`CHANNEL`] and spawns the task that invalidates `cache` on every
-    /// notification. Returns once the first `LISTEN` is in place, so that no
-    /// change committed after this returns is missed.
+    /// [`CHANNEL`] and spawns the task that hands `sink` an invalidation for
+    /// every notification (and [`Invalidation::All`] after every
+    /// reconnection). Returns once the first `LISTEN` is in place, so that
+    /// no change committed after this returns is missed.
     ///
     /// # Errors
     /// The database cannot be reached within `settings.acquire_timeout`, or
@@ -128,7 +133,7 @@ impl ChangeListener {
     pub async fn spawn(
         url: &str,
         settings: &PoolSettings,
-        caches: Caches,
+        sink: impl InvalidationSink,
     ) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name(LISTENER_APPLICATION_NAME);
         // A pool of one: sqlx's listener takes its connections from a pool,
@@ -151,7 +156,7 @@ impl ChangeListener {
         let task = tokio::spawn(
             Task {
                 pool,
-                caches,
+                sink,
                 stats: stats.clone(),
                 stop: stop.clone(),
             }
@@ -183,26 +188,33 @@ impl ChangeListener {
 async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     // A lost connection must come back to `Task::run` as `Ok(None)` so that
-    // it reconnects (and clears) itself, rather than sqlx reconnecting
+    // it reconnects (and invalidates everything) itself, rather than sqlx reconnecting
     // silently inside `try_recv`.
     listener.eager_reconnect(false);
     listener.listen(CHANNEL).await?;
     Ok(listener)
 }
 
-/// What the caches must forget for one notification.
-#[derive(Debug, PartialEq, Eq)]
-enum Invalidation {
-    /// One product: copies older than `version` (when known) are stale, and
-    /// so are the pages of `categories`.
+/// What the caches must forget after a change made outside the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// One product: copies older than `version` (all of them when it is
+    /// unknown) are stale, and so are the pages of `categories`.
     Product {
         id: i64,
         version: Option<u64>,
         categories: Vec<String>,
     },
-    /// Which products changed is unknown (TRUNCATE, or a payload that is not
-    /// ours): everything.
+    /// Which products changed is unknown (TRUNCATE, a payload that is not
+    /// ours, or notifications lost while reconnecting): everything.
     All,
+}
+
+/// Where a [`ChangeListener`] hands its invalidations, one at a time, in
+/// the order the changes committed.
+pub trait InvalidationSink: Send + Sync + 'static {
+    /// Forgets what `invalidation` says is stale.
+    fn invalidate(&self, invalidation: Invalidation) -> impl Future<Output = ()> + Send;
 }
 
 /// The trigger's payload.
@@ -216,6 +228,7 @@ struct Change {
 }
 
 impl Invalidation {
+    /// What a notification's payload says changed.
     fn parse(payload: &str) -> Self {
         match serde_json::from_str::<Change>(payload) {
             Ok(Change {
@@ -261,9 +274,9 @@ impl Invalidation {
 }
 
 /// The listener loop's state; the loop itself is [`Task::run`].
-struct Task {
+struct Task<S> {
     pool: PgPool,
-    caches: Caches,
+    sink: S,
     stats: ListenerStats,
     stop: CancellationToken,
 }
@@ -275,7 +288,7 @@ enum Received {
     Stopped,
 }
 
-impl Task {
+impl<S: InvalidationSink> Task<S> {
     async fn run(self, mut listener: PgListener) {
         loop {
             let received = tokio::select! {
@@ -289,23 +302,7 @@ impl Task {
             match received {
                 Received::Payload(payload) => {
                     self.stats.0.notifications.fetch_add(1, Ordering::Relaxed);
-                    match Invalidation::parse(&payload) {
-                        Invalidation::Product {
-                            id,
-                            version,
-                            categories,
-                        } => {
-                            match version {
-                                Some(version) => {
-                                    self.caches.products.invalidate_version(&id, version).await;
-                                }
-                                None => self.caches.products.invalidate(&id).await,
-                            }
-                            let tags: Vec<&str> = categories.iter().map(String::as_str).collect();
-                            self.caches.pages.invalidate_tags(&tags).await;
-                        }
-                        Invalidation::All => self.clear().await,
-                    }
+                    self.sink.invalidate(Invalidation::parse(&payload)).await;
                 }
                 Received::Lost(error) => {
                     self.stats.set_listening(false);
@@ -330,7 +327,7 @@ impl Task {
                     self.stats.0.reconnects.fetch_add(1, Ordering::Relaxed);
                     // After the LISTEN, so that a change is either notified
                     // or committed before the clear (and then reloaded).
-                    self.clear().await;
+                    self.sink.invalidate(Invalidation::All).await;
                     tracing::info!(
                         "listening for product changes again; cache cleared, since changes \
                          made while disconnected were not notified"
@@ -344,11 +341,6 @@ impl Task {
         }
         self.stats.set_listening(false);
         self.pool.close().await;
-    }
-
-    async fn clear(&self) {
-        self.caches.products.clear().await;
-        self.caches.pages.clear().await;
     }
 
     /// A new listener, retrying with capped exponential backoff; `None` once
