@@ -15,7 +15,7 @@ use crate::domain::Product;
 /// A product with its `ETag` and JSON body, ready to send.
 ///
 /// ETag and body are one buffer, and the buffer is the first field
-/// (`repr(C)`). Up to [`INLINE`] bytes (a product with a short description;
+/// (`repr(C)`). Up to `INLINE` bytes (a product with a short description;
 /// the seed's products are 235 to 307 bytes) the buffer is stored inside the
 /// struct, so inside the allocation of the `Arc` that L1 hands out: on the
 /// hit path the ETag sits in the cache line of the reference count the hit

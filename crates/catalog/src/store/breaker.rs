@@ -13,7 +13,7 @@
 //! [`COOLDOWN`] one call is let through as a probe, and its success closes
 //! the breaker: the next request when the database refused calls (a probe
 //! then fails at once), only a ping of the probe task (at most
-//! [`PROBE_TIMEOUT`]) when it hung, so that no request waits out a hung
+//! `PROBE_TIMEOUT`) when it hung, so that no request waits out a hung
 //! database. The probe task pings on that beat in both cases, so the
 //! service recovers within about a second of the database answering,
 //! traffic or not. Any answer from the database (a row, "not found", a
