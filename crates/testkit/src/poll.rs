@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// The pause between two checks of a condition.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Checks `check` until it returns `true` or `limit` has passed; whether it
 /// did.

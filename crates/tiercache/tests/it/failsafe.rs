@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use testkit::wait_for;
 use tiercache::{Source, TieredCache, TieredCacheBuilder};
 
-use crate::support::{Item, StoreDown, eventually};
+use crate::support::{Item, StoreDown};
 
 type Cache = TieredCache<i64, Item>;
 
@@ -26,7 +27,7 @@ fn name_of(lookup: &tiercache::Lookup<Item>) -> &str {
 /// Waits until key 1's L1 entry is past its TTL (a failing read then
 /// answers stale instead of hitting).
 async fn wait_until_expired(cache: &Cache) {
-    eventually(Duration::from_secs(5), "the entry expires", || async {
+    wait_for(Duration::from_secs(5), "the entry expires", || async {
         let lookup = cache
             .get_or_load(&1, || async { Err::<Option<Item>, _>(StoreDown) })
             .await;
@@ -128,7 +129,7 @@ async fn a_slow_loader_past_the_soft_timeout_answers_stale_then_fills_the_cache(
         })
         .await
         .unwrap();
-    eventually(
+    wait_for(
         Duration::from_secs(5),
         "the background load fills L1",
         || async {
@@ -190,7 +191,7 @@ async fn a_hit_late_in_an_entrys_life_refreshes_it_once_in_the_background() {
         })
     }))
     .await;
-    eventually(
+    wait_for(
         Duration::from_secs(3),
         "the refreshed value is served",
         || async {
