@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use testkit::PrivateRedis;
 
 use crate::helpers::{
     Backend, TestApp, assert_problem, both_stores, cached_keys, category_page, redis, test_prefix,
     use_redis,
 };
-use crate::private_redis::PrivateRedis;
 
 both_stores!(
     reads_go_miss_then_l1_and_a_peer_hits_l2,

@@ -24,12 +24,12 @@ use futures_util::future::join_all;
 use redis::AsyncCommands;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use testkit::PrivateRedis;
 use tokio::task::JoinHandle;
 
 use crate::helpers::{
     Backend, TestApp, pg_rows, read_product, sample, scrape, test_prefix, use_redis,
 };
-use crate::private_redis::PrivateRedis;
 
 /// Issue 15: how soon every instance answers the current version once
 /// Redis answers again, and how soon a change made in Redis leaves L1.
@@ -393,7 +393,7 @@ impl Convergence {
 /// every product (the failed invalidations were retried and announced).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_hung_during_writes() {
-    let mut pair = Pair::start().await;
+    let pair = Pair::start().await;
     let reader = Reader::spawn(&pair.b, &pair.ids);
     let mut acked = pair.created_versions();
 
