@@ -1,17 +1,20 @@
 //! The product cache seen from outside: `X-Cache` transitions, what lands in
 //! Redis, `/cache/*`, and Redis failing (unreachable, corrupt, restarted).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::AsyncCommands;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use testkit::PrivateRedis;
+use testkit::{PrivateRedis, eventually, poll_until};
 
 use crate::helpers::{
-    Backend, TestApp, assert_problem, both_stores, cached_keys, category_page, redis, test_prefix,
-    use_redis,
+    Backend, TestApp, assert_problem, both_stores, cached_keys, category_page, product_eventually,
+    redis, test_prefix, use_redis,
 };
+
+/// SPEC §3: another instance stops serving an old version within 1 s.
+const WITHIN: Duration = Duration::from_secs(1);
 
 both_stores!(
     reads_go_miss_then_l1_and_a_peer_hits_l2,
@@ -418,15 +421,13 @@ async fn redis_killed_and_restarted_under_reads_fails_no_request() {
     }
     let down: Value = app.get("/health").await.json().await.unwrap();
     redis_server.restart().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut l2_back = false;
-    while Instant::now() < deadline && !l2_back {
-        l2_back = round(&app, &ids, &mut statuses)
+    let l2_back = eventually(Duration::from_secs(10), async || {
+        round(&app, &ids, &mut statuses)
             .await
             .iter()
-            .any(|s| s == "HIT-L2");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .any(|s| s == "HIT-L2")
+    })
+    .await;
 
     assert!(
         statuses.iter().all(|s| *s == StatusCode::OK),
@@ -442,26 +443,6 @@ async fn redis_killed_and_restarted_under_reads_fails_no_request() {
     drop(redis_server);
 }
 
-/// Reads `id` on `app` until `done` accepts the answer, for at most 1 s
-/// (SPEC §3: another instance stops serving an old version within 1 s).
-async fn eventually(
-    app: &TestApp,
-    id: i64,
-    done: impl Fn(StatusCode, &str, &Value) -> bool,
-) -> bool {
-    for _ in 0..20 {
-        let response = app.get(&format!("/products/{id}")).await;
-        let status = response.status();
-        let source = x_cache(&response);
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if done(status, &source, &body) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 async fn writes_on_one_instance_reach_another_within_a_second(backend: Backend) {
     let prefix = test_prefix();
     let a = spawn_with_redis(backend, &prefix).await;
@@ -471,7 +452,7 @@ async fn writes_on_one_instance_reach_another_within_a_second(backend: Backend) 
         .unwrap();
     // The bus message of A's create may reach B while B loads the product,
     // and then B rightly keeps it out of L1: poll until B holds it.
-    assert!(eventually(&b, id, |_, source, _| source == "HIT-L1").await);
+    assert!(product_eventually(&b, id, WITHIN, |_, source, _| source == "HIT-L1").await);
 
     let patched = a
         .authed(Method::PATCH, &format!("/products/{id}"))
@@ -479,13 +460,17 @@ async fn writes_on_one_instance_reach_another_within_a_second(backend: Backend) 
         .send()
         .await
         .unwrap();
-    let b_sees_update = eventually(&b, id, |_, _, body| body["price"] == json!(2.5)).await;
+    let b_sees_update =
+        product_eventually(&b, id, WITHIN, |_, _, body| body["price"] == json!(2.5)).await;
     let deleted = a
         .authed(Method::DELETE, &format!("/products/{id}"))
         .send()
         .await
         .unwrap();
-    let b_sees_delete = eventually(&b, id, |status, _, _| status == StatusCode::NOT_FOUND).await;
+    let b_sees_delete = product_eventually(&b, id, WITHIN, |status, _, _| {
+        status == StatusCode::NOT_FOUND
+    })
+    .await;
 
     assert_eq!(patched.status(), StatusCode::OK);
     assert!(b_sees_update, "B kept serving the old version");
@@ -502,10 +487,10 @@ async fn a_clear_on_one_instance_empties_every_l1(backend: Backend) {
         .unwrap();
     // The bus message of A's create may reach B while B loads the product,
     // and then B rightly keeps it out of L1: poll until B holds it.
-    assert!(eventually(&b, id, |_, source, _| source == "HIT-L1").await);
+    assert!(product_eventually(&b, id, WITHIN, |_, source, _| source == "HIT-L1").await);
 
     let clear = a.authed(Method::DELETE, "/cache").send().await.unwrap();
-    let b_cleared = eventually(&b, id, |_, source, _| source == "MISS").await;
+    let b_cleared = product_eventually(&b, id, WITHIN, |_, source, _| source == "MISS").await;
 
     assert_eq!(clear.status(), StatusCode::NO_CONTENT);
     assert!(b_cleared, "B still answered from its L1 after a clear on A");
@@ -523,7 +508,7 @@ async fn write_through_puts_the_new_version_in_every_level(backend: Backend) {
         .as_i64()
         .unwrap();
     let after_create = read(&a, id).await;
-    assert!(eventually(&b, id, |_, source, _| source == "HIT-L1").await);
+    assert!(product_eventually(&b, id, WITHIN, |_, source, _| source == "HIT-L1").await);
 
     let replaced = a
         .authed(Method::PUT, &format!("/products/{id}"))
@@ -533,7 +518,7 @@ async fn write_through_puts_the_new_version_in_every_level(backend: Backend) {
         .unwrap();
     let on_a = a.get(&format!("/products/{id}")).await;
     let on_a = (x_cache(&on_a), on_a.json::<Value>().await.unwrap());
-    let b_fresh = eventually(&b, id, |_, _, body| body["version"] == 2).await;
+    let b_fresh = product_eventually(&b, id, WITHIN, |_, _, body| body["version"] == 2).await;
     let mut redis = redis().await;
     let stored: String = redis.get(format!("{prefix}product:{id}")).await.unwrap();
     let in_store = a.db.store().await.get(id).await.unwrap().unwrap();
@@ -570,18 +555,18 @@ async fn category_pages_are_cached_and_dropped_when_a_product_moves(backend: Bac
         .unwrap();
     let tools_after = category_page(&a, "tools").await;
     let garden_after = category_page(&a, "garden").await;
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let mut b_pages = (
-        category_page(&b, "tools").await.0,
-        category_page(&b, "garden").await.0,
-    );
-    while b_pages != (vec![], vec![id]) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        b_pages = (
-            category_page(&b, "tools").await.0,
-            category_page(&b, "garden").await.0,
-        );
-    }
+    let b_pages = poll_until(
+        WITHIN,
+        async || {
+            (
+                category_page(&b, "tools").await.0,
+                category_page(&b, "garden").await.0,
+            )
+        },
+        |pages| *pages == (vec![], vec![id]),
+    )
+    .await
+    .unwrap_or_else(|last| last);
 
     assert_eq!(first, (vec![id], "MISS".to_owned()));
     assert_eq!(second, (vec![id], "HIT-L1".to_owned()));

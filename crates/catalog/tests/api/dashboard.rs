@@ -13,7 +13,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -23,7 +23,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{Backend, TestApp, both_stores, test_prefix, use_redis};
+use crate::helpers::{Backend, TestApp, both_stores, test_prefix, use_redis, wait_exit};
 
 both_stores!(latency_counts_add_up_to_the_reads);
 
@@ -35,7 +35,7 @@ const INSTALL: &str =
 const VIRTUAL_TIME_MS: u32 = 5_000;
 
 /// A guard against a hung browser, far above the second or two a run takes.
-const CHROMIUM_DEADLINE: Duration = Duration::from_secs(120);
+const CHROMIUM_LIMIT: Duration = Duration::from_secs(120);
 
 /// Headless Chromium with a fresh profile directory, removed on drop.
 #[derive(Debug)]
@@ -86,27 +86,12 @@ impl Chromium {
             .stdin(Stdio::null())
             .stdout(File::create(&stdout_path).unwrap())
             .stderr(File::create(&stderr_path).unwrap());
-        // Blocking waits run off the runtime: the app under test is served
-        // by this same runtime.
-        let status = tokio::task::spawn_blocking(move || {
-            let mut child = command
-                .spawn()
-                .unwrap_or_else(|err| panic!("chromium does not start ({err}); {INSTALL}"));
-            let deadline = Instant::now() + CHROMIUM_DEADLINE;
-            loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    return status;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("chromium did not finish within {CHROMIUM_DEADLINE:?}");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-        .await
-        .unwrap();
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("chromium does not start ({err}); {INSTALL}"));
+        let status = wait_exit(&mut child, CHROMIUM_LIMIT)
+            .await
+            .unwrap_or_else(|| panic!("chromium did not finish within {CHROMIUM_LIMIT:?}"));
         let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
         assert!(status.success(), "chromium failed ({status}): {stderr}");
         std::fs::read_to_string(&stdout_path).unwrap()

@@ -15,6 +15,7 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgConnection};
+use testkit::{eventually, poll_until};
 
 use crate::helpers::{
     Backend, TestApp, TestDb, assert_problem, pg_server_addr, read_product as read, sample, scrape,
@@ -126,25 +127,30 @@ async fn a_cut_store_is_answered_stale_and_recovers() {
         .count();
     // The listener's reconnection clears the cache (it may have missed
     // changes): wait for it, then for a load followed by an L1 hit.
-    let deadline = Instant::now() + RECOVERY;
-    let mut recovered = None;
-    while recovered.is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if !listener.is_listening() || listener.reconnects() == 0 {
-            continue;
-        }
-        let (status, source, body) = read(&app, id).await;
-        match source.as_str() {
-            "STALE" => stale_seen += 1,
-            "MISS" if status == StatusCode::OK => {
-                let again = read(&app, id).await;
-                if again.1 == "HIT-L1" {
-                    recovered = Some((body, again.2));
-                }
+    let recovered = poll_until(
+        RECOVERY,
+        async || {
+            if !listener.is_listening() || listener.reconnects() == 0 {
+                return None;
             }
-            _ => {}
-        }
-    }
+            let (status, source, body) = read(&app, id).await;
+            match source.as_str() {
+                "STALE" => stale_seen += 1,
+                "MISS" if status == StatusCode::OK => {
+                    let again = read(&app, id).await;
+                    if again.1 == "HIT-L1" {
+                        return Some((body, again.2));
+                    }
+                }
+                _ => {}
+            }
+            None
+        },
+        Option::is_some,
+    )
+    .await
+    .ok()
+    .flatten();
     let write_after = app
         .authed(Method::PATCH, &format!("/products/{id}"))
         .json(&json!({"price": 4.0}))
@@ -226,17 +232,15 @@ async fn a_slow_store_is_answered_stale_then_refreshed_in_the_background() {
     let slow = read(&app, id).await;
     // Until the background load lands, reads are stale (old version);
     // after, they are current: never the old version under another name.
-    let deadline = Instant::now() + Duration::from_secs(10);
     let mut answers = Vec::new();
-    loop {
+    // The last answer says whether L1 was filled.
+    let _ = eventually(Duration::from_secs(10), async || {
         let answer = read(&app, id).await;
         let done = answer.1 == "HIT-L1";
         answers.push(answer);
-        if done || Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        done
+    })
+    .await;
     proxy.delay(Duration::ZERO);
     let metrics = scrape(&app).await;
 
@@ -390,19 +394,16 @@ async fn a_store_known_down_is_answered_at_once_and_recovers() {
     }
 
     proxy.restore();
-    let deadline = Instant::now() + RECOVERY;
-    loop {
-        let (status, source, _) = read(&app, uncached[3]).await;
-        if status == StatusCode::OK {
-            assert_eq!(source, "MISS");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the store never came back: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let back = poll_until(
+        RECOVERY,
+        async || read(&app, uncached[3]).await,
+        |(status, _, _)| *status == StatusCode::OK,
+    )
+    .await;
+    let (_, source, _) = back.unwrap_or_else(|(status, _, _)| {
+        panic!("the store never came back: {status}");
+    });
+    assert_eq!(source, "MISS");
     assert_eq!(app.get("/health").await.status(), StatusCode::OK);
     assert_eq!(sample(&scrape(&app).await, "db_circuit_open"), 0);
 }

@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::process::{Child, ExitStatus};
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use catalog::app::Application;
 use catalog::config::ServeConfig;
@@ -16,6 +17,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
+use testkit::{eventually, poll_until};
 use tokio_util::sync::CancellationToken;
 
 /// The bearer token every test app accepts.
@@ -254,7 +256,7 @@ pub(crate) async fn cached_keys(
 
 /// `GET /products/{id}` on `app`: status, `X-Cache` (empty when absent) and
 /// body (`null` when not JSON).
-pub(crate) async fn read_product(app: &TestApp, id: i64) -> (reqwest::StatusCode, String, Value) {
+pub(crate) async fn read_product(app: &TestApp, id: i64) -> (StatusCode, String, Value) {
     let response = app.get(&format!("/products/{id}")).await;
     let status = response.status();
     let source = response
@@ -265,6 +267,21 @@ pub(crate) async fn read_product(app: &TestApp, id: i64) -> (reqwest::StatusCode
         .to_owned();
     let body = response.json().await.unwrap_or(Value::Null);
     (status, source, body)
+}
+
+/// Whether `app` answers product `id` (as [`read_product`]: status,
+/// `X-Cache`, body) as `done` accepts within `limit`; read at least once.
+pub(crate) async fn product_eventually(
+    app: &TestApp,
+    id: i64,
+    limit: Duration,
+    done: impl Fn(StatusCode, &str, &Value) -> bool,
+) -> bool {
+    eventually(limit, async || {
+        let (status, source, body) = read_product(app, id).await;
+        done(status, &source, &body)
+    })
+    .await
 }
 
 /// A key prefix no other test uses.
@@ -453,15 +470,14 @@ pub(crate) async fn pg_rows_within(
     expected: &HashMap<i64, Option<Row>>,
     within: Duration,
 ) -> HashMap<i64, Option<Row>> {
-    let deadline = Instant::now() + within;
     let ids: Vec<i64> = expected.keys().copied().collect();
-    loop {
-        let rows = pg_rows(conn, &ids).await;
-        if rows == *expected || Instant::now() >= deadline {
-            return rows;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(
+        within,
+        async || pg_rows(conn, &ids).await,
+        |rows| rows == expected,
+    )
+    .await
+    .unwrap_or_else(|last| last)
 }
 
 /// The `write_behind` part of `/cache/stats` of the instance at `base`
@@ -524,6 +540,26 @@ pub(crate) fn sample(samples: &HashMap<String, u64>, series: &str) -> u64 {
 /// be there.
 pub(crate) async fn metric(app: &TestApp, series: &str) -> u64 {
     sample(&scrape(app).await, series)
+}
+
+/// `child`'s exit status if it exits within `limit`; else it is killed
+/// (and waited for) and the answer is `None`. Polled without blocking the
+/// runtime, which may be serving what the child talks to (the app under
+/// test, a proxy in front of its store).
+pub(crate) async fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let exited = poll_until(
+        limit,
+        async || child.try_wait().expect("the child can be waited for"),
+        Option::is_some,
+    )
+    .await
+    .ok()
+    .flatten();
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    exited
 }
 
 /// Runs each listed `async fn(Backend)` test against PostgreSQL and SQLite.

@@ -16,6 +16,7 @@ use redis::AsyncCommands;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
+use testkit::poll_until;
 use tokio::task::JoinSet;
 
 use crate::helpers::{Backend, TestApp, redis, test_prefix, use_redis};
@@ -56,14 +57,14 @@ impl std::ops::AddAssign for Done {
 /// Waits until `app` reports itself healthy: store and L2 up and the bus
 /// subscribed, so that it misses no other instance's invalidation.
 async fn wait_healthy(app: &TestApp) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let health: Value = app.get("/health").await.json().await.unwrap();
-        if health["status"] == "ok" {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never healthy: {health}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let health = poll_until(
+        Duration::from_secs(10),
+        async || app.get("/health").await.json::<Value>().await.unwrap(),
+        |health| health["status"] == "ok",
+    )
+    .await;
+    if let Err(health) = health {
+        panic!("never healthy: {health}");
     }
 }
 
@@ -253,11 +254,13 @@ async fn three_instances_under_mixed_traffic_converge_on_the_store() {
     );
 
     let store = store_rows(&apps[0]).await;
-    let mut served = differences(&apps, &store).await;
-    while !served.is_empty() && last_write.elapsed() < CONVERGE_WITHIN {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        served = differences(&apps, &store).await;
-    }
+    let served = poll_until(
+        CONVERGE_WITHIN.saturating_sub(last_write.elapsed()),
+        async || differences(&apps, &store).await,
+        Vec::is_empty,
+    )
+    .await
+    .unwrap_or_else(|last| last);
     let in_redis = redis_differences(&prefix, &store).await;
 
     assert!(done.writes > 0 && done.reads > 0, "{done:?}");

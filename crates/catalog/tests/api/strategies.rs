@@ -13,10 +13,11 @@ use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Executor;
+use testkit::eventually;
 
 use crate::helpers::{
-    Backend, Row, TestApp, metric, pg_rows, pg_rows_within, redis, test_prefix, use_redis,
-    write_behind_stats,
+    Backend, Row, TestApp, metric, pg_rows, pg_rows_within, read_product as read, redis,
+    test_prefix, use_redis, write_behind_stats,
 };
 
 /// SPEC §3: a write-behind write reaches the store within 1 s.
@@ -48,31 +49,17 @@ async fn write(app: &TestApp, method: Method, id: i64, body: Option<Value>) -> (
     (status, body)
 }
 
-/// `GET /products/{id}`: status, `X-Cache` and body.
-async fn read(app: &TestApp, id: i64) -> (StatusCode, String, Value) {
-    let response = app.get(&format!("/products/{id}")).await;
-    let status = response.status();
-    let source = response.headers()["x-cache"].to_str().unwrap().to_owned();
-    (status, source, response.json().await.unwrap_or(Value::Null))
-}
-
 /// Waits (bounded) until every app reports an empty write-behind queue.
 async fn drained(apps: &[&TestApp]) -> bool {
-    let deadline = Instant::now() + DRAIN_BOUND;
-    loop {
+    eventually(DRAIN_BOUND, async || {
         let mut empty = true;
         for app in apps {
             let stats = write_behind_stats(&app.client, &app.url("")).await;
             empty &= stats["pending"] == 0;
         }
-        if empty {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        empty
+    })
+    .await
 }
 
 /// One product's expected row.
