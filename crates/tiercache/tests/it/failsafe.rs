@@ -148,7 +148,9 @@ async fn a_slow_loader_past_the_soft_timeout_answers_stale_then_fills_the_cache(
     assert_eq!(stats.stale.soft_timeout, 1);
 }
 
-#[tokio::test]
+// Only tokio timers (the hard timeout, the loader's sleep) and no I/O: on
+// a paused clock the 50 ms pass without waiting for them.
+#[tokio::test(start_paused = true)]
 async fn a_loader_past_the_hard_timeout_without_fallback_is_a_timeout_error() {
     let cache = l1_only(Duration::from_secs(60))
         .loader_timeouts(None, Some(Duration::from_millis(50)))
