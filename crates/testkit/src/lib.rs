@@ -3,6 +3,9 @@
 //!
 //! - Bounded polling ([`eventually`], [`poll_until`], [`wait_for`]): the
 //!   one way a test waits for something that happens in its own time.
+//! - The shared Redis ([`shared_redis`], [`redis_url`]) and a key prefix
+//!   per test on it ([`unique_prefix`]); logs shown with `TEST_LOG=1`
+//!   ([`init_test_log`]).
 //! - Private servers: a `redis-server` to hang, kill and restart
 //!   ([`PrivateRedis`]) and a three-node Redis Cluster ([`PrivateCluster`]),
 //!   each on free local ports and gone when dropped.
@@ -18,8 +21,10 @@ mod cluster;
 mod fuzz;
 mod poll;
 mod private_redis;
+mod shared;
 
 pub use cluster::PrivateCluster;
 pub use fuzz::{corpus, corpus_input, fuzz_cases, fuzz_config, fuzz_input};
 pub use poll::{POLL_INTERVAL, eventually, poll_until, wait_for};
 pub use private_redis::{PrivateRedis, free_port};
+pub use shared::{START_SHARED_REDIS, init_test_log, redis_url, shared_redis, unique_prefix};

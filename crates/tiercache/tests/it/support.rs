@@ -6,58 +6,23 @@
 //! flushes a database.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use tiercache::{TieredCache, TieredCacheBuilder};
 
-const START_REDIS: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
-     --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
+pub(crate) use testkit::{redis_url, unique_prefix};
 
-static TRACING: LazyLock<()> = LazyLock::new(|| {
-    if std::env::var_os("TEST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter("tiercache=debug")
-            .with_test_writer()
-            .init();
-    }
-});
-
-/// The shared Redis used by tests: `REDIS_URL`, else the local default.
-pub(crate) fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
+/// What `TEST_LOG=1` shows.
+const LOG_FILTER: &str = "tiercache=debug";
 
 /// A raw connection to the shared Redis, for arranging and asserting.
 ///
 /// Panics, naming Redis and how to start it, when it is unreachable.
 pub(crate) async fn raw_redis() -> MultiplexedConnection {
-    LazyLock::force(&TRACING);
-    let url = redis_url();
-    let connect = async {
-        let client = redis::Client::open(url.as_str())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await?;
-        Ok::<_, redis::RedisError>(conn)
-    };
-    match tokio::time::timeout(Duration::from_secs(5), connect).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(error)) => panic!(
-            "Redis is not reachable at {url} ({error}). These tests need a real Redis; \
-             start one with: {START_REDIS}  (or point REDIS_URL at one)"
-        ),
-        Err(_) => panic!(
-            "Redis at {url} did not answer within 5 s. These tests need a real Redis; \
-             start one with: {START_REDIS}  (or point REDIS_URL at one)"
-        ),
-    }
-}
-
-/// A key prefix no other test (or run) uses.
-pub(crate) fn unique_prefix() -> String {
-    format!("test:{}:", uuid::Uuid::new_v4())
+    testkit::init_test_log(LOG_FILTER);
+    testkit::shared_redis().await
 }
 
 /// A builder for a cache on the shared Redis under `prefix`, with
@@ -66,7 +31,7 @@ pub(crate) fn builder<V>(prefix: &str) -> TieredCacheBuilder<i64, V>
 where
     V: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
-    LazyLock::force(&TRACING);
+    testkit::init_test_log(LOG_FILTER);
     TieredCache::builder()
         .key_prefix(prefix)
         .namespace("item")
