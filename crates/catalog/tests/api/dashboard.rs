@@ -21,9 +21,10 @@ use axum::response::Html;
 use axum::routing::get;
 use reqwest::StatusCode;
 use serde_json::Value;
+use testkit::unique_prefix;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{Backend, TestApp, both_stores, test_prefix, use_redis, wait_exit};
+use crate::helpers::{Backend, TestApp, both_stores, use_redis, wait_exit};
 
 both_stores!(latency_counts_add_up_to_the_reads);
 
@@ -252,7 +253,7 @@ async fn the_dashboard_is_an_html_page_listed_in_openapi() {
     let app = TestApp::spawn(Backend::Sqlite).await;
 
     let response = app.get("/dashboard").await;
-    let openapi: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let openapi: Value = app.get_json("/openapi.json").await;
 
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
@@ -277,7 +278,7 @@ async fn the_dashboard_shows_the_cache_stats_in_a_browser() {
     // Arrange: an app on PostgreSQL and Redis, with hits, misses and an
     // unknown id behind it.
     let chromium = Chromium::find();
-    let prefix = test_prefix();
+    let prefix = unique_prefix();
     let app = TestApp::spawn_with(Backend::Postgres, |config| use_redis(config, &prefix)).await;
     let mut ids = Vec::new();
     for (name, price) in [("Anvil", 12.5), ("Bucket", 3.0), ("Chisel", 7.25)] {
@@ -406,9 +407,9 @@ async fn latency_counts_add_up_to_the_reads(backend: Backend) {
     }
 
     // Act
-    let latency: Value = app.get("/cache/latency").await.json().await.unwrap();
+    let latency: Value = app.get_json("/cache/latency").await;
     let stats = stats(&app).await;
-    let openapi: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let openapi: Value = app.get_json("/openapi.json").await;
 
     // Assert
     let bounds = numbers(&latency["bounds_ms"]);

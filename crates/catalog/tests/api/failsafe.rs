@@ -67,9 +67,7 @@ async fn assert_unavailable(response: Response, what: &str) {
 
 /// Creates a product and reads it once, so that it is in L1.
 async fn read_product(app: &TestApp, name: &str) -> (i64, Value) {
-    let id = app.create_product(name, "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.create_product_id(name, "tools", 1.0).await;
     let (status, source, body) = read(app, id).await;
     assert_eq!((status, source.as_str()), (StatusCode::OK, "MISS"));
     (id, body)
@@ -87,9 +85,7 @@ async fn a_cut_store_is_answered_stale_and_recovers() {
     .await;
     let listener = app.changes.clone().expect("PostgreSQL has a listener");
     let (id, fresh) = read_product(&app, "Kept").await;
-    let unread = app.create_product("Unread", "tools", 2.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let unread = app.create_product_id("Unread", "tools", 2.0).await;
     tokio::time::sleep(PAST_TTL).await;
 
     proxy.cut();
@@ -99,22 +95,20 @@ async fn a_cut_store_is_answered_stale_and_recovers() {
         .create(json!({"name": "New", "price": 1.0, "category": "tools"}))
         .await;
     let put = app
-        .authed(Method::PUT, &format!("/products/{id}"))
-        .json(&json!({"name": "Kept", "price": 2.0, "category": "tools"}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::PUT,
+            &format!("/products/{id}"),
+            &json!({"name": "Kept", "price": 2.0, "category": "tools"}),
+        )
+        .await;
     let patch = app
-        .authed(Method::PATCH, &format!("/products/{id}"))
-        .json(&json!({"price": 3.0}))
-        .send()
-        .await
-        .unwrap();
-    let delete = app
-        .authed(Method::DELETE, &format!("/products/{id}"))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::PATCH,
+            &format!("/products/{id}"),
+            &json!({"price": 3.0}),
+        )
+        .await;
+    let delete = app.delete(&format!("/products/{id}")).await;
     let never_read = app.get(&format!("/products/{unread}")).await;
     let health = app.get("/health").await;
     let health_status = health.status();
@@ -152,11 +146,12 @@ async fn a_cut_store_is_answered_stale_and_recovers() {
     .ok()
     .flatten();
     let write_after = app
-        .authed(Method::PATCH, &format!("/products/{id}"))
-        .json(&json!({"price": 4.0}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::PATCH,
+            &format!("/products/{id}"),
+            &json!({"price": 4.0}),
+        )
+        .await;
     let metrics = scrape(&app).await;
 
     assert_eq!(
@@ -279,9 +274,7 @@ async fn a_load_past_the_hard_timeout_without_fallback_is_a_503() {
         config.cache.loader_hard_timeout = Duration::from_millis(300);
     })
     .await;
-    let id = app.create_product("Never read", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.create_product_id("Never read", "tools", 1.0).await;
 
     proxy.delay(Duration::from_secs(1));
     let response = app.get(&format!("/products/{id}")).await;
@@ -300,12 +293,8 @@ async fn a_hung_store_read_does_not_hold_up_later_reads() {
         config.cache.loader_hard_timeout = Duration::from_millis(300);
     })
     .await;
-    let hung = app.create_product("Hung", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
-    let later = app.create_product("Later", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let hung = app.create_product_id("Hung", "tools", 1.0).await;
+    let later = app.create_product_id("Later", "tools", 1.0).await;
 
     // The answer to the first read is held back for a minute: its query
     // hangs on its connection, as on a half-dead link.
@@ -340,11 +329,7 @@ async fn a_store_known_down_is_answered_at_once_and_recovers() {
     let (cached, fresh) = read_product(&app, "Cached").await;
     let mut uncached = Vec::new();
     for name in ["Cold 1", "Cold 2", "Cold 3", "Cold 4"] {
-        uncached.push(
-            app.create_product(name, "tools", 1.0).await["id"]
-                .as_i64()
-                .unwrap(),
-        );
+        uncached.push(app.create_product_id(name, "tools", 1.0).await);
     }
     tokio::time::sleep(PAST_TTL).await;
 

@@ -24,12 +24,10 @@ use futures_util::future::join_all;
 use redis::AsyncCommands;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use testkit::{PrivateRedis, eventually, poll_until};
+use testkit::{PrivateRedis, eventually, poll_until, unique_prefix};
 use tokio::task::JoinHandle;
 
-use crate::helpers::{
-    Backend, TestApp, pg_rows, read_product, sample, scrape, test_prefix, use_redis,
-};
+use crate::helpers::{Backend, TestApp, pg_rows, read_product, sample, scrape, use_redis};
 
 /// Issue 15: how soon every instance answers the current version once
 /// Redis answers again, and how soon a change made in Redis leaves L1.
@@ -73,7 +71,7 @@ struct Pair {
 impl Pair {
     async fn start() -> Self {
         let redis = PrivateRedis::start().await;
-        let prefix = test_prefix();
+        let prefix = unique_prefix();
         let url = redis.url();
         let configure = |c: &mut ServeConfig| {
             use_redis(c, &prefix);

@@ -11,24 +11,15 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, Executor, PgConnection};
-use testkit::eventually;
+use testkit::{eventually, shared_redis, unique_prefix};
 
 use crate::helpers::{
-    Backend, TestApp, TestDb, category_page, product_eventually, read_product, redis, test_prefix,
+    Backend, TestApp, TestDb, category_page, product_eventually, read_product, spawn_pair,
     use_redis,
 };
 
 /// SPEC §4: a change made outside the API is seen within a second.
 const WITHIN: Duration = Duration::from_secs(1);
-
-/// Two instances sharing the test database, Redis and key prefix.
-async fn spawn_pair() -> (TestApp, TestApp) {
-    redis().await;
-    let prefix = test_prefix();
-    let a = TestApp::spawn_with(Backend::Postgres, |c| use_redis(c, &prefix)).await;
-    let b = a.spawn_peer(|c| use_redis(c, &prefix)).await;
-    (a, b)
-}
 
 /// A connection of our own to the app's database, like `psql`'s (its
 /// `application_name` is not the service's, so the trigger announces it).
@@ -36,12 +27,24 @@ async fn sql(app: &TestApp) -> PgConnection {
     PgConnection::connect(&app.db.url()).await.unwrap()
 }
 
+/// Whether A, then B, answer product `id` as `done` accepts, both within
+/// [`WITHIN`] from now (the change was just made).
+async fn on_both_within_a_second(
+    a: &TestApp,
+    b: &TestApp,
+    id: i64,
+    done: impl Fn(StatusCode, &str, &Value) -> bool + Copy,
+) -> (bool, bool) {
+    let changed = Instant::now();
+    let on_a = product_eventually(a, id, WITHIN, done).await;
+    let on_b = product_eventually(b, id, WITHIN.saturating_sub(changed.elapsed()), done).await;
+    (on_a, on_b)
+}
+
 /// Creates a product through `app` and reads it twice on each of `apps`, so
 /// that every one holds it in L1.
 async fn cached_product(app: &TestApp, apps: &[&TestApp]) -> i64 {
-    let id = app.create_product("Listened", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.create_product_id("Listened", "tools", 1.0).await;
     for app in apps {
         // A read that races the bus message of the create is rightly kept
         // out of L1; read until the product is held.
@@ -58,7 +61,7 @@ async fn cached_product(app: &TestApp, apps: &[&TestApp]) -> i64 {
 
 #[tokio::test]
 async fn a_category_move_in_sql_refreshes_both_pages_and_bumps_the_version() {
-    let (a, b) = spawn_pair().await;
+    let (a, b, _) = spawn_pair(Backend::Postgres).await;
     let id = cached_product(&a, &[&a, &b]).await;
     for app in [&a, &b] {
         // Until both pages are cached (the create's tag message may still
@@ -104,7 +107,7 @@ async fn a_category_move_in_sql_refreshes_both_pages_and_bumps_the_version() {
 
 #[tokio::test]
 async fn an_update_in_sql_is_served_fresh_by_every_instance_within_a_second() {
-    let (a, b) = spawn_pair().await;
+    let (a, b, _) = spawn_pair(Backend::Postgres).await;
     let id = cached_product(&a, &[&a, &b]).await;
     let mut conn = sql(&a).await;
 
@@ -113,12 +116,10 @@ async fn an_update_in_sql_is_served_fresh_by_every_instance_within_a_second() {
         .execute(&mut conn)
         .await
         .unwrap();
-    let changed = Instant::now();
     let fresh = |status: StatusCode, _: &str, body: &Value| {
         status == StatusCode::OK && body["price"] == json!(42.5) && body["version"] == 2
     };
-    let a_fresh = product_eventually(&a, id, WITHIN, fresh).await;
-    let b_fresh = product_eventually(&b, id, WITHIN.saturating_sub(changed.elapsed()), fresh).await;
+    let (a_fresh, b_fresh) = on_both_within_a_second(&a, &b, id, fresh).await;
 
     assert!(a_fresh, "A kept serving the old version");
     assert!(b_fresh, "B kept serving the old version");
@@ -126,7 +127,7 @@ async fn an_update_in_sql_is_served_fresh_by_every_instance_within_a_second() {
 
 #[tokio::test]
 async fn a_delete_in_sql_is_a_404_on_every_instance_within_a_second() {
-    let (a, b) = spawn_pair().await;
+    let (a, b, _) = spawn_pair(Backend::Postgres).await;
     let id = cached_product(&a, &[&a, &b]).await;
     let mut conn = sql(&a).await;
 
@@ -135,10 +136,8 @@ async fn a_delete_in_sql_is_a_404_on_every_instance_within_a_second() {
         .execute(&mut conn)
         .await
         .unwrap();
-    let changed = Instant::now();
     let gone = |status: StatusCode, _: &str, _: &Value| status == StatusCode::NOT_FOUND;
-    let a_gone = product_eventually(&a, id, WITHIN, gone).await;
-    let b_gone = product_eventually(&b, id, WITHIN.saturating_sub(changed.elapsed()), gone).await;
+    let (a_gone, b_gone) = on_both_within_a_second(&a, &b, id, gone).await;
 
     assert!(a_gone, "A kept serving a deleted product");
     assert!(b_gone, "B kept serving a deleted product");
@@ -146,7 +145,7 @@ async fn a_delete_in_sql_is_a_404_on_every_instance_within_a_second() {
 
 #[tokio::test]
 async fn an_insert_in_sql_replaces_a_cached_absence() {
-    let (a, b) = spawn_pair().await;
+    let (a, b, _) = spawn_pair(Backend::Postgres).await;
     let id = cached_product(&a, &[]).await;
     let next = id + 1;
     for app in [&a, &b] {
@@ -161,13 +160,10 @@ async fn an_insert_in_sql_replaces_a_cached_absence() {
     .execute(&mut conn)
     .await
     .unwrap();
-    let changed = Instant::now();
     let found = |status: StatusCode, _: &str, body: &Value| {
         status == StatusCode::OK && body["name"] == json!("Inserted")
     };
-    let a_found = product_eventually(&a, next, WITHIN, found).await;
-    let b_found =
-        product_eventually(&b, next, WITHIN.saturating_sub(changed.elapsed()), found).await;
+    let (a_found, b_found) = on_both_within_a_second(&a, &b, next, found).await;
 
     assert!(a_found, "A kept answering 404 for an inserted product");
     assert!(b_found, "B kept answering 404 for an inserted product");
@@ -175,15 +171,13 @@ async fn an_insert_in_sql_replaces_a_cached_absence() {
 
 #[tokio::test]
 async fn a_truncate_in_sql_empties_every_instance() {
-    let (a, b) = spawn_pair().await;
+    let (a, b, _) = spawn_pair(Backend::Postgres).await;
     let id = cached_product(&a, &[&a, &b]).await;
     let mut conn = sql(&a).await;
 
     conn.execute("TRUNCATE products").await.unwrap();
-    let changed = Instant::now();
     let gone = |status: StatusCode, _: &str, _: &Value| status == StatusCode::NOT_FOUND;
-    let a_gone = product_eventually(&a, id, WITHIN, gone).await;
-    let b_gone = product_eventually(&b, id, WITHIN.saturating_sub(changed.elapsed()), gone).await;
+    let (a_gone, b_gone) = on_both_within_a_second(&a, &b, id, gone).await;
 
     assert!(a_gone, "A kept serving a truncated product");
     assert!(b_gone, "B kept serving a truncated product");
@@ -199,29 +193,23 @@ async fn api_writes_are_not_announced_again_by_the_database() {
     let mut watcher = PgListener::connect(&app.db.url()).await.unwrap();
     watcher.listen(CHANNEL).await.unwrap();
 
-    let kept = app.create_product("Kept", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
-    let removed = app.create_product("Removed", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let kept = app.create_product_id("Kept", "tools", 1.0).await;
+    let removed = app.create_product_id("Removed", "tools", 1.0).await;
     let put = app
-        .authed(Method::PUT, &format!("/products/{kept}"))
-        .json(&json!({"name": "Kept", "price": 2.0, "category": "tools"}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::PUT,
+            &format!("/products/{kept}"),
+            &json!({"name": "Kept", "price": 2.0, "category": "tools"}),
+        )
+        .await;
     let patch = app
-        .authed(Method::PATCH, &format!("/products/{kept}"))
-        .json(&json!({"price": 3.0}))
-        .send()
-        .await
-        .unwrap();
-    let delete = app
-        .authed(Method::DELETE, &format!("/products/{removed}"))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::PATCH,
+            &format!("/products/{kept}"),
+            &json!({"price": 3.0}),
+        )
+        .await;
+    let delete = app.delete(&format!("/products/{removed}")).await;
     // A change from outside, after the API writes: notifications arrive in
     // commit order, so it is the first one only if they sent none.
     let mut conn = sql(&app).await;
@@ -254,8 +242,8 @@ async fn api_writes_are_not_announced_again_by_the_database() {
 
 #[tokio::test]
 async fn a_killed_listener_reconnects_and_clears_what_it_missed() {
-    redis().await;
-    let prefix = test_prefix();
+    shared_redis().await;
+    let prefix = unique_prefix();
     let app = TestApp::spawn_with(Backend::Postgres, |c| use_redis(c, &prefix)).await;
     let stats = app
         .changes

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use serde_json::{Value, json};
-use testkit::{eventually, free_port};
+use testkit::{eventually, free_port, redis_url, shared_redis, unique_prefix};
 
 use crate::helpers::{
     Backend, Row, TOKEN, TestApp, TestDb, cached_keys, pg_rows, pg_rows_within, pg_server_addr,
-    redis, redis_url, test_prefix, wait_exit, write_behind_stats,
+    wait_exit, write_behind_stats,
 };
 use crate::proxy::Proxy;
 
@@ -64,6 +64,15 @@ async fn wait_until_healthy(port: u16, child: &mut Child) {
     assert!(
         healthy,
         "catalog did not answer GET /health with 200 within {LIMIT:?}"
+    );
+}
+
+/// Asserts that a command succeeded, showing its stderr if not.
+fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
 }
 
@@ -170,16 +179,8 @@ async fn seed_and_migrate_commands_work_on_a_fresh_database() {
         .output()
         .unwrap();
 
-    assert!(
-        migrate.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrate.stderr)
-    );
-    assert!(
-        seed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&seed.stderr)
-    );
+    assert_success(&migrate);
+    assert_success(&seed);
     let store = db.store().await;
     assert_eq!(store.count().await.unwrap(), 2500);
 }
@@ -187,18 +188,14 @@ async fn seed_and_migrate_commands_work_on_a_fresh_database() {
 #[tokio::test]
 async fn warm_fills_redis_from_the_store() {
     let db = TestDb::create(Backend::Sqlite).await;
-    let prefix = test_prefix();
-    let mut redis = redis().await;
+    let prefix = unique_prefix();
+    let mut redis = shared_redis().await;
     let seed = catalog()
         .args(["seed", "120"])
         .env("DATABASE_URL", db.url())
         .output()
         .unwrap();
-    assert!(
-        seed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&seed.stderr)
-    );
+    assert_success(&seed);
 
     let warm = |args: &[&str]| {
         catalog()
@@ -227,17 +224,9 @@ async fn warm_fills_redis_from_the_store() {
         .output()
         .unwrap();
 
-    assert!(
-        some.status.success(),
-        "{}",
-        String::from_utf8_lossy(&some.stderr)
-    );
+    assert_success(&some);
     assert_eq!(keys_after_some.len(), 2, "{keys_after_some:?}");
-    assert!(
-        all.status.success(),
-        "{}",
-        String::from_utf8_lossy(&all.stderr)
-    );
+    assert_success(&all);
     assert_eq!(keys_after_all.len(), 120);
     let stored: String = redis.get(format!("{prefix}product:3")).await.unwrap();
     let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
@@ -250,9 +239,7 @@ async fn warm_fills_redis_from_the_store() {
 #[tokio::test]
 async fn stats_prints_a_running_instance_figures() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let id = app.create_product("Counted", "tools", 2.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.create_product_id("Counted", "tools", 2.0).await;
     for _ in 0..3 {
         assert_eq!(app.get(&format!("/products/{id}")).await.status(), 200);
     }
@@ -265,13 +252,9 @@ async fn stats_prints_a_running_instance_figures() {
     })
     .await
     .unwrap();
-    let stats: serde_json::Value = app.get("/cache/stats").await.json().await.unwrap();
+    let stats: serde_json::Value = app.get_json("/cache/stats").await;
 
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let table = String::from_utf8_lossy(&output.stdout);
     let row = |label: &str| -> String {
         let line = table
@@ -392,9 +375,9 @@ impl CutOffInstance {
     /// products, then cuts the proxy: from then on every flush fails and
     /// every acknowledged write stays queued.
     async fn start(products: usize) -> Self {
-        redis().await;
+        shared_redis().await;
         let db = TestDb::create(Backend::Postgres).await;
-        let prefix = test_prefix();
+        let prefix = unique_prefix();
         let proxy = Proxy::start(pg_server_addr().await).await;
         let port = free_port();
         let mut child = write_behind_server(&db.url_via(proxy.addr()), &prefix, port);

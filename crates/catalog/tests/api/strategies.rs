@@ -13,11 +13,11 @@ use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Executor;
-use testkit::eventually;
+use testkit::{eventually, shared_redis, unique_prefix};
 
 use crate::helpers::{
-    Backend, Row, TestApp, metric, pg_rows, pg_rows_within, read_product as read, redis,
-    test_prefix, use_redis, write_behind_stats,
+    Backend, Row, TestApp, metric, pg_rows, pg_rows_within, read_product as read, use_redis,
+    write_behind_stats,
 };
 
 /// SPEC §3: a write-behind write reaches the store within 1 s.
@@ -33,7 +33,7 @@ fn with_strategy(config: &mut ServeConfig, prefix: &str, strategy: WriteStrategy
 
 async fn spawn(strategy: WriteStrategy, prefix: &str) -> TestApp {
     // Fails with how to start Redis rather than with a confusing timeout.
-    redis().await;
+    shared_redis().await;
     TestApp::spawn_with(Backend::Postgres, |c| with_strategy(c, prefix, strategy)).await
 }
 
@@ -87,7 +87,7 @@ async fn write_behind_writes_reach_postgresql_within_a_second_and_the_next_read_
 /// write-behind: within SPEC's bound), and the writer's next read comes from
 /// where the strategy puts the new version.
 async fn writes_reach_postgresql(strategy: WriteStrategy) {
-    let app = spawn(strategy, &test_prefix()).await;
+    let app = spawn(strategy, &unique_prefix()).await;
     let mut sql = app.db.sql().await;
     let bound = if strategy == WriteStrategy::WriteBehind {
         WRITE_BEHIND_BOUND
@@ -157,7 +157,7 @@ async fn writes_reach_postgresql(strategy: WriteStrategy) {
 
 #[tokio::test]
 async fn two_write_behind_instances_flush_one_queue_to_postgresql() {
-    let prefix = test_prefix();
+    let prefix = unique_prefix();
     let a = spawn(WriteStrategy::WriteBehind, &prefix).await;
     let b = a
         .spawn_peer(|c| with_strategy(c, &prefix, WriteStrategy::WriteBehind))
@@ -219,10 +219,8 @@ async fn two_write_behind_instances_flush_one_queue_to_postgresql() {
 
 #[tokio::test]
 async fn rapid_writes_to_one_product_are_coalesced_into_few_store_batches() {
-    let app = spawn(WriteStrategy::WriteBehind, &test_prefix()).await;
-    let id = app.create_product("Busy", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let app = spawn(WriteStrategy::WriteBehind, &unique_prefix()).await;
+    let id = app.create_product_id("Busy", "tools", 1.0).await;
 
     let mut answers = Vec::new();
     for n in 1..=100 {
@@ -246,7 +244,7 @@ async fn rapid_writes_to_one_product_are_coalesced_into_few_store_batches() {
 
 #[tokio::test]
 async fn a_change_the_store_rejects_is_dead_lettered_and_the_others_flush() {
-    let prefix = test_prefix();
+    let prefix = unique_prefix();
     let app = spawn(WriteStrategy::WriteBehind, &prefix).await;
     let mut sql = app.db.sql().await;
     let victim = app.create_product("Victim", "tools", 1.0).await;
@@ -284,7 +282,7 @@ async fn a_change_the_store_rejects_is_dead_lettered_and_the_others_flush() {
         .collect();
     expected.insert(victim_id, Some(Row::of(&victim)));
     let rows = pg_rows_within(&mut sql, &expected, DRAIN_BOUND).await;
-    let mut redis = redis().await;
+    let mut redis = shared_redis().await;
     let dead: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
         .arg(format!("{prefix}product#wb:dead"))
         .arg("-")
@@ -311,10 +309,8 @@ async fn a_change_the_store_rejects_is_dead_lettered_and_the_others_flush() {
 /// the next write build on it.
 #[tokio::test]
 async fn a_cache_clear_while_writes_are_queued_serves_and_loses_no_acknowledged_write() {
-    let app = spawn(WriteStrategy::WriteBehind, &test_prefix()).await;
-    let id = app.create_product("Queued", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let app = spawn(WriteStrategy::WriteBehind, &unique_prefix()).await;
+    let id = app.create_product_id("Queued", "tools", 1.0).await;
     // A row lock holds the flusher's UPDATE back (reads still pass), so
     // that the first write is still queued when the cache is cleared.
     let mut blocker = app.db.sql().await;
@@ -326,7 +322,7 @@ async fn a_cache_clear_while_writes_are_queued_serves_and_loses_no_acknowledged_
         .unwrap();
 
     let (_, first) = write(&app, Method::PATCH, id, Some(json!({"price": 2.0}))).await;
-    let cleared = app.authed(Method::DELETE, "/cache").send().await.unwrap();
+    let cleared = app.delete("/cache").await;
     let (_, _, read_after_clear) = read(&app, id).await;
     let (_, second) = write(&app, Method::PATCH, id, Some(json!({"price": 3.0}))).await;
     blocker.execute("COMMIT").await.unwrap();
