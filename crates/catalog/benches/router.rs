@@ -14,9 +14,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::sync::{Barrier, mpsc};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -28,6 +26,7 @@ use catalog::service::{ProductService, WarmScope};
 use catalog::store::{self, Store};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::BodyExt;
+use testkit::bench::Workers;
 use tower::ServiceExt;
 
 /// The catalog binary's allocator, so that allocations cost what they cost
@@ -99,66 +98,6 @@ async fn get(app: &App, path: &str) -> usize {
     std::hint::black_box(written).len()
 }
 
-/// Threads that serve requests through one router, each on its own
-/// single-threaded runtime (so two requests truly run at once, as on a
-/// 2-core server), started once and reused for every sample.
-struct Workers {
-    starts: Vec<mpsc::Sender<u64>>,
-    done: mpsc::Receiver<()>,
-    barrier: Arc<Barrier>,
-}
-
-impl Workers {
-    fn start(threads: usize, app: &App, paths: &Arc<[String]>) -> Self {
-        let barrier = Arc::new(Barrier::new(threads + 1));
-        let (done_tx, done) = mpsc::channel();
-        let starts = (0..threads)
-            .map(|worker| {
-                let (start_tx, start) = mpsc::channel::<u64>();
-                let (app, paths) = (app.clone(), Arc::clone(paths));
-                let (barrier, done_tx) = (Arc::clone(&barrier), done_tx.clone());
-                thread::spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap();
-                    // Each worker its own stretch of the ids.
-                    let mut next = worker * paths.len() / threads;
-                    for iters in start {
-                        barrier.wait();
-                        runtime.block_on(async {
-                            for _ in 0..iters {
-                                next = (next + 1) % paths.len();
-                                get(&app, &paths[next]).await;
-                            }
-                        });
-                        done_tx.send(()).unwrap();
-                    }
-                });
-                start_tx
-            })
-            .collect();
-        Self {
-            starts,
-            done,
-            barrier,
-        }
-    }
-
-    /// Wall time for every worker to serve `iters` requests at once.
-    fn run(&self, iters: u64) -> Duration {
-        for start in &self.starts {
-            start.send(iters).unwrap();
-        }
-        self.barrier.wait();
-        let started = Instant::now();
-        for _ in &self.starts {
-            self.done.recv().unwrap();
-        }
-        started.elapsed()
-    }
-}
-
 fn router(c: &mut Criterion) {
     catalog::telemetry::init(LogFormat::Pretty);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -168,7 +107,7 @@ fn router(c: &mut Criterion) {
     let (app, _file) = runtime.block_on(warmed_router());
     // Every id once, in a scrambled order (7,919 is prime, so coprime with
     // the count).
-    let paths: Arc<[String]> = (0..PRODUCTS)
+    let paths: Vec<String> = (0..PRODUCTS)
         .map(|i| format!("/products/{}", (i * 7_919) % PRODUCTS + 1))
         .collect();
 
@@ -177,10 +116,34 @@ fn router(c: &mut Criterion) {
     // one-thread time unless they contend (shared counters, locks, cache
     // lines written by both).
     for threads in [1, 2] {
-        let workers = Workers::start(threads, &app, &paths);
-        group.bench_function(format!("l1_hit/{threads}_thread"), |b| {
-            b.iter_custom(|iters| workers.run(iters));
-        });
+        // Each worker serves through the one router on its own
+        // single-threaded runtime, so two requests truly run at once, as on
+        // a 2-core server.
+        Workers::scoped(
+            threads,
+            |worker| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let (app, paths) = (app.clone(), &paths);
+                // Each worker its own stretch of the ids.
+                let mut next = worker * paths.len() / threads;
+                move |iters| {
+                    runtime.block_on(async {
+                        for _ in 0..iters {
+                            next = (next + 1) % paths.len();
+                            get(&app, &paths[next]).await;
+                        }
+                    });
+                }
+            },
+            |workers| {
+                group.bench_function(format!("l1_hit/{threads}_thread"), |b| {
+                    b.iter_custom(|iters| workers.run(iters));
+                });
+            },
+        );
     }
     group.finish();
 }

@@ -18,12 +18,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::hint::black_box;
-use std::sync::{Arc, Barrier, mpsc};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use testkit::bench::Workers;
 use tiercache::LocalCache;
 
 const KEYS: u64 = 10_000;
@@ -37,71 +37,8 @@ fn access_order() -> Vec<u64> {
     (0..KEYS).map(|i| (i * 7_919) % KEYS).collect()
 }
 
-/// `threads` worker threads that live for a whole benchmark, so that every
-/// sample measures gets and not thread start-up (and each worker keeps one
-/// thread identity, as a runtime's worker threads do).
-struct Workers<'scope> {
-    starts: Vec<mpsc::Sender<u64>>,
-    done: mpsc::Receiver<()>,
-    barrier: &'scope Barrier,
-}
-
-impl<'scope> Workers<'scope> {
-    /// Starts the workers; each runs `get` over `order` on request.
-    fn start<'env, G>(
-        scope: &'scope thread::Scope<'scope, 'env>,
-        threads: usize,
-        barrier: &'scope Barrier,
-        order: &'env [u64],
-        get: &'env G,
-    ) -> Self
-    where
-        G: Fn(u64) -> bool + Sync,
-    {
-        let (done_tx, done) = mpsc::channel();
-        let starts = (0..threads)
-            .map(|t| {
-                let (start_tx, start) = mpsc::channel::<u64>();
-                let done_tx = done_tx.clone();
-                scope.spawn(move || {
-                    let offset = t * order.len() / threads;
-                    for iters in start {
-                        barrier.wait();
-                        let mut hits = 0u64;
-                        for i in 0..iters {
-                            let index = (usize::try_from(i).unwrap() + offset) % order.len();
-                            hits += u64::from(get(black_box(order[index])));
-                        }
-                        assert_eq!(hits, iters, "every get must hit");
-                        done_tx.send(()).unwrap();
-                    }
-                });
-                start_tx
-            })
-            .collect();
-        Self {
-            starts,
-            done,
-            barrier,
-        }
-    }
-
-    /// Has every worker perform `iters` gets at once; returns the wall time
-    /// from their common start until the last one finished.
-    fn run(&self, iters: u64) -> Duration {
-        for start in &self.starts {
-            start.send(iters).unwrap();
-        }
-        self.barrier.wait();
-        let started = Instant::now();
-        for _ in &self.starts {
-            self.done.recv().unwrap();
-        }
-        started.elapsed()
-    }
-}
-
-/// Benchmarks `get` on `threads` long-lived threads as `name` in `group`.
+/// Benchmarks `get` on `threads` long-lived threads as `name` in `group`;
+/// each thread starts at its own offset in `order`.
 fn bench_on_threads<G>(
     group: &mut BenchmarkGroup<'_, WallTime>,
     name: &str,
@@ -111,13 +48,23 @@ fn bench_on_threads<G>(
 ) where
     G: Fn(u64) -> bool + Sync,
 {
-    let barrier = Barrier::new(threads + 1);
-    thread::scope(|scope| {
-        let workers = Workers::start(scope, threads, &barrier, order, get);
-        group.bench_function(name, |b| b.iter_custom(|iters| workers.run(iters)));
-        // Dropping the senders ends the workers' loops.
-        drop(workers);
-    });
+    Workers::scoped(
+        threads,
+        |t| {
+            let offset = t * order.len() / threads;
+            move |iters| {
+                let mut hits = 0u64;
+                for i in 0..iters {
+                    let index = (usize::try_from(i).unwrap() + offset) % order.len();
+                    hits += u64::from(get(black_box(order[index])));
+                }
+                assert_eq!(hits, iters, "every get must hit");
+            }
+        },
+        |workers| {
+            group.bench_function(name, |b| b.iter_custom(|iters| workers.run(iters)));
+        },
+    );
 }
 
 fn l1_get(c: &mut Criterion) {

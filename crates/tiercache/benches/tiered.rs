@@ -23,6 +23,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::TcpSettings;
 use redis::{AsyncCommands, IntoConnectionInfo};
 use serde::{Deserialize, Serialize};
+use testkit::{START_SHARED_REDIS, redis_url};
 use tiercache::TieredCache;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,10 +55,6 @@ impl Product {
 #[error("benchmarks never load")]
 struct NeverLoaded;
 
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
 async fn raw_connection() -> ConnectionManager {
     let url = redis_url();
     let info = url
@@ -69,7 +66,7 @@ async fn raw_connection() -> ConnectionManager {
     ConnectionManager::new_with_config(client, ConnectionManagerConfig::new())
         .await
         .unwrap_or_else(|e| {
-            panic!("Redis is not reachable at {url} ({e}); start it with: redis-server --daemonize yes --port 6379 --save \"\" --appendonly no")
+            panic!("Redis is not reachable at {url} ({e}); start it with: {START_SHARED_REDIS}")
         })
 }
 

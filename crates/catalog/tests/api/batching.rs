@@ -7,13 +7,14 @@
 //! while the others queue behind it.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use catalog::domain::{Category, Description, NewProduct, Price, ProductName};
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::{Connection, Executor, PgConnection};
+use testkit::eventually;
 
 use crate::helpers::{Backend, TestApp, assert_problem, both_stores, metric};
 
@@ -96,8 +97,7 @@ async fn lock_products(sql: &mut PgConnection) {
 /// Waits (bounded) until a session of the app waits for the table lock:
 /// the lane is taken, and later reads queue.
 async fn wait_for_blocked_read(sql: &mut PgConnection) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let blocked = eventually(Duration::from_secs(10), async || {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity \
              WHERE datname = current_database() AND wait_event_type = 'Lock'",
@@ -105,12 +105,10 @@ async fn wait_for_blocked_read(sql: &mut PgConnection) {
         .fetch_one(&mut *sql)
         .await
         .unwrap();
-        if waiting > 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no read reached the store");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        waiting > 0
+    })
+    .await;
+    assert!(blocked, "no read reached the store");
 }
 
 /// Runs `first` alone until it blocks on the locked table, then `rest`

@@ -1,17 +1,20 @@
 //! The product cache seen from outside: `X-Cache` transitions, what lands in
 //! Redis, `/cache/*`, and Redis failing (unreachable, corrupt, restarted).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::AsyncCommands;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use testkit::{PrivateRedis, eventually, poll_until, shared_redis, unique_prefix};
 
 use crate::helpers::{
-    Backend, TestApp, assert_problem, both_stores, cached_keys, category_page, redis, test_prefix,
-    use_redis,
+    Backend, TestApp, assert_problem, both_stores, cached_keys, category_page, product_eventually,
+    spawn_pair, use_redis,
 };
-use crate::private_redis::PrivateRedis;
+
+/// SPEC §3: another instance stops serving an old version within 1 s.
+const WITHIN: Duration = Duration::from_secs(1);
 
 both_stores!(
     reads_go_miss_then_l1_and_a_peer_hits_l2,
@@ -38,17 +41,13 @@ async fn read(app: &TestApp, id: i64) -> (StatusCode, String) {
 }
 
 async fn spawn_with_redis(backend: Backend, prefix: &str) -> TestApp {
-    redis().await;
+    shared_redis().await;
     TestApp::spawn_with(backend, |c| use_redis(c, prefix)).await
 }
 
 async fn reads_go_miss_then_l1_and_a_peer_hits_l2(backend: Backend) {
-    let prefix = test_prefix();
-    let a = spawn_with_redis(backend, &prefix).await;
-    let b = a.spawn_peer(|c| use_redis(c, &prefix)).await;
-    let id = a.create_product("Layered", "tools", 3.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let (a, b, _) = spawn_pair(backend).await;
+    let id = a.create_product_id("Layered", "tools", 3.0).await;
 
     let first = read(&a, id).await;
     let second = read(&a, id).await;
@@ -59,36 +58,21 @@ async fn reads_go_miss_then_l1_and_a_peer_hits_l2(backend: Backend) {
     assert_eq!(second, (StatusCode::OK, "HIT-L1".into()));
     assert_eq!(on_peer, (StatusCode::OK, "HIT-L2".into()));
     assert_eq!(on_peer_again, (StatusCode::OK, "HIT-L1".into()));
-    let body_a: Value = a
-        .get(&format!("/products/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let body_b: Value = b
-        .get(&format!("/products/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body_a: Value = a.get_json(&format!("/products/{id}")).await;
+    let body_b: Value = b.get_json(&format!("/products/{id}")).await;
     assert_eq!(body_a, body_b);
 }
 
 async fn the_first_read_after_a_write_is_a_miss(backend: Backend) {
-    let app = spawn_with_redis(backend, &test_prefix()).await;
-    let id = app.create_product("Changing", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let app = spawn_with_redis(backend, &unique_prefix()).await;
+    let id = app.create_product_id("Changing", "tools", 1.0).await;
     let path = format!("/products/{id}");
     read(&app, id).await;
     assert_eq!(read(&app, id).await.1, "HIT-L1");
 
     let put = app
-        .authed(Method::PATCH, &path)
-        .json(&json!({"price": 2.5}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(Method::PATCH, &path, &json!({"price": 2.5}))
+        .await;
     let after_write = app.get(&path).await;
 
     assert_eq!(put.status(), StatusCode::OK);
@@ -96,13 +80,13 @@ async fn the_first_read_after_a_write_is_a_miss(backend: Backend) {
     let body: Value = after_write.json().await.unwrap();
     assert_eq!(body["price"], json!(2.5));
     assert_eq!(body["version"], 2);
-    let deleted = app.authed(Method::DELETE, &path).send().await.unwrap();
+    let deleted = app.delete(&path).await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     assert_eq!(read(&app, id).await, (StatusCode::NOT_FOUND, "MISS".into()));
 }
 
 async fn unknown_ids_are_cached_as_absent_until_created(backend: Backend) {
-    let app = spawn_with_redis(backend, &test_prefix()).await;
+    let app = spawn_with_redis(backend, &unique_prefix()).await;
 
     let first = read(&app, 1).await;
     let second = read(&app, 1).await;
@@ -116,12 +100,12 @@ async fn unknown_ids_are_cached_as_absent_until_created(backend: Backend) {
 }
 
 async fn redis_holds_plain_json_with_a_ttl(backend: Backend) {
-    let prefix = test_prefix();
+    let prefix = unique_prefix();
     let app = spawn_with_redis(backend, &prefix).await;
     let created = app.create_product("Readable", "tools", 19.99).await;
     let id = created["id"].as_i64().unwrap();
     read(&app, id).await;
-    let mut redis = redis().await;
+    let mut redis = shared_redis().await;
     let key = format!("{prefix}product:{id}");
 
     let stored: String = redis.get(&key).await.unwrap();
@@ -133,17 +117,15 @@ async fn redis_holds_plain_json_with_a_ttl(backend: Backend) {
 }
 
 async fn batch_reads_fill_and_use_the_cache(backend: Backend) {
-    let prefix = test_prefix();
-    let a = spawn_with_redis(backend, &prefix).await;
-    let b = a.spawn_peer(|c| use_redis(c, &prefix)).await;
+    let (a, b, _) = spawn_pair(backend).await;
     let x = a.create_product("X", "tools", 1.0).await;
     let y = a.create_product("Y", "tools", 2.0).await;
     let path = format!("/products?ids={},{},777777", x["id"], y["id"]);
 
-    let first: Value = a.get(&path).await.json().await.unwrap();
-    let stats_before: Value = b.get("/cache/stats").await.json().await.unwrap();
-    let on_peer: Value = b.get(&path).await.json().await.unwrap();
-    let stats_after: Value = b.get("/cache/stats").await.json().await.unwrap();
+    let first: Value = a.get_json(&path).await;
+    let stats_before: Value = b.get_json("/cache/stats").await;
+    let on_peer: Value = b.get_json(&path).await;
+    let stats_after: Value = b.get_json("/cache/stats").await;
 
     let expected = json!({"items": [x, y], "missing": [777777]});
     assert_eq!(first, expected);
@@ -160,16 +142,14 @@ async fn batch_reads_fill_and_use_the_cache(backend: Backend) {
 }
 
 async fn cache_stats_have_the_spec_shape_and_move(backend: Backend) {
-    let app = spawn_with_redis(backend, &test_prefix()).await;
-    let id = app.create_product("Counted", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
-    let empty: Value = app.get("/cache/stats").await.json().await.unwrap();
+    let app = spawn_with_redis(backend, &unique_prefix()).await;
+    let id = app.create_product_id("Counted", "tools", 1.0).await;
+    let empty: Value = app.get_json("/cache/stats").await;
     read(&app, id).await;
     read(&app, id).await;
     read(&app, id).await;
 
-    let stats: Value = app.get("/cache/stats").await.json().await.unwrap();
+    let stats: Value = app.get_json("/cache/stats").await;
 
     assert_eq!(empty["hit_rate"], json!(0.0));
     let keys = |v: &Value| {
@@ -223,16 +203,10 @@ async fn cache_stats_have_the_spec_shape_and_move(backend: Backend) {
 }
 
 async fn warm_fills_l2_and_the_local_l1(backend: Backend) {
-    let prefix = test_prefix();
-    let a = spawn_with_redis(backend, &prefix).await;
-    let b = a.spawn_peer(|c| use_redis(c, &prefix)).await;
+    let (a, b, _) = spawn_pair(backend).await;
     let mut ids = Vec::new();
     for (name, category) in [("T1", "tools"), ("T2", "tools"), ("G1", "garden")] {
-        ids.push(
-            a.create_product(name, category, 1.0).await["id"]
-                .as_i64()
-                .unwrap(),
-        );
+        ids.push(a.create_product_id(name, category, 1.0).await);
     }
     let warm = |body: Value| a.authed(Method::POST, "/cache/warm").json(&body).send();
 
@@ -276,33 +250,25 @@ async fn warm_fills_l2_and_the_local_l1(backend: Backend) {
 }
 
 async fn clearing_and_invalidating_reach_every_level(backend: Backend) {
-    let prefix = test_prefix();
+    let prefix = unique_prefix();
     let app = spawn_with_redis(backend, &prefix).await;
-    let one = app.create_product("One", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
-    let two = app.create_product("Two", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let one = app.create_product_id("One", "tools", 1.0).await;
+    let two = app.create_product_id("Two", "tools", 1.0).await;
     read(&app, one).await;
     read(&app, two).await;
-    let mut redis = redis().await;
+    let mut redis = shared_redis().await;
     let keys = |mut redis: redis::aio::MultiplexedConnection, prefix: String| async move {
         cached_keys(&mut redis, &prefix).await.len()
     };
     // The two products, and the tag generation of their category's pages.
     assert_eq!(keys(redis.clone(), prefix.clone()).await, 3);
     // A key of another deployment on the same Redis must survive the clear.
-    let neighbour = format!("{}product:1", test_prefix());
+    let neighbour = format!("{}product:1", unique_prefix());
     let _: () = redis.set_ex(&neighbour, "{}", 60).await.unwrap();
 
-    let invalidate = app
-        .authed(Method::DELETE, &format!("/cache/products/{one}"))
-        .send()
-        .await
-        .unwrap();
+    let invalidate = app.delete(&format!("/cache/products/{one}")).await;
     let after_invalidate = (read(&app, one).await, read(&app, two).await);
-    let clear = app.authed(Method::DELETE, "/cache").send().await.unwrap();
+    let clear = app.delete("/cache").await;
     let redis_after_clear = keys(redis.clone(), prefix.clone()).await;
     let after_clear = read(&app, two).await;
     let anonymous = app.request(Method::DELETE, "/cache").send().await.unwrap();
@@ -321,13 +287,9 @@ async fn clearing_and_invalidating_reach_every_level(backend: Backend) {
 
 #[tokio::test]
 async fn a_corrupt_value_in_redis_is_a_miss_not_an_error() {
-    let prefix = test_prefix();
-    let app = spawn_with_redis(Backend::Sqlite, &prefix).await;
-    let peer = app.spawn_peer(|c| use_redis(c, &prefix)).await;
-    let id = app.create_product("Fragile", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
-    let mut redis = redis().await;
+    let (app, peer, prefix) = spawn_pair(Backend::Sqlite).await;
+    let id = app.create_product_id("Fragile", "tools", 1.0).await;
+    let mut redis = shared_redis().await;
     let key = format!("{prefix}product:{id}");
 
     for garbage in [
@@ -337,7 +299,7 @@ async fn a_corrupt_value_in_redis_is_a_miss_not_an_error() {
         &b"[1,2]"[..],
     ] {
         // Empty the peer's L1 (and L2), then plant the bad value.
-        let cleared = peer.authed(Method::DELETE, "/cache").send().await.unwrap();
+        let cleared = peer.delete("/cache").await;
         assert_eq!(cleared.status(), StatusCode::NO_CONTENT);
         let _: () = redis.set_ex(&key, garbage, 60).await.unwrap();
         let response = peer.get(&format!("/products/{id}")).await;
@@ -354,19 +316,17 @@ async fn an_unreachable_redis_leaves_the_service_up_and_degraded() {
         .unwrap()
         .port();
     let app = TestApp::spawn_with(Backend::Sqlite, |c| {
-        use_redis(c, &test_prefix());
+        use_redis(c, &unique_prefix());
         c.cache.redis_url = Some(format!("redis://127.0.0.1:{closed}").into());
     })
     .await;
-    let id = app.create_product("Resilient", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.create_product_id("Resilient", "tools", 1.0).await;
 
     let health = app.get("/health").await;
     let health_status = health.status();
     let health: Value = health.json().await.unwrap();
     let reads = (read(&app, id).await, read(&app, id).await);
-    let stats: Value = app.get("/cache/stats").await.json().await.unwrap();
+    let stats: Value = app.get_json("/cache/stats").await;
 
     assert_eq!(health_status, StatusCode::OK);
     assert_eq!(
@@ -394,18 +354,14 @@ async fn redis_killed_and_restarted_under_reads_fails_no_request() {
     let mut redis_server = PrivateRedis::start().await;
     // A one-entry L1 sends most reads to L2, so L2 trouble shows.
     let app = TestApp::spawn_with(Backend::Sqlite, |c| {
-        use_redis(c, &test_prefix());
+        use_redis(c, &unique_prefix());
         c.cache.redis_url = Some(redis_server.url().into());
         c.cache.l1_max_entries = 1;
     })
     .await;
     let mut ids = Vec::new();
     for i in 0..4 {
-        ids.push(
-            app.create_product(&format!("R{i}"), "tools", 1.0).await["id"]
-                .as_i64()
-                .unwrap(),
-        );
+        ids.push(app.create_product_id(&format!("R{i}"), "tools", 1.0).await);
     }
     let mut statuses = Vec::new();
     round(&app, &ids, &mut statuses).await;
@@ -416,17 +372,15 @@ async fn redis_killed_and_restarted_under_reads_fails_no_request() {
     for _ in 0..20 {
         round(&app, &ids, &mut statuses).await;
     }
-    let down: Value = app.get("/health").await.json().await.unwrap();
+    let down: Value = app.get_json("/health").await;
     redis_server.restart().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut l2_back = false;
-    while Instant::now() < deadline && !l2_back {
-        l2_back = round(&app, &ids, &mut statuses)
+    let l2_back = eventually(Duration::from_secs(10), async || {
+        round(&app, &ids, &mut statuses)
             .await
             .iter()
-            .any(|s| s == "HIT-L2");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .any(|s| s == "HIT-L2")
+    })
+    .await;
 
     assert!(
         statuses.iter().all(|s| *s == StatusCode::OK),
@@ -437,55 +391,32 @@ async fn redis_killed_and_restarted_under_reads_fails_no_request() {
         l2_back,
         "L2 was not used again within 10 s of Redis coming back"
     );
-    let up: Value = app.get("/health").await.json().await.unwrap();
+    let up: Value = app.get_json("/health").await;
     assert_eq!(up["l2"], "up");
     drop(redis_server);
 }
 
-/// Reads `id` on `app` until `done` accepts the answer, for at most 1 s
-/// (SPEC §3: another instance stops serving an old version within 1 s).
-async fn eventually(
-    app: &TestApp,
-    id: i64,
-    done: impl Fn(StatusCode, &str, &Value) -> bool,
-) -> bool {
-    for _ in 0..20 {
-        let response = app.get(&format!("/products/{id}")).await;
-        let status = response.status();
-        let source = x_cache(&response);
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if done(status, &source, &body) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 async fn writes_on_one_instance_reach_another_within_a_second(backend: Backend) {
-    let prefix = test_prefix();
-    let a = spawn_with_redis(backend, &prefix).await;
-    let b = a.spawn_peer(|c| use_redis(c, &prefix)).await;
-    let id = a.create_product("Shared", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let (a, b, _) = spawn_pair(backend).await;
+    let id = a.create_product_id("Shared", "tools", 1.0).await;
     // The bus message of A's create may reach B while B loads the product,
     // and then B rightly keeps it out of L1: poll until B holds it.
-    assert!(eventually(&b, id, |_, source, _| source == "HIT-L1").await);
+    assert!(product_eventually(&b, id, WITHIN, |_, source, _| source == "HIT-L1").await);
 
     let patched = a
-        .authed(Method::PATCH, &format!("/products/{id}"))
-        .json(&json!({"price": 2.5}))
-        .send()
-        .await
-        .unwrap();
-    let b_sees_update = eventually(&b, id, |_, _, body| body["price"] == json!(2.5)).await;
-    let deleted = a
-        .authed(Method::DELETE, &format!("/products/{id}"))
-        .send()
-        .await
-        .unwrap();
-    let b_sees_delete = eventually(&b, id, |status, _, _| status == StatusCode::NOT_FOUND).await;
+        .send_json(
+            Method::PATCH,
+            &format!("/products/{id}"),
+            &json!({"price": 2.5}),
+        )
+        .await;
+    let b_sees_update =
+        product_eventually(&b, id, WITHIN, |_, _, body| body["price"] == json!(2.5)).await;
+    let deleted = a.delete(&format!("/products/{id}")).await;
+    let b_sees_delete = product_eventually(&b, id, WITHIN, |status, _, _| {
+        status == StatusCode::NOT_FOUND
+    })
+    .await;
 
     assert_eq!(patched.status(), StatusCode::OK);
     assert!(b_sees_update, "B kept serving the old version");
@@ -494,47 +425,42 @@ async fn writes_on_one_instance_reach_another_within_a_second(backend: Backend) 
 }
 
 async fn a_clear_on_one_instance_empties_every_l1(backend: Backend) {
-    let prefix = test_prefix();
-    let a = spawn_with_redis(backend, &prefix).await;
-    let b = a.spawn_peer(|c| use_redis(c, &prefix)).await;
-    let id = a.create_product("Cleared", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let (a, b, _) = spawn_pair(backend).await;
+    let id = a.create_product_id("Cleared", "tools", 1.0).await;
     // The bus message of A's create may reach B while B loads the product,
     // and then B rightly keeps it out of L1: poll until B holds it.
-    assert!(eventually(&b, id, |_, source, _| source == "HIT-L1").await);
+    assert!(product_eventually(&b, id, WITHIN, |_, source, _| source == "HIT-L1").await);
 
-    let clear = a.authed(Method::DELETE, "/cache").send().await.unwrap();
-    let b_cleared = eventually(&b, id, |_, source, _| source == "MISS").await;
+    let clear = a.delete("/cache").await;
+    let b_cleared = product_eventually(&b, id, WITHIN, |_, source, _| source == "MISS").await;
 
     assert_eq!(clear.status(), StatusCode::NO_CONTENT);
     assert!(b_cleared, "B still answered from its L1 after a clear on A");
 }
 
 async fn write_through_puts_the_new_version_in_every_level(backend: Backend) {
-    let prefix = test_prefix();
+    let prefix = unique_prefix();
     let write_through = |c: &mut catalog::config::ServeConfig| {
         use_redis(c, &prefix);
         c.cache.write_strategy = catalog::config::WriteStrategy::WriteThrough;
     };
     let a = TestApp::spawn_with(backend, write_through).await;
     let b = a.spawn_peer(write_through).await;
-    let id = a.create_product("Written", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let id = a.create_product_id("Written", "tools", 1.0).await;
     let after_create = read(&a, id).await;
-    assert!(eventually(&b, id, |_, source, _| source == "HIT-L1").await);
+    assert!(product_eventually(&b, id, WITHIN, |_, source, _| source == "HIT-L1").await);
 
     let replaced = a
-        .authed(Method::PUT, &format!("/products/{id}"))
-        .json(&json!({"name": "Rewritten", "price": 2.0, "category": "tools"}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::PUT,
+            &format!("/products/{id}"),
+            &json!({"name": "Rewritten", "price": 2.0, "category": "tools"}),
+        )
+        .await;
     let on_a = a.get(&format!("/products/{id}")).await;
     let on_a = (x_cache(&on_a), on_a.json::<Value>().await.unwrap());
-    let b_fresh = eventually(&b, id, |_, _, body| body["version"] == 2).await;
-    let mut redis = redis().await;
+    let b_fresh = product_eventually(&b, id, WITHIN, |_, _, body| body["version"] == 2).await;
+    let mut redis = shared_redis().await;
     let stored: String = redis.get(format!("{prefix}product:{id}")).await.unwrap();
     let in_store = a.db.store().await.get(id).await.unwrap().unwrap();
 
@@ -552,36 +478,33 @@ async fn write_through_puts_the_new_version_in_every_level(backend: Backend) {
 }
 
 async fn category_pages_are_cached_and_dropped_when_a_product_moves(backend: Backend) {
-    let prefix = test_prefix();
-    let a = spawn_with_redis(backend, &prefix).await;
-    let b = a.spawn_peer(|c| use_redis(c, &prefix)).await;
-    let id = a.create_product("Mover", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let (a, b, _) = spawn_pair(backend).await;
+    let id = a.create_product_id("Mover", "tools", 1.0).await;
     let first = category_page(&a, "tools").await;
     let second = category_page(&a, "tools").await;
     let uncached = a.get("/products?limit=5").await;
 
     let moved = a
-        .authed(Method::PATCH, &format!("/products/{id}"))
-        .json(&json!({"category": "garden"}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::PATCH,
+            &format!("/products/{id}"),
+            &json!({"category": "garden"}),
+        )
+        .await;
     let tools_after = category_page(&a, "tools").await;
     let garden_after = category_page(&a, "garden").await;
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let mut b_pages = (
-        category_page(&b, "tools").await.0,
-        category_page(&b, "garden").await.0,
-    );
-    while b_pages != (vec![], vec![id]) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        b_pages = (
-            category_page(&b, "tools").await.0,
-            category_page(&b, "garden").await.0,
-        );
-    }
+    let b_pages = poll_until(
+        WITHIN,
+        async || {
+            (
+                category_page(&b, "tools").await.0,
+                category_page(&b, "garden").await.0,
+            )
+        },
+        |pages| *pages == (vec![], vec![id]),
+    )
+    .await
+    .unwrap_or_else(|last| last);
 
     assert_eq!(first, (vec![id], "MISS".to_owned()));
     assert_eq!(second, (vec![id], "HIT-L1".to_owned()));

@@ -197,12 +197,7 @@ async fn rejected_writes_keep_their_keep_alive_connections() {
         "{} failures: {failures:#?}",
         failures.len()
     );
-    let body: serde_json::Value = app
-        .get(&format!("/products/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: serde_json::Value = app.get_json(&format!("/products/{id}")).await;
     assert_eq!(body["version"], 1, "no rejected write changed anything");
 }
 

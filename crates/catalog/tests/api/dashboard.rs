@@ -13,7 +13,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -21,9 +21,10 @@ use axum::response::Html;
 use axum::routing::get;
 use reqwest::StatusCode;
 use serde_json::Value;
+use testkit::unique_prefix;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{Backend, TestApp, both_stores, test_prefix, use_redis};
+use crate::helpers::{Backend, TestApp, both_stores, use_redis, wait_exit};
 
 both_stores!(latency_counts_add_up_to_the_reads);
 
@@ -35,7 +36,7 @@ const INSTALL: &str =
 const VIRTUAL_TIME_MS: u32 = 5_000;
 
 /// A guard against a hung browser, far above the second or two a run takes.
-const CHROMIUM_DEADLINE: Duration = Duration::from_secs(120);
+const CHROMIUM_LIMIT: Duration = Duration::from_secs(120);
 
 /// Headless Chromium with a fresh profile directory, removed on drop.
 #[derive(Debug)]
@@ -86,27 +87,12 @@ impl Chromium {
             .stdin(Stdio::null())
             .stdout(File::create(&stdout_path).unwrap())
             .stderr(File::create(&stderr_path).unwrap());
-        // Blocking waits run off the runtime: the app under test is served
-        // by this same runtime.
-        let status = tokio::task::spawn_blocking(move || {
-            let mut child = command
-                .spawn()
-                .unwrap_or_else(|err| panic!("chromium does not start ({err}); {INSTALL}"));
-            let deadline = Instant::now() + CHROMIUM_DEADLINE;
-            loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    return status;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("chromium did not finish within {CHROMIUM_DEADLINE:?}");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-        .await
-        .unwrap();
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("chromium does not start ({err}); {INSTALL}"));
+        let status = wait_exit(&mut child, CHROMIUM_LIMIT)
+            .await
+            .unwrap_or_else(|| panic!("chromium did not finish within {CHROMIUM_LIMIT:?}"));
         let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
         assert!(status.success(), "chromium failed ({status}): {stderr}");
         std::fs::read_to_string(&stdout_path).unwrap()
@@ -267,7 +253,7 @@ async fn the_dashboard_is_an_html_page_listed_in_openapi() {
     let app = TestApp::spawn(Backend::Sqlite).await;
 
     let response = app.get("/dashboard").await;
-    let openapi: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let openapi: Value = app.get_json("/openapi.json").await;
 
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
@@ -292,7 +278,7 @@ async fn the_dashboard_shows_the_cache_stats_in_a_browser() {
     // Arrange: an app on PostgreSQL and Redis, with hits, misses and an
     // unknown id behind it.
     let chromium = Chromium::find();
-    let prefix = test_prefix();
+    let prefix = unique_prefix();
     let app = TestApp::spawn_with(Backend::Postgres, |config| use_redis(config, &prefix)).await;
     let mut ids = Vec::new();
     for (name, price) in [("Anvil", 12.5), ("Bucket", 3.0), ("Chisel", 7.25)] {
@@ -421,9 +407,9 @@ async fn latency_counts_add_up_to_the_reads(backend: Backend) {
     }
 
     // Act
-    let latency: Value = app.get("/cache/latency").await.json().await.unwrap();
+    let latency: Value = app.get_json("/cache/latency").await;
     let stats = stats(&app).await;
-    let openapi: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let openapi: Value = app.get_json("/openapi.json").await;
 
     // Assert
     let bounds = numbers(&latency["bounds_ms"]);

@@ -15,6 +15,7 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgConnection};
+use testkit::{eventually, poll_until};
 
 use crate::helpers::{
     Backend, TestApp, TestDb, assert_problem, pg_server_addr, read_product as read, sample, scrape,
@@ -66,9 +67,7 @@ async fn assert_unavailable(response: Response, what: &str) {
 
 /// Creates a product and reads it once, so that it is in L1.
 async fn read_product(app: &TestApp, name: &str) -> (i64, Value) {
-    let id = app.create_product(name, "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.create_product_id(name, "tools", 1.0).await;
     let (status, source, body) = read(app, id).await;
     assert_eq!((status, source.as_str()), (StatusCode::OK, "MISS"));
     (id, body)
@@ -86,9 +85,7 @@ async fn a_cut_store_is_answered_stale_and_recovers() {
     .await;
     let listener = app.changes.clone().expect("PostgreSQL has a listener");
     let (id, fresh) = read_product(&app, "Kept").await;
-    let unread = app.create_product("Unread", "tools", 2.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let unread = app.create_product_id("Unread", "tools", 2.0).await;
     tokio::time::sleep(PAST_TTL).await;
 
     proxy.cut();
@@ -98,22 +95,20 @@ async fn a_cut_store_is_answered_stale_and_recovers() {
         .create(json!({"name": "New", "price": 1.0, "category": "tools"}))
         .await;
     let put = app
-        .authed(Method::PUT, &format!("/products/{id}"))
-        .json(&json!({"name": "Kept", "price": 2.0, "category": "tools"}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::PUT,
+            &format!("/products/{id}"),
+            &json!({"name": "Kept", "price": 2.0, "category": "tools"}),
+        )
+        .await;
     let patch = app
-        .authed(Method::PATCH, &format!("/products/{id}"))
-        .json(&json!({"price": 3.0}))
-        .send()
-        .await
-        .unwrap();
-    let delete = app
-        .authed(Method::DELETE, &format!("/products/{id}"))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::PATCH,
+            &format!("/products/{id}"),
+            &json!({"price": 3.0}),
+        )
+        .await;
+    let delete = app.delete(&format!("/products/{id}")).await;
     let never_read = app.get(&format!("/products/{unread}")).await;
     let health = app.get("/health").await;
     let health_status = health.status();
@@ -126,31 +121,37 @@ async fn a_cut_store_is_answered_stale_and_recovers() {
         .count();
     // The listener's reconnection clears the cache (it may have missed
     // changes): wait for it, then for a load followed by an L1 hit.
-    let deadline = Instant::now() + RECOVERY;
-    let mut recovered = None;
-    while recovered.is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if !listener.is_listening() || listener.reconnects() == 0 {
-            continue;
-        }
-        let (status, source, body) = read(&app, id).await;
-        match source.as_str() {
-            "STALE" => stale_seen += 1,
-            "MISS" if status == StatusCode::OK => {
-                let again = read(&app, id).await;
-                if again.1 == "HIT-L1" {
-                    recovered = Some((body, again.2));
-                }
+    let recovered = poll_until(
+        RECOVERY,
+        async || {
+            if !listener.is_listening() || listener.reconnects() == 0 {
+                return None;
             }
-            _ => {}
-        }
-    }
+            let (status, source, body) = read(&app, id).await;
+            match source.as_str() {
+                "STALE" => stale_seen += 1,
+                "MISS" if status == StatusCode::OK => {
+                    let again = read(&app, id).await;
+                    if again.1 == "HIT-L1" {
+                        return Some((body, again.2));
+                    }
+                }
+                _ => {}
+            }
+            None
+        },
+        Option::is_some,
+    )
+    .await
+    .ok()
+    .flatten();
     let write_after = app
-        .authed(Method::PATCH, &format!("/products/{id}"))
-        .json(&json!({"price": 4.0}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::PATCH,
+            &format!("/products/{id}"),
+            &json!({"price": 4.0}),
+        )
+        .await;
     let metrics = scrape(&app).await;
 
     assert_eq!(
@@ -226,17 +227,15 @@ async fn a_slow_store_is_answered_stale_then_refreshed_in_the_background() {
     let slow = read(&app, id).await;
     // Until the background load lands, reads are stale (old version);
     // after, they are current: never the old version under another name.
-    let deadline = Instant::now() + Duration::from_secs(10);
     let mut answers = Vec::new();
-    loop {
+    // The last answer says whether L1 was filled.
+    let _ = eventually(Duration::from_secs(10), async || {
         let answer = read(&app, id).await;
         let done = answer.1 == "HIT-L1";
         answers.push(answer);
-        if done || Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        done
+    })
+    .await;
     proxy.delay(Duration::ZERO);
     let metrics = scrape(&app).await;
 
@@ -275,9 +274,7 @@ async fn a_load_past_the_hard_timeout_without_fallback_is_a_503() {
         config.cache.loader_hard_timeout = Duration::from_millis(300);
     })
     .await;
-    let id = app.create_product("Never read", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.create_product_id("Never read", "tools", 1.0).await;
 
     proxy.delay(Duration::from_secs(1));
     let response = app.get(&format!("/products/{id}")).await;
@@ -296,12 +293,8 @@ async fn a_hung_store_read_does_not_hold_up_later_reads() {
         config.cache.loader_hard_timeout = Duration::from_millis(300);
     })
     .await;
-    let hung = app.create_product("Hung", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
-    let later = app.create_product("Later", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let hung = app.create_product_id("Hung", "tools", 1.0).await;
+    let later = app.create_product_id("Later", "tools", 1.0).await;
 
     // The answer to the first read is held back for a minute: its query
     // hangs on its connection, as on a half-dead link.
@@ -336,11 +329,7 @@ async fn a_store_known_down_is_answered_at_once_and_recovers() {
     let (cached, fresh) = read_product(&app, "Cached").await;
     let mut uncached = Vec::new();
     for name in ["Cold 1", "Cold 2", "Cold 3", "Cold 4"] {
-        uncached.push(
-            app.create_product(name, "tools", 1.0).await["id"]
-                .as_i64()
-                .unwrap(),
-        );
+        uncached.push(app.create_product_id(name, "tools", 1.0).await);
     }
     tokio::time::sleep(PAST_TTL).await;
 
@@ -390,19 +379,16 @@ async fn a_store_known_down_is_answered_at_once_and_recovers() {
     }
 
     proxy.restore();
-    let deadline = Instant::now() + RECOVERY;
-    loop {
-        let (status, source, _) = read(&app, uncached[3]).await;
-        if status == StatusCode::OK {
-            assert_eq!(source, "MISS");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the store never came back: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let back = poll_until(
+        RECOVERY,
+        async || read(&app, uncached[3]).await,
+        |(status, _, _)| *status == StatusCode::OK,
+    )
+    .await;
+    let (_, source, _) = back.unwrap_or_else(|(status, _, _)| {
+        panic!("the store never came back: {status}");
+    });
+    assert_eq!(source, "MISS");
     assert_eq!(app.get("/health").await.status(), StatusCode::OK);
     assert_eq!(sample(&scrape(&app).await, "db_circuit_open"), 0);
 }

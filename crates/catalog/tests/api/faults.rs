@@ -24,12 +24,10 @@ use futures_util::future::join_all;
 use redis::AsyncCommands;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use testkit::{PrivateRedis, eventually, poll_until, unique_prefix};
 use tokio::task::JoinHandle;
 
-use crate::helpers::{
-    Backend, TestApp, pg_rows, read_product, sample, scrape, test_prefix, use_redis,
-};
-use crate::private_redis::PrivateRedis;
+use crate::helpers::{Backend, TestApp, pg_rows, read_product, sample, scrape, use_redis};
 
 /// Issue 15: how soon every instance answers the current version once
 /// Redis answers again, and how soon a change made in Redis leaves L1.
@@ -73,7 +71,7 @@ struct Pair {
 impl Pair {
     async fn start() -> Self {
         let redis = PrivateRedis::start().await;
-        let prefix = test_prefix();
+        let prefix = unique_prefix();
         let url = redis.url();
         let configure = |c: &mut ServeConfig| {
             use_redis(c, &prefix);
@@ -190,34 +188,20 @@ fn write(ids: &[i64], i: usize) -> (i64, f64) {
     (ids[i % ids.len()], f64::from(200 + i as u32) / 100.0)
 }
 
-/// Reads until `done` accepts the answer or `deadline` passes (at least
-/// once); the accepted answer, or the last one.
-async fn eventually(
-    app: &TestApp,
-    id: i64,
-    deadline: Instant,
-    done: impl Fn(&Answer) -> bool,
-) -> Result<Answer, Answer> {
-    loop {
-        let answer = read(app, id).await;
-        if done(&answer) {
-            return Ok(answer);
-        }
-        if Instant::now() >= deadline {
-            return Err(answer);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Reads each of `ids` on `app` until it is answered from L1 (a bus message
 /// of A's creation may reach B while B loads the product, and then B rightly
 /// keeps it out of L1); asserts they all got there.
 async fn fill_l1(app: &TestApp, name: &str, ids: &[i64]) {
-    let deadline = Instant::now() + SETTLE;
+    let started = Instant::now();
     let mut missing = Vec::new();
     for id in ids {
-        if let Err(last) = eventually(app, *id, deadline, |a| a.source == "HIT-L1").await {
+        let limit = SETTLE.saturating_sub(started.elapsed());
+        let in_l1 = poll_until(
+            limit,
+            async || read(app, *id).await,
+            |a| a.source == "HIT-L1",
+        );
+        if let Err(last) = in_l1.await {
             missing.push(format!("{id}: {}", last.summary()));
         }
     }
@@ -297,16 +281,16 @@ impl Reader {
 /// How both instances came back in step with PostgreSQL after a fault.
 #[derive(Debug)]
 struct Convergence {
-    /// `since` + [`WITHIN`].
-    deadline: Instant,
+    /// `since` + [`WITHIN`]: when every answer must be right.
+    due: Instant,
     /// The end of the first round in which every product answered its
     /// PostgreSQL version on both instances (unset: not within
-    /// [`MEASURED_UP_TO`] past the deadline).
+    /// [`MEASURED_UP_TO`] past `due`).
     at: Option<Instant>,
-    /// The wrong answers of the last round that ended by the deadline (of
-    /// the first round if none did), as `B: product 7: 200 v2 HIT-L1,
+    /// The wrong answers of the last round that ended by `due` (of the
+    /// first round if none did), as `B: product 7: 200 v2 HIT-L1,
     /// PostgreSQL v3`.
-    wrong_at_deadline: Vec<String>,
+    wrong_when_due: Vec<String>,
     /// A's answers older than the version A acknowledged.
     older_on_a: Vec<String>,
 }
@@ -320,68 +304,76 @@ async fn converge(
     acked: &HashMap<i64, i64>,
     since: Instant,
 ) -> Convergence {
-    let deadline = since + WITHIN;
-    let mut wrong_at_deadline = None;
+    let due = since + WITHIN;
+    let mut wrong_when_due = None;
     let mut older = Vec::new();
-    loop {
-        let (on_a, on_b) = tokio::join!(read_all(&pair.a, &pair.ids), read_all(&pair.b, &pair.ids));
-        let ended = Instant::now();
-        let mut wrong = Vec::new();
-        for (name, answers) in [("A", &on_a), ("B", &on_b)] {
-            for (id, answer) in answers {
-                if answer.status != StatusCode::OK || answer.version() != Some(expected[id]) {
-                    wrong.push(format!(
-                        "{name}: product {id}: {}, PostgreSQL v{}",
+    let mut at = None;
+    // `at` says whether every answer got right, and when.
+    let _ = eventually(
+        (WITHIN + MEASURED_UP_TO).saturating_sub(since.elapsed()),
+        async || {
+            let (on_a, on_b) =
+                tokio::join!(read_all(&pair.a, &pair.ids), read_all(&pair.b, &pair.ids));
+            let ended = Instant::now();
+            let mut wrong = Vec::new();
+            for (name, answers) in [("A", &on_a), ("B", &on_b)] {
+                for (id, answer) in answers {
+                    if answer.status != StatusCode::OK || answer.version() != Some(expected[id]) {
+                        wrong.push(format!(
+                            "{name}: product {id}: {}, PostgreSQL v{}",
+                            answer.summary(),
+                            expected[id]
+                        ));
+                    }
+                }
+            }
+            for (id, answer) in &on_a {
+                if answer.status != StatusCode::OK || answer.version() < Some(acked[id]) {
+                    older.push(format!(
+                        "product {id} {:?} after: {}, acknowledged v{}",
+                        ended - since,
                         answer.summary(),
-                        expected[id]
+                        acked[id]
                     ));
                 }
             }
-        }
-        for (id, answer) in &on_a {
-            if answer.status != StatusCode::OK || answer.version() < Some(acked[id]) {
-                older.push(format!(
-                    "product {id} {:?} after: {}, acknowledged v{}",
-                    ended - since,
-                    answer.summary(),
-                    acked[id]
-                ));
+            let done = wrong.is_empty();
+            if ended <= due || wrong_when_due.is_none() {
+                wrong_when_due = Some(wrong);
             }
-        }
-        let done = wrong.is_empty();
-        if ended <= deadline || wrong_at_deadline.is_none() {
-            wrong_at_deadline = Some(wrong);
-        }
-        if done || ended >= deadline + MEASURED_UP_TO {
-            return Convergence {
-                deadline,
-                at: done.then_some(ended),
-                wrong_at_deadline: wrong_at_deadline.unwrap_or_default(),
-                older_on_a: older,
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+            if done {
+                at = Some(ended);
+            }
+            done
+        },
+    )
+    .await;
+    Convergence {
+        due,
+        at,
+        wrong_when_due: wrong_when_due.unwrap_or_default(),
+        older_on_a: older,
     }
 }
 
 impl Convergence {
-    /// Asserts both instances answered PostgreSQL's versions by the
-    /// deadline; `since` says what the deadline counts from.
+    /// Asserts both instances answered PostgreSQL's versions by `due`;
+    /// `since` says what it counts from.
     fn assert_within(&self, since: &str) {
         let took = match self.at {
             Some(at) => format!(
                 "all were right {:?} after {since}",
-                at - (self.deadline - WITHIN)
+                at - (self.due - WITHIN)
             ),
             None => format!("some were still wrong {MEASURED_UP_TO:?} past the deadline"),
         };
         assert!(
-            self.at.is_some_and(|at| at <= self.deadline),
+            self.at.is_some_and(|at| at <= self.due),
             "not every product answered its PostgreSQL version on both instances within \
              {WITHIN:?} of {since}; {took}; wrong in the last round by the deadline \
              ({} answers): {:?}",
-            self.wrong_at_deadline.len(),
-            self.wrong_at_deadline
+            self.wrong_when_due.len(),
+            self.wrong_when_due
         );
     }
 }
@@ -393,7 +385,7 @@ impl Convergence {
 /// every product (the failed invalidations were retried and announced).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_hung_during_writes() {
-    let mut pair = Pair::start().await;
+    let pair = Pair::start().await;
     let reader = Reader::spawn(&pair.b, &pair.ids);
     let mut acked = pair.created_versions();
 
@@ -464,12 +456,11 @@ async fn redis_killed_and_restarted_during_writes() {
     let writes_done = |count: usize, not_before: Instant| {
         let done = Arc::clone(&done);
         async move {
-            let deadline = Instant::now() + SETTLE;
-            while (done.load(Ordering::SeqCst) < count || Instant::now() < not_before)
-                && Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+            // The count returned says whether it got there.
+            let _ = eventually(SETTLE, async || {
+                done.load(Ordering::SeqCst) >= count && Instant::now() >= not_before
+            })
+            .await;
             done.load(Ordering::SeqCst)
         }
     };
@@ -558,12 +549,19 @@ async fn a_connection_blip_keeps_unchanged_products_in_l1() {
     let version = patch_price(&pair.a, changed, 9.5).await;
     let written = Instant::now();
     let is_new = |answer: &Answer| answer.version() == Some(version);
-    let seen = eventually(&pair.b, changed, written + WITHIN, is_new).await;
+    let read_changed = async || read(&pair.b, changed).await;
+    let seen = poll_until(
+        WITHIN.saturating_sub(written.elapsed()),
+        read_changed,
+        is_new,
+    )
+    .await;
     // Past the promise, only to say how late B was.
     let late = match &seen {
         Ok(_) => String::new(),
         Err(_) => {
-            match eventually(&pair.b, changed, written + WITHIN + MEASURED_UP_TO, is_new).await {
+            let limit = (WITHIN + MEASURED_UP_TO).saturating_sub(written.elapsed());
+            match poll_until(limit, read_changed, is_new).await {
                 Ok(_) => format!("B answered it {:?} after the write", written.elapsed()),
                 Err(last) => format!(
                     "B still answered {} {:?} after the write",
@@ -575,15 +573,13 @@ async fn a_connection_blip_keeps_unchanged_products_in_l1() {
     };
     // The 29 are read once B's bus is back in step (subscribed again and
     // its catch-up done), not before it could have emptied L1.
-    let settle = Instant::now() + SETTLE;
-    let mut metrics = scrape(&pair.b).await;
-    while Instant::now() < settle
-        && (sample(&metrics, "cache_bus_replays_total") <= replays_before
-            || sample(&metrics, r#"cache_bus_state{state="subscribed"}"#) != 1)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        metrics = scrape(&pair.b).await;
-    }
+    // Not asserted here: what it waits for is asserted at the end.
+    let _ = eventually(SETTLE, async || {
+        let metrics = scrape(&pair.b).await;
+        sample(&metrics, "cache_bus_replays_total") > replays_before
+            && sample(&metrics, r#"cache_bus_state{state="subscribed"}"#) == 1
+    })
+    .await;
     let not_from_l1: Vec<String> = read_all(&pair.b, unchanged)
         .await
         .into_iter()
@@ -657,21 +653,18 @@ async fn products_changed_directly_in_redis_leave_every_l1() {
     let _: () = raw.set(&key1, outside.to_string()).await.unwrap();
     let deleted: i64 = raw.del(&key2).await.unwrap();
     let changed_at = Instant::now();
-    let deadline = changed_at + WITHIN;
     // Per instance: the first answer of p1 with the outside name and of p2
     // not from L1 (each with when it came), and the last answer of each.
     let mut firsts: HashMap<(&str, i64), (Answer, Duration)> = HashMap::new();
     let mut last: HashMap<(&str, i64), Answer> = HashMap::new();
     let apps = [("A", &pair.a), ("B", &pair.b)];
-    loop {
+    // Whether all were seen is asserted below, from `firsts`.
+    let _ = eventually(WITHIN.saturating_sub(changed_at.elapsed()), async || {
         let pending: Vec<(&str, &Arc<TestApp>, i64)> = apps
             .iter()
             .flat_map(|(name, app)| [(*name, *app, p1), (*name, *app, p2)])
             .filter(|(name, _, id)| !firsts.contains_key(&(*name, *id)))
             .collect();
-        if pending.is_empty() || Instant::now() >= deadline {
-            break;
-        }
         let answers = join_all(
             pending
                 .iter()
@@ -690,8 +683,9 @@ async fn products_changed_directly_in_redis_leave_every_l1() {
             }
             last.insert((name, id), answer);
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        firsts.len() == 2 * apps.len()
+    })
+    .await;
 
     assert_eq!(deleted, 1, "{key2} was not in Redis");
     for (name, _) in apps {

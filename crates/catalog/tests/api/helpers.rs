@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::process::{Child, ExitStatus};
 use std::str::FromStr;
-use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use catalog::app::Application;
 use catalog::config::ServeConfig;
@@ -16,6 +17,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
+use testkit::{eventually, poll_until, redis_url, shared_redis, unique_prefix};
 use tokio_util::sync::CancellationToken;
 
 /// The bearer token every test app accepts.
@@ -24,15 +26,8 @@ pub(crate) const TOKEN: &str = "test-token-0123456789";
 const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const PG_START: &str = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
 
-/// Logs from the app under test, shown only with `TEST_LOG=1`.
-static TRACING: LazyLock<()> = LazyLock::new(|| {
-    if std::env::var_os("TEST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter("info,catalog=debug")
-            .with_test_writer()
-            .init();
-    }
-});
+/// What `TEST_LOG=1` shows of the app under test.
+const LOG_FILTER: &str = "info,catalog=debug";
 
 /// Which store a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,28 +211,6 @@ impl Drop for TestDb {
     }
 }
 
-/// The Redis server tests use: `REDIS_URL`, else the standard local port.
-pub(crate) fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-/// A raw connection to the test Redis, for looking at (and tampering with)
-/// what the cache stored.
-pub(crate) async fn redis() -> redis::aio::MultiplexedConnection {
-    let url = redis_url();
-    let client = redis::Client::open(url.as_str()).expect("REDIS_URL parses");
-    client
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap_or_else(|err| {
-            panic!(
-                "Redis is not reachable at {url} ({err}); start it with: redis-server --daemonize yes \
-                 --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no --dir /var/lib/redis \
-                 --logfile /var/log/redis/ci.log (or set REDIS_URL)"
-            )
-        })
-}
-
 /// The cache entries stored under `prefix`: every key but the bus's change
 /// logs (`…:bus:log`), which each cache with a bus keeps.
 pub(crate) async fn cached_keys(
@@ -254,7 +227,7 @@ pub(crate) async fn cached_keys(
 
 /// `GET /products/{id}` on `app`: status, `X-Cache` (empty when absent) and
 /// body (`null` when not JSON).
-pub(crate) async fn read_product(app: &TestApp, id: i64) -> (reqwest::StatusCode, String, Value) {
+pub(crate) async fn read_product(app: &TestApp, id: i64) -> (StatusCode, String, Value) {
     let response = app.get(&format!("/products/{id}")).await;
     let status = response.status();
     let source = response
@@ -267,9 +240,19 @@ pub(crate) async fn read_product(app: &TestApp, id: i64) -> (reqwest::StatusCode
     (status, source, body)
 }
 
-/// A key prefix no other test uses.
-pub(crate) fn test_prefix() -> String {
-    format!("test:{}:", uuid::Uuid::new_v4().simple())
+/// Whether `app` answers product `id` (as [`read_product`]: status,
+/// `X-Cache`, body) as `done` accepts within `limit`; read at least once.
+pub(crate) async fn product_eventually(
+    app: &TestApp,
+    id: i64,
+    limit: Duration,
+    done: impl Fn(StatusCode, &str, &Value) -> bool,
+) -> bool {
+    eventually(limit, async || {
+        let (status, source, body) = read_product(app, id).await;
+        done(status, &source, &body)
+    })
+    .await
 }
 
 /// Points `config` at the test Redis under `prefix`, with a short L2 TTL so
@@ -278,6 +261,16 @@ pub(crate) fn use_redis(config: &mut ServeConfig, prefix: &str) {
     config.cache.redis_url = Some(SecretString::from(redis_url()));
     config.cache.cache_prefix = prefix.to_owned();
     config.cache.l2_ttl = std::time::Duration::from_secs(120);
+}
+
+/// Two instances on one new database of `backend`, sharing the test Redis
+/// under a fresh key prefix (so L2 and the bus); the prefix comes third.
+pub(crate) async fn spawn_pair(backend: Backend) -> (TestApp, TestApp, String) {
+    shared_redis().await;
+    let prefix = unique_prefix();
+    let a = TestApp::spawn_with(backend, |c| use_redis(c, &prefix)).await;
+    let b = a.spawn_peer(|c| use_redis(c, &prefix)).await;
+    (a, b, prefix)
 }
 
 /// A running app on its own database.
@@ -324,7 +317,7 @@ impl TestApp {
         url: &str,
         configure: impl FnOnce(&mut ServeConfig),
     ) -> Self {
-        LazyLock::force(&TRACING);
+        testkit::init_test_log(LOG_FILTER);
         let mut config = ServeConfig::new(url);
         config.api_token = Some(SecretString::from(TOKEN));
         configure(&mut config);
@@ -383,6 +376,35 @@ impl TestApp {
             .await;
         assert_eq!(response.status(), StatusCode::CREATED);
         response.json().await.expect("a product body")
+    }
+
+    /// Creates a valid product and returns its id.
+    pub(crate) async fn create_product_id(&self, name: &str, category: &str, price: f64) -> i64 {
+        self.create_product(name, category, price).await["id"]
+            .as_i64()
+            .expect("a product id")
+    }
+
+    /// `GET` of `path`, whose answer must be JSON.
+    pub(crate) async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.expect("a JSON body")
+    }
+
+    /// An authenticated `method` of `path` with `body` as JSON.
+    pub(crate) async fn send_json(&self, method: Method, path: &str, body: &Value) -> Response {
+        self.authed(method, path)
+            .json(body)
+            .send()
+            .await
+            .expect("the request is sent")
+    }
+
+    /// An authenticated `DELETE` of `path`.
+    pub(crate) async fn delete(&self, path: &str) -> Response {
+        self.authed(Method::DELETE, path)
+            .send()
+            .await
+            .expect("DELETE is sent")
     }
 
     /// Stops the server gracefully and waits for it.
@@ -453,15 +475,14 @@ pub(crate) async fn pg_rows_within(
     expected: &HashMap<i64, Option<Row>>,
     within: Duration,
 ) -> HashMap<i64, Option<Row>> {
-    let deadline = Instant::now() + within;
     let ids: Vec<i64> = expected.keys().copied().collect();
-    loop {
-        let rows = pg_rows(conn, &ids).await;
-        if rows == *expected || Instant::now() >= deadline {
-            return rows;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(
+        within,
+        async || pg_rows(conn, &ids).await,
+        |rows| rows == expected,
+    )
+    .await
+    .unwrap_or_else(|last| last)
 }
 
 /// The `write_behind` part of `/cache/stats` of the instance at `base`
@@ -524,6 +545,26 @@ pub(crate) fn sample(samples: &HashMap<String, u64>, series: &str) -> u64 {
 /// be there.
 pub(crate) async fn metric(app: &TestApp, series: &str) -> u64 {
     sample(&scrape(app).await, series)
+}
+
+/// `child`'s exit status if it exits within `limit`; else it is killed
+/// (and waited for) and the answer is `None`. Polled without blocking the
+/// runtime, which may be serving what the child talks to (the app under
+/// test, a proxy in front of its store).
+pub(crate) async fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let exited = poll_until(
+        limit,
+        async || child.try_wait().expect("the child can be waited for"),
+        Option::is_some,
+    )
+    .await
+    .ok()
+    .flatten();
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    exited
 }
 
 /// Runs each listed `async fn(Backend)` test against PostgreSQL and SQLite.

@@ -11,20 +11,15 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, Executor, PgConnection};
+use testkit::{eventually, shared_redis, unique_prefix};
 
-use crate::helpers::{Backend, TestApp, TestDb, category_page, redis, test_prefix, use_redis};
+use crate::helpers::{
+    Backend, TestApp, TestDb, category_page, product_eventually, read_product, spawn_pair,
+    use_redis,
+};
 
 /// SPEC §4: a change made outside the API is seen within a second.
 const WITHIN: Duration = Duration::from_secs(1);
-
-/// Two instances sharing the test database, Redis and key prefix.
-async fn spawn_pair() -> (TestApp, TestApp) {
-    redis().await;
-    let prefix = test_prefix();
-    let a = TestApp::spawn_with(Backend::Postgres, |c| use_redis(c, &prefix)).await;
-    let b = a.spawn_peer(|c| use_redis(c, &prefix)).await;
-    (a, b)
-}
 
 /// A connection of our own to the app's database, like `psql`'s (its
 /// `application_name` is not the service's, so the trigger announces it).
@@ -32,85 +27,56 @@ async fn sql(app: &TestApp) -> PgConnection {
     PgConnection::connect(&app.db.url()).await.unwrap()
 }
 
-/// `GET /products/{id}`: status, `X-Cache` and body.
-async fn read(app: &TestApp, id: i64) -> (StatusCode, String, Value) {
-    let response = app.get(&format!("/products/{id}")).await;
-    let status = response.status();
-    let source = response.headers()["x-cache"].to_str().unwrap().to_owned();
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, source, body)
-}
-
-/// Reads `id` on `app` until `done` accepts the answer or `deadline` passes.
-async fn eventually(
-    app: &TestApp,
+/// Whether A, then B, answer product `id` as `done` accepts, both within
+/// [`WITHIN`] from now (the change was just made).
+async fn on_both_within_a_second(
+    a: &TestApp,
+    b: &TestApp,
     id: i64,
-    deadline: Instant,
-    done: impl Fn(StatusCode, &Value) -> bool,
-) -> bool {
-    loop {
-        let (status, _, body) = read(app, id).await;
-        if done(status, &body) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until `condition` holds, for at most `limit`.
-async fn wait_until(limit: Duration, condition: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while !condition() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
+    done: impl Fn(StatusCode, &str, &Value) -> bool + Copy,
+) -> (bool, bool) {
+    let changed = Instant::now();
+    let on_a = product_eventually(a, id, WITHIN, done).await;
+    let on_b = product_eventually(b, id, WITHIN.saturating_sub(changed.elapsed()), done).await;
+    (on_a, on_b)
 }
 
 /// Creates a product through `app` and reads it twice on each of `apps`, so
 /// that every one holds it in L1.
 async fn cached_product(app: &TestApp, apps: &[&TestApp]) -> i64 {
-    let id = app.create_product("Listened", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.create_product_id("Listened", "tools", 1.0).await;
     for app in apps {
         // A read that races the bus message of the create is rightly kept
         // out of L1; read until the product is held.
-        let deadline = Instant::now() + WITHIN;
-        loop {
-            let (status, source, _) = read(app, id).await;
+        let held = eventually(WITHIN, async || {
+            let (status, source, _) = read_product(app, id).await;
             assert_eq!(status, StatusCode::OK);
-            if source == "HIT-L1" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "never cached in L1");
-        }
+            source == "HIT-L1"
+        })
+        .await;
+        assert!(held, "never cached in L1");
     }
     id
 }
 
 #[tokio::test]
 async fn a_category_move_in_sql_refreshes_both_pages_and_bumps_the_version() {
-    let (a, b) = spawn_pair().await;
+    let (a, b, _) = spawn_pair(Backend::Postgres).await;
     let id = cached_product(&a, &[&a, &b]).await;
     for app in [&a, &b] {
         // Until both pages are cached (the create's tag message may still
         // be on its way and move the generation once more).
-        let deadline = Instant::now() + WITHIN;
-        while (
-            category_page(app, "tools").await,
-            category_page(app, "garden").await,
-        ) != (
-            (vec![id], "HIT-L1".to_owned()),
-            (vec![], "HIT-L1".to_owned()),
-        ) {
-            assert!(Instant::now() < deadline, "pages never cached");
-        }
+        let cached = eventually(WITHIN, async || {
+            (
+                category_page(app, "tools").await,
+                category_page(app, "garden").await,
+            ) == (
+                (vec![id], "HIT-L1".to_owned()),
+                (vec![], "HIT-L1".to_owned()),
+            )
+        })
+        .await;
+        assert!(cached, "pages never cached");
     }
     let mut conn = sql(&a).await;
 
@@ -120,26 +86,19 @@ async fn a_category_move_in_sql_refreshes_both_pages_and_bumps_the_version() {
         .execute(&mut conn)
         .await
         .unwrap();
-    let deadline = Instant::now() + WITHIN;
+    let changed = Instant::now();
     let mut moved = Vec::new();
     for app in [&a, &b] {
-        loop {
-            let pages = (
+        let pages_moved = eventually(WITHIN.saturating_sub(changed.elapsed()), async || {
+            (
                 category_page(app, "tools").await.0,
                 category_page(app, "garden").await.0,
-            );
-            if pages == (vec![], vec![id]) {
-                moved.push(true);
-                break;
-            }
-            if Instant::now() >= deadline {
-                moved.push(false);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            ) == (vec![], vec![id])
+        })
+        .await;
+        moved.push(pages_moved);
     }
-    let (_, _, product) = read(&b, id).await;
+    let (_, _, product) = read_product(&b, id).await;
 
     assert_eq!(moved, vec![true, true], "a page kept the old category");
     assert_eq!(product["version"], 2);
@@ -148,7 +107,7 @@ async fn a_category_move_in_sql_refreshes_both_pages_and_bumps_the_version() {
 
 #[tokio::test]
 async fn an_update_in_sql_is_served_fresh_by_every_instance_within_a_second() {
-    let (a, b) = spawn_pair().await;
+    let (a, b, _) = spawn_pair(Backend::Postgres).await;
     let id = cached_product(&a, &[&a, &b]).await;
     let mut conn = sql(&a).await;
 
@@ -157,12 +116,10 @@ async fn an_update_in_sql_is_served_fresh_by_every_instance_within_a_second() {
         .execute(&mut conn)
         .await
         .unwrap();
-    let deadline = Instant::now() + WITHIN;
-    let fresh = |status: StatusCode, body: &Value| {
+    let fresh = |status: StatusCode, _: &str, body: &Value| {
         status == StatusCode::OK && body["price"] == json!(42.5) && body["version"] == 2
     };
-    let a_fresh = eventually(&a, id, deadline, fresh).await;
-    let b_fresh = eventually(&b, id, deadline, fresh).await;
+    let (a_fresh, b_fresh) = on_both_within_a_second(&a, &b, id, fresh).await;
 
     assert!(a_fresh, "A kept serving the old version");
     assert!(b_fresh, "B kept serving the old version");
@@ -170,7 +127,7 @@ async fn an_update_in_sql_is_served_fresh_by_every_instance_within_a_second() {
 
 #[tokio::test]
 async fn a_delete_in_sql_is_a_404_on_every_instance_within_a_second() {
-    let (a, b) = spawn_pair().await;
+    let (a, b, _) = spawn_pair(Backend::Postgres).await;
     let id = cached_product(&a, &[&a, &b]).await;
     let mut conn = sql(&a).await;
 
@@ -179,10 +136,8 @@ async fn a_delete_in_sql_is_a_404_on_every_instance_within_a_second() {
         .execute(&mut conn)
         .await
         .unwrap();
-    let deadline = Instant::now() + WITHIN;
-    let gone = |status: StatusCode, _: &Value| status == StatusCode::NOT_FOUND;
-    let a_gone = eventually(&a, id, deadline, gone).await;
-    let b_gone = eventually(&b, id, deadline, gone).await;
+    let gone = |status: StatusCode, _: &str, _: &Value| status == StatusCode::NOT_FOUND;
+    let (a_gone, b_gone) = on_both_within_a_second(&a, &b, id, gone).await;
 
     assert!(a_gone, "A kept serving a deleted product");
     assert!(b_gone, "B kept serving a deleted product");
@@ -190,11 +145,11 @@ async fn a_delete_in_sql_is_a_404_on_every_instance_within_a_second() {
 
 #[tokio::test]
 async fn an_insert_in_sql_replaces_a_cached_absence() {
-    let (a, b) = spawn_pair().await;
+    let (a, b, _) = spawn_pair(Backend::Postgres).await;
     let id = cached_product(&a, &[]).await;
     let next = id + 1;
     for app in [&a, &b] {
-        assert_eq!(read(app, next).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(read_product(app, next).await.0, StatusCode::NOT_FOUND);
     }
     let mut conn = sql(&a).await;
 
@@ -205,12 +160,10 @@ async fn an_insert_in_sql_replaces_a_cached_absence() {
     .execute(&mut conn)
     .await
     .unwrap();
-    let deadline = Instant::now() + WITHIN;
-    let found = |status: StatusCode, body: &Value| {
+    let found = |status: StatusCode, _: &str, body: &Value| {
         status == StatusCode::OK && body["name"] == json!("Inserted")
     };
-    let a_found = eventually(&a, next, deadline, found).await;
-    let b_found = eventually(&b, next, deadline, found).await;
+    let (a_found, b_found) = on_both_within_a_second(&a, &b, next, found).await;
 
     assert!(a_found, "A kept answering 404 for an inserted product");
     assert!(b_found, "B kept answering 404 for an inserted product");
@@ -218,15 +171,13 @@ async fn an_insert_in_sql_replaces_a_cached_absence() {
 
 #[tokio::test]
 async fn a_truncate_in_sql_empties_every_instance() {
-    let (a, b) = spawn_pair().await;
+    let (a, b, _) = spawn_pair(Backend::Postgres).await;
     let id = cached_product(&a, &[&a, &b]).await;
     let mut conn = sql(&a).await;
 
     conn.execute("TRUNCATE products").await.unwrap();
-    let deadline = Instant::now() + WITHIN;
-    let gone = |status: StatusCode, _: &Value| status == StatusCode::NOT_FOUND;
-    let a_gone = eventually(&a, id, deadline, gone).await;
-    let b_gone = eventually(&b, id, deadline, gone).await;
+    let gone = |status: StatusCode, _: &str, _: &Value| status == StatusCode::NOT_FOUND;
+    let (a_gone, b_gone) = on_both_within_a_second(&a, &b, id, gone).await;
 
     assert!(a_gone, "A kept serving a truncated product");
     assert!(b_gone, "B kept serving a truncated product");
@@ -242,29 +193,23 @@ async fn api_writes_are_not_announced_again_by_the_database() {
     let mut watcher = PgListener::connect(&app.db.url()).await.unwrap();
     watcher.listen(CHANNEL).await.unwrap();
 
-    let kept = app.create_product("Kept", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
-    let removed = app.create_product("Removed", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let kept = app.create_product_id("Kept", "tools", 1.0).await;
+    let removed = app.create_product_id("Removed", "tools", 1.0).await;
     let put = app
-        .authed(Method::PUT, &format!("/products/{kept}"))
-        .json(&json!({"name": "Kept", "price": 2.0, "category": "tools"}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::PUT,
+            &format!("/products/{kept}"),
+            &json!({"name": "Kept", "price": 2.0, "category": "tools"}),
+        )
+        .await;
     let patch = app
-        .authed(Method::PATCH, &format!("/products/{kept}"))
-        .json(&json!({"price": 3.0}))
-        .send()
-        .await
-        .unwrap();
-    let delete = app
-        .authed(Method::DELETE, &format!("/products/{removed}"))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::PATCH,
+            &format!("/products/{kept}"),
+            &json!({"price": 3.0}),
+        )
+        .await;
+    let delete = app.delete(&format!("/products/{removed}")).await;
     // A change from outside, after the API writes: notifications arrive in
     // commit order, so it is the first one only if they sent none.
     let mut conn = sql(&app).await;
@@ -278,7 +223,8 @@ async fn api_writes_are_not_announced_again_by_the_database() {
         .expect("the outside change is notified")
         .unwrap();
     let first: Value = serde_json::from_str(first.payload()).unwrap();
-    let listener_saw_one = wait_until(Duration::from_secs(5), || stats.notifications() >= 1).await;
+    let listener_saw_one =
+        eventually(Duration::from_secs(5), async || stats.notifications() >= 1).await;
 
     assert_eq!(put.status(), StatusCode::OK);
     assert_eq!(patch.status(), StatusCode::OK);
@@ -296,8 +242,8 @@ async fn api_writes_are_not_announced_again_by_the_database() {
 
 #[tokio::test]
 async fn a_killed_listener_reconnects_and_clears_what_it_missed() {
-    redis().await;
-    let prefix = test_prefix();
+    shared_redis().await;
+    let prefix = unique_prefix();
     let app = TestApp::spawn_with(Backend::Postgres, |c| use_redis(c, &prefix)).await;
     let stats = app
         .changes
@@ -327,21 +273,20 @@ async fn a_killed_listener_reconnects_and_clears_what_it_missed() {
     .fetch_all(&mut admin)
     .await
     .unwrap();
-    let noticed = wait_until(Duration::from_secs(5), || !stats.is_listening()).await;
+    let noticed = eventually(Duration::from_secs(5), async || !stats.is_listening()).await;
     sqlx::query("UPDATE products SET price = 7.00, version = version + 1 WHERE id = $1")
         .bind(id)
         .execute(&mut conn)
         .await
         .unwrap();
-    let (_, while_down, stale) = read(&app, id).await;
+    let (_, while_down, stale) = read_product(&app, id).await;
     admin
         .execute(sqlx::AssertSqlSafe(format!(
             "ALTER DATABASE {name} ALLOW_CONNECTIONS true"
         )))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let recovered = eventually(&app, id, deadline, |status, body| {
+    let recovered = product_eventually(&app, id, Duration::from_secs(10), |status, _, body| {
         status == StatusCode::OK && body["price"] == json!(7.0) && body["version"] == 2
     })
     .await;

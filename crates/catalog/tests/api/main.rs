@@ -11,7 +11,6 @@ mod faults;
 mod helpers;
 mod listen;
 mod metrics;
-mod private_redis;
 mod process;
 mod products;
 mod proxy;

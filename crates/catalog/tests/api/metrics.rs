@@ -9,8 +9,9 @@ use std::process::{Command, Stdio};
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use testkit::{shared_redis, unique_prefix};
 
-use crate::helpers::{Backend, TestApp, both_stores, redis, test_prefix, use_redis};
+use crate::helpers::{Backend, TestApp, both_stores, use_redis};
 
 both_stores!(
     metrics_agree_with_the_traffic_and_cache_stats,
@@ -132,15 +133,13 @@ fn promtool_check(body: &str) {
 }
 
 async fn metrics_agree_with_the_traffic_and_cache_stats(backend: Backend) {
-    redis().await;
-    let prefix = test_prefix();
+    shared_redis().await;
+    let prefix = unique_prefix();
     let a = TestApp::spawn_with(backend, |c| use_redis(c, &prefix)).await;
     // Before the peer exists: nothing can have been received from it yet.
     let before = Scrape::of(&a).await;
     let b = a.spawn_peer(|c| use_redis(c, &prefix)).await;
-    let id = a.create_product("Metered", "tools", 4.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let id = a.create_product_id("Metered", "tools", 4.0).await;
 
     let reads = [
         a.get(&format!("/products/{id}")).await,
@@ -152,8 +151,8 @@ async fn metrics_agree_with_the_traffic_and_cache_stats(backend: Backend) {
     ];
     let on_a = Scrape::of(&a).await;
     let on_b = Scrape::of(&b).await;
-    let stats_a: Value = a.get("/cache/stats").await.json().await.unwrap();
-    let stats_b: Value = b.get("/cache/stats").await.json().await.unwrap();
+    let stats_a: Value = a.get_json("/cache/stats").await;
+    let stats_b: Value = b.get_json("/cache/stats").await;
 
     let x_cache: Vec<&str> = reads[..4]
         .iter()
@@ -289,9 +288,7 @@ async fn metrics_agree_with_the_traffic_and_cache_stats(backend: Backend) {
 
 async fn request_duration_series_do_not_grow_with_distinct_ids(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let id = app.create_product("Only", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.create_product_id("Only", "tools", 1.0).await;
     let before = Scrape::of(&app).await;
 
     for n in 0..500 {

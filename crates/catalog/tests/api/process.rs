@@ -4,16 +4,16 @@
 //! crash (`kill -9`), a graceful stop and a missing Redis.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::AsyncCommands;
 use serde_json::{Value, json};
+use testkit::{eventually, free_port, redis_url, shared_redis, unique_prefix};
 
 use crate::helpers::{
     Backend, Row, TOKEN, TestApp, TestDb, cached_keys, pg_rows, pg_rows_within, pg_server_addr,
-    redis, redis_url, test_prefix, write_behind_stats,
+    wait_exit, write_behind_stats,
 };
 use crate::proxy::Proxy;
 
@@ -45,27 +45,35 @@ fn catalog() -> Command {
     command
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits (bounded) until the server answers `/health`.
-fn wait_until_healthy(port: u16, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+/// Waits (for at most 30 s) until the `catalog serve` child on `port`
+/// answers `GET /health` with 200 (its store is reachable). Polled without
+/// blocking the runtime, which may run the proxy the child reaches its
+/// store through.
+async fn wait_until_healthy(port: u16, child: &mut Child) {
+    const LIMIT: Duration = Duration::from_secs(30);
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/health");
+    let healthy = eventually(LIMIT, async || {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("catalog exited early with {status}");
         }
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "catalog did not start listening");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        let answer = client.get(&url).send().await;
+        answer.is_ok_and(|response| response.status() == reqwest::StatusCode::OK)
+    })
+    .await;
+    assert!(
+        healthy,
+        "catalog did not answer GET /health with 200 within {LIMIT:?}"
+    );
+}
+
+/// Asserts that a command succeeded, showing its stderr if not.
+fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn signal(child: &Child, name: &str) {
@@ -128,7 +136,7 @@ async fn serve_seeds_logs_the_generated_token_once_and_stops_gracefully() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        wait_until_healthy(port, &mut child);
+        wait_until_healthy(port, &mut child).await;
         let page: serde_json::Value =
             reqwest::get(format!("http://127.0.0.1:{port}/products?limit=100"))
                 .await
@@ -171,16 +179,8 @@ async fn seed_and_migrate_commands_work_on_a_fresh_database() {
         .output()
         .unwrap();
 
-    assert!(
-        migrate.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrate.stderr)
-    );
-    assert!(
-        seed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&seed.stderr)
-    );
+    assert_success(&migrate);
+    assert_success(&seed);
     let store = db.store().await;
     assert_eq!(store.count().await.unwrap(), 2500);
 }
@@ -188,18 +188,14 @@ async fn seed_and_migrate_commands_work_on_a_fresh_database() {
 #[tokio::test]
 async fn warm_fills_redis_from_the_store() {
     let db = TestDb::create(Backend::Sqlite).await;
-    let prefix = test_prefix();
-    let mut redis = redis().await;
+    let prefix = unique_prefix();
+    let mut redis = shared_redis().await;
     let seed = catalog()
         .args(["seed", "120"])
         .env("DATABASE_URL", db.url())
         .output()
         .unwrap();
-    assert!(
-        seed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&seed.stderr)
-    );
+    assert_success(&seed);
 
     let warm = |args: &[&str]| {
         catalog()
@@ -228,17 +224,9 @@ async fn warm_fills_redis_from_the_store() {
         .output()
         .unwrap();
 
-    assert!(
-        some.status.success(),
-        "{}",
-        String::from_utf8_lossy(&some.stderr)
-    );
+    assert_success(&some);
     assert_eq!(keys_after_some.len(), 2, "{keys_after_some:?}");
-    assert!(
-        all.status.success(),
-        "{}",
-        String::from_utf8_lossy(&all.stderr)
-    );
+    assert_success(&all);
     assert_eq!(keys_after_all.len(), 120);
     let stored: String = redis.get(format!("{prefix}product:3")).await.unwrap();
     let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
@@ -251,9 +239,7 @@ async fn warm_fills_redis_from_the_store() {
 #[tokio::test]
 async fn stats_prints_a_running_instance_figures() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let id = app.create_product("Counted", "tools", 2.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.create_product_id("Counted", "tools", 2.0).await;
     for _ in 0..3 {
         assert_eq!(app.get(&format!("/products/{id}")).await.status(), 200);
     }
@@ -266,13 +252,9 @@ async fn stats_prints_a_running_instance_figures() {
     })
     .await
     .unwrap();
-    let stats: serde_json::Value = app.get("/cache/stats").await.json().await.unwrap();
+    let stats: serde_json::Value = app.get_json("/cache/stats").await;
 
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let table = String::from_utf8_lossy(&output.stdout);
     let row = |label: &str| -> String {
         let line = table
@@ -341,42 +323,11 @@ fn write_behind_server(database_url: &str, prefix: &str, port: u16) -> Child {
         .unwrap()
 }
 
-/// [`wait_until_healthy`] without blocking the runtime, which may run the
-/// proxy the child reaches its store through.
-async fn wait_until_listening(port: u16, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("catalog exited early with {status}");
-        }
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "catalog did not start listening");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// `child`'s exit and output, if it exits within `limit` (else it is
-/// killed); waited for off the runtime's threads.
+/// killed).
 async fn exit_within(mut child: Child, limit: Duration) -> Option<Output> {
-    tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + limit;
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(child.wait_with_output().unwrap())
-    })
-    .await
-    .unwrap()
+    wait_exit(&mut child, limit).await?;
+    Some(child.wait_with_output().unwrap())
 }
 
 /// Creates a product on the instance at `base`; returns its JSON.
@@ -424,13 +375,13 @@ impl CutOffInstance {
     /// products, then cuts the proxy: from then on every flush fails and
     /// every acknowledged write stays queued.
     async fn start(products: usize) -> Self {
-        redis().await;
+        shared_redis().await;
         let db = TestDb::create(Backend::Postgres).await;
-        let prefix = test_prefix();
+        let prefix = unique_prefix();
         let proxy = Proxy::start(pg_server_addr().await).await;
         let port = free_port();
         let mut child = write_behind_server(&db.url_via(proxy.addr()), &prefix, port);
-        wait_until_listening(port, &mut child).await;
+        wait_until_healthy(port, &mut child).await;
         let client = reqwest::Client::new();
         let base = format!("http://127.0.0.1:{port}");
         let mut ids = Vec::new();
@@ -484,7 +435,7 @@ async fn acknowledged_write_behind_writes_survive_kill_9_and_restart() {
     first.child.wait().unwrap();
     let port = free_port();
     let mut second = write_behind_server(&first.db.url(), &first.prefix, port);
-    wait_until_listening(port, &mut second).await;
+    wait_until_healthy(port, &mut second).await;
     let mut sql = first.db.sql().await;
     let rows = pg_rows_within(&mut sql, &expected, Duration::from_secs(10)).await;
     signal(&second, "TERM");

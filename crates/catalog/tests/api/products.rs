@@ -78,20 +78,16 @@ async fn get_returns_exactly_what_create_returned(backend: Backend) {
     assert_eq!(fetched["name"], "Trimmed name");
 
     let patched: Value = app
-        .authed(Method::PATCH, &format!("/products/{id}"))
-        .json(&json!({"in_stock": false}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let fetched: Value = app
-        .get(&format!("/products/{id}"))
+        .send_json(
+            Method::PATCH,
+            &format!("/products/{id}"),
+            &json!({"in_stock": false}),
+        )
         .await
         .json()
         .await
         .unwrap();
+    let fetched: Value = app.get_json(&format!("/products/{id}")).await;
     assert_eq!(fetched, patched);
     assert!(fetched["updated_at"].is_string());
 }
@@ -110,23 +106,16 @@ async fn bad_ids_in_the_path_are_400(backend: Backend) {
     for bad in ["abc", "0", "-1", "1.5", "99999999999999999999", "%20"] {
         let path = format!("/products/{bad}");
         assert_problem(app.get(&path).await, StatusCode::BAD_REQUEST).await;
-        let put = app
-            .authed(Method::PUT, &path)
-            .json(&widget())
-            .send()
-            .await
-            .unwrap();
+        let put = app.send_json(Method::PUT, &path, &widget()).await;
         assert_problem(put, StatusCode::BAD_REQUEST).await;
-        let delete = app.authed(Method::DELETE, &path).send().await.unwrap();
+        let delete = app.delete(&path).await;
         assert_problem(delete, StatusCode::BAD_REQUEST).await;
     }
 }
 
 async fn if_none_match_with_the_current_etag_is_304(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let id = app.create_product("Cached", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.create_product_id("Cached", "tools", 1.0).await;
     let path = format!("/products/{id}");
     let etag = format!("\"{id}-1\"");
 
@@ -162,11 +151,12 @@ async fn put_replaces_every_field_and_increments_the_version(backend: Backend) {
     let id = created["id"].as_i64().unwrap();
 
     let response = app
-        .authed(Method::PUT, &format!("/products/{id}"))
-        .json(&json!({"name": "New", "price": 2.25, "category": "garden"}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::PUT,
+            &format!("/products/{id}"),
+            &json!({"name": "New", "price": 2.25, "category": "garden"}),
+        )
+        .await;
 
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["etag"], format!("\"{id}-2\"").as_str());
@@ -180,19 +170,14 @@ async fn put_replaces_every_field_and_increments_the_version(backend: Backend) {
     assert_eq!(body["created_at"], created["created_at"]);
     assert!(body["updated_at"].is_string());
     let absent = app
-        .authed(Method::PUT, "/products/987654")
-        .json(&widget())
-        .send()
-        .await
-        .unwrap();
+        .send_json(Method::PUT, "/products/987654", &widget())
+        .await;
     assert_problem(absent, StatusCode::NOT_FOUND).await;
 }
 
 async fn put_with_a_stale_etag_is_412_and_changes_nothing(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let id = app.create_product("Versioned", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.create_product_id("Versioned", "tools", 1.0).await;
     let path = format!("/products/{id}");
     let current = app
         .authed(Method::PUT, &path)
@@ -227,7 +212,7 @@ async fn put_with_a_stale_etag_is_412_and_changes_nothing(backend: Backend) {
     assert_problem(stale, StatusCode::PRECONDITION_FAILED).await;
     assert_problem(stale_patch, StatusCode::PRECONDITION_FAILED).await;
     assert_problem(stale_delete, StatusCode::PRECONDITION_FAILED).await;
-    let body: Value = app.get(&path).await.json().await.unwrap();
+    let body: Value = app.get_json(&path).await;
     assert_eq!(body["name"], "Widget");
     assert_eq!(body["version"], 2);
 }
@@ -238,11 +223,12 @@ async fn patch_changes_only_the_given_fields(backend: Backend) {
     let id = created["id"].as_i64().unwrap();
 
     let response = app
-        .authed(Method::PATCH, &format!("/products/{id}"))
-        .json(&json!({"price": 4.5, "in_stock": false}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::PATCH,
+            &format!("/products/{id}"),
+            &json!({"price": 4.5, "in_stock": false}),
+        )
+        .await;
 
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.unwrap();
@@ -253,33 +239,20 @@ async fn patch_changes_only_the_given_fields(backend: Backend) {
     assert_eq!(body["category"], created["category"]);
     assert_eq!(body["version"], 2);
     let absent = app
-        .authed(Method::PATCH, "/products/987654")
-        .json(&json!({"price": 1}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(Method::PATCH, "/products/987654", &json!({"price": 1}))
+        .await;
     assert_problem(absent, StatusCode::NOT_FOUND).await;
 }
 
 async fn patch_without_fields_or_with_null_is_422(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let id = app.create_product("Patchable", "tools", 3.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.create_product_id("Patchable", "tools", 3.0).await;
     let path = format!("/products/{id}");
 
-    let empty = app
-        .authed(Method::PATCH, &path)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    let empty = app.send_json(Method::PATCH, &path, &json!({})).await;
     let null = app
-        .authed(Method::PATCH, &path)
-        .json(&json!({"name": null}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(Method::PATCH, &path, &json!({"name": null}))
+        .await;
 
     assert_problem(empty, StatusCode::UNPROCESSABLE_ENTITY).await;
     let body = assert_problem(null, StatusCode::UNPROCESSABLE_ENTITY).await;
@@ -288,13 +261,11 @@ async fn patch_without_fields_or_with_null_is_422(backend: Backend) {
 
 async fn delete_returns_204_then_404(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let id = app.create_product("Doomed", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.create_product_id("Doomed", "tools", 1.0).await;
     let path = format!("/products/{id}");
 
-    let first = app.authed(Method::DELETE, &path).send().await.unwrap();
-    let second = app.authed(Method::DELETE, &path).send().await.unwrap();
+    let first = app.delete(&path).await;
+    let second = app.delete(&path).await;
 
     assert_eq!(first.status(), StatusCode::NO_CONTENT);
     assert_problem(second, StatusCode::NOT_FOUND).await;
@@ -406,9 +377,9 @@ async fn a_nul_character_is_422_naming_the_field_and_changes_nothing(backend: Ba
     let page = app.get("/products?category=a%00b").await;
     assert_problem(page, StatusCode::BAD_REQUEST).await;
 
-    let now: Value = app.get(&path).await.json().await.unwrap();
+    let now: Value = app.get_json(&path).await;
     assert_eq!(now, original, "nothing was changed");
-    let listed: Value = app.get("/products").await.json().await.unwrap();
+    let listed: Value = app.get_json("/products").await;
     assert_eq!(
         listed["items"].as_array().unwrap().len(),
         1,
@@ -464,9 +435,7 @@ async fn a_body_over_64_kib_is_413(backend: Backend) {
 
 async fn writes_without_a_valid_token_are_401(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let id = app.create_product("Guarded", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.create_product_id("Guarded", "tools", 1.0).await;
     let path = format!("/products/{id}");
     let requests = [
         app.request(Method::POST, "/products").json(&widget()),
@@ -491,7 +460,7 @@ async fn writes_without_a_valid_token_are_401(backend: Backend) {
         );
         assert_problem(response, StatusCode::UNAUTHORIZED).await;
     }
-    let body: Value = app.get(&path).await.json().await.unwrap();
+    let body: Value = app.get_json(&path).await;
     assert_eq!(body["version"], 1, "nothing was changed");
 }
 
@@ -502,11 +471,8 @@ async fn batch_get_returns_items_in_order_and_the_missing_ids(backend: Backend) 
     let (a_id, b_id) = (a["id"].as_i64().unwrap(), b["id"].as_i64().unwrap());
 
     let body: Value = app
-        .get(&format!("/products?ids={b_id},999999,{a_id},{b_id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/products?ids={b_id},999999,{a_id},{b_id}"))
+        .await;
 
     assert_eq!(body["items"], json!([b, a]));
     assert_eq!(body["missing"], json!([999999]));
@@ -543,11 +509,7 @@ async fn pages_walk_every_product_once_in_id_order(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let mut created = Vec::new();
     for i in 0..23 {
-        created.push(
-            app.create_product(&format!("P{i}"), "tools", 1.0).await["id"]
-                .as_i64()
-                .unwrap(),
-        );
+        created.push(app.create_product_id(&format!("P{i}"), "tools", 1.0).await);
     }
 
     let mut seen = Vec::new();
@@ -557,7 +519,7 @@ async fn pages_walk_every_product_once_in_id_order(backend: Backend) {
             Some(after) => format!("/products?limit=5&after={after}"),
             None => "/products?limit=5".to_owned(),
         };
-        let page: Value = app.get(&path).await.json().await.unwrap();
+        let page: Value = app.get_json(&path).await;
         let items = page["items"].as_array().unwrap();
         assert!(items.len() <= 5);
         seen.extend(items.iter().map(|p| p["id"].as_i64().unwrap()));
@@ -571,9 +533,9 @@ async fn pages_walk_every_product_once_in_id_order(backend: Backend) {
     }
 
     assert_eq!(seen, created);
-    let default_page: Value = app.get("/products").await.json().await.unwrap();
+    let default_page: Value = app.get_json("/products").await;
     assert_eq!(default_page["items"].as_array().unwrap().len(), 20);
-    let exact: Value = app.get("/products?limit=23").await.json().await.unwrap();
+    let exact: Value = app.get_json("/products?limit=23").await;
     assert_eq!(
         exact["next_after"],
         Value::Null,
@@ -587,18 +549,8 @@ async fn pages_filter_by_category(backend: Backend) {
     app.create_product("Rose", "garden", 1.0).await;
     let tool2 = app.create_product("Saw", "tools", 1.0).await;
 
-    let page: Value = app
-        .get("/products?category=tools")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let empty: Value = app
-        .get("/products?category=nothing-here")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page: Value = app.get_json("/products?category=tools").await;
+    let empty: Value = app.get_json("/products?category=nothing-here").await;
 
     assert_eq!(page["items"], json!([tool, tool2]));
     assert_eq!(page["next_after"], Value::Null);
@@ -629,12 +581,7 @@ async fn unknown_routes_and_methods_are_problems(backend: Backend) {
     let app = TestApp::spawn(backend).await;
 
     assert_problem(app.get("/nope").await, StatusCode::NOT_FOUND).await;
-    let wrong_method = app
-        .authed(Method::POST, "/products/1")
-        .json(&widget())
-        .send()
-        .await
-        .unwrap();
+    let wrong_method = app.send_json(Method::POST, "/products/1", &widget()).await;
     assert!(wrong_method.headers().contains_key("allow"));
     assert_problem(wrong_method, StatusCode::METHOD_NOT_ALLOWED).await;
 }
@@ -653,7 +600,7 @@ async fn health_reports_the_store_up(backend: Backend) {
 async fn openapi_document_lists_every_route(backend: Backend) {
     let app = TestApp::spawn(backend).await;
 
-    let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let doc: Value = app.get_json("/openapi.json").await;
     let docs_page = app.get("/docs/").await;
 
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
@@ -675,7 +622,7 @@ async fn openapi_document_lists_every_route(backend: Backend) {
 /// these was found by schemathesis, see `.ci/schemathesis.sh`).
 async fn openapi_document_describes_what_the_service_accepts(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let doc: Value = app.get_json("/openapi.json").await;
     let schemas = &doc["components"]["schemas"];
     let operation = |path: &str, method: &str| doc["paths"][path][method].clone();
 
@@ -723,11 +670,8 @@ async fn openapi_document_describes_what_the_service_accepts(backend: Backend) {
     }
     // What the schema calls an integer, the service takes as one.
     let warm = app
-        .authed(Method::POST, "/cache/warm")
-        .json(&json!({"ids": [1.0]}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(Method::POST, "/cache/warm", &json!({"ids": [1.0]}))
+        .await;
     assert_eq!(warm.status(), StatusCode::OK);
 }
 
@@ -769,9 +713,7 @@ async fn prices_round_trip_exactly(backend: Backend) {
 
 async fn store_gone_is_503_without_internals(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let id = app.create_product("Before", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.create_product_id("Before", "tools", 1.0).await;
     if backend == Backend::Sqlite {
         // A deleted SQLite file stays readable through open handles; break
         // the table instead, the way a bad migration would.

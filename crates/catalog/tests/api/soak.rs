@@ -16,9 +16,10 @@ use redis::AsyncCommands;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
+use testkit::{poll_until, shared_redis, unique_prefix};
 use tokio::task::JoinSet;
 
-use crate::helpers::{Backend, TestApp, redis, test_prefix, use_redis};
+use crate::helpers::{Backend, TestApp, use_redis};
 
 const PRODUCTS: usize = 30;
 const CATEGORIES: [&str; 3] = ["tools", "garden", "kitchen"];
@@ -56,14 +57,14 @@ impl std::ops::AddAssign for Done {
 /// Waits until `app` reports itself healthy: store and L2 up and the bus
 /// subscribed, so that it misses no other instance's invalidation.
 async fn wait_healthy(app: &TestApp) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let health: Value = app.get("/health").await.json().await.unwrap();
-        if health["status"] == "ok" {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never healthy: {health}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let health = poll_until(
+        Duration::from_secs(10),
+        async || app.get("/health").await.json::<Value>().await.unwrap(),
+        |health| health["status"] == "ok",
+    )
+    .await;
+    if let Err(health) = health {
+        panic!("never healthy: {health}");
     }
 }
 
@@ -86,20 +87,17 @@ async fn client(apps: Arc<Vec<TestApp>>, ids: Arc<Vec<i64>>, until: Instant) -> 
             70..95 => {
                 let cents = rng.random_range(100..100_000);
                 let response = app
-                    .authed(Method::PATCH, &format!("/products/{id}"))
-                    .json(&json!({"price": f64::from(cents) / 100.0}))
-                    .send()
-                    .await
-                    .unwrap();
+                    .send_json(
+                        Method::PATCH,
+                        &format!("/products/{id}"),
+                        &json!({"price": f64::from(cents) / 100.0}),
+                    )
+                    .await;
                 assert_eq!(response.status(), StatusCode::OK, "PATCH /products/{id}");
                 done.writes += 1;
             }
             95..98 => {
-                let response = app
-                    .authed(Method::DELETE, &format!("/cache/products/{id}"))
-                    .send()
-                    .await
-                    .unwrap();
+                let response = app.delete(&format!("/cache/products/{id}")).await;
                 assert_eq!(response.status(), StatusCode::NO_CONTENT);
                 done.invalidations += 1;
             }
@@ -150,11 +148,8 @@ async fn differences(apps: &[TestApp], store: &BTreeMap<i64, (i64, String)>) -> 
                 .map(|(id, (version, _))| (*id, *version))
                 .collect();
             let body: Value = app
-                .get(&format!("/products?category={category}&limit=100"))
-                .await
-                .json()
-                .await
-                .unwrap();
+                .get_json(&format!("/products?category={category}&limit=100"))
+                .await;
             let served: Vec<(i64, i64)> = body["items"]
                 .as_array()
                 .unwrap()
@@ -175,7 +170,7 @@ async fn differences(apps: &[TestApp], store: &BTreeMap<i64, (i64, String)>) -> 
 /// key must be absent, a tombstone no newer than the store, or the store's
 /// version as JSON.
 async fn redis_differences(prefix: &str, store: &BTreeMap<i64, (i64, String)>) -> Vec<String> {
-    let mut redis = redis().await;
+    let mut redis = shared_redis().await;
     let mut found = Vec::new();
     for (id, (version, _)) in store {
         let key = format!("{prefix}product:{id}");
@@ -214,8 +209,8 @@ fn configure(config: &mut ServeConfig, prefix: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_under_mixed_traffic_converge_on_the_store() {
-    redis().await;
-    let prefix = test_prefix();
+    shared_redis().await;
+    let prefix = unique_prefix();
     let first = TestApp::spawn_with(Backend::Postgres, |c| configure(c, &prefix)).await;
     let second = first.spawn_peer(|c| configure(c, &prefix)).await;
     let third = first.spawn_peer(|c| configure(c, &prefix)).await;
@@ -253,11 +248,13 @@ async fn three_instances_under_mixed_traffic_converge_on_the_store() {
     );
 
     let store = store_rows(&apps[0]).await;
-    let mut served = differences(&apps, &store).await;
-    while !served.is_empty() && last_write.elapsed() < CONVERGE_WITHIN {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        served = differences(&apps, &store).await;
-    }
+    let served = poll_until(
+        CONVERGE_WITHIN.saturating_sub(last_write.elapsed()),
+        async || differences(&apps, &store).await,
+        Vec::is_empty,
+    )
+    .await
+    .unwrap_or_else(|last| last);
     let in_redis = redis_differences(&prefix, &store).await;
 
     assert!(done.writes > 0 && done.reads > 0, "{done:?}");

@@ -13,9 +13,10 @@ use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Executor;
+use testkit::{eventually, shared_redis, unique_prefix};
 
 use crate::helpers::{
-    Backend, Row, TestApp, metric, pg_rows, pg_rows_within, redis, test_prefix, use_redis,
+    Backend, Row, TestApp, metric, pg_rows, pg_rows_within, read_product as read, use_redis,
     write_behind_stats,
 };
 
@@ -32,7 +33,7 @@ fn with_strategy(config: &mut ServeConfig, prefix: &str, strategy: WriteStrategy
 
 async fn spawn(strategy: WriteStrategy, prefix: &str) -> TestApp {
     // Fails with how to start Redis rather than with a confusing timeout.
-    redis().await;
+    shared_redis().await;
     TestApp::spawn_with(Backend::Postgres, |c| with_strategy(c, prefix, strategy)).await
 }
 
@@ -48,31 +49,17 @@ async fn write(app: &TestApp, method: Method, id: i64, body: Option<Value>) -> (
     (status, body)
 }
 
-/// `GET /products/{id}`: status, `X-Cache` and body.
-async fn read(app: &TestApp, id: i64) -> (StatusCode, String, Value) {
-    let response = app.get(&format!("/products/{id}")).await;
-    let status = response.status();
-    let source = response.headers()["x-cache"].to_str().unwrap().to_owned();
-    (status, source, response.json().await.unwrap_or(Value::Null))
-}
-
 /// Waits (bounded) until every app reports an empty write-behind queue.
 async fn drained(apps: &[&TestApp]) -> bool {
-    let deadline = Instant::now() + DRAIN_BOUND;
-    loop {
+    eventually(DRAIN_BOUND, async || {
         let mut empty = true;
         for app in apps {
             let stats = write_behind_stats(&app.client, &app.url("")).await;
             empty &= stats["pending"] == 0;
         }
-        if empty {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        empty
+    })
+    .await
 }
 
 /// One product's expected row.
@@ -100,7 +87,7 @@ async fn write_behind_writes_reach_postgresql_within_a_second_and_the_next_read_
 /// write-behind: within SPEC's bound), and the writer's next read comes from
 /// where the strategy puts the new version.
 async fn writes_reach_postgresql(strategy: WriteStrategy) {
-    let app = spawn(strategy, &test_prefix()).await;
+    let app = spawn(strategy, &unique_prefix()).await;
     let mut sql = app.db.sql().await;
     let bound = if strategy == WriteStrategy::WriteBehind {
         WRITE_BEHIND_BOUND
@@ -170,7 +157,7 @@ async fn writes_reach_postgresql(strategy: WriteStrategy) {
 
 #[tokio::test]
 async fn two_write_behind_instances_flush_one_queue_to_postgresql() {
-    let prefix = test_prefix();
+    let prefix = unique_prefix();
     let a = spawn(WriteStrategy::WriteBehind, &prefix).await;
     let b = a
         .spawn_peer(|c| with_strategy(c, &prefix, WriteStrategy::WriteBehind))
@@ -232,10 +219,8 @@ async fn two_write_behind_instances_flush_one_queue_to_postgresql() {
 
 #[tokio::test]
 async fn rapid_writes_to_one_product_are_coalesced_into_few_store_batches() {
-    let app = spawn(WriteStrategy::WriteBehind, &test_prefix()).await;
-    let id = app.create_product("Busy", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let app = spawn(WriteStrategy::WriteBehind, &unique_prefix()).await;
+    let id = app.create_product_id("Busy", "tools", 1.0).await;
 
     let mut answers = Vec::new();
     for n in 1..=100 {
@@ -259,7 +244,7 @@ async fn rapid_writes_to_one_product_are_coalesced_into_few_store_batches() {
 
 #[tokio::test]
 async fn a_change_the_store_rejects_is_dead_lettered_and_the_others_flush() {
-    let prefix = test_prefix();
+    let prefix = unique_prefix();
     let app = spawn(WriteStrategy::WriteBehind, &prefix).await;
     let mut sql = app.db.sql().await;
     let victim = app.create_product("Victim", "tools", 1.0).await;
@@ -297,7 +282,7 @@ async fn a_change_the_store_rejects_is_dead_lettered_and_the_others_flush() {
         .collect();
     expected.insert(victim_id, Some(Row::of(&victim)));
     let rows = pg_rows_within(&mut sql, &expected, DRAIN_BOUND).await;
-    let mut redis = redis().await;
+    let mut redis = shared_redis().await;
     let dead: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
         .arg(format!("{prefix}product#wb:dead"))
         .arg("-")
@@ -324,10 +309,8 @@ async fn a_change_the_store_rejects_is_dead_lettered_and_the_others_flush() {
 /// the next write build on it.
 #[tokio::test]
 async fn a_cache_clear_while_writes_are_queued_serves_and_loses_no_acknowledged_write() {
-    let app = spawn(WriteStrategy::WriteBehind, &test_prefix()).await;
-    let id = app.create_product("Queued", "tools", 1.0).await["id"]
-        .as_i64()
-        .unwrap();
+    let app = spawn(WriteStrategy::WriteBehind, &unique_prefix()).await;
+    let id = app.create_product_id("Queued", "tools", 1.0).await;
     // A row lock holds the flusher's UPDATE back (reads still pass), so
     // that the first write is still queued when the cache is cleared.
     let mut blocker = app.db.sql().await;
@@ -339,7 +322,7 @@ async fn a_cache_clear_while_writes_are_queued_serves_and_loses_no_acknowledged_
         .unwrap();
 
     let (_, first) = write(&app, Method::PATCH, id, Some(json!({"price": 2.0}))).await;
-    let cleared = app.authed(Method::DELETE, "/cache").send().await.unwrap();
+    let cleared = app.delete("/cache").await;
     let (_, _, read_after_clear) = read(&app, id).await;
     let (_, second) = write(&app, Method::PATCH, id, Some(json!({"price": 3.0}))).await;
     blocker.execute("COMMIT").await.unwrap();

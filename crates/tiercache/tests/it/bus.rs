@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
+use testkit::{PrivateRedis, wait_for};
 use tiercache::{BusClears, BusState, BusTracking, Source, TieredCache};
 
-use crate::support::{self, Doc, Item, PrivateRedis, StoreDown, eventually, found, found_all};
+use crate::support::{self, Doc, Item, StoreDown, found, found_all};
 
 /// The SPEC bound on propagation to another instance.
 const PROPAGATION: Duration = Duration::from_secs(1);
@@ -58,7 +59,7 @@ async fn cache_in_l1(cache: &Cache, id: i64) {
 /// Waits until `cache` answers `id` with a value named `name` (its old L1
 /// copy is gone), loading `name` when the levels miss.
 async fn eventually_named(cache: &Cache, id: i64, name: &str) {
-    eventually(
+    wait_for(
         PROPAGATION,
         "the other instance to drop its L1 copy",
         || async {
@@ -137,7 +138,7 @@ async fn set_on_one_instance_replaces_the_others_l1_copy() {
     a.set(&1, Item::with_name(1, "updated".to_owned())).await;
 
     // B's old copy goes; its next read finds A's value in Redis.
-    eventually(PROPAGATION, "B to read the updated value", || async {
+    wait_for(PROPAGATION, "B to read the updated value", || async {
         let lookup = b.get_or_load(&1, || async { found(1) }).await.unwrap();
         lookup.value.as_deref().map(|item| item.name.as_str()) == Some("updated")
     })
@@ -155,7 +156,7 @@ async fn clear_on_one_instance_empties_the_others_l1() {
 
     a.clear().await;
 
-    eventually(PROPAGATION, "B to apply the remote clear", || async {
+    wait_for(PROPAGATION, "B to apply the remote clear", || async {
         b.stats().bus.l1_clears.remote_clear == 1
     })
     .await;
@@ -237,7 +238,7 @@ async fn a_message_lost_on_the_way_is_replayed_from_the_log() {
     });
     publish_raw(&mut redis, &channel, &heartbeat.to_string()).await;
 
-    eventually(PROPAGATION, "B to replay the lost entry", || async {
+    wait_for(PROPAGATION, "B to replay the lost entry", || async {
         b.stats().bus.keys_replayed == 1
     })
     .await;
@@ -260,7 +261,7 @@ async fn a_log_trimmed_past_the_position_clears_l1() {
         .unwrap();
     let log = format!("{}:log", b.bus_channel().unwrap());
     a.invalidate(&100).await;
-    eventually(PROPAGATION, "B to apply A's message", || async {
+    wait_for(PROPAGATION, "B to apply A's message", || async {
         b.stats().bus.received >= 1
     })
     .await;
@@ -281,7 +282,7 @@ async fn a_log_trimmed_past_the_position_clears_l1() {
     });
     publish_raw(&mut redis, b.bus_channel().unwrap(), &heartbeat.to_string()).await;
 
-    eventually(PROPAGATION, "B to clear its L1", || async {
+    wait_for(PROPAGATION, "B to clear its L1", || async {
         b.stats().bus.l1_clears.log_truncated == 1
     })
     .await;
@@ -313,7 +314,7 @@ async fn a_killed_connection_is_restored_and_replays_instead_of_clearing() {
     // A changes one of them while B may still be reconnecting.
     a.invalidate(&7).await;
 
-    eventually(Duration::from_secs(10), "B to reconnect", || async {
+    wait_for(Duration::from_secs(10), "B to reconnect", || async {
         b.stats().bus.subscriptions >= 2 && b.bus_state() == BusState::Subscribed
     })
     .await;
@@ -325,7 +326,7 @@ async fn a_killed_connection_is_restored_and_replays_instead_of_clearing() {
 
     // Dropping the last handles stops the bus tasks and their connections.
     drop((a, b));
-    eventually(
+    wait_for(
         Duration::from_secs(10),
         "the bus connections to close",
         || {
@@ -367,7 +368,7 @@ async fn a_silent_connection_is_presumed_dead_rebuilt_and_keeps_l1() {
         .await
         .unwrap();
 
-    eventually(
+    wait_for(
         Duration::from_secs(10),
         "B to notice the silence",
         || async { b.stats().bus.silences >= 1 },
@@ -388,7 +389,7 @@ async fn a_redis_that_lost_its_data_clears_every_l1() {
     let mut server = PrivateRedis::start().await;
     let (a, b) = (on_server(&server).await, on_server(&server).await);
     a.invalidate(&100).await;
-    eventually(PROPAGATION, "B to apply A's message", || async {
+    wait_for(PROPAGATION, "B to apply A's message", || async {
         b.stats().bus.received >= 1
     })
     .await;
@@ -396,7 +397,7 @@ async fn a_redis_that_lost_its_data_clears_every_l1() {
 
     server.restart().await;
 
-    eventually(
+    wait_for(
         Duration::from_secs(10),
         "B to notice the lost log",
         || async { b.stats().bus.l1_clears.log_lost >= 1 && b.bus_state() == BusState::Subscribed },
@@ -425,7 +426,7 @@ async fn writes_made_in_redis_by_others_leave_every_l1() {
         .unwrap();
 
     for cache in [&a, &b] {
-        eventually(PROPAGATION, "the outside SET to reach L1", || async {
+        wait_for(PROPAGATION, "the outside SET to reach L1", || async {
             let lookup = cache.get_or_load(&1, || async { found(1) }).await.unwrap();
             lookup.value.as_deref().map(|item| item.name.as_str()) == Some("outside")
         })
@@ -463,13 +464,13 @@ async fn a_versioned_cache_keeps_its_own_writes_and_drops_outside_ones() {
     // others' writes: Redis reports it back, and A keeps its copy because
     // it is the version Redis holds.
     a.set(&1, Doc { id: 1, version: 2 }).await;
-    eventually(PROPAGATION, "Redis to report A's own write", || async {
+    wait_for(PROPAGATION, "Redis to report A's own write", || async {
         a.stats().bus.tracked_keys >= 1
     })
     .await;
     assert_eq!(read(&a).await, (Source::L1, 2));
     // B, once A's bus message has dropped whatever it had, holds it too.
-    eventually(PROPAGATION, "B to hold version 2 in L1", || async {
+    wait_for(PROPAGATION, "B to hold version 2 in L1", || async {
         read(&b).await == (Source::L1, 2)
     })
     .await;
@@ -478,7 +479,7 @@ async fn a_versioned_cache_keeps_its_own_writes_and_drops_outside_ones() {
     set_outside(&mut redis, &a.redis_key(&1), &outside).await;
 
     for cache in [&a, &b] {
-        eventually(PROPAGATION, "the outside write to reach L1", || async {
+        wait_for(PROPAGATION, "the outside write to reach L1", || async {
             read(cache).await == (Source::L1, 3)
         })
         .await;
@@ -511,7 +512,7 @@ async fn a_burst_of_invalidations_is_coalesced_into_few_messages() {
 
     join_all(keys.iter().map(|key| a.invalidate(key))).await;
 
-    eventually(PROPAGATION, "B to drop all 1,000 keys", || async {
+    wait_for(PROPAGATION, "B to drop all 1,000 keys", || async {
         b.stats().l1.entries == 0
     })
     .await;

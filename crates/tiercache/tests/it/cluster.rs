@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use testkit::{PrivateCluster, wait_for};
 use tiercache::{BusState, BusTracking, L2State, Source};
 
-use crate::support::{self, Item, PrivateCluster, eventually, found, found_all};
+use crate::support::{self, Item, found, found_all};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_serves_single_and_cross_slot_operations() {
@@ -105,7 +106,7 @@ async fn a_cluster_serves_single_and_cross_slot_operations() {
     }
     writer.invalidate(&70).await;
     for cache in [&reader, &far_reader] {
-        eventually(
+        wait_for(
             Duration::from_secs(1),
             "a reader to drop key 70",
             || async {
@@ -183,7 +184,7 @@ async fn writes_made_in_a_cluster_by_others_leave_every_l1() {
     for cache in [&a, &b] {
         assert_eq!(cache.stats().bus.tracking, BusTracking::On);
         for &id in &ids {
-            eventually(
+            wait_for(
                 Duration::from_secs(5),
                 "the key to settle in L1",
                 || async {
@@ -224,7 +225,7 @@ async fn writes_made_in_a_cluster_by_others_leave_every_l1() {
     };
 
     for cache in [&a, &b] {
-        eventually(
+        wait_for(
             Duration::from_secs(1),
             "the outside writes to reach L1",
             || async {

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
+use testkit::wait_for;
 use tiercache::{Source, TieredCache, TieredCacheBuilder};
 use tokio::sync::Barrier;
 
-use crate::support::{self, StoreDown, eventually};
+use crate::support::{self, StoreDown};
 
 /// A value with a version, like a catalog product.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,7 +145,7 @@ async fn an_invalidation_from_another_instance_fences_a_running_fill() {
     let slow = slow_reader(&reader, &loaded, &release);
     loaded.wait().await;
     writer.invalidate_many(&[1, 2]).await;
-    eventually(
+    wait_for(
         Duration::from_secs(2),
         "the reader applied the invalidation",
         || async {
@@ -173,7 +174,7 @@ async fn tag_generations_move_on_every_instance_and_never_come_back() {
     );
     a.invalidate_tags(&["tools"]).await;
     let moved = a.tag_generation("tools").await;
-    eventually(
+    wait_for(
         Duration::from_secs(1),
         "B learns the new generation",
         || async { b.tag_generation("tools").await == moved },

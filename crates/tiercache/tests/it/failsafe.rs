@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use testkit::wait_for;
 use tiercache::{Source, TieredCache, TieredCacheBuilder};
 
-use crate::support::{Item, StoreDown, eventually};
+use crate::support::{Item, StoreDown};
 
 type Cache = TieredCache<i64, Item>;
 
@@ -23,13 +24,27 @@ fn name_of(lookup: &tiercache::Lookup<Item>) -> &str {
     &lookup.value.as_ref().expect("a value").name
 }
 
+/// Reads key 1 from `cache`, loading a value named `name` on a miss.
+async fn load_named(cache: &Cache, name: &str) -> tiercache::Lookup<Item> {
+    let name = name.to_owned();
+    cache
+        .get_or_load(&1, || async move { named(&name) })
+        .await
+        .unwrap()
+}
+
+/// Reads key 1 from `cache` with a loader that fails.
+async fn read_failing(cache: &Cache) -> Result<tiercache::Lookup<Item>, tiercache::Error> {
+    cache
+        .get_or_load(&1, || async { Err::<Option<Item>, _>(StoreDown) })
+        .await
+}
+
 /// Waits until key 1's L1 entry is past its TTL (a failing read then
 /// answers stale instead of hitting).
 async fn wait_until_expired(cache: &Cache) {
-    eventually(Duration::from_secs(5), "the entry expires", || async {
-        let lookup = cache
-            .get_or_load(&1, || async { Err::<Option<Item>, _>(StoreDown) })
-            .await;
+    wait_for(Duration::from_secs(5), "the entry expires", || async {
+        let lookup = read_failing(cache).await;
         matches!(lookup, Ok(lookup) if lookup.source == Source::Stale)
     })
     .await;
@@ -42,10 +57,7 @@ async fn a_failing_loader_gets_the_stale_value_and_is_throttled() {
         .build()
         .await
         .unwrap();
-    cache
-        .get_or_load(&1, || async { named("v1") })
-        .await
-        .unwrap();
+    load_named(&cache, "v1").await;
     wait_until_expired(&cache).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let failing = || {
@@ -59,10 +71,7 @@ async fn a_failing_loader_gets_the_stale_value_and_is_throttled() {
     let throttled = cache.get_or_load(&1, failing).await.unwrap();
     let recovered = {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        cache
-            .get_or_load(&1, || async { named("v2") })
-            .await
-            .unwrap()
+        load_named(&cache, "v2").await
     };
 
     assert_eq!(
@@ -90,16 +99,11 @@ async fn an_invalidated_value_is_never_a_fallback() {
         .build()
         .await
         .unwrap();
-    cache
-        .get_or_load(&1, || async { named("v1") })
-        .await
-        .unwrap();
+    load_named(&cache, "v1").await;
     cache.invalidate(&1).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let failed = cache
-        .get_or_load(&1, || async { Err::<Option<Item>, _>(StoreDown) })
-        .await;
+    let failed = read_failing(&cache).await;
 
     assert!(failed.unwrap_err().is_loader());
 }
@@ -114,10 +118,7 @@ async fn a_slow_loader_past_the_soft_timeout_answers_stale_then_fills_the_cache(
         .build()
         .await
         .unwrap();
-    cache
-        .get_or_load(&1, || async { named("v1") })
-        .await
-        .unwrap();
+    load_named(&cache, "v1").await;
     wait_until_expired(&cache).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
@@ -128,14 +129,11 @@ async fn a_slow_loader_past_the_soft_timeout_answers_stale_then_fills_the_cache(
         })
         .await
         .unwrap();
-    eventually(
+    wait_for(
         Duration::from_secs(5),
         "the background load fills L1",
         || async {
-            let lookup = cache
-                .get_or_load(&1, || async { Err::<Option<Item>, _>(StoreDown) })
-                .await
-                .unwrap();
+            let lookup = read_failing(&cache).await.unwrap();
             lookup.source == Source::L1 && name_of(&lookup) == "v2"
         },
     )
@@ -147,7 +145,9 @@ async fn a_slow_loader_past_the_soft_timeout_answers_stale_then_fills_the_cache(
     assert_eq!(stats.stale.soft_timeout, 1);
 }
 
-#[tokio::test]
+// Only tokio timers (the hard timeout, the loader's sleep) and no I/O: on
+// a paused clock the 50 ms pass without waiting for them.
+#[tokio::test(start_paused = true)]
 async fn a_loader_past_the_hard_timeout_without_fallback_is_a_timeout_error() {
     let cache = l1_only(Duration::from_secs(60))
         .loader_timeouts(None, Some(Duration::from_millis(50)))
@@ -174,10 +174,7 @@ async fn a_hit_late_in_an_entrys_life_refreshes_it_once_in_the_background() {
         .build()
         .await
         .unwrap();
-    cache
-        .get_or_load(&1, || async { named("v1") })
-        .await
-        .unwrap();
+    load_named(&cache, "v1").await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let calls = Arc::new(AtomicUsize::new(0));
 
@@ -190,14 +187,11 @@ async fn a_hit_late_in_an_entrys_life_refreshes_it_once_in_the_background() {
         })
     }))
     .await;
-    eventually(
+    wait_for(
         Duration::from_secs(3),
         "the refreshed value is served",
         || async {
-            let lookup = cache
-                .get_or_load(&1, || async { Err::<Option<Item>, _>(StoreDown) })
-                .await
-                .unwrap();
+            let lookup = read_failing(&cache).await.unwrap();
             name_of(&lookup) == "v2"
         },
     )

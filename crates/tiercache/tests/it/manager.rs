@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::AsyncCommands;
+use testkit::{PrivateRedis, wait_for};
 use tiercache::{L2State, Source, TieredCache};
 use tokio::sync::Barrier;
 
-use crate::support::{self, Item, StoreDown, eventually, found, found_all};
+use crate::support::{self, Item, StoreDown, found, found_all};
 
 #[tokio::test]
 async fn first_get_loads_second_hits_l1_and_after_l1_clear_hits_l2() {
@@ -76,14 +77,14 @@ async fn entries_expire_from_l1_then_from_l2() {
     cache.get_or_load(&1, || async { found(1) }).await.unwrap();
 
     // L1 expires first: the value comes back from Redis.
-    eventually(Duration::from_secs(5), "L1 entry to expire", || async {
+    wait_for(Duration::from_secs(5), "L1 entry to expire", || async {
         let lookup = cache.get_or_load(&1, || async { found(1) }).await.unwrap();
         assert_ne!(lookup.source, Source::Loader, "L2 expired before L1");
         lookup.source == Source::L2
     })
     .await;
     // Then Redis expires too: the loader runs again.
-    eventually(Duration::from_secs(10), "L2 entry to expire", || async {
+    wait_for(Duration::from_secs(10), "L2 entry to expire", || async {
         cache.clear_local();
         let lookup = cache.get_or_load(&1, || async { found(1) }).await.unwrap();
         lookup.source == Source::Loader
@@ -257,7 +258,7 @@ async fn not_found_is_cached_negatively_in_both_levels() {
 
 #[tokio::test]
 async fn get_many_loads_only_what_l1_and_one_mget_lacked() {
-    let server = support::PrivateRedis::start().await;
+    let server = PrivateRedis::start().await;
     let mut redis = server.raw().await;
     let prefix = support::unique_prefix();
     let build = || {
@@ -466,7 +467,7 @@ async fn warm_loads_in_batches_and_fills_both_levels() {
 
 #[tokio::test]
 async fn redis_unreachable_at_start_serves_from_the_loader() {
-    let closed = support::free_port();
+    let closed = testkit::free_port();
     let cache: TieredCache<i64, Item> = support::builder(&support::unique_prefix())
         .redis_url(format!("redis://127.0.0.1:{closed}"))
         .build()

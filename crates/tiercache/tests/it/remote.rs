@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
+use testkit::{PrivateRedis, wait_for};
 use tiercache::{Codec, JsonCodec, L2State, PostcardCodec, Source, TieredCache};
 
-use crate::support::{self, Item, eventually, found};
+use crate::support::{self, Item, found};
 
 /// Writes through one instance and reads through another (so the read is
 /// an L2 hit), for every codec with and without compression.
@@ -144,7 +145,7 @@ async fn a_value_of_the_wrong_type_in_redis_is_a_miss() {
 /// server, whose command statistics no other test touches.
 #[tokio::test]
 async fn concurrent_l2_reads_share_mget_round_trips() {
-    let server = support::PrivateRedis::start().await;
+    let server = PrivateRedis::start().await;
     let prefix = support::unique_prefix();
     let build = || {
         support::builder::<Item>(&prefix)
@@ -202,7 +203,7 @@ async fn concurrent_l2_reads_share_mget_round_trips() {
 #[tokio::test]
 async fn a_hung_redis_delays_a_read_by_at_most_two_timeouts() {
     const TIMEOUT: Duration = Duration::from_millis(200);
-    let server = support::PrivateRedis::start().await;
+    let server = PrivateRedis::start().await;
     let cache: TieredCache<i64, Item> = support::builder(&support::unique_prefix())
         .redis_url(server.url())
         .l2_timeout(TIMEOUT)
@@ -242,7 +243,7 @@ async fn a_hung_redis_delays_a_read_by_at_most_two_timeouts() {
 /// port; none may fail, and L2 must serve hits again once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_mid_test_fails_no_request() {
-    let mut server = support::PrivateRedis::start().await;
+    let mut server = PrivateRedis::start().await;
     let prefix = support::unique_prefix();
     let build = || {
         support::builder::<Item>(&prefix)
@@ -286,7 +287,7 @@ async fn redis_killed_and_restarted_mid_test_fails_no_request() {
         }
     };
 
-    eventually(
+    wait_for(
         Duration::from_secs(10),
         "L2 hits before the kill",
         hits_above(0),
@@ -294,7 +295,7 @@ async fn redis_killed_and_restarted_mid_test_fails_no_request() {
     .await;
     server.kill();
     let killed_at = requests.load(Ordering::Relaxed);
-    eventually(
+    wait_for(
         Duration::from_secs(10),
         "requests served while Redis is dead",
         || {
@@ -305,7 +306,7 @@ async fn redis_killed_and_restarted_mid_test_fails_no_request() {
     .await;
     server.restart().await;
     let hits_before_restart = l2_hits.load(Ordering::Relaxed);
-    eventually(
+    wait_for(
         Duration::from_secs(10),
         "L2 hits after the restart",
         hits_above(hits_before_restart + 5),
@@ -321,7 +322,7 @@ async fn redis_killed_and_restarted_mid_test_fails_no_request() {
 
 #[tokio::test]
 async fn l2_state_goes_down_when_redis_dies_and_up_when_it_returns() {
-    let mut server = support::PrivateRedis::start().await;
+    let mut server = PrivateRedis::start().await;
     let cache: TieredCache<i64, Item> = support::builder(&support::unique_prefix())
         .redis_url(server.url())
         .breaker_failure_threshold(1)
@@ -333,7 +334,7 @@ async fn l2_state_goes_down_when_redis_dies_and_up_when_it_returns() {
 
     server.kill();
     let mut id = 0;
-    eventually(Duration::from_secs(10), "L2 to be reported down", || {
+    wait_for(Duration::from_secs(10), "L2 to be reported down", || {
         id += 1;
         let cache = cache.clone();
         let key = id;
@@ -348,7 +349,7 @@ async fn l2_state_goes_down_when_redis_dies_and_up_when_it_returns() {
     .await;
     server.restart().await;
     // No traffic: the supervisor's probes alone must bring it back.
-    eventually(Duration::from_secs(10), "L2 to be reported up", || {
+    wait_for(Duration::from_secs(10), "L2 to be reported up", || {
         let state = cache.l2_state();
         async move { state == L2State::Up }
     })
@@ -357,7 +358,7 @@ async fn l2_state_goes_down_when_redis_dies_and_up_when_it_returns() {
 
 #[tokio::test]
 async fn redis_that_starts_late_is_picked_up() {
-    let port = support::free_port();
+    let port = testkit::free_port();
     let cache: TieredCache<i64, Item> = support::builder(&support::unique_prefix())
         .redis_url(format!("redis://127.0.0.1:{port}"))
         .build()
@@ -365,8 +366,8 @@ async fn redis_that_starts_late_is_picked_up() {
         .unwrap();
     assert_eq!(cache.l2_state(), L2State::Down);
 
-    let server = support::PrivateRedis::start_on(port).await;
-    eventually(Duration::from_secs(10), "L2 to connect", || {
+    let server = PrivateRedis::start_on(port).await;
+    wait_for(Duration::from_secs(10), "L2 to connect", || {
         let state = cache.l2_state();
         async move { state == L2State::Up }
     })

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use testkit::{PrivateRedis, poll_until};
 use tiercache::TieredCache;
 
-use crate::support::{self, Doc, PrivateRedis, VersionStore, eventually, read_version};
+use crate::support::{self, Doc, VersionStore, read_version};
 
 type Cache = TieredCache<i64, Doc>;
 
@@ -97,19 +98,6 @@ async fn diverging(cache: &Cache, store: &VersionStore) -> Vec<(i64, u64, u64)> 
         }
     }
     wrong
-}
-
-async fn ping(server: &PrivateRedis) -> bool {
-    let ping = async {
-        let mut raw = server.raw().await;
-        redis::cmd("PING")
-            .query_async::<String>(&mut raw)
-            .await
-            .is_ok()
-    };
-    tokio::time::timeout(Duration::from_millis(200), ping)
-        .await
-        .unwrap_or(false)
 }
 
 /// Kills the bus connection of some instances but not all (the subscribed
@@ -260,32 +248,33 @@ async fn after_random_faults_every_instance_converges_within_a_second() {
     }
     match last {
         2 => server.resume(),
-        3 => server.restart().await,
+        3 => {
+            server.restart().await;
+        }
         _ => {}
     }
     // It heals: Redis runs and answers.
-    eventually(Duration::from_secs(10), "Redis to answer", || ping(&server)).await;
-    let healed = Instant::now();
+    let healed = server.answering().await;
     eprintln!("steps: {steps:?}");
 
-    let deadline = healed + Duration::from_secs(1);
-    loop {
-        let mut wrong = Vec::new();
-        for (on, cache) in caches.iter().enumerate() {
-            for (id, answered, current) in diverging(cache, &store).await {
-                wrong.push(format!(
-                    "instance {on}: {id} at {answered}, store {current}"
-                ));
+    let converged = poll_until(
+        Duration::from_secs(1).saturating_sub(healed.elapsed()),
+        async || {
+            let mut wrong = Vec::new();
+            for (on, cache) in caches.iter().enumerate() {
+                for (id, answered, current) in diverging(cache, &store).await {
+                    wrong.push(format!(
+                        "instance {on}: {id} at {answered}, store {current}"
+                    ));
+                }
             }
-        }
-        if wrong.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "seed {seed}: not converged 1 s after Redis answered again: {wrong:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+            wrong
+        },
+        Vec::is_empty,
+    )
+    .await;
+    if let Err(wrong) = converged {
+        panic!("seed {seed}: not converged 1 s after Redis answered again: {wrong:?}");
     }
     eprintln!("converged {:?} after Redis answered", healed.elapsed());
 }

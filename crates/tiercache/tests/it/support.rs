@@ -1,65 +1,28 @@
-//! Shared test scaffolding: Redis access, private Redis servers, isolation.
+//! Shared test scaffolding: Redis access, isolation, test values.
 //!
 //! Every test gets its own key prefix (`test:<uuid>:`) on the shared Redis,
-//! or its own `redis-server` process on a free port when it needs to kill
-//! Redis or read server-wide statistics. Nothing here flushes a database.
+//! or its own `redis-server` process on a free port (`testkit::PrivateRedis`)
+//! when it needs to kill Redis or read server-wide statistics. Nothing here
+//! flushes a database.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
 
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use tiercache::{TieredCache, TieredCacheBuilder};
 
-const START_REDIS: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
-     --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
+pub(crate) use testkit::{redis_url, unique_prefix};
 
-static TRACING: LazyLock<()> = LazyLock::new(|| {
-    if std::env::var_os("TEST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter("tiercache=debug")
-            .with_test_writer()
-            .init();
-    }
-});
-
-/// The shared Redis used by tests: `REDIS_URL`, else the local default.
-pub(crate) fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
+/// What `TEST_LOG=1` shows.
+const LOG_FILTER: &str = "tiercache=debug";
 
 /// A raw connection to the shared Redis, for arranging and asserting.
 ///
 /// Panics, naming Redis and how to start it, when it is unreachable.
 pub(crate) async fn raw_redis() -> MultiplexedConnection {
-    LazyLock::force(&TRACING);
-    let url = redis_url();
-    let connect = async {
-        let client = redis::Client::open(url.as_str())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await?;
-        Ok::<_, redis::RedisError>(conn)
-    };
-    match tokio::time::timeout(Duration::from_secs(5), connect).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(error)) => panic!(
-            "Redis is not reachable at {url} ({error}). These tests need a real Redis; \
-             start one with: {START_REDIS}  (or point REDIS_URL at one)"
-        ),
-        Err(_) => panic!(
-            "Redis at {url} did not answer within 5 s. These tests need a real Redis; \
-             start one with: {START_REDIS}  (or point REDIS_URL at one)"
-        ),
-    }
-}
-
-/// A key prefix no other test (or run) uses.
-pub(crate) fn unique_prefix() -> String {
-    format!("test:{}:", uuid::Uuid::new_v4())
+    testkit::init_test_log(LOG_FILTER);
+    testkit::shared_redis().await
 }
 
 /// A builder for a cache on the shared Redis under `prefix`, with
@@ -68,7 +31,7 @@ pub(crate) fn builder<V>(prefix: &str) -> TieredCacheBuilder<i64, V>
 where
     V: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
-    LazyLock::force(&TRACING);
+    testkit::init_test_log(LOG_FILTER);
     TieredCache::builder()
         .key_prefix(prefix)
         .namespace("item")
@@ -112,22 +75,6 @@ pub(crate) async fn scan_keys(conn: &mut MultiplexedConnection, pattern: &str) -
     }
     keys.sort();
     keys
-}
-
-/// Polls `check` every 20 ms until it returns true or `limit` passes.
-pub(crate) async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "gave up after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The error our test loaders fail with.
@@ -217,251 +164,4 @@ pub(crate) fn found_all(keys: &[i64], absent: &[i64]) -> Result<HashMap<i64, Ite
         .filter(|k| !absent.contains(k))
         .map(|&k| (k, Item::new(k)))
         .collect())
-}
-
-/// A `redis-server` of our own on a free port, killed when dropped.
-///
-/// For tests that kill Redis or read server-wide counters.
-pub(crate) struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    /// Starts a server and waits until it answers.
-    pub(crate) async fn start() -> Self {
-        Self::start_on(free_port()).await
-    }
-
-    /// Starts a server on `port` and waits until it answers.
-    pub(crate) async fn start_on(port: u16) -> Self {
-        let mut server = Self { port, child: None };
-        server.spawn().await;
-        server
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--daemonize", "no", "--loglevel", "warning"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "could not run redis-server ({e}); install Redis (apt-get install redis-server)"
-                )
-            });
-        self.child = Some(child);
-        let url = self.url();
-        eventually(
-            Duration::from_secs(10),
-            "private redis-server to answer",
-            || {
-                let url = url.clone();
-                async move { ping(&url).await }
-            },
-        )
-        .await;
-    }
-
-    /// Kills the server (SIGKILL) and waits for the process to be gone.
-    pub(crate) fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Stops the server (SIGSTOP): it keeps its connections but answers
-    /// nothing, like a hung Redis, until [`resume`](Self::resume).
-    pub(crate) fn pause(&self) {
-        self.signal("-STOP");
-    }
-
-    /// Lets a paused server run again (SIGCONT).
-    pub(crate) fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("the server runs").id();
-        let status = Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill {signal} {pid} failed");
-    }
-
-    /// Starts the server again on the same port.
-    pub(crate) async fn restart(&mut self) {
-        self.kill();
-        self.spawn().await;
-    }
-
-    /// A raw connection to this server.
-    pub(crate) async fn raw(&self) -> MultiplexedConnection {
-        redis::Client::open(self.url().as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            self.resume();
-        }
-        self.kill();
-    }
-}
-
-/// A TCP port nothing listens on right now.
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A three-primary Redis Cluster of our own, torn down when dropped.
-///
-/// Nodes listen on random ports in 20000..30000 so that each node's
-/// cluster-bus port (`port + 10000`) is valid and free too.
-pub(crate) struct PrivateCluster {
-    ports: Vec<u16>,
-    children: Vec<Child>,
-    dir: std::path::PathBuf,
-}
-
-impl PrivateCluster {
-    /// Starts three nodes, joins them with `redis-cli --cluster create`, and
-    /// waits until the cluster reports `cluster_state:ok` on every node.
-    pub(crate) async fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("tiercache-cluster-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ports: Vec<u16> = (0..3).map(|_| free_cluster_port()).collect();
-        let mut cluster = Self {
-            ports,
-            children: Vec::new(),
-            dir,
-        };
-        for &port in &cluster.ports {
-            let config = cluster.dir.join(format!("nodes-{port}.conf"));
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
-                .arg("--cluster-config-file")
-                .arg(&config)
-                .arg("--dir")
-                .arg(&cluster.dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("could not run redis-server ({e}); install Redis"));
-            cluster.children.push(child);
-        }
-        for url in cluster.urls() {
-            eventually(Duration::from_secs(10), "cluster node to answer", || {
-                let url = url.clone();
-                async move { ping(&url).await }
-            })
-            .await;
-        }
-        let nodes: Vec<String> = cluster
-            .ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect();
-        let created = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&nodes)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap_or_else(|e| panic!("could not run redis-cli ({e}); install Redis"));
-        assert!(created.success(), "redis-cli --cluster create failed");
-        for url in cluster.urls() {
-            eventually(Duration::from_secs(20), "cluster_state:ok", || {
-                let url = url.clone();
-                async move {
-                    let Ok(client) = redis::Client::open(url.as_str()) else {
-                        return false;
-                    };
-                    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                        return false;
-                    };
-                    let info: String = redis::cmd("CLUSTER")
-                        .arg("INFO")
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap_or_default();
-                    info.contains("cluster_state:ok")
-                }
-            })
-            .await;
-        }
-        cluster
-    }
-
-    /// `redis://127.0.0.1:<port>` of each node.
-    pub(crate) fn urls(&self) -> Vec<String> {
-        self.ports
-            .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
-            .collect()
-    }
-
-    /// A raw connection to one node.
-    pub(crate) async fn node(&self, index: usize) -> MultiplexedConnection {
-        redis::Client::open(self.urls()[index].as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for PrivateCluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn ping(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
-        return false;
-    };
-    match client.get_multiplexed_async_connection().await {
-        Ok(mut conn) => redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .is_ok(),
-        Err(_) => false,
-    }
-}
-
-fn free_cluster_port() -> u16 {
-    loop {
-        let port = 20_000 + u16::try_from(uuid::Uuid::new_v4().as_u128() % 10_000).unwrap();
-        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if free(port) && free(port + 10_000) {
-            return port;
-        }
-    }
 }

@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use testkit::{PrivateRedis, wait_for};
 use tiercache::TieredCache;
 
-use crate::support::{self, Doc, PrivateRedis, VersionStore, eventually, read_version};
+use crate::support::{self, Doc, VersionStore, read_version};
 
 const IDS: std::ops::RangeInclusive<i64> = 1..=20;
 
@@ -89,7 +90,7 @@ async fn writes_during_a_redis_hang_are_never_read_back_old() {
             "after the hang"
         );
     }
-    eventually(
+    wait_for(
         Duration::from_secs(1),
         "A and B to answer the store's versions",
         || async { converged(&a, &store).await && converged(&b, &store).await },
@@ -119,7 +120,7 @@ async fn a_write_through_during_a_redis_hang_is_repaired_once_it_answers() {
     }
     server.resume();
 
-    eventually(
+    wait_for(
         Duration::from_secs(1),
         "Redis to stop answering version 1",
         || async { converged(&b, &store).await },
@@ -158,7 +159,7 @@ async fn a_write_redis_refuses_is_not_read_back_from_it() {
     }
 
     let _: () = refuse_writes(0).query_async(&mut raw).await.unwrap();
-    eventually(
+    wait_for(
         Duration::from_secs(1),
         "B to read the store's versions through Redis",
         || async { converged(&b, &store).await },

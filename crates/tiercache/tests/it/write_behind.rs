@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use testkit::wait_for;
 use tiercache::{Change, Flush, FlushError, Queued, Source, TieredCache};
 
-use crate::support::{self, StoreDown, eventually};
+use crate::support::{self, StoreDown};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Doc {
@@ -115,13 +116,13 @@ async fn rapid_updates_of_one_key_coalesce_into_few_store_writes() {
         .get_or_load(&1, || async { Err::<Option<Doc>, _>(StoreDown) })
         .await
         .unwrap();
-    eventually(
+    wait_for(
         Duration::from_secs(5),
         "version 100 reaches the store",
         || async { row(&store, 1).is_some_and(|(v, _)| v == 100) },
     )
     .await;
-    eventually(Duration::from_secs(5), "the queue is empty", || async {
+    wait_for(Duration::from_secs(5), "the queue is empty", || async {
         cache.stats().write_behind.flushed == 100
     })
     .await;
@@ -149,7 +150,7 @@ async fn a_version_that_is_not_newer_is_a_conflict_and_changes_nothing() {
 
     assert!(same.unwrap_err().is_conflict());
     assert!(older.unwrap_err().is_conflict());
-    eventually(Duration::from_secs(5), "version 2 is stored", || async {
+    wait_for(Duration::from_secs(5), "version 2 is stored", || async {
         row(&store, 1).is_some_and(|(v, _)| v == 2)
     })
     .await;
@@ -177,14 +178,14 @@ async fn a_queued_delete_reads_as_absent_everywhere_before_it_is_flushed() {
         .get_or_load(&5, || async { Ok::<_, StoreDown>(Some(doc(5, 2))) })
         .await
         .unwrap();
-    eventually(
+    wait_for(
         Duration::from_secs(5),
         "a flush failed on the store being down",
         || async { writer.stats().write_behind.failed >= 1 },
     )
     .await;
     store.down.store(false, Ordering::SeqCst);
-    eventually(
+    wait_for(
         Duration::from_secs(10),
         "the delete reaches the store",
         || async { row(&store, 5) == Some((3, None)) },
@@ -212,13 +213,13 @@ async fn a_poison_change_is_dead_lettered_while_the_rest_flush() {
             .await
             .unwrap();
     }
-    eventually(
+    wait_for(
         Duration::from_secs(5),
         "the good changes are stored",
         || async { [11, 12, 14].iter().all(|&k| row(&store, k).is_some()) },
     )
     .await;
-    eventually(Duration::from_secs(5), "the queue is empty", || async {
+    wait_for(Duration::from_secs(5), "the queue is empty", || async {
         cache.stats().write_behind.flushed == 4
     })
     .await;
@@ -251,7 +252,7 @@ async fn changes_left_by_a_crashed_instance_are_flushed_by_another() {
             .unwrap();
     }
     // The crashed instance read them (they are pending under its name).
-    eventually(
+    wait_for(
         Duration::from_secs(5),
         "the first flush was tried",
         || async { crashed.stats().write_behind.failed >= 1 },
@@ -261,7 +262,7 @@ async fn changes_left_by_a_crashed_instance_are_flushed_by_another() {
 
     let store = Arc::new(MemStore::default());
     let survivor = cache(&prefix, &store).await;
-    eventually(
+    wait_for(
         Duration::from_secs(10),
         "the survivor flushed them",
         || async { (1..=5).all(|k| row(&store, k).is_some()) },
@@ -292,13 +293,13 @@ async fn two_instances_flushing_one_queue_lose_and_repeat_nothing() {
                 .unwrap();
         }
     }
-    eventually(
+    wait_for(
         Duration::from_secs(10),
         "every key at version 20",
         || async { (1..=10).all(|k| row(&store, k).is_some_and(|(v, _)| v == 20)) },
     )
     .await;
-    eventually(Duration::from_secs(10), "both queues drained", || async {
+    wait_for(Duration::from_secs(10), "both queues drained", || async {
         a.stats().write_behind.flushed + b.stats().write_behind.flushed == 200
     })
     .await;
@@ -345,7 +346,7 @@ async fn a_queued_value_survives_a_cache_clear_until_the_store_has_it() {
         .unwrap();
     let stale_write = cache.write_behind(&1, 2, Change::Put(doc(1, 2))).await;
     store.down.store(false, Ordering::SeqCst);
-    eventually(
+    wait_for(
         Duration::from_secs(10),
         "version 2 reaches the store",
         || async { row(&store, 1).is_some_and(|(v, _)| v == 2) },
