@@ -264,8 +264,13 @@ async fn changes_left_by_a_crashed_instance_are_flushed_by_another() {
     let survivor = cache(&prefix, &store).await;
     wait_for(
         Duration::from_secs(10),
-        "the survivor flushed them",
-        || async { (1..=5).all(|k| row(&store, k).is_some()) },
+        "the survivor flushed and acknowledged them",
+        // The rows reach the store before the flusher counts them (it
+        // counts after acknowledging): wait for both.
+        || async {
+            (1..=5).all(|k| row(&store, k).is_some())
+                && survivor.stats().write_behind.flushed >= 5
+        },
     )
     .await;
 
