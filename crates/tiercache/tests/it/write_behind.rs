@@ -268,8 +268,7 @@ async fn changes_left_by_a_crashed_instance_are_flushed_by_another() {
         // The rows reach the store before the flusher counts them (it
         // counts after acknowledging): wait for both.
         || async {
-            (1..=5).all(|k| row(&store, k).is_some())
-                && survivor.stats().write_behind.flushed >= 5
+            (1..=5).all(|k| row(&store, k).is_some()) && survivor.stats().write_behind.flushed >= 5
         },
     )
     .await;
