@@ -81,7 +81,9 @@ where
                 }
             }
         }
-        inner.drop_local(keys);
+        for key in keys {
+            inner.local.drop_key(key);
+        }
         inner.announce(keys);
     }
 
@@ -110,7 +112,7 @@ where
             // Retried until Redis takes it; not trusted for `key` meanwhile.
             None => inner.unapplied.record(key, Repair::tombstone(version)),
         }
-        inner.drop_local(std::slice::from_ref(key));
+        inner.local.drop_key(key);
         inner.announce(std::slice::from_ref(key));
     }
 
@@ -181,7 +183,7 @@ where
             }
             Enqueued::Conflict => {
                 // Our copy is older than Redis's: the next read fetches it.
-                inner.drop_local(std::slice::from_ref(key));
+                inner.local.drop_key(key);
                 Err(Error::Conflict)
             }
             Enqueued::Unavailable => Err(Error::Unavailable),
@@ -201,7 +203,7 @@ where
     /// Removes `key` from this instance's L1 only (e.g. on an invalidation
     /// message from another instance).
     pub fn invalidate_local(&self, key: &K) {
-        self.inner.drop_local(std::slice::from_ref(key));
+        self.inner.local.drop_key(key);
     }
 
     /// Removes every key of this cache (`{key_prefix}{namespace}:*`) from
@@ -287,13 +289,6 @@ where
     K: CacheKey,
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    /// Drops `keys` from L1, fencing out fills that are still loading them.
-    fn drop_local(&self, keys: &[K]) {
-        for key in keys {
-            self.local.drop_key(key);
-        }
-    }
-
     /// The guard's JSON field in a versioned cache.
     fn guard(&self) -> Option<&str> {
         self.versioning.as_ref().map(|v| v.field.as_str())
