@@ -46,6 +46,9 @@ pub struct WriteBehindStats {
     pub failed: u64,
     /// Changes the store rejected for good, moved to the dead letters.
     pub dead_lettered: u64,
+    /// Changes acknowledged without a replica confirming them in time (see
+    /// [`write_behind_replica_wait`](crate::TieredCacheBuilder::write_behind_replica_wait)).
+    pub unreplicated: u64,
     /// Batches written to the store.
     pub batches: u64,
     /// Entries made redundant by a newer change of the same key in their batch.

@@ -8,9 +8,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{RedisSetting, TieredCacheBuilder};
+use super::{DEFAULT_WRITE_BEHIND_REPLICA_WAIT, RedisSetting, TieredCacheBuilder};
 use crate::bus::log::LogConfig;
-use crate::bus::{Bus, BusConfig, LOG_SUFFIX};
+use crate::bus::{Bus, BusConfig, channel_and_log};
 use crate::error::Error;
 use crate::local::LocalCache;
 use crate::manager::{CacheKey, L1Handle, LocalLevel, OwnWrites, Parts, Settings, TieredCache};
@@ -85,23 +85,15 @@ where
             if interval.is_zero() {
                 return Err(Error::config("the write-behind interval must be positive"));
             }
-            match &self.redis {
-                RedisSetting::None => {
-                    return Err(Error::config(
-                        "write-behind needs Redis: its queue is a Redis Stream",
-                    ));
-                }
-                RedisSetting::Url(url) if RedisTopology::parse(url)?.is_cluster() => {
-                    return Err(Error::config(
-                        "write-behind needs a single Redis node, not a cluster",
-                    ));
-                }
-                RedisSetting::Topology(topology) if topology.is_cluster() => {
-                    return Err(Error::config(
-                        "write-behind needs a single Redis node, not a cluster",
-                    ));
-                }
-                RedisSetting::Url(_) | RedisSetting::Topology(_) => {}
+            if let RedisSetting::None = &self.redis {
+                return Err(Error::config(
+                    "write-behind needs Redis: its queue is a Redis Stream",
+                ));
+            }
+            if self.replica_wait == Some(Some(Duration::ZERO)) {
+                return Err(Error::config(
+                    "the write-behind replica wait must be positive (or off)",
+                ));
             }
         }
         let topology = match self.redis {
@@ -129,12 +121,15 @@ where
         let own_writes = Arc::new(OwnWrites::new());
         let bus = match &l2 {
             Some(l2) if self.bus => {
+                let sharded = l2.topology().is_cluster();
+                let (channel, log) = channel_and_log(&key_prefix, sharded);
                 let config = BusConfig {
-                    channel: format!("{key_prefix}bus"),
+                    channel,
                     heartbeat_interval: self.heartbeat_interval,
                     log: LogConfig {
-                        key: format!("{key_prefix}{LOG_SUFFIX}"),
+                        key: log,
                         max_len: self.change_log_len,
+                        sharded,
                     },
                     key_prefix: key_prefix.clone(),
                     tracking: self.client_tracking,
@@ -170,13 +165,30 @@ where
             eager_refresh: self.eager_refresh,
         };
         let write_behind = match (self.write_behind, &l2, &self.versioning) {
-            (Some((flush, interval)), Some(l2), Some(versioning)) => Some(WriteBehind::start(
-                l2.clone(),
-                Arc::clone(&self.codec),
-                &settings.key_prefix,
-                &versioning.field,
-                write_behind::Config { flush, interval },
-            )),
+            (Some((flush, interval)), Some(l2), Some(versioning)) => {
+                let default_wait = l2
+                    .topology()
+                    .is_cluster()
+                    .then_some(DEFAULT_WRITE_BEHIND_REPLICA_WAIT);
+                let replica_wait = match self.replica_wait.unwrap_or(default_wait) {
+                    Some(timeout) => Some(write_behind::ReplicaWait {
+                        conn: l2.with_timeout(timeout).await?,
+                        timeout,
+                    }),
+                    None => None,
+                };
+                Some(WriteBehind::start(
+                    l2.clone(),
+                    Arc::clone(&self.codec),
+                    &settings.key_prefix,
+                    &versioning.field,
+                    write_behind::Config {
+                        flush,
+                        interval,
+                        replica_wait,
+                    },
+                ))
+            }
             _ => None,
         };
         Ok(TieredCache::from_parts(Parts {

@@ -36,3 +36,6 @@ pub const DEFAULT_CHANGE_LOG_LEN: usize = 10_000;
 pub const DEFAULT_FAIL_SAFE_THROTTLE: Duration = Duration::from_secs(1);
 /// Default for [`TieredCacheBuilder::tombstone_ttl`](super::TieredCacheBuilder::tombstone_ttl).
 pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+/// Default for [`TieredCacheBuilder::write_behind_replica_wait`](super::TieredCacheBuilder::write_behind_replica_wait)
+/// on a cluster.
+pub const DEFAULT_WRITE_BEHIND_REPLICA_WAIT: Duration = Duration::from_millis(100);

@@ -94,6 +94,8 @@ pub struct TieredCacheBuilder<K, V> {
     hard_timeout: Option<Duration>,
     eager_refresh: Option<f64>,
     write_behind: Option<(Arc<dyn Flush<K, V>>, Duration)>,
+    /// `None`: the default for the topology.
+    replica_wait: Option<Option<Duration>>,
     _key: PhantomData<fn() -> K>,
 }
 
@@ -187,6 +189,7 @@ where
             hard_timeout: None,
             eager_refresh: None,
             write_behind: None,
+            replica_wait: None,
             _key: PhantomData,
         }
     }
@@ -417,11 +420,28 @@ where
     }
 
     /// Turns on write-behind (see [`TieredCache::write_behind`](crate::TieredCache::write_behind)): changes
-    /// are queued in a Redis Stream and `flush` writes them to the store in
-    /// batches, polling every `interval` when idle. Needs a versioned cache
-    /// and a single Redis node (not a cluster). Default: off.
+    /// are queued in Redis Streams (one on a single server, partitioned on
+    /// a cluster) and `flush` writes them to the store in batches, polling
+    /// every `interval` when idle. Needs a versioned cache. Default: off.
     pub fn write_behind(mut self, flush: impl Flush<K, V>, interval: Duration) -> Self {
         self.write_behind = Some((Arc::new(flush), interval));
+        self
+    }
+
+    /// How long a write-behind write waits for a replica to confirm it
+    /// (`WAIT 1 <timeout>` after queueing) before it is acknowledged, so
+    /// that a failover of the primary that took it does not lose it; `None`
+    /// acknowledges once the primary has it. The wait costs one replication
+    /// round trip per write (sub-millisecond on one host, about the network
+    /// latency between primary and replica otherwise). When no replica
+    /// confirms within `timeout`, the write is acknowledged anyway (it is
+    /// queued), counted in [`WriteBehindStats::unreplicated`](crate::WriteBehindStats::unreplicated)
+    /// and logged. Default: [`DEFAULT_WRITE_BEHIND_REPLICA_WAIT`] on a
+    /// cluster (turn it off for a cluster without replicas, where every
+    /// write would wait the full timeout), `None` on a single server (set it
+    /// when yours has a replica).
+    pub fn write_behind_replica_wait(mut self, timeout: Option<Duration>) -> Self {
+        self.replica_wait = Some(timeout);
         self
     }
 

@@ -30,6 +30,9 @@ pub(crate) struct LogConfig {
     pub(crate) key: String,
     /// Entries kept (about: trimming is by whole stream nodes).
     pub(crate) max_len: usize,
+    /// Publish with `SPUBLISH` (a cluster's sharded pub/sub) rather than
+    /// `PUBLISH`.
+    pub(crate) sharded: bool,
 }
 
 impl LogConfig {
@@ -45,7 +48,8 @@ impl LogConfig {
             .arg(body.to_json())
             .arg(format!("{:016x}", rand::random::<u64>()))
             .arg(self.max_len)
-            .arg(if append { "1" } else { "0" });
+            .arg(if append { "1" } else { "0" })
+            .arg(if self.sharded { "SPUBLISH" } else { "PUBLISH" });
         cmd
     }
 
@@ -254,6 +258,7 @@ mod tests {
         let config = LogConfig {
             key: "p:n:bus:log".into(),
             max_len: 10,
+            sharded: false,
         };
         let packed = String::from_utf8_lossy(
             &config

@@ -12,7 +12,12 @@
 //!
 //! One Redis pub/sub channel per cache, `{key_prefix}{namespace}:bus`, and
 //! one change log beside it, the capped stream `{key_prefix}{namespace}:bus:log`
-//! (see [`log`]). Every message but heartbeats is appended to the log and
+//! (see [`log`]). On a cluster the channel is a sharded one (`SPUBLISH`,
+//! `SSUBSCRIBE`) and both names carry one hash tag (see
+//! [`channel_and_log`]): classic pub/sub would tie every receiver to the
+//! node it subscribed on, while a shard channel lives with the log on the
+//! primary of its slot, and the receiver follows that slot through
+//! failovers. Every message but heartbeats is appended to the log and
 //! published in one script, which adds where it sits in the log. Messages
 //! are small JSON objects, keys only, never values:
 //!
@@ -70,6 +75,30 @@ pub(crate) const MAX_KEYS_PER_MESSAGE: usize = 500;
 const MAX_QUEUED_KEYS: usize = 100_000;
 /// What follows the key prefix in the change log's key.
 pub(crate) const LOG_SUFFIX: &str = "bus:log";
+
+/// The bus's channel and change-log key for the cache whose keys start
+/// with `key_prefix`.
+///
+/// On a single server: `{key_prefix}bus` and `{key_prefix}bus:log`. On a
+/// cluster (`sharded`) both carry the channel's name as their hash tag,
+/// `{{key_prefix}bus}` and `{{key_prefix}bus}:log`: the publish script
+/// appends to the log and `SPUBLISH`es in one call, which a cluster allows
+/// only within one slot, and the sharded channel then lives on the node
+/// that holds the log. (The channel is a prefix of the log key and ends
+/// with the tag's `}`, so both hash alike whatever braces the prefix holds.)
+pub(crate) fn channel_and_log(key_prefix: &str, sharded: bool) -> (String, String) {
+    let channel = if sharded {
+        format!("{{{key_prefix}bus}}")
+    } else {
+        format!("{key_prefix}bus")
+    };
+    let log = if sharded {
+        format!("{channel}:log")
+    } else {
+        format!("{key_prefix}{LOG_SUFFIX}")
+    };
+    (channel, log)
+}
 
 /// What the receiver does to this instance's L1.
 pub(crate) trait L1Sink: Send + Sync + 'static {
@@ -365,6 +394,33 @@ mod tests {
 
     fn shape(messages: &[Message]) -> Vec<(Op, usize)> {
         messages.iter().map(|m| (m.op, m.keys.len())).collect()
+    }
+
+    #[test]
+    fn a_cluster_bus_keeps_its_channel_and_log_in_one_slot() {
+        assert_eq!(
+            channel_and_log("app:items:", false),
+            ("app:items:bus".to_owned(), "app:items:bus:log".to_owned())
+        );
+        let (channel, log) = channel_and_log("app:items:", true);
+        assert_eq!(
+            (channel.as_str(), log.as_str()),
+            ("{app:items:bus}", "{app:items:bus}:log")
+        );
+        for prefix in ["{app}:items:", "a}b{c:", "x{}:"] {
+            let (channel, log) = channel_and_log(prefix, true);
+            assert_eq!(
+                redis::cluster_routing::Route::with_key(
+                    &channel,
+                    redis::cluster_routing::SlotAddr::Master
+                ),
+                redis::cluster_routing::Route::with_key(
+                    &log,
+                    redis::cluster_routing::SlotAddr::Master
+                ),
+                "{prefix}"
+            );
+        }
     }
 
     #[test]

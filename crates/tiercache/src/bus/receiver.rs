@@ -2,9 +2,12 @@
 //!
 //! It owns one RESP3 connection ([`topology::listener`]) that is subscribed
 //! to the channel and, when enabled, has client tracking on for the cache's
-//! key prefix (on a cluster, tracking runs on one more connection per
-//! primary, feeding the same queue; losing any of them is losing the
-//! link). On it arrive, in order:
+//! key prefix. On a cluster that connection goes to the primary serving the
+//! channel's slot at connect time (`SSUBSCRIBE`), and tracking runs on one
+//! more connection per primary, feeding the same queue; losing any of them
+//! (a node killed, a slot moved away, three silent heartbeats for a hung
+//! node) is losing the link, and the next connect asks the cluster again
+//! where the slot lives. On it arrive, in order:
 //!
 //! - bus messages: applied when they continue the log position this
 //!   instance has reached; otherwise the log is read from that position
@@ -31,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{Cmd, FromRedisValue, PushInfo, PushKind, Value};
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::log::{Entry, LogConfig, Lost, READ_BATCH, RawEntry, continuity};
 use super::message::{Message, Op, Position, Step};
@@ -145,8 +148,7 @@ impl Receiver {
         let (sender, pushes) = unbounded_channel();
         let topology = self.l2.topology();
         let attempt = async {
-            let mut conn = topology::listener(topology, None, settings, sender.clone()).await?;
-            conn.subscribe(&self.shared.channel).await?;
+            let mut conn = self.subscribe(settings, &sender).await?;
             let mut trackers = Vec::new();
             if self.tracking {
                 let tracked = if topology.is_cluster() {
@@ -187,6 +189,47 @@ impl Receiver {
             Ok(Ok(link)) => Ok(link),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err("connection attempt timed out".to_owned()),
+        }
+    }
+
+    /// A connection subscribed to the channel: with `SUBSCRIBE` on a single
+    /// server; on a cluster with `SSUBSCRIBE` on the primary that serves the
+    /// channel's slot now, so that the bus depends on no node but that one,
+    /// and follows the slot to its new primary after a failover.
+    async fn subscribe(
+        &self,
+        settings: ConnectSettings,
+        sender: &UnboundedSender<PushInfo>,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        let topology = self.l2.topology();
+        let channel = &self.shared.channel;
+        if !topology.is_cluster() {
+            let mut conn = topology::listener(topology, None, settings, sender.clone()).await?;
+            conn.subscribe(channel).await?;
+            return Ok(conn);
+        }
+        let primary = self.l2.slot_primary(channel).await.ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "the primary serving the bus channel's slot is unknown",
+            ))
+        })?;
+        let mut conn =
+            topology::listener(topology, Some(&primary), settings, sender.clone()).await?;
+        let subscribed = redis::cmd("SSUBSCRIBE")
+            .arg(channel)
+            .query_async::<Value>(&mut conn)
+            .await;
+        match subscribed {
+            Ok(_) => Ok(conn),
+            Err(error) if is_availability_failure(&error) => Err(error),
+            // Redis before 7.0 has no sharded pub/sub: say so (a classic
+            // subscription would tie the bus to one node).
+            Err(error) => Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "the Redis Cluster refused SSUBSCRIBE; the bus needs sharded pub/sub (Redis 7.0 or later)",
+                error.to_string(),
+            ))),
         }
     }
 
@@ -231,7 +274,10 @@ impl Receiver {
             last_heard = Instant::now();
             match push.kind {
                 PushKind::Disconnection => return Ended::Closed,
-                PushKind::Message => {
+                // The server dropped the subscription (on a cluster: the
+                // channel's slot moved to another primary).
+                PushKind::Unsubscribe | PushKind::SUnsubscribe => return Ended::Closed,
+                PushKind::Message | PushKind::SMessage => {
                     let Some(Value::BulkString(payload)) = push.data.get(1) else {
                         continue;
                     };

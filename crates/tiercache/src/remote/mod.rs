@@ -229,6 +229,22 @@ impl RemoteCache {
             .await
     }
 
+    /// Keyed commands in as few round trips as the topology allows (see
+    /// `Conn::exec_batch`), under the breaker and the timeout; replies in
+    /// order, or `None` when Redis was unusable.
+    pub(crate) async fn batch_command<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        cmds: Vec<Cmd>,
+    ) -> Option<Vec<T>> {
+        if cmds.is_empty() {
+            return Some(Vec::new());
+        }
+        self.inner
+            .call(what, |conn| async move { conn.exec_batch(cmds).await })
+            .await
+    }
+
     /// Like [`command`](Self::command), for a command that writes values of
     /// this cache (write-behind's scripts): sent where writes go (see
     /// [`route_writes`](Self::route_writes)).
@@ -255,6 +271,36 @@ impl RemoteCache {
         self.inner
             .on_writer(what, |conn| async move { conn.query(&cmd).await })
             .await
+    }
+
+    /// `cmd`, then `WAIT 1 <timeout>`, in one round trip on this handle's
+    /// connection (routed whole to `cmd`'s node on a cluster): `cmd`'s reply
+    /// and how many replicas confirmed every write made so far on the
+    /// connection. `WAIT` holds the connection up to `timeout`, so give it
+    /// a handle of its own ([`with_timeout`](Self::with_timeout)).
+    pub(crate) async fn command_then_wait<T: redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        cmd: Cmd,
+        timeout: Duration,
+    ) -> Option<(T, u64)> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd).cmd("WAIT").arg(1).arg(
+            u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
+        self.inner
+            .call(what, |conn| async move { conn.query_pipeline(&pipe).await })
+            .await
+    }
+
+    /// Another handle to the same Redis, with a connection of its own whose
+    /// calls may take `extra` longer than this one's.
+    pub(crate) async fn with_timeout(&self, extra: Duration) -> Result<Self, Error> {
+        let mut config = self.inner.config.clone();
+        config.timeout += extra;
+        Self::connect(config).await
     }
 
     /// Raises the tag generation stored at `key` (see [`BUMP_TAG`]) and
@@ -284,6 +330,18 @@ impl RemoteCache {
             )
             .await
             .is_some()
+    }
+
+    /// The primary serving `key`'s slot now (the server itself on a single
+    /// node), sent past the breaker like
+    /// [`background_command`](Self::background_command): the bus receiver
+    /// asks it on its own pacing while following a failover.
+    pub(crate) async fn slot_primary(&self, key: &str) -> Option<topology::Node> {
+        self.inner
+            .on_writer("CLUSTER SLOTS", |conn| async move {
+                conn.slot_primary(key).await
+            })
+            .await
     }
 
     /// Every cluster primary (the server itself on a single node); `None`

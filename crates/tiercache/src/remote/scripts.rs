@@ -66,8 +66,9 @@ return new
 ";
 
 /// Appends ARGV[2] (a message body) to the log KEYS[1] unless ARGV[5] is
-/// `0` (a heartbeat), then publishes it on channel ARGV[1] with its
-/// envelope: its entry id, the entry before it and the log's epoch (the
+/// `0` (a heartbeat), then publishes it on channel ARGV[1] with ARGV[6]
+/// (`PUBLISH`, or on a cluster `SPUBLISH`: the channel then shares the
+/// log's slot) and its envelope: its entry id, the entry before it and the log's epoch (the
 /// last entry's, or ARGV[3] when the log is empty). The log is trimmed to
 /// about ARGV[4] entries. Returns the entry id (the head for a heartbeat).
 pub(crate) const PUBLISH: &str = r#"
@@ -86,7 +87,7 @@ if ARGV[5] == '1' then
   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'e', epoch, 'p', prev, 'm', ARGV[2])
 end
 local envelope = '{"id":"' .. id .. '","prev":"' .. prev .. '","epoch":"' .. epoch .. '",'
-redis.call('PUBLISH', ARGV[1], envelope .. string.sub(ARGV[2], 2))
+redis.call(ARGV[6], ARGV[1], envelope .. string.sub(ARGV[2], 2))
 return id
 "#;
 
@@ -105,6 +106,49 @@ if (old and old >= new) or (queued and queued >= new) then return false end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[5], ARGV[2])
 return redis.call('XADD', KEYS[2], '*', 'k', ARGV[5], 'v', ARGV[1], 'op', ARGV[6], 'd', ARGV[7])
+"
+);
+
+/// A cluster's enqueue, on one queue partition (see
+/// `write_behind::partition`): the value key lives in another slot, so the
+/// caller reads its version first ([`VERSION_OF`]) and stores the value
+/// after this succeeds. KEYS: the partition's stream and pending hash.
+/// ARGV: version, stored value, JSON version field, key, op, payload, the
+/// value key's version (empty when absent). Returns the entry id, or false
+/// when Redis holds this version or a newer one.
+pub(crate) const ENQUEUE_PARTITION: &str = concat!(
+    version_of_lua!(),
+    r"
+local new = tonumber(ARGV[1])
+local old = tonumber(ARGV[7])
+local queued = version_of(redis.call('HGET', KEYS[2], ARGV[4]), ARGV[3])
+if (old and old >= new) or (queued and queued >= new) then return false end
+redis.call('HSET', KEYS[2], ARGV[4], ARGV[2])
+return redis.call('XADD', KEYS[1], '*', 'k', ARGV[4], 'v', ARGV[1], 'op', ARGV[5], 'd', ARGV[6])
+"
+);
+
+/// The version of what KEYS[1] holds ([`version_of_lua`], JSON field
+/// ARGV[1]); nil when absent or unreadable.
+pub(crate) const VERSION_OF: &str = concat!(
+    version_of_lua!(),
+    r"
+return version_of(redis.call('GET', KEYS[1]), ARGV[1])
+"
+);
+
+/// Deletes KEYS[1] if it holds a version older than ARGV[1] (JSON field
+/// ARGV[2]); absent, newer, equal or unreadable values stay. Returns 1 when
+/// deleted.
+pub(crate) const DROP_OLDER: &str = concat!(
+    version_of_lua!(),
+    r"
+local cur = version_of(redis.call('GET', KEYS[1]), ARGV[2])
+if cur and cur < tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
 "
 );
 

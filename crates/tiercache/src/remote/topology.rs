@@ -25,7 +25,9 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+};
 use redis::io::tcp::TcpSettings;
 use redis::{
     AsyncConnectionConfig, Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, RedisResult,
@@ -249,6 +251,19 @@ impl Conn {
         }
     }
 
+    /// Sends `pipe` in one round trip (on a cluster, to the node of its
+    /// first keyed command; see the module docs).
+    pub(crate) async fn query_pipeline<T: FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> RedisResult<T> {
+        match self {
+            Self::Single(conn) => pipe.query_async(&mut conn.clone()).await,
+            Self::Cluster(conn) => pipe.query_async(&mut conn.clone()).await,
+            Self::Listener(conn) => pipe.query_async(&mut conn.clone()).await,
+        }
+    }
+
     /// Sends `cmds` (each a keyed command) in as few round trips as the
     /// topology allows; replies in command order.
     pub(crate) async fn exec_batch<T: FromRedisValue>(
@@ -307,6 +322,33 @@ impl Conn {
         }
     }
 
+    /// The primary that serves `key`'s hash slot now, as the cluster sees
+    /// it (the server itself on a single node).
+    ///
+    /// Asks `CLUSTER SLOTS` of the node the cluster client routes the slot
+    /// to: after a failover that node is either the new primary, or an old
+    /// one that knows its successor; a dead one fails the call (and makes
+    /// the client refresh its slot map), and the caller retries.
+    pub(crate) async fn slot_primary(&self, key: &str) -> RedisResult<Node> {
+        let Self::Cluster(conn) = self else {
+            return Ok(Node::Only);
+        };
+        let route = || {
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+                key,
+                SlotAddr::Master,
+            )))
+        };
+        let mut keyslot = redis::cmd("CLUSTER");
+        keyslot.arg("KEYSLOT").arg(key);
+        let slot = u16::from_redis_value(conn.clone().route_command(keyslot, route()).await?)?;
+        let mut slots = redis::cmd("CLUSTER");
+        slots.arg("SLOTS");
+        let reply = conn.clone().route_command(slots, route()).await?;
+        primary_of(&reply, slot)
+            .ok_or_else(|| unexpected("CLUSTER SLOTS names no primary for the slot"))
+    }
+
     /// Sends `cmd` to one node of [`key_holders`](Self::key_holders).
     pub(crate) async fn query_node<T: FromRedisValue>(
         &self,
@@ -327,10 +369,10 @@ impl Conn {
     }
 }
 
-/// A dedicated RESP3 connection for the bus receiver: to the server, to the
-/// first seed node of a cluster (classic `PUBLISH` is broadcast to every
-/// node, so any node sees every message), or with `node` to that cluster
-/// node (client tracking is per node). Pub/sub messages and client-tracking
+/// A dedicated RESP3 connection for the bus receiver: to the server, or
+/// with `node` to that cluster node (the primary of the bus channel's slot,
+/// or a primary to track: client tracking is per node), with the first
+/// seed's credentials and TLS settings. Pub/sub messages and client-tracking
 /// invalidations arrive on `pushes`, followed by a `Disconnection` push
 /// when the connection is lost; it never reconnects by itself.
 pub(crate) async fn listener(
@@ -376,6 +418,30 @@ pub(crate) async fn listener(
     redis::Client::open(info)?
         .get_multiplexed_async_connection_with_config(&config)
         .await
+}
+
+/// The primary serving `slot` in a `CLUSTER SLOTS` reply: entries of
+/// `[first, last, [host, port, id…], replicas…]`.
+fn primary_of(reply: &Value, slot: u16) -> Option<Node> {
+    let Value::Array(ranges) = reply else {
+        return None;
+    };
+    ranges.iter().find_map(|range| {
+        let Value::Array(fields) = range else {
+            return None;
+        };
+        let first = u16::from_redis_value_ref(fields.first()?).ok()?;
+        let last = u16::from_redis_value_ref(fields.get(1)?).ok()?;
+        if !(first..=last).contains(&slot) {
+            return None;
+        }
+        let Value::Array(primary) = fields.get(2)? else {
+            return None;
+        };
+        let host = String::from_redis_value_ref(primary.first()?).ok()?;
+        let port = u16::from_redis_value_ref(primary.get(1)?).ok()?;
+        (!host.is_empty()).then_some(Node::Address { host, port })
+    })
 }
 
 /// One node to scan.

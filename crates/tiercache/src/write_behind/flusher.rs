@@ -14,9 +14,10 @@ use std::time::Instant;
 
 use redis::Value;
 
+use super::partition::Partition;
 use super::stream::{self, Entry};
 use super::{BATCH, CLAIM_IDLE, FlushError, GROUP, MAX_BACKOFF, Queued, Shared};
-use crate::remote::scripts::{ENSURE_GROUP, SETTLE};
+use crate::remote::scripts::{DROP_OLDER, ENSURE_GROUP, SETTLE};
 use crate::stats::duration_bucket;
 
 /// What one round did.
@@ -69,43 +70,26 @@ pub(super) struct RoundState {
     last_claim: Option<Instant>,
 }
 
+/// One round over every partition: flushed if any flushed, failed if any
+/// failed (and none flushed), else idle.
 pub(super) async fn round<K, V>(shared: &Shared<K, V>) -> Round
 where
     K: FromStr + fmt::Display + Eq + std::hash::Hash + Clone + Send + Sync + 'static,
     V: Send + Sync + 'static,
 {
-    let mut state = shared.round.lock().await;
-    if !state.group_ready {
-        if !shared.ensure_group().await {
-            return Round::Failed;
-        }
-        state.group_ready = true;
+    let mut states = shared.round.lock().await;
+    let mut outcome = Round::Idle;
+    let mut queued = Some(0);
+    for (partition, state) in shared.partitions.all().iter().zip(states.iter_mut()) {
+        let (round, len) = shared.partition_round(partition, state).await;
+        outcome = match (outcome, round) {
+            (Round::Flushed, _) | (_, Round::Flushed) => Round::Flushed,
+            (Round::Failed, _) | (_, Round::Failed) => Round::Failed,
+            (Round::Idle, Round::Idle) => Round::Idle,
+        };
+        queued = queued.zip(len).map(|(sum, len)| sum + len);
     }
-    // Claiming more often than entries can become claimable is wasted.
-    if state
-        .last_claim
-        .is_none_or(|at| at.elapsed() >= CLAIM_IDLE / 2)
-    {
-        state.last_claim = Some(Instant::now());
-        let _ = shared.claim().await;
-    }
-    // Our own unacknowledged entries first (a failed flush, or claimed).
-    let mut entries = shared.read("0").await;
-    if entries.as_ref().is_some_and(Vec::is_empty) {
-        entries = shared.read(">").await;
-    }
-    let Some(entries) = entries else {
-        state.group_ready = false;
-        return Round::Failed;
-    };
-    if let Some(len) = shared.queue_len().await {
-        shared.counters.pending.store(len, Ordering::Relaxed);
-    }
-    if entries.is_empty() {
-        return Round::Idle;
-    }
-    let outcome = shared.flush_entries(entries).await;
-    if let Some(len) = shared.queue_len().await {
+    if let Some(len) = queued {
         shared.counters.pending.store(len, Ordering::Relaxed);
     }
     outcome
@@ -116,27 +100,67 @@ where
     K: FromStr + fmt::Display + Eq + std::hash::Hash + Clone + Send + Sync + 'static,
     V: Send + Sync + 'static,
 {
+    /// One partition's round; also its queue length, when Redis told it.
+    async fn partition_round(
+        &self,
+        partition: &Partition,
+        state: &mut RoundState,
+    ) -> (Round, Option<u64>) {
+        if !state.group_ready {
+            if !self.ensure_group(partition).await {
+                return (Round::Failed, None);
+            }
+            state.group_ready = true;
+        }
+        // Claiming more often than entries can become claimable is wasted.
+        if state
+            .last_claim
+            .is_none_or(|at| at.elapsed() >= CLAIM_IDLE / 2)
+        {
+            state.last_claim = Some(Instant::now());
+            let _ = self.claim(partition).await;
+        }
+        // Our own unacknowledged entries first (a failed flush, or claimed).
+        let mut entries = self.read(partition, "0").await;
+        if entries.as_ref().is_some_and(Vec::is_empty) {
+            entries = self.read(partition, ">").await;
+        }
+        let Some(entries) = entries else {
+            state.group_ready = false;
+            return (Round::Failed, None);
+        };
+        let outcome = if entries.is_empty() {
+            Round::Idle
+        } else {
+            self.flush_entries(partition, entries).await
+        };
+        (outcome, self.queue_len(partition).await)
+    }
+
     /// Creates the group (and the stream) if missing; reading from the
     /// stream's start so that entries queued before it existed are flushed.
-    async fn ensure_group(&self) -> bool {
+    async fn ensure_group(&self, partition: &Partition) -> bool {
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(ENSURE_GROUP).arg(1).arg(&self.stream).arg(GROUP);
+        cmd.arg(ENSURE_GROUP)
+            .arg(1)
+            .arg(&partition.stream)
+            .arg(GROUP);
         self.l2
             .command::<Value>("EVAL ensure group", cmd)
             .await
             .is_some()
     }
 
-    pub(super) async fn queue_len(&self) -> Option<u64> {
+    pub(super) async fn queue_len(&self, partition: &Partition) -> Option<u64> {
         let mut cmd = redis::cmd("XLEN");
-        cmd.arg(&self.stream);
+        cmd.arg(&partition.stream);
         self.l2.command("XLEN", cmd).await
     }
 
     /// Takes over entries other consumers left idle for [`CLAIM_IDLE`].
-    async fn claim(&self) -> Option<()> {
+    async fn claim(&self, partition: &Partition) -> Option<()> {
         let mut cmd = redis::cmd("XAUTOCLAIM");
-        cmd.arg(&self.stream)
+        cmd.arg(&partition.stream)
             .arg(GROUP)
             .arg(&self.consumer)
             .arg(u64::try_from(CLAIM_IDLE.as_millis()).unwrap_or(u64::MAX))
@@ -151,7 +175,7 @@ where
     }
 
     /// `XREADGROUP` from `start`: `0` for our pending entries, `>` for new ones.
-    async fn read(&self, start: &str) -> Option<Vec<Entry>> {
+    async fn read(&self, partition: &Partition, start: &str) -> Option<Vec<Entry>> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
@@ -159,13 +183,13 @@ where
             .arg("COUNT")
             .arg(BATCH)
             .arg("STREAMS")
-            .arg(&self.stream)
+            .arg(&partition.stream)
             .arg(start);
         let reply: Value = self.l2.command("XREADGROUP", cmd).await?;
         Some(stream::parse_read(reply))
     }
 
-    async fn flush_entries(&self, entries: Vec<Entry>) -> Round {
+    async fn flush_entries(&self, partition: &Partition, entries: Vec<Entry>) -> Round {
         let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
         let mut newest: HashMap<K, Queued<K, V>> = HashMap::new();
         let mut unreadable = Vec::new();
@@ -182,7 +206,7 @@ where
             }
         }
         for (entry, reason) in unreadable {
-            self.dead_letter(&entry.fields, &reason).await;
+            self.dead_letter(partition, &entry.fields, &reason).await;
         }
         let batch: Vec<Queued<K, V>> = newest.into_values().collect();
         let started = Instant::now();
@@ -192,19 +216,20 @@ where
             Err(FlushError::Unavailable(error)) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 self.log.warn(|suppressed| {
-                    tracing::warn!(%error, suppressed, stream = %self.stream, "write-behind flush failed; retrying");
+                    tracing::warn!(%error, suppressed, stream = %partition.stream, "write-behind flush failed; retrying");
                 });
                 return Round::Failed;
             }
             Err(FlushError::Rejected(error)) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, stream = %self.stream, "write-behind batch rejected; flushing its changes one by one");
+                tracing::warn!(%error, stream = %partition.stream, "write-behind batch rejected; flushing its changes one by one");
                 for queued in &batch {
                     match self.flush.flush(std::slice::from_ref(queued)).await {
                         Ok(()) => {}
                         Err(FlushError::Rejected(error)) => {
                             let fields = stream::encode_fields(queued, self.codec.as_ref());
-                            self.dead_letter(&fields, &chain(error.as_ref())).await;
+                            self.dead_letter(partition, &fields, &chain(error.as_ref()))
+                                .await;
                         }
                         Err(FlushError::Unavailable(_)) => return Round::Failed,
                     }
@@ -230,8 +255,11 @@ where
             .iter()
             .map(|q| (q.key.to_string(), q.version))
             .collect();
-        self.settle(&written).await;
-        if !self.acknowledge(&ids).await {
+        if !self.atomic {
+            self.drop_older_values(&written).await;
+        }
+        self.settle(partition, &written).await;
+        if !self.acknowledge(partition, &ids).await {
             // The store has them; Redis will hand them out again, and
             // applying them again is harmless (versions).
             return Round::Failed;
@@ -246,32 +274,61 @@ where
     /// (or that were dead-lettered). If Redis fails here, they stay until a
     /// later change of the key is settled: reads then get the value the
     /// store has too, only from Redis.
-    async fn settle(&self, written: &[(String, u64)]) {
+    async fn settle(&self, partition: &Partition, written: &[(String, u64)]) {
         if written.is_empty() {
             return;
         }
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(SETTLE).arg(1).arg(&self.pending).arg(&self.field);
+        cmd.arg(SETTLE)
+            .arg(1)
+            .arg(&partition.pending)
+            .arg(&self.field);
         for (key, version) in written {
             cmd.arg(key).arg(version);
         }
         let _: Option<Value> = self.l2.write_command("EVAL settle", cmd).await;
     }
 
-    async fn acknowledge(&self, ids: &[String]) -> bool {
+    /// On a cluster, where a write stores its value only after queueing
+    /// it: drops each written key's cached value if it is older than the
+    /// version the store now has (a writer that died between the two
+    /// steps), so that readers load the new one instead of serving the old
+    /// one until its TTL. A no-op for every value stored as usual.
+    async fn drop_older_values(&self, written: &[(String, u64)]) {
+        let cmds = written
+            .iter()
+            .map(|(key, version)| {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(DROP_OLDER)
+                    .arg(1)
+                    .arg(format!("{}{key}", self.key_prefix))
+                    .arg(version)
+                    .arg(&self.field);
+                cmd
+            })
+            .collect();
+        let _: Option<Vec<Value>> = self.l2.batch_command("EVAL drop older", cmds).await;
+    }
+
+    async fn acknowledge(&self, partition: &Partition, ids: &[String]) -> bool {
         let mut ack = redis::cmd("XACK");
-        ack.arg(&self.stream).arg(GROUP).arg(ids);
+        ack.arg(&partition.stream).arg(GROUP).arg(ids);
         let mut del = redis::cmd("XDEL");
-        del.arg(&self.stream).arg(ids);
+        del.arg(&partition.stream).arg(ids);
         self.l2.command::<u64>("XACK", ack).await.is_some()
             && self.l2.command::<u64>("XDEL", del).await.is_some()
     }
 
     /// Moves one change to the dead-letter stream with `reason`. The
     /// original is acknowledged with the rest of its batch.
-    async fn dead_letter(&self, fields: &HashMap<String, Vec<u8>>, reason: &str) {
+    async fn dead_letter(
+        &self,
+        partition: &Partition,
+        fields: &HashMap<String, Vec<u8>>,
+        reason: &str,
+    ) {
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(&self.dead).arg("*");
+        cmd.arg(&partition.dead).arg("*");
         for (name, value) in fields {
             cmd.arg(name).arg(value);
         }
@@ -282,8 +339,11 @@ where
             .get("v")
             .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
         if let (Some(key), Some(version)) = (fields.get("k"), version) {
-            self.settle(&[(String::from_utf8_lossy(key).into_owned(), version)])
-                .await;
+            self.settle(
+                partition,
+                &[(String::from_utf8_lossy(key).into_owned(), version)],
+            )
+            .await;
         }
         let key = fields
             .get("k")
@@ -294,7 +354,7 @@ where
             .await
             .is_some()
         {
-            tracing::error!(key, reason, dead_letters = %self.dead, "write-behind change rejected by the store; moved to the dead letters");
+            tracing::error!(key, reason, dead_letters = %partition.dead, "write-behind change rejected by the store; moved to the dead letters");
         } else {
             tracing::error!(
                 key,

@@ -5,14 +5,32 @@
 //!
 //! # The queue
 //!
-//! One Redis Stream per cache, `{key_prefix}{namespace}#wb` (outside the
-//! `{key_prefix}{namespace}:` keyspace, so that [`clear`](crate::TieredCache::clear)
-//! never deletes writes the store does not have yet), read through the
-//! consumer group `flushers`. A write ([`TieredCache::write_behind`](crate::TieredCache::write_behind))
-//! is one Lua script that checks the version against what Redis holds
-//! (strictly newer, or it is a conflict), stores the new value (or a
-//! "deleted" marker) and appends the change to the stream: the cache and the
-//! queue change together or not at all, before the caller answers.
+//! On a single server one Redis Stream per cache, `{key_prefix}{namespace}#wb`
+//! (outside the `{key_prefix}{namespace}:` keyspace, so that [`clear`](crate::TieredCache::clear)
+//! never deletes writes the store does not have yet); on a cluster
+//! [`CLUSTER_PARTITIONS`](partition::CLUSTER_PARTITIONS) streams, each key's
+//! changes always in the same one (see [`partition`]). Each is read through
+//! the consumer group `flushers`. On a single server a write
+//! ([`TieredCache::write_behind`](crate::TieredCache::write_behind)) is one
+//! Lua script that checks the version against what Redis holds (strictly
+//! newer, or it is a conflict), stores the new value (or a "deleted"
+//! marker) and appends the change to the stream: the cache and the queue
+//! change together or not at all, before the caller answers. On a cluster
+//! the value key lives in another slot than the queue, so a write is three
+//! steps: read the value key's version, queue (the same checks, one
+//! script on the partition: this is the commit point), then store the
+//! value through the version guard.
+//!
+//! # Replicas
+//!
+//! Redis replicates asynchronously: a primary that fails right after
+//! queueing a change can take it with it. With [`ReplicaWait`] set, the
+//! queueing script is followed by `WAIT 1 <timeout>` in the same round trip,
+//! on a connection of its own (`WAIT` holds its connection up to the
+//! timeout, which must not stall reads): the caller answers only once a
+//! replica has the change, or the timeout passed, in which case the
+//! change is still queued and acknowledged, counted as `unreplicated` and
+//! logged.
 //!
 //! # Pending values
 //!
@@ -43,11 +61,6 @@
 //! (`… WHERE version < $new`): replays and reordered batches are then
 //! harmless, and a later write is never overtaken by an earlier one.
 //!
-//! # Limits
-//!
-//! The script touches the value key and the stream in one call, which Redis
-//! Cluster only allows in one hash slot: write-behind needs a single Redis
-//! node (the builder refuses it on a cluster).
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -62,14 +75,16 @@ use tokio::sync::{Mutex, Notify};
 
 use crate::remote::RemoteCache;
 use crate::remote::codec::Codec;
-use crate::remote::scripts::ENQUEUE;
+use crate::remote::scripts::{ENQUEUE, ENQUEUE_PARTITION, VERSION_OF};
 use crate::stats::{DURATION_BUCKETS_MS, WriteBehindStats};
 use crate::task::LogLimiter;
 
 mod flusher;
+pub(crate) mod partition;
 mod stream;
 
 use flusher::{Round, RoundState, round, run};
+use partition::Partitions;
 
 /// Most entries one round reads (and one batch holds before coalescing).
 const BATCH: usize = 500;
@@ -127,6 +142,18 @@ pub(crate) struct Config<K, V> {
     pub(crate) flush: Arc<dyn Flush<K, V>>,
     /// Pause between rounds when the queue is empty.
     pub(crate) interval: Duration,
+    /// Wait for a replica before acknowledging a write.
+    pub(crate) replica_wait: Option<ReplicaWait>,
+}
+
+/// Acknowledge a write only once a replica has it (`WAIT 1 <timeout>`), or
+/// `timeout` passed.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplicaWait {
+    /// A connection of its own, whose calls may take `timeout` longer than
+    /// the L2 timeout.
+    pub(crate) conn: RemoteCache,
+    pub(crate) timeout: Duration,
 }
 
 /// The queue of one cache: the script that enqueues, and the flusher.
@@ -138,7 +165,7 @@ pub(crate) struct WriteBehind<K, V> {
 impl<K, V> fmt::Debug for WriteBehind<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WriteBehind")
-            .field("stream", &self.shared.stream)
+            .field("partitions", &self.shared.partitions)
             .finish_non_exhaustive()
     }
 }
@@ -147,10 +174,13 @@ struct Shared<K, V> {
     l2: RemoteCache,
     codec: Arc<dyn Codec<V>>,
     flush: Arc<dyn Flush<K, V>>,
-    stream: String,
-    dead: String,
-    /// Key → stored form of its newest change not yet in the store.
-    pending: String,
+    partitions: Partitions,
+    /// Whether the value key and the queue can change in one script (a
+    /// single server), or the value key is written separately (a cluster).
+    atomic: bool,
+    replica_wait: Option<ReplicaWait>,
+    /// `{key_prefix}{namespace}:`, which a key's value key starts with.
+    key_prefix: String,
     /// The JSON version field (for the scripts' `version_of`).
     field: String,
     consumer: String,
@@ -158,8 +188,8 @@ struct Shared<K, V> {
     /// Wakes the flusher after a local write.
     wake: Notify,
     /// One round at a time (the flusher's, or a drain's), and what rounds
-    /// remember.
-    round: Mutex<RoundState>,
+    /// remember of each partition.
+    round: Mutex<Vec<RoundState>>,
     counters: Counters,
     log: LogLimiter,
 }
@@ -170,6 +200,7 @@ struct Counters {
     flushed: AtomicU64,
     failed: AtomicU64,
     dead_lettered: AtomicU64,
+    unreplicated: AtomicU64,
     batches: AtomicU64,
     coalesced: AtomicU64,
     last_batch: AtomicU64,
@@ -216,18 +247,26 @@ where
         config: Config<K, V>,
     ) -> Self {
         let base = key_prefix.strip_suffix(':').unwrap_or(key_prefix);
+        let cluster = l2.topology().is_cluster();
+        let partitions = Partitions::new(base, cluster);
+        let rounds = partitions
+            .all()
+            .iter()
+            .map(|_| RoundState::default())
+            .collect();
         let shared = Arc::new(Shared {
             l2,
             codec,
             flush: config.flush,
-            stream: format!("{base}#wb"),
-            dead: format!("{base}#wb:dead"),
-            pending: format!("{base}#wb:pending"),
+            partitions,
+            atomic: !cluster,
+            replica_wait: config.replica_wait,
+            key_prefix: key_prefix.to_owned(),
             field: field.to_owned(),
             consumer: format!("{:016x}", rand::random::<u64>()),
             interval: config.interval,
             wake: Notify::new(),
-            round: Mutex::new(RoundState::default()),
+            round: Mutex::new(rounds),
             counters: Counters::default(),
             log: LogLimiter::default(),
         });
@@ -240,43 +279,95 @@ where
 
     pub(crate) async fn enqueue(&self, write: Enqueue<'_>) -> Enqueued {
         let shared = &self.shared;
-        let ms = u64::try_from(write.ttl.as_millis())
+        let partition = &shared.partitions.all()[shared.partitions.of(&write.key)];
+        let ttl_ms = u64::try_from(write.ttl.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
+        let op = if write.delete { "del" } else { "put" };
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(ENQUEUE)
-            .arg(3)
-            .arg(write.redis_key)
-            .arg(&shared.stream)
-            .arg(&shared.pending)
-            .arg(write.version)
-            .arg(write.stored)
-            .arg(ms)
-            .arg(write.field)
-            .arg(write.key)
-            .arg(if write.delete { "del" } else { "put" })
-            .arg(write.payload);
-        match shared.l2.write_command::<Value>("EVAL enqueue", cmd).await {
-            None => Enqueued::Unavailable,
-            Some(Value::Nil | Value::Boolean(false)) => Enqueued::Conflict,
-            Some(_) => {
-                shared.counters.pending.fetch_add(1, Ordering::Relaxed);
-                shared.wake.notify_one();
-                Enqueued::Queued
-            }
+        if shared.atomic {
+            cmd.arg(ENQUEUE)
+                .arg(3)
+                .arg(write.redis_key)
+                .arg(&partition.stream)
+                .arg(&partition.pending)
+                .arg(write.version)
+                .arg(&write.stored)
+                .arg(ttl_ms)
+                .arg(write.field)
+                .arg(&write.key)
+                .arg(op)
+                .arg(&write.payload);
+        } else {
+            let mut version = redis::cmd("EVAL");
+            version
+                .arg(VERSION_OF)
+                .arg(1)
+                .arg(write.redis_key)
+                .arg(write.field);
+            let Some(current) = shared
+                .l2
+                .command::<Option<i64>>("EVAL version of", version)
+                .await
+            else {
+                return Enqueued::Unavailable;
+            };
+            cmd.arg(ENQUEUE_PARTITION)
+                .arg(2)
+                .arg(&partition.stream)
+                .arg(&partition.pending)
+                .arg(write.version)
+                .arg(&write.stored)
+                .arg(write.field)
+                .arg(&write.key)
+                .arg(op)
+                .arg(&write.payload)
+                .arg(current.map(|v| v.to_string()).unwrap_or_default());
         }
+        match shared.queue(cmd).await {
+            None => return Enqueued::Unavailable,
+            Some(Value::Nil | Value::Boolean(false)) => return Enqueued::Conflict,
+            Some(_) => {}
+        }
+        if !shared.atomic {
+            shared.store_value(&write).await;
+        }
+        shared.counters.pending.fetch_add(1, Ordering::Relaxed);
+        shared.wake.notify_one();
+        Enqueued::Queued
     }
 
     /// The stored form of the newest queued change of each key (`None`: no
-    /// change of it is waiting), or `None` when Redis was unusable.
+    /// change of it is waiting), or `None` when Redis was unusable: one
+    /// `HMGET` per partition the keys fall in, in parallel.
     pub(crate) async fn pending(&self, keys: &[String]) -> Option<Vec<Option<Vec<u8>>>> {
-        if keys.is_empty() {
-            return Some(Vec::new());
+        let partitions = &self.shared.partitions;
+        let mut by_partition: Vec<Vec<usize>> = vec![Vec::new(); partitions.all().len()];
+        for (i, key) in keys.iter().enumerate() {
+            by_partition[partitions.of(key)].push(i);
         }
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(&self.shared.pending).arg(keys);
-        let values: Vec<Option<Vec<u8>>> = self.shared.l2.command("HMGET pending", cmd).await?;
-        (values.len() == keys.len()).then_some(values)
+        let reads = by_partition
+            .iter()
+            .zip(partitions.all())
+            .filter(|(indexes, _)| !indexes.is_empty())
+            .map(|(indexes, partition)| async move {
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(&partition.pending);
+                for &i in indexes {
+                    cmd.arg(&keys[i]);
+                }
+                let values: Vec<Option<Vec<u8>>> =
+                    self.shared.l2.command("HMGET pending", cmd).await?;
+                (values.len() == indexes.len()).then_some((indexes, values))
+            });
+        let mut found = vec![None; keys.len()];
+        for read in futures_util::future::join_all(reads).await {
+            let (indexes, values) = read?;
+            for (&i, value) in indexes.iter().zip(values) {
+                found[i] = value;
+            }
+        }
+        Some(found)
     }
 
     /// Flushes until the queue is empty or `limit` passes; returns whether
@@ -285,7 +376,7 @@ where
         let deadline = Instant::now() + limit;
         loop {
             let outcome = round(&self.shared).await;
-            if self.shared.queue_len().await == Some(0) {
+            if self.shared.queued().await == Some(0) {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -309,7 +400,59 @@ where
             coalesced: get(&c.coalesced),
             last_batch: get(&c.last_batch),
             flush_ms_sum: get(&c.flush_us_sum) / 1_000,
+            unreplicated: get(&c.unreplicated),
             flush_buckets: c.flush_buckets.each_ref().map(get),
+        }
+    }
+}
+
+impl<K, V> Shared<K, V>
+where
+    K: FromStr + fmt::Display + Eq + std::hash::Hash + Clone + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    /// Entries in every partition; `None` when Redis did not tell.
+    async fn queued(&self) -> Option<u64> {
+        let mut total = 0;
+        for partition in self.partitions.all() {
+            total += self.queue_len(partition).await?;
+        }
+        Some(total)
+    }
+
+    /// Sends a queueing script: over the connection writes go to, or with
+    /// [`ReplicaWait`] followed by `WAIT 1` on the waiting connection (one
+    /// round trip). Returns the script's reply.
+    async fn queue(&self, cmd: redis::Cmd) -> Option<Value> {
+        let Some(wait) = &self.replica_wait else {
+            return self.l2.write_command("EVAL enqueue", cmd).await;
+        };
+        let (reply, replicas) = wait
+            .conn
+            .command_then_wait::<Value>("EVAL enqueue + WAIT", cmd, wait.timeout)
+            .await?;
+        if replicas == 0 && !matches!(reply, Value::Nil | Value::Boolean(false)) {
+            self.counters.unreplicated.fetch_add(1, Ordering::Relaxed);
+            self.log.warn(|suppressed| {
+                tracing::warn!(timeout = ?wait.timeout, suppressed, "write-behind change queued but no replica confirmed it in time; a failover now could lose it");
+            });
+        }
+        Some(reply)
+    }
+
+    /// A cluster's last step: the value key, through the version guard (a
+    /// newer value stays). The change is queued already; if this fails (or
+    /// the writer dies first), the flusher drops the older value once the
+    /// store has the change (see `drop_older_values`).
+    async fn store_value(&self, write: &Enqueue<'_>) {
+        let value = crate::remote::Write {
+            key: write.redis_key.to_owned(),
+            value: write.stored.clone(),
+            ttl: write.ttl,
+            version: i64::try_from(write.version).unwrap_or(i64::MAX),
+        };
+        if self.l2.set(&value, Some(write.field)).await.is_none() {
+            tracing::warn!(key = %write.key, "write-behind change queued, but its value could not be stored in the cache");
         }
     }
 }
