@@ -99,9 +99,13 @@ impl Receiver {
             let mut link = match self.connect().await {
                 Ok(link) => link,
                 Err(error) => {
+                    tracing::debug!(channel = %self.shared.channel, %error, "bus not subscribed");
                     self.shared.log.warn(|suppressed| {
                         tracing::warn!(channel = %self.shared.channel, %error, suppressed, "bus not subscribed; retrying");
                     });
+                    // The cluster client may still route the channel's slot
+                    // to a primary that hangs: have it read the slot map again.
+                    self.l2.reroute();
                     tokio::time::sleep(retry).await;
                     retry = (retry * 2).min(MAX_RETRY);
                     continue;

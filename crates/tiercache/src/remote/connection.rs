@@ -6,10 +6,11 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{RwLock, Weak};
-use std::time::Duration;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use redis::RedisError;
+use tokio::sync::Notify;
 use tracing::Instrument;
 
 use super::RemoteConfig;
@@ -19,6 +20,9 @@ use crate::task::LogLimiter;
 
 /// Failed probes after which the supervisor rebuilds the connection.
 const REBUILD_AFTER: u32 = 3;
+/// Least time between two rebuilds of a cluster connection for stale
+/// routes (see [`Inner::reroute`]).
+const REROUTE_GAP: Duration = Duration::from_millis(500);
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(2);
 
@@ -35,6 +39,9 @@ pub(super) struct Inner {
     /// the one it used.
     pub(super) lends: AtomicU64,
     pub(super) breaker: CircuitBreaker,
+    /// Tells the supervisor that a cluster call timed out (see
+    /// [`reroute`](Self::reroute)).
+    pub(super) reroute: Arc<Notify>,
     pub(super) errors: AtomicU64,
     pub(super) log: LogLimiter,
 }
@@ -207,6 +214,7 @@ impl Inner {
             }
             Err(_) => {
                 self.record_failure();
+                self.reroute();
                 (format!("timed out after {:?}", self.config.timeout), true)
             }
         };
@@ -215,6 +223,19 @@ impl Inner {
             tracing::warn!(command = what, error = %failure, suppressed, "L2 call failed; treated as a miss");
         });
         Err(Unavailable(unavailable))
+    }
+
+    /// After a call timed out on a cluster: asks the supervisor for a new
+    /// connection. redis-rs's cluster client refreshes its slot map on
+    /// `MOVED` or a dropped connection, never on a timeout; so after a hung
+    /// primary (its connections open, nothing answered) was replaced by its
+    /// replica, the client would keep sending that primary's slots to it
+    /// and time out until it came back. A new connection reads the slot map
+    /// afresh (from seeds that answer: see `topology::answering_seeds`).
+    pub(super) fn reroute(&self) {
+        if self.config.topology.is_cluster() {
+            self.reroute.notify_one();
+        }
     }
 
     fn record_success(&self) {
@@ -249,17 +270,32 @@ impl Inner {
     }
 }
 
-/// Background care of one L2: first connection, probes, rebuilds.
+/// Background care of one L2: first connection, probes, rebuilds (also of
+/// a cluster connection whose routes went stale, at most every
+/// [`REROUTE_GAP`]).
 ///
 /// Holds only a `Weak`, so it never keeps a dropped cache alive; it also
 /// exits when upgrading fails.
-pub(super) async fn supervise(inner: Weak<Inner>) {
+pub(super) async fn supervise(inner: Weak<Inner>, reroute: Arc<Notify>) {
     let mut retry = FIRST_RETRY;
     let mut failed_probes = 0u32;
+    let mut stale_routes = false;
+    let mut rerouted = Instant::now();
     loop {
         let pause = {
             let Some(inner) = inner.upgrade() else { return };
-            if inner.current_conn().is_none() || failed_probes >= REBUILD_AFTER {
+            if stale_routes && inner.current_conn().is_some() {
+                let since = rerouted.elapsed();
+                if since >= REROUTE_GAP {
+                    stale_routes = false;
+                    rerouted = Instant::now();
+                    tracing::info!(redis = %inner.config.topology, "an L2 call timed out on the cluster; reconnecting to read its slot map afresh");
+                    inner.try_establish().await;
+                    inner.config.breaker.cooldown
+                } else {
+                    REROUTE_GAP - since
+                }
+            } else if inner.current_conn().is_none() || failed_probes >= REBUILD_AFTER {
                 if inner.try_establish().await {
                     failed_probes = 0;
                     retry = FIRST_RETRY;
@@ -281,7 +317,10 @@ pub(super) async fn supervise(inner: Weak<Inner>) {
                 inner.config.breaker.cooldown
             }
         };
-        tokio::time::sleep(pause).await;
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = reroute.notified() => stale_routes = true,
+        }
     }
 }
 

@@ -26,6 +26,11 @@
 //!   level comes back `Up` even when no traffic would probe it;
 //! - rebuilds the connection from scratch after a few failed probes, in case the old one is wedged (e.g. its reconnect gave up).
 //!
+//! - on a cluster, reconnects (at most twice a second) after a call timed
+//!   out, so that a hung primary's slots go to its replica once it took
+//!   over (redis-rs re-reads the slot map on `MOVED` or a dropped
+//!   connection, not on a timeout).
+//!
 //! Between those, redis-rs reconnects a dropped connection by itself
 //! (`ConnectionManager` for one server, the cluster client per node).
 
@@ -88,8 +93,10 @@ impl RemoteCache {
         if config.timeout.is_zero() || config.connect_timeout.is_zero() {
             return Err(Error::config("L2 timeouts must be positive"));
         }
+        let reroute = Arc::new(tokio::sync::Notify::new());
         let inner = Arc::new(Inner {
             breaker: CircuitBreaker::with_clock(config.breaker, Arc::new(SystemClock)),
+            reroute: Arc::clone(&reroute),
             conn: RwLock::new(None),
             writer: RwLock::new(None),
             lends: AtomicU64::new(0),
@@ -100,7 +107,7 @@ impl RemoteCache {
         if !inner.try_establish().await {
             inner.breaker.trip();
         }
-        let supervisor = tokio::spawn(supervise(Arc::downgrade(&inner)));
+        let supervisor = tokio::spawn(supervise(Arc::downgrade(&inner), reroute));
         Ok(Self {
             // No deadline of its own: each call is bounded by the L2 timeout.
             gets: Batcher::new(READ_LANES, MAX_READ_BATCH, None, {
@@ -330,6 +337,13 @@ impl RemoteCache {
             )
             .await
             .is_some()
+    }
+
+    /// On a cluster, has the supervisor reconnect soon (rate-limited) to
+    /// read the slot map afresh: for callers whose own failures (not an L2
+    /// call's timeout) suggest stale routes.
+    pub(crate) fn reroute(&self) {
+        self.inner.reroute();
     }
 
     /// The primary serving `key`'s slot now (the server itself on a single

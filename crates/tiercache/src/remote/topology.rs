@@ -230,10 +230,11 @@ impl Conn {
                 Ok(Self::Single(manager))
             }
             RedisTopology::Cluster(nodes) => {
+                let seeds = answering_seeds(nodes, settings).await;
                 let client =
-                    redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                    redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str))
                         .tcp_settings(tcp_settings())
-                        .connection_timeout(settings.connect_timeout)
+                        .connection_timeout(node_connect_timeout(settings))
                         .response_timeout(settings.response_timeout)
                         .retries(3)
                         .build()?;
@@ -418,6 +419,50 @@ pub(crate) async fn listener(
     redis::Client::open(info)?
         .get_multiplexed_async_connection_with_config(&config)
         .await
+}
+
+/// How long redis-rs may take to connect to one cluster node: a few
+/// response timeouts, within the connect timeout. It connects to every
+/// node of the slot map before a new cluster connection is ready, a hung
+/// node (its port open, nothing answered) taking all of this; with the
+/// whole connect timeout a reconnection during a hung primary's failover
+/// would never finish in time. A node slower than this to accept a
+/// connection would time out requests anyway.
+fn node_connect_timeout(settings: ConnectSettings) -> Duration {
+    (settings.response_timeout * 5).min(settings.connect_timeout)
+}
+
+/// The seeds that answer a `PING` within the response timeout, in their
+/// order; all of them when none does (then redis-rs's own timeouts apply).
+///
+/// redis-rs connects to every seed before it reads the slot map, and a hung
+/// seed (its port open, nothing answered) holds that up for the whole
+/// connect timeout; leaving it out makes a reconnection during a hung
+/// primary's failover fast. The slot map then names every node anyway.
+async fn answering_seeds(nodes: &[String], settings: ConnectSettings) -> Vec<String> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(settings.response_timeout))
+        .set_response_timeout(Some(settings.response_timeout));
+    let pings = nodes.iter().map(|node| {
+        let config = config.clone();
+        async move {
+            let client = redis::Client::open(node.as_str()).ok()?;
+            let attempt = async {
+                let mut conn = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                redis::cmd("PING").query_async::<String>(&mut conn).await
+            };
+            let answered = tokio::time::timeout(settings.response_timeout * 2, attempt).await;
+            matches!(answered, Ok(Ok(_))).then(|| node.clone())
+        }
+    });
+    let answering: Vec<String> = join_all(pings).await.into_iter().flatten().collect();
+    if answering.is_empty() {
+        nodes.to_vec()
+    } else {
+        answering
+    }
 }
 
 /// The primary serving `slot` in a `CLUSTER SLOTS` reply: entries of

@@ -53,6 +53,76 @@ where
 
 /// Every key matching `pattern`, found with SCAN (never KEYS), except the
 /// bus change logs (`…:bus:log`), which every cache with a bus has.
+/// Where a scenario runs: the shared single server, or a private cluster.
+pub(crate) enum Redis {
+    Single(String),
+    /// The `redis+cluster://` URL and each node's `redis://` URL.
+    Cluster {
+        url: String,
+        nodes: Vec<String>,
+    },
+}
+
+/// Queue partitions of a write-behind cache on a cluster
+/// (tiercache's `write_behind::partition::CLUSTER_PARTITIONS`).
+const CLUSTER_PARTITIONS: usize = 8;
+
+impl Redis {
+    /// The shared server (checked to be up).
+    pub(crate) async fn single() -> Self {
+        raw_redis().await;
+        Self::Single(redis_url())
+    }
+
+    pub(crate) fn cluster(cluster: &testkit::PrivateCluster) -> Self {
+        testkit::init_test_log(LOG_FILTER);
+        Self::Cluster {
+            url: cluster.cluster_url(),
+            nodes: cluster.urls(),
+        }
+    }
+
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster { .. })
+    }
+
+    /// What to give `redis_url`.
+    pub(crate) fn url(&self) -> String {
+        match self {
+            Self::Single(url) | Self::Cluster { url, .. } => url.clone(),
+        }
+    }
+
+    /// The dead letters of the write-behind queue of the cache whose keys
+    /// start with `base` (key prefix and namespace), from every partition.
+    pub(crate) async fn dead_letters(&self, base: &str) -> Vec<redis::Value> {
+        let xrange = |key: String| {
+            let mut cmd = redis::cmd("XRANGE");
+            cmd.arg(key).arg("-").arg("+");
+            cmd
+        };
+        match self {
+            Self::Single(_) => xrange(format!("{base}#wb:dead"))
+                .query_async(&mut raw_redis().await)
+                .await
+                .unwrap(),
+            Self::Cluster { nodes, .. } => {
+                let client = redis::cluster::ClusterClient::new(nodes.clone()).unwrap();
+                let mut conn = client.get_async_connection().await.unwrap();
+                let mut dead = Vec::new();
+                for n in 0..CLUSTER_PARTITIONS {
+                    let entries: Vec<redis::Value> = xrange(format!("{{{base}#wb.{n}}}:dead"))
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                    dead.extend(entries);
+                }
+                dead
+            }
+        }
+    }
+}
+
 pub(crate) async fn scan_keys(conn: &mut MultiplexedConnection, pattern: &str) -> Vec<String> {
     let is_change_log = |key: &String| key.ends_with(":bus:log");
     let mut keys = Vec::new();
