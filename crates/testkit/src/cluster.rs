@@ -1,98 +1,186 @@
-//! A private three-primary Redis Cluster, for the tests of the cluster
-//! topology: its own `redis-server` processes and configuration directory,
-//! torn down when dropped. The shared Redis is never a cluster member.
+//! A private Redis Cluster for the tests of the cluster topology and of its
+//! failures: six `redis-server` processes of the test's own (three
+//! primaries, each with one replica), each with its own directory, all torn
+//! down when dropped. The shared Redis is never a cluster member.
+//!
+//! Nodes can be killed (SIGKILL), hung (SIGSTOP) and restarted on the same
+//! port with the same `nodes.conf`, so that a test can make a primary fail
+//! and watch its replica take over ([`PrivateCluster::wait_failed_over`]).
+//! The node timeout is 1 s, so a failover takes two to three seconds
+//! rather than Redis's default fifteen and more.
+//!
+//! Which node is a primary is decided by `redis-cli --cluster create` and
+//! changes with every failover: tests ask ([`PrivateCluster::primaries`],
+//! [`PrivateCluster::primary_for_key`]), never assume. The answers come
+//! from the nodes that run (not killed, not paused), each asked for its own
+//! view; a node that is down is never asked, so a question never hangs.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 
-use crate::poll::wait_for;
+use crate::poll::{eventually, poll_until};
 use crate::private_redis::{INSTALL_REDIS, START_LIMIT, ping};
 
-/// Primaries in the cluster (no replicas).
-const NODES: usize = 3;
-/// How long the joined cluster has to report `cluster_state:ok`.
-const JOIN_LIMIT: Duration = Duration::from_secs(20);
+/// Nodes in the cluster: three primaries and a replica of each.
+const NODES: usize = 6;
+/// `--cluster-node-timeout` in ms: how long a primary may be unreachable
+/// before its replica takes over. Redis's default, 15 s, would make every
+/// failover test wait that long.
+const NODE_TIMEOUT_MS: &str = "1000";
+/// How long a new or restarted cluster has to become whole.
+const JOIN_LIMIT: Duration = Duration::from_secs(30);
+/// Bound on one node's answers, so that a node that does not answer is a
+/// failed check, not a hung test.
+const QUERY_LIMIT: Duration = Duration::from_secs(1);
+/// Hash slots of a Redis Cluster.
+const SLOTS: usize = 16_384;
+/// Sets of ports tried when a node finds its port taken by another process.
+const START_ATTEMPTS: usize = 3;
+/// Lines of a node's log quoted when it failed.
+const LOG_LINES: usize = 15;
 
-/// A three-primary Redis Cluster of the test's own.
+/// A six-node Redis Cluster of the test's own (see the module doc).
 ///
-/// Nodes listen on random ports in 20000..30000 so that each node's
-/// cluster-bus port (`port + 10000`) is valid and free too.
+/// Nodes are numbered 0..6 in the order of [`urls`](Self::urls) and
+/// [`seeds`](Self::seeds); their roles are whatever the nodes say. Nodes
+/// listen on random ports in 20000..30000 so that each node's cluster-bus
+/// port (`port + 10000`) is valid and free too.
 #[derive(Debug)]
 pub struct PrivateCluster {
     ports: Vec<u16>,
-    children: Vec<Child>,
+    /// Each node's process; `None` once killed.
+    children: Vec<Option<Child>>,
+    /// Set while a node is stopped (SIGSTOP): it is not asked anything,
+    /// and is let go on before it is killed.
+    paused: Vec<AtomicBool>,
+    /// Holds one directory per node (its `nodes.conf`, log and RDB file).
     dir: PathBuf,
 }
 
+/// What one running node says of itself and of the cluster.
+#[derive(Debug)]
+struct Report {
+    index: usize,
+    /// `cluster_state:ok` in `CLUSTER INFO`.
+    state_ok: bool,
+    /// `role:master` in `INFO replication`.
+    primary: bool,
+    /// `master_link_status:up` in `INFO replication` (replicas only).
+    link_up: bool,
+    /// The port of the primary serving each slot as this node sees it
+    /// (`None`: no primary).
+    owners: Vec<Option<u16>>,
+}
+
 impl PrivateCluster {
-    /// Starts three nodes, joins them with `redis-cli --cluster create`, and
-    /// waits until every node reports `cluster_state:ok`.
+    /// Starts six nodes, joins them with `redis-cli --cluster create
+    /// --cluster-replicas 1`, and waits until every node reports
+    /// `cluster_state:ok`, every slot is served by a primary all nodes
+    /// agree on, and every replica reports `master_link_status:up` (so a
+    /// failover test can rely on the replicas holding what was written).
     ///
     /// # Panics
     /// When `redis-server` or `redis-cli` cannot be run (it says how to
-    /// install them), or the cluster does not form.
+    /// install them), a node does not start, or the cluster does not form
+    /// within 30 s.
     pub async fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("testkit-cluster-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("cluster directory {}: {e}", dir.display()));
-        let ports: Vec<u16> = (0..NODES).map(|_| free_cluster_port()).collect();
-        let mut cluster = Self {
-            ports,
-            children: Vec::new(),
-            dir,
-        };
-        for &port in &cluster.ports {
-            let config = cluster.dir.join(format!("nodes-{port}.conf"));
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
-                .arg("--cluster-config-file")
-                .arg(&config)
-                .arg("--dir")
-                .arg(&cluster.dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("could not run redis-server ({e}); {INSTALL_REDIS}"));
-            cluster.children.push(child);
+        let mut failures = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            match Self::spawn_nodes().await {
+                Ok(cluster) => {
+                    cluster.create();
+                    cluster
+                        .wait_whole(JOIN_LIMIT, true, "the new cluster to be whole")
+                        .await;
+                    return cluster;
+                }
+                Err(failure) => failures.push(failure),
+            }
         }
-        for &port in &cluster.ports {
-            wait_for(START_LIMIT, "cluster node to answer", async || {
-                ping(port).await.is_some()
-            })
-            .await;
-        }
-        let nodes: Vec<String> = cluster
-            .ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect();
-        let created = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&nodes)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap_or_else(|e| panic!("could not run redis-cli ({e}); {INSTALL_REDIS}"));
-        assert!(created.success(), "redis-cli --cluster create failed");
-        for url in cluster.urls() {
-            wait_for(JOIN_LIMIT, "cluster_state:ok", async || {
-                cluster_info(&url)
-                    .await
-                    .is_some_and(|info| info.contains("cluster_state:ok"))
-            })
-            .await;
-        }
-        cluster
+        panic!("no private cluster started in {START_ATTEMPTS} attempts: {failures:#?}");
     }
 
-    /// `redis://127.0.0.1:<port>` of each node.
+    /// Six cluster-enabled nodes on fresh ports, each answering `PING`;
+    /// `Err` says which did not (its port may have been taken meanwhile).
+    async fn spawn_nodes() -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("testkit-cluster-{}", uuid::Uuid::new_v4()));
+        let mut ports: Vec<u16> = Vec::with_capacity(NODES);
+        while ports.len() < NODES {
+            let port = free_cluster_port();
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        let mut cluster = Self {
+            ports,
+            children: (0..NODES).map(|_| None).collect(),
+            paused: (0..NODES).map(|_| AtomicBool::new(false)).collect(),
+            dir,
+        };
+        for index in 0..NODES {
+            cluster.children[index] = Some(cluster.spawn_node(index));
+        }
+        for index in 0..NODES {
+            cluster.answering(index).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Joins the running nodes into a cluster, one replica per primary.
+    fn create(&self) {
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(self.seeds())
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| panic!("could not run redis-cli ({e}); {INSTALL_REDIS}"));
+        assert!(
+            created.status.success(),
+            "`redis-cli --cluster create {}` failed ({}): {}{}",
+            self.seeds().join(" "),
+            created.status,
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr),
+        );
+    }
+
+    /// `127.0.0.1:<port>` of each node, in node order.
+    pub fn seeds(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// `redis+cluster://127.0.0.1:<port>,…` with every node, node 0 first:
+    /// the `REDIS_URL` of a service on this cluster.
+    pub fn cluster_url(&self) -> String {
+        self.cluster_url_from(0)
+    }
+
+    /// [`cluster_url`](Self::cluster_url) with node `first` as the first
+    /// seed, then the others in order. The first seed matters: tiercache
+    /// subscribes its bus there (its docs, "Not yet"), so a failover test
+    /// chooses whether the node it kills is that one.
+    ///
+    /// # Panics
+    /// When there is no node `first`.
+    pub fn cluster_url_from(&self, first: usize) -> String {
+        let seeds = self.seeds();
+        assert!(first < seeds.len(), "no cluster node {first}");
+        let ordered: Vec<&str> = seeds[first..]
+            .iter()
+            .chain(&seeds[..first])
+            .map(String::as_str)
+            .collect();
+        format!("redis+cluster://{}", ordered.join(","))
+    }
+
+    /// `redis://127.0.0.1:<port>` of each node, in node order.
     pub fn urls(&self) -> Vec<String> {
         self.ports
             .iter()
@@ -105,33 +193,407 @@ impl PrivateCluster {
     /// # Panics
     /// When there is no such node or it refuses the connection.
     pub async fn node(&self, index: usize) -> MultiplexedConnection {
-        redis::Client::open(self.urls()[index].as_str())
-            .expect("a node URL parses")
+        self.connect(index).await.unwrap_or_else(|e| {
+            panic!(
+                "cluster node {index} (port {}) refused a connection: {e}",
+                self.ports[index]
+            )
+        })
+    }
+
+    /// The nodes that are primaries now: running, saying `role:master`,
+    /// and serving at least one slot in their own view. Three, except
+    /// while a failover is under way.
+    pub async fn primaries(&self) -> Vec<usize> {
+        self.reports()
+            .await
+            .into_iter()
+            .filter(|report| report.primary && report.owners.contains(&Some(self.port(report))))
+            .map(|report| report.index)
+            .collect()
+    }
+
+    /// The nodes that are replicas in step with their primary now: running,
+    /// saying `role:slave` and `master_link_status:up`.
+    pub async fn replicas(&self) -> Vec<usize> {
+        self.reports()
+            .await
+            .into_iter()
+            .filter(|report| !report.primary && report.link_up)
+            .map(|report| report.index)
+            .collect()
+    }
+
+    /// The node serving `key`'s hash slot as its primary now (by its own
+    /// view): the node to kill to make that key's primary fail.
+    ///
+    /// # Panics
+    /// When no running node answers `CLUSTER KEYSLOT`, or no running
+    /// primary (or more than one) claims the slot: a failover is under
+    /// way; wait with [`wait_failed_over`](Self::wait_failed_over) first.
+    pub async fn primary_for_key(&self, key: &str) -> usize {
+        let slot = self.key_slot(key).await;
+        let claimants: Vec<usize> = self
+            .reports()
+            .await
+            .into_iter()
+            .filter(|report| report.primary && report.owners[slot] == Some(self.port(report)))
+            .map(|report| report.index)
+            .collect();
+        match claimants[..] {
+            [index] => index,
+            [] => panic!("no running primary serves slot {slot} (key {key:?})"),
+            _ => panic!("nodes {claimants:?} all claim slot {slot} (key {key:?})"),
+        }
+    }
+
+    /// Kills node `index` (SIGKILL, also when paused) and waits for it: its
+    /// connections are reset at once, as when a machine dies, and its data
+    /// is gone. Nothing if it is not running.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.children[index].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.paused[index].store(false, Ordering::SeqCst);
+    }
+
+    /// Stops node `index` (SIGSTOP): its connections stay open but nothing
+    /// is answered, as a hung or partitioned server; past the node timeout
+    /// (1 s) its replica takes over.
+    ///
+    /// # Panics
+    /// When the node is not running or the signal fails.
+    pub fn pause(&self, index: usize) {
+        assert!(
+            self.signal(index, "-STOP"),
+            "cluster node {index} (port {}) was not stopped: it is not running, or `kill -STOP` failed",
+            self.ports[index]
+        );
+        self.paused[index].store(true, Ordering::SeqCst);
+    }
+
+    /// Lets a paused node go on (SIGCONT); nothing if it is not paused. A
+    /// primary that was failed over meanwhile turns into a replica.
+    ///
+    /// # Panics
+    /// When the signal fails.
+    pub fn resume(&self, index: usize) {
+        if self.paused[index].load(Ordering::SeqCst) {
+            assert!(
+                self.signal(index, "-CONT"),
+                "cluster node {index} (port {}) was not resumed: `kill -CONT` failed",
+                self.ports[index]
+            );
+            self.paused[index].store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Kills node `index` if it runs, starts it again on the same port with
+    /// the same `nodes.conf`, and waits until the cluster is whole with it
+    /// (as [`start`](Self::start) does). A primary that was failed over
+    /// meanwhile rejoins as a replica of the node that replaced it.
+    ///
+    /// # Panics
+    /// When the node does not answer on its port within 10 s, or the
+    /// cluster is not whole within 30 s.
+    pub async fn restart(&mut self, index: usize) {
+        self.kill(index);
+        self.children[index] = Some(self.spawn_node(index));
+        if let Err(failure) = self.answering(index).await {
+            panic!("restarting: {failure}");
+        }
+        self.wait_whole(
+            JOIN_LIMIT,
+            true,
+            &format!("the cluster to be whole with node {index} back"),
+        )
+        .await;
+    }
+
+    /// Waits until the running nodes (not killed, not paused) make a whole
+    /// cluster again: each reports `cluster_state:ok`, and in every one's
+    /// view every slot is served by the same running primary. After a
+    /// primary was killed or paused this is when its replica has taken
+    /// over and every node knows it; a test measures what follows from
+    /// here. Replicas may still be syncing.
+    ///
+    /// # Panics
+    /// When `limit` passes first; the message says what was still wrong.
+    pub async fn wait_failed_over(&self, limit: Duration) {
+        self.wait_whole(limit, false, "the cluster to fail over")
+            .await;
+    }
+
+    /// Waits until the cluster is whole (see
+    /// [`wait_failed_over`](Self::wait_failed_over)), and with
+    /// `replicas_in_sync` every running replica's link to its primary up.
+    async fn wait_whole(&self, limit: Duration, replicas_in_sync: bool, what: &str) {
+        let outcome = poll_until(
+            limit,
+            async || self.problems(replicas_in_sync).await,
+            Vec::is_empty,
+        )
+        .await;
+        if let Err(problems) = outcome {
+            panic!("gave up after {limit:?} waiting for {what}; still: {problems:#?}");
+        }
+    }
+
+    /// What keeps the cluster from being whole now (nothing: it is).
+    async fn problems(&self, replicas_in_sync: bool) -> Vec<String> {
+        let running = self.running();
+        let reports = self.reports().await;
+        let mut problems: Vec<String> = running
+            .iter()
+            .filter(|index| !reports.iter().any(|r| r.index == **index))
+            .map(|index| format!("node {index} did not answer within {QUERY_LIMIT:?}"))
+            .collect();
+        let primaries: Vec<u16> = reports
+            .iter()
+            .filter(|r| r.primary)
+            .map(|r| self.port(r))
+            .collect();
+        for report in &reports {
+            let index = report.index;
+            if !report.state_ok {
+                problems.push(format!("node {index}: cluster_state is not ok"));
+            }
+            if replicas_in_sync && !report.primary && !report.link_up {
+                problems.push(format!("node {index}: replica whose master link is not up"));
+            }
+            let unserved = report
+                .owners
+                .iter()
+                .filter(|owner| !owner.is_some_and(|port| primaries.contains(&port)))
+                .count();
+            if unserved > 0 {
+                problems.push(format!(
+                    "node {index}: {unserved} slots not served by a running primary"
+                ));
+            }
+        }
+        if let Some((first, rest)) = reports.split_first() {
+            for report in rest.iter().filter(|r| r.owners != first.owners) {
+                problems.push(format!(
+                    "nodes {} and {} disagree on which primaries serve which slots",
+                    first.index, report.index
+                ));
+            }
+        }
+        problems
+    }
+
+    /// The reports of the running nodes that answered.
+    async fn reports(&self) -> Vec<Report> {
+        let mut reports = Vec::new();
+        for index in self.running() {
+            if let Some(report) = self.report(index).await {
+                reports.push(report);
+            }
+        }
+        reports
+    }
+
+    /// What node `index` says, if it answers within [`QUERY_LIMIT`].
+    async fn report(&self, index: usize) -> Option<Report> {
+        let ask = async {
+            let mut conn = self.connect(index).await.ok()?;
+            let (info, nodes, replication): (String, String, String) = redis::pipe()
+                .cmd("CLUSTER")
+                .arg("INFO")
+                .cmd("CLUSTER")
+                .arg("NODES")
+                .cmd("INFO")
+                .arg("replication")
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            Some(Report {
+                index,
+                state_ok: info.lines().any(|line| line.trim() == "cluster_state:ok"),
+                primary: replication.lines().any(|line| line.trim() == "role:master"),
+                link_up: replication
+                    .lines()
+                    .any(|line| line.trim() == "master_link_status:up"),
+                owners: slot_owners(&nodes),
+            })
+        };
+        tokio::time::timeout(QUERY_LIMIT, ask).await.ok().flatten()
+    }
+
+    /// `CLUSTER KEYSLOT key`, asked of the first running node that answers.
+    async fn key_slot(&self, key: &str) -> usize {
+        for index in self.running() {
+            let ask = async {
+                let mut conn = self.connect(index).await.ok()?;
+                redis::cmd("CLUSTER")
+                    .arg("KEYSLOT")
+                    .arg(key)
+                    .query_async::<usize>(&mut conn)
+                    .await
+                    .ok()
+            };
+            if let Ok(Some(slot)) = tokio::time::timeout(QUERY_LIMIT, ask).await {
+                return slot;
+            }
+        }
+        panic!("no running cluster node answered CLUSTER KEYSLOT {key:?}");
+    }
+
+    /// The nodes that are neither killed nor paused.
+    fn running(&self) -> Vec<usize> {
+        (0..NODES)
+            .filter(|&i| self.children[i].is_some() && !self.paused[i].load(Ordering::SeqCst))
+            .collect()
+    }
+
+    fn port(&self, report: &Report) -> u16 {
+        self.ports[report.index]
+    }
+
+    async fn connect(&self, index: usize) -> redis::RedisResult<MultiplexedConnection> {
+        redis::Client::open(self.urls()[index].as_str())?
             .get_multiplexed_async_connection()
             .await
-            .expect("a cluster node accepts connections")
+    }
+
+    /// Node `index`'s directory: its `nodes.conf`, log and RDB file. One
+    /// each, because replicas write the RDB file they sync from under a
+    /// fixed name.
+    fn node_dir(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("node-{}", self.ports[index]))
+    }
+
+    /// Starts node `index`'s `redis-server`, without persistence.
+    fn spawn_node(&self, index: usize) -> Child {
+        let dir = self.node_dir(index);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cluster node directory {}: {e}", dir.display()));
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &self.ports[index].to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-node-timeout", NODE_TIMEOUT_MS])
+            // A primary waits 5 s by default before a full sync, for more
+            // replicas to share it: every start and restart would too.
+            .args(["--repl-diskless-sync-delay", "0"])
+            .arg("--cluster-config-file")
+            .arg(dir.join("nodes.conf"))
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not run redis-server ({e}); {INSTALL_REDIS}"))
+    }
+
+    /// Waits until node `index` answers `PING`; `Err` says why it did not
+    /// within [`START_LIMIT`] (it exited, e.g. its port was taken), with
+    /// the end of its log.
+    async fn answering(&mut self, index: usize) -> Result<(), String> {
+        let port = self.ports[index];
+        let mut exited = None;
+        let answered = eventually(START_LIMIT, async || {
+            exited = self.children[index]
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            exited.is_some() || ping(port).await.is_some()
+        })
+        .await;
+        match (answered, exited) {
+            (true, None) => Ok(()),
+            (_, Some(status)) => Err(format!(
+                "redis-server of cluster node {index} (port {port}) exited ({status}); {}",
+                self.log_tail(index)
+            )),
+            (false, None) => Err(format!(
+                "redis-server of cluster node {index} (port {port}) did not answer PING within \
+                 {START_LIMIT:?}; {}",
+                self.log_tail(index)
+            )),
+        }
+    }
+
+    /// The last lines of node `index`'s log, for a failure message.
+    fn log_tail(&self, index: usize) -> String {
+        let path = self.node_dir(index).join("redis.log");
+        match std::fs::read_to_string(&path) {
+            Ok(log) => {
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(LOG_LINES)..].join("\n");
+                format!("end of {}:\n{tail}", path.display())
+            }
+            Err(e) => format!("no log at {} ({e})", path.display()),
+        }
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`) to node `index`; whether it was sent.
+    fn signal(&self, index: usize, signal: &str) -> bool {
+        self.children[index].as_ref().is_some_and(|child| {
+            Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .is_ok_and(|status| status.success())
+        })
     }
 }
 
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
+        for index in 0..NODES {
+            // Not `resume`, which panics when the signal fails.
+            if self.paused[index].load(Ordering::SeqCst) {
+                self.signal(index, "-CONT");
+            }
+            self.kill(index);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// `CLUSTER INFO` of the node at `url`, if it answers.
-async fn cluster_info(url: &str) -> Option<String> {
-    let client = redis::Client::open(url).ok()?;
-    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-    redis::cmd("CLUSTER")
-        .arg("INFO")
-        .query_async(&mut conn)
-        .await
-        .ok()
+/// The port of the primary serving each slot in a `CLUSTER NODES` answer
+/// (`None`: no primary serves it). A primary flagged failing keeps its
+/// slots here: whether it runs is for the caller to judge.
+fn slot_owners(nodes: &str) -> Vec<Option<u16>> {
+    let mut owners = vec![None; SLOTS];
+    for line in nodes.lines() {
+        // <id> <ip:port@cport[,hostname]> <flags> <primary> <ping-sent>
+        // <pong-recv> <config-epoch> <link-state> <slot>…
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(address), Some(flags)) = (fields.get(1), fields.get(2)) else {
+            continue;
+        };
+        if !flags.split(',').any(|flag| flag == "master") {
+            continue;
+        }
+        let port = address
+            .split(['@', ','])
+            .next()
+            .and_then(|addr| addr.rsplit_once(':'))
+            .and_then(|(_, port)| port.parse::<u16>().ok());
+        let Some(port) = port else {
+            continue;
+        };
+        // `[slot->-id]`, `[slot-<-id]`: a slot on its way in or out, still
+        // served by its owner's range.
+        for range in fields.iter().skip(8).filter(|r| !r.starts_with('[')) {
+            let (first, last) = range.split_once('-').unwrap_or((range, range));
+            if let (Ok(first), Ok(last)) = (first.parse::<usize>(), last.parse::<usize>()) {
+                for owner in owners.iter_mut().take(last + 1).skip(first) {
+                    *owner = Some(port);
+                }
+            }
+        }
+    }
+    owners
 }
 
 /// A port in 20000..30000 that is free, and whose cluster-bus port is free.
@@ -143,5 +605,72 @@ fn free_cluster_port() -> u16 {
         if free(port) && free(port + 10_000) {
             return port;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::AsyncCommands;
+
+    use super::*;
+
+    #[test]
+    fn slot_owners_are_read_from_primaries_only() {
+        let nodes = "\
+a1 127.0.0.1:20001@30001 myself,master - 0 0 1 connected 0-5460 [5461->-b2]
+b2 127.0.0.1:20002@30002,host master - 0 1700000000000 2 connected 5461-10922 16383
+c3 127.0.0.1:20003@30003 master,fail - 1 1700000000000 3 disconnected 10923-16382
+d4 127.0.0.1:20004@30004 slave a1 0 1700000000000 1 connected
+";
+
+        let owners = slot_owners(nodes);
+
+        assert_eq!(owners.len(), SLOTS);
+        assert_eq!(owners[0], Some(20001));
+        assert_eq!(owners[5460], Some(20001));
+        assert_eq!(owners[5461], Some(20002));
+        assert_eq!(owners[10923], Some(20003));
+        assert_eq!(owners[16382], Some(20003));
+        assert_eq!(owners[16383], Some(20002));
+        assert!(!owners.contains(&Some(20004)));
+        assert_eq!(slot_owners("")[42], None);
+    }
+
+    /// The failover a fault test relies on: the primary of a key killed,
+    /// its replica serves the key (with what was written before) within
+    /// a few seconds, and the old primary restarted comes back as a replica.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_primary_is_replaced_by_its_replica_and_rejoins_as_one() {
+        let mut cluster = PrivateCluster::start().await;
+        let primaries = cluster.primaries().await;
+        let replicas = cluster.replicas().await;
+        let key = format!("testkit:{}:failover", uuid::Uuid::new_v4().simple());
+        let old = cluster.primary_for_key(&key).await;
+        let mut conn = cluster.node(old).await;
+        let () = conn.set(&key, "before").await.unwrap();
+        // The value is on the replica before its primary dies.
+        let synced: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(1_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+
+        cluster.kill(old);
+        cluster.wait_failed_over(Duration::from_secs(10)).await;
+        let new = cluster.primary_for_key(&key).await;
+        let kept: Option<String> = cluster.node(new).await.get(&key).await.unwrap();
+        let primaries_after_failover = cluster.primaries().await;
+        cluster.restart(old).await;
+
+        assert_eq!((primaries.len(), replicas.len()), (3, 3));
+        assert_eq!(synced, 1);
+        assert_ne!(new, old);
+        assert!(replicas.contains(&new), "{new} was not a replica");
+        assert_eq!(kept.as_deref(), Some("before"));
+        assert_eq!(primaries_after_failover.len(), 3);
+        assert!(cluster.replicas().await.contains(&old));
+        assert_eq!(cluster.primaries().await, primaries_after_failover);
+        assert_eq!(cluster.primary_for_key(&key).await, new);
     }
 }

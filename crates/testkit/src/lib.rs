@@ -7,8 +7,10 @@
 //!   per test on it ([`unique_prefix`]); logs shown with `TEST_LOG=1`
 //!   ([`init_test_log`]).
 //! - Private servers: a `redis-server` to hang, kill and restart
-//!   ([`PrivateRedis`]) and a three-node Redis Cluster ([`PrivateCluster`]),
-//!   each on free local ports and gone when dropped.
+//!   ([`PrivateRedis`]) and a six-node Redis Cluster, three primaries and
+//!   their replicas, whose nodes can be killed, hung and restarted to fail
+//!   over ([`PrivateCluster`]), each on free local ports and gone when
+//!   dropped.
 //! - The benchmarks' worker threads ([`bench::Workers`]).
 //! - Fuzz inputs from committed corpora, for proptest properties that stand
 //!   in for `cargo fuzz` ([`fuzz_config`], [`corpus_input`], [`fuzz_input`]).

@@ -1,5 +1,6 @@
-//! The Redis level against a real three-node Redis Cluster: every
-//! multi-key operation crosses hash slots, since keys carry no hash tag.
+//! The Redis level against a real Redis Cluster (three primaries, each with
+//! a replica): every multi-key operation crosses hash slots, since keys
+//! carry no hash tag.
 
 use std::time::Duration;
 
@@ -11,12 +12,8 @@ use crate::support::{self, Item, found, found_all};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_serves_single_and_cross_slot_operations() {
     let cluster = PrivateCluster::start().await;
-    let seeds: Vec<String> = cluster
-        .urls()
-        .iter()
-        .map(|u| u.replace("redis://", ""))
-        .collect();
-    let url = format!("redis+cluster://{}", seeds.join(","));
+    let seeds = cluster.seeds();
+    let url = cluster.cluster_url();
     let prefix = support::unique_prefix();
     let build = || {
         support::builder::<Item>(&prefix)
@@ -34,8 +31,9 @@ async fn a_cluster_serves_single_and_cross_slot_operations() {
         .await
         .unwrap();
     assert_eq!(warmed, 100);
+    let primaries = cluster.primaries().await;
     let mut per_node = Vec::new();
-    for index in 0..3 {
+    for &index in &primaries {
         let mut node = cluster.node(index).await;
         per_node.push(
             support::scan_keys(&mut node, &format!("{prefix}*"))
@@ -122,7 +120,7 @@ async fn a_cluster_serves_single_and_cross_slot_operations() {
 
     // Clear scans every primary.
     writer.clear().await;
-    for index in 0..3 {
+    for &index in &primaries {
         let mut node = cluster.node(index).await;
         let left = support::scan_keys(&mut node, &format!("{prefix}*")).await;
         assert!(left.is_empty(), "node {index} kept {left:?}");
