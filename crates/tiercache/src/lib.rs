@@ -160,9 +160,7 @@
 //! # Not yet
 //!
 //! The public types are `#[non_exhaustive]` where they will grow. Fail-safe keeps stale values in L1 only (Redis
-//! copies live until their own TTL). Sharded pub/sub (`SPUBLISH`) on
-//! clusters is not used: the bus depends on the first seed node being
-//! reachable. On a cluster, client tracking covers the primaries found
+//! copies live until their own TTL). On a cluster, client tracking covers the primaries found
 //! when the bus connects: a primary added later (resharding) is tracked
 //! from the next reconnection; a failover drops a tracking connection and
 //! so reconnects them all.

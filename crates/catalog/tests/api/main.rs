@@ -4,6 +4,7 @@
 
 mod batching;
 mod cache;
+mod cluster;
 mod connections;
 mod dashboard;
 mod failsafe;
