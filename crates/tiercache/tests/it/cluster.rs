@@ -118,6 +118,20 @@ async fn a_cluster_serves_single_and_cross_slot_operations() {
         .await;
     }
 
+    // Tags: a generation moved by the writer reaches a reader that knew
+    // the old one (the bus) and one that never asked (Redis).
+    let before = reader.tag_generation("tools").await;
+    writer.invalidate_tags(&["tools"]).await;
+    let moved = writer.tag_generation("tools").await;
+    assert!(moved > before, "{moved} > {before}");
+    wait_for(
+        Duration::from_secs(1),
+        "the reader to learn the new tag generation",
+        || async { reader.tag_generation("tools").await == moved },
+    )
+    .await;
+    assert_eq!(far_reader.tag_generation("tools").await, moved);
+
     // Clear scans every primary.
     writer.clear().await;
     for &index in &primaries {

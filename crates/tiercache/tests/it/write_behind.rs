@@ -411,3 +411,69 @@ async fn every_scenario_holds_on_a_cluster() {
     two_instances_flushing_one_queue_lose_and_repeat_nothing(&redis).await;
     a_queued_value_survives_a_cache_clear_until_the_store_has_it(&redis).await;
 }
+
+/// A burst of changes on a cluster, a primary that holds part of the queue
+/// killed in the middle of it, then the writer gone (a crash: its read
+/// entries stay pending under its name): every change acknowledged reaches
+/// the store, at its version, through another instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_changes_survive_a_primary_failover_and_the_writers_crash() {
+    let mut cluster = PrivateCluster::start().await;
+    let redis = Redis::cluster(&cluster);
+    let prefix = support::unique_prefix();
+    let down = Arc::new(MemStore::default());
+    down.down.store(true, Ordering::SeqCst);
+    let writer = cache(&redis, &prefix, &down).await;
+    // The primary of the queue's first partition (named as in
+    // `write_behind::partition`).
+    let victim = cluster
+        .primary_for_key(&format!("{{{prefix}item#wb.0}}"))
+        .await;
+
+    let mut acknowledged: HashMap<i64, u64> = HashMap::new();
+    for version in 1..=4u64 {
+        for key in 1..=40i64 {
+            if (version, key) == (3, 20) {
+                cluster.kill(victim);
+            }
+            let write = writer
+                .write_behind(&key, version, Change::Put(doc(key, version)))
+                .await;
+            if write.is_ok() {
+                acknowledged.insert(key, version);
+            }
+        }
+    }
+    cluster.wait_failed_over(Duration::from_secs(20)).await;
+    // After the failover every key takes one more change.
+    for key in 1..=40i64 {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("key {key} takes version 5 after the failover"),
+            // A conflict: an attempt whose answer was lost queued it.
+            || async {
+                let write = writer.write_behind(&key, 5, Change::Put(doc(key, 5))).await;
+                write.is_ok() || write.is_err_and(|e| e.is_conflict())
+            },
+        )
+        .await;
+        acknowledged.insert(key, 5);
+    }
+    drop(writer);
+
+    let store = Arc::new(MemStore::default());
+    let _survivor = cache(&redis, &prefix, &store).await;
+    wait_for(
+        Duration::from_secs(20),
+        "every acknowledged change in the store",
+        || async {
+            acknowledged
+                .iter()
+                .all(|(&key, &version)| row(&store, key).is_some_and(|(v, _)| v == version))
+        },
+    )
+    .await;
+    for (key, version) in acknowledged {
+        assert_eq!(row(&store, key), Some((version, Some(doc(key, version)))));
+    }
+}
