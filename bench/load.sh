@@ -12,6 +12,11 @@
 #                reads share batch queries (DB_READ_LANES), mean batch printed
 #   Zipf mix     catalog with the default L1 (10,000) + Redis, ids ~ Zipf(1.0);
 #                hit rate from /cache/stats over the measured run, after warm-up
+#   cluster      L2 hits (one-entry L1) on a local Redis Cluster of 6 nodes
+#                (3 primaries + 3 replicas, started here) against the single
+#                node, alternated ROUNDS times; then write-behind PATCH
+#                latency on the cluster with and without the replica wait
+#                (bench/write_behind_latency.sh)
 # plus the reference points the targets are ratios of, each run right after
 # its counterpart: redis-benchmark GET (-c 50, -P 1) after the L2-hit run and
 # pgbench primary-key SELECT (-c 8, prepared) after the no-cache PostgreSQL
@@ -21,7 +26,10 @@
 # Env:   PG_URL    admin URL of PostgreSQL (default postgres://postgres@127.0.0.1:5432/postgres)
 #        REDIS_URL (default redis://127.0.0.1:6379)
 #        DURATION (15s), CONNECTIONS (64), PRODUCTS (100000), PORT (18080),
-#        ROUNDS (2): floor and L1-hit runs, alternated
+#        ROUNDS (2): floor and L1-hit runs, alternated (and the cluster's)
+#        SECTIONS ("l1 l2 nocache zipf cluster"): which runs to make
+#        CLUSTER_PORT (37000): first of the cluster's six ports (each
+#        node's cluster bus listens on port + 10000)
 # Client and server share this machine's cores: compare runs of one
 # invocation with each other, not with other machines.
 set -euo pipefail
@@ -34,6 +42,8 @@ CONNECTIONS=${CONNECTIONS:-64}
 PRODUCTS=${PRODUCTS:-100000}
 PORT=${PORT:-18080}
 ROUNDS=${ROUNDS:-2}
+SECTIONS=${SECTIONS:-l1 l2 nocache zipf cluster}
+CLUSTER_PORT=${CLUSTER_PORT:-37000}
 export PGOPTIONS="-c client_min_messages=warning"
 BIN=target/release/catalog
 FLOOR=target/release/examples/floor
@@ -45,6 +55,9 @@ SERVER_PID=
 
 cleanup() {
   if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
+  for pidfile in "$WORK"/cluster/*/redis.pid; do
+    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+  done
   psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
@@ -150,6 +163,33 @@ warmup() { # a short untimed wrk pass
   MAX_ID=$PRODUCTS wrk -t2 -c"$CONNECTIONS" -d3s -s "bench/$1" "http://127.0.0.1:$PORT" >/dev/null
 }
 
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
+
+# start_cluster: six redis-server processes on CLUSTER_PORT.. joined into a
+# cluster of 3 primaries with a replica each; sets CLUSTER_URL.
+start_cluster() {
+  local nodes=() port
+  for i in 0 1 2 3 4 5; do
+    port=$((CLUSTER_PORT + i))
+    mkdir -p "$WORK/cluster/$port"
+    redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes --cluster-node-timeout 1000 \
+      --cluster-config-file nodes.conf --dir "$WORK/cluster/$port" --save "" --appendonly no \
+      --daemonize yes --pidfile "$WORK/cluster/$port/redis.pid" --logfile "$WORK/cluster/$port/log" >/dev/null
+    nodes+=("127.0.0.1:$port")
+  done
+  for node in "${nodes[@]}"; do
+    for _ in $(seq 1 100); do redis-cli -p "${node#*:}" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >/dev/null
+  for node in "${nodes[@]}"; do
+    for _ in $(seq 1 300); do
+      redis-cli -p "${node#*:}" cluster info 2>/dev/null | grep -q 'cluster_state:ok' && break
+      sleep 0.1
+    done
+  done
+  CLUSTER_URL="redis+cluster://$(IFS=,; echo "${nodes[*]}")"
+}
+
 echo "GET /products/{id}, $PRODUCTS products, $CONNECTIONS connections, $DURATION per run, wrk -t2, $(nproc) cores"
 
 psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $PG_DB" >/dev/null
@@ -168,6 +208,7 @@ psql "$PG_BENCH_URL" -qc "VACUUM ANALYZE" -c "CHECKPOINT" >/dev/null
 # (a) the floor and (b) every request an L1 hit, alternated ROUNDS times:
 # the machine's speed drifts by more than the gap being measured, and
 # alternating makes a drift hit both alike. The ratios are of the means.
+if want l1; then
 FLOOR_RPS=() FLOOR_P99=() L1_RPS=() L1_P99=()
 for round in $(seq 1 "$ROUNDS"); do
   "$FLOOR" "127.0.0.1:$PORT" "$PRODUCTS" >"$WORK/floor.log" 2>&1 &
@@ -189,8 +230,10 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 ratio "L1 hit / floor, req/s (means)" "${L1_RPS[*]}" "${FLOOR_RPS[*]}" "≥ 0.85"
 ratio "L1 hit / floor, p99 (means)" "${L1_P99[*]}" "${FLOOR_P99[*]}" "≤ 1.25"
+fi
 
 # (c) every request an L2 hit: a one-entry L1 in front of a warmed Redis.
+if want l2; then
 start_catalog l2 "$PG_BENCH_URL" L1_MAX_ENTRIES=1 REDIS_URL="$REDIS_URL"
 api POST /cache/warm '{"all":true}' >/dev/null
 warmup random_ids.lua
@@ -207,8 +250,10 @@ redis-benchmark -h "$rhost" -p "$rport" -c 50 -P 1 -n 500000 -t get -q --csv 2>/
 read -r REDIS_RPS redis_p50 redis_p99 < <(awk -F'"' '$2 == "GET" {print $4, $10, $14}' "$WORK/redis.csv")
 printf '%-30s %10s req/s   p50 %7s ms   p99 %7s ms\n' "redis-benchmark GET" "$REDIS_RPS" "$redis_p50" "$redis_p99"
 ratio "L2 hit / redis-benchmark GET" "$L2_RPS" "$REDIS_RPS" "≥ 0.5"
+fi
 
 # (d) no cache: one-entry L1, no Redis; every request reads the store.
+if want nocache; then
 start_catalog nocache-pg "$PG_BENCH_URL" L1_MAX_ENTRIES=1
 warmup random_ids.lua
 drive "no cache, PostgreSQL" random_ids.lua
@@ -224,8 +269,10 @@ warmup random_ids.lua
 drive "no cache, SQLite" random_ids.lua
 batches
 stop_server
+fi
 
 # (e) Zipf(1.0) with the default L1 and Redis.
+if want zipf; then
 start_catalog zipf "$PG_BENCH_URL" REDIS_URL="$REDIS_URL"
 api POST /cache/warm '{"all":true}' >/dev/null
 warmup zipf_ids.lua
@@ -238,3 +285,29 @@ python3 -c "import sys; h,t,a,b=map(int,sys.argv[1:]); print(f'    hit rate over
   $((hits1 - hits0)) $((total1 - total0)) $((l1_1 - l1_0)) $((l2_1 - l2_0))
 api DELETE /cache >/dev/null
 stop_server
+fi
+
+# (f) Redis Cluster: L2 hits on the local cluster against the single node,
+# alternated; then write-behind write latency on it.
+if want cluster; then
+start_cluster
+SINGLE_RPS=() CLUSTER_RPS=()
+for round in $(seq 1 "$ROUNDS"); do
+  for target in single cluster; do
+    url=$REDIS_URL
+    [ "$target" = cluster ] && url=$CLUSTER_URL
+    start_catalog "l2-$target" "$PG_BENCH_URL" L1_MAX_ENTRIES=1 REDIS_URL="$url"
+    api POST /cache/warm '{"all":true}' >/dev/null
+    warmup random_ids.lua
+    drive "L2 hit, $target Redis #$round" random_ids.lua
+    echo "    L2 hits $(stat levels l2 hits), L2 misses $(stat levels l2 misses), L2 errors $(stat levels l2 errors)"
+    if [ "$target" = cluster ]; then CLUSTER_RPS+=("$RPS"); else SINGLE_RPS+=("$RPS"); fi
+    api DELETE /cache >/dev/null
+    stop_server
+  done
+done
+ratio "L2 hit cluster / single node, req/s (means)" "${CLUSTER_RPS[*]}" "${SINGLE_RPS[*]}" "report"
+if [ -x bench/write_behind_latency.sh ]; then
+  BIN=$BIN PG_URL=$PG_URL REDIS_URL=$CLUSTER_URL PORT=$PORT bash bench/write_behind_latency.sh
+fi
+fi
