@@ -160,7 +160,11 @@
 //! # Not yet
 //!
 //! The public types are `#[non_exhaustive]` where they will grow. Fail-safe keeps stale values in L1 only (Redis
-//! copies live until their own TTL). On a cluster, client tracking covers the primaries found
+//! copies live until their own TTL). On a cluster the cache's own writes do
+//! not go over the client-tracking connections (one per primary), so
+//! tracking reports them back; a versioned cache recognises its own
+//! versions, but an unversioned one drops the key it just filled, and the
+//! next read fills L1 from L2. On a cluster, client tracking covers the primaries found
 //! when the bus connects: a primary added later (resharding) is tracked
 //! from the next reconnection; a failover drops a tracking connection and
 //! so reconnects them all.

@@ -12,22 +12,29 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
-use testkit::{PrivateRedis, wait_for};
+use testkit::{PrivateCluster, PrivateRedis, wait_for};
 use tiercache::{BusClears, BusState, BusTracking, Source, TieredCache};
 
-use crate::support::{self, Doc, Item, StoreDown, found, found_all};
+use crate::support::{self, Doc, Item, Redis, StoreDown, found, found_all};
 
 /// The SPEC bound on propagation to another instance.
 const PROPAGATION: Duration = Duration::from_secs(1);
 
 type Cache = TieredCache<i64, Item>;
 
-/// Two instances of one cache on the shared Redis under a fresh prefix.
-async fn two_instances() -> (Cache, Cache) {
-    support::raw_redis().await;
+/// Two instances of one cache on `redis` under a fresh prefix.
+async fn two_instances(redis: &Redis) -> (Cache, Cache) {
     let prefix = support::unique_prefix();
-    let a = support::builder(&prefix).build().await.unwrap();
-    let b = support::builder(&prefix).build().await.unwrap();
+    let a = support::builder(&prefix)
+        .redis_url(redis.url())
+        .build()
+        .await
+        .unwrap();
+    let b = support::builder(&prefix)
+        .redis_url(redis.url())
+        .build()
+        .await
+        .unwrap();
     assert_eq!(a.bus_state(), BusState::Subscribed);
     assert_eq!(b.bus_state(), BusState::Subscribed);
     (a, b)
@@ -43,17 +50,19 @@ async fn on_server(server: &PrivateRedis) -> Cache {
         .unwrap()
 }
 
-/// Loads `id` into `cache` (and Redis) and checks that L1 now has it.
+/// Loads `id` into `cache` (and Redis) and waits until L1 has it. (On a
+/// cluster client tracking reports the fill's own `SET` back, as writes do
+/// not go over the tracking connections there, and an unversioned cache
+/// drops the key for it: the next read then fills L1 from L2.)
 async fn cache_in_l1(cache: &Cache, id: i64) {
-    cache
-        .get_or_load(&id, || async move { found(id) })
-        .await
-        .unwrap();
-    let again = cache
-        .get_or_load(&id, || async move { found(id) })
-        .await
-        .unwrap();
-    assert_eq!(again.source, Source::L1);
+    wait_for(PROPAGATION, &format!("L1 to hold key {id}"), || async {
+        let lookup = cache
+            .get_or_load(&id, || async move { found(id) })
+            .await
+            .unwrap();
+        lookup.source == Source::L1
+    })
+    .await;
 }
 
 /// Waits until `cache` answers `id` with a value named `name` (its old L1
@@ -89,9 +98,8 @@ async fn in_l1(cache: &Cache, id: i64) -> bool {
     lookup.source == Source::L1
 }
 
-#[tokio::test]
-async fn invalidate_on_one_instance_drops_the_key_from_the_others_l1() {
-    let (a, b) = two_instances().await;
+async fn invalidate_on_one_instance_drops_the_key_from_the_others_l1(redis: &Redis) {
+    let (a, b) = two_instances(redis).await;
     cache_in_l1(&a, 1).await;
     cache_in_l1(&a, 2).await;
     cache_in_l1(&b, 1).await;
@@ -110,9 +118,8 @@ async fn invalidate_on_one_instance_drops_the_key_from_the_others_l1() {
     );
 }
 
-#[tokio::test]
-async fn invalidate_many_on_one_instance_drops_every_key_from_the_others_l1() {
-    let (a, b) = two_instances().await;
+async fn invalidate_many_on_one_instance_drops_every_key_from_the_others_l1(redis: &Redis) {
+    let (a, b) = two_instances(redis).await;
     for id in 1..=3 {
         cache_in_l1(&a, id).await;
         cache_in_l1(&b, id).await;
@@ -129,9 +136,8 @@ async fn invalidate_many_on_one_instance_drops_every_key_from_the_others_l1() {
     assert_no_bus_clears(&b);
 }
 
-#[tokio::test]
-async fn set_on_one_instance_replaces_the_others_l1_copy() {
-    let (a, b) = two_instances().await;
+async fn set_on_one_instance_replaces_the_others_l1_copy(redis: &Redis) {
+    let (a, b) = two_instances(redis).await;
     cache_in_l1(&a, 1).await;
     cache_in_l1(&b, 1).await;
 
@@ -144,13 +150,16 @@ async fn set_on_one_instance_replaces_the_others_l1_copy() {
     })
     .await;
     let own = a.get_or_load(&1, || async { found(1) }).await.unwrap();
-    assert_eq!(own.source, Source::L1);
+    assert_eq!(own.value.unwrap().name, "updated");
+    // On a cluster tracking reports A's own SET back (see `cache_in_l1`).
+    if !redis.is_cluster() {
+        assert_eq!(own.source, Source::L1);
+    }
     assert_no_bus_clears(&a);
 }
 
-#[tokio::test]
-async fn clear_on_one_instance_empties_the_others_l1() {
-    let (a, b) = two_instances().await;
+async fn clear_on_one_instance_empties_the_others_l1(redis: &Redis) {
+    let (a, b) = two_instances(redis).await;
     cache_in_l1(&b, 1).await;
     cache_in_l1(&b, 2).await;
 
@@ -162,16 +171,6 @@ async fn clear_on_one_instance_empties_the_others_l1() {
     .await;
     assert_eq!(b.stats().l1.entries, 0);
     assert_no_bus_clears(&a);
-}
-
-/// `SET key value` by a client that is not the cache.
-async fn set_outside(redis: &mut MultiplexedConnection, key: &str, value: &str) {
-    let _: () = redis::cmd("SET")
-        .arg(key)
-        .arg(value)
-        .query_async(redis)
-        .await
-        .unwrap();
 }
 
 async fn publish_raw(redis: &mut MultiplexedConnection, channel: &str, message: &str) {
@@ -407,10 +406,8 @@ async fn a_redis_that_lost_its_data_clears_every_l1() {
     drop(a);
 }
 
-#[tokio::test]
-async fn writes_made_in_redis_by_others_leave_every_l1() {
-    let mut redis = support::raw_redis().await;
-    let (a, b) = two_instances().await;
+async fn writes_made_in_redis_by_others_leave_every_l1(redis: &Redis) {
+    let (a, b) = two_instances(redis).await;
     for cache in [&a, &b] {
         assert_eq!(cache.stats().bus.tracking, BusTracking::On);
         cache_in_l1(cache, 1).await;
@@ -418,12 +415,10 @@ async fn writes_made_in_redis_by_others_leave_every_l1() {
     }
 
     let outside = serde_json::to_string(&Item::with_name(1, "outside".to_owned())).unwrap();
-    set_outside(&mut redis, &a.redis_key(&1), &outside).await;
-    let _: u64 = redis::cmd("DEL")
-        .arg(a.redis_key(&2))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    redis
+        .run(redis::cmd("SET").arg(a.redis_key(&1)).arg(&outside))
+        .await;
+    redis.run(redis::cmd("DEL").arg(a.redis_key(&2))).await;
 
     for cache in [&a, &b] {
         wait_for(PROPAGATION, "the outside SET to reach L1", || async {
@@ -437,12 +432,11 @@ async fn writes_made_in_redis_by_others_leave_every_l1() {
     }
 }
 
-#[tokio::test]
-async fn a_versioned_cache_keeps_its_own_writes_and_drops_outside_ones() {
-    let mut redis = support::raw_redis().await;
+async fn a_versioned_cache_keeps_its_own_writes_and_drops_outside_ones(redis: &Redis) {
     let prefix = support::unique_prefix();
     let build = || {
         support::builder::<Doc>(&prefix)
+            .redis_url(redis.url())
             .versioned("version", |doc: &Doc| doc.version)
             .build()
     };
@@ -476,7 +470,9 @@ async fn a_versioned_cache_keeps_its_own_writes_and_drops_outside_ones() {
     .await;
 
     let outside = serde_json::json!({"id": 1, "version": 3}).to_string();
-    set_outside(&mut redis, &a.redis_key(&1), &outside).await;
+    redis
+        .run(redis::cmd("SET").arg(a.redis_key(&1)).arg(&outside))
+        .await;
 
     for cache in [&a, &b] {
         wait_for(PROPAGATION, "the outside write to reach L1", || async {
@@ -497,9 +493,8 @@ async fn client_tracking_can_be_turned_off() {
     assert_eq!(off.stats().bus.tracking, BusTracking::Off);
 }
 
-#[tokio::test]
-async fn a_burst_of_invalidations_is_coalesced_into_few_messages() {
-    let (a, b) = two_instances().await;
+async fn a_burst_of_invalidations_is_coalesced_into_few_messages(redis: &Redis) {
+    let (a, b) = two_instances(redis).await;
     let keys: Vec<i64> = (0..1_000).collect();
     a.get_many_or_load(&keys, |ks| async move { found_all(&ks, &[]) })
         .await
@@ -540,4 +535,58 @@ async fn without_redis_or_with_the_bus_off_there_is_no_bus() {
         .unwrap();
     assert_eq!(off.bus_state(), BusState::Disabled);
     assert_eq!(off.stats().bus.published, 0);
+}
+
+// The scenarios that hold on any Redis: on the shared single server, each
+// in its own test, and all on one private cluster (3 primaries + 3
+// replicas), where the bus is a sharded channel and tracking runs on every
+// primary.
+
+#[tokio::test]
+async fn invalidate_on_one_instance_drops_the_key_from_the_others_l1_on_one_server() {
+    invalidate_on_one_instance_drops_the_key_from_the_others_l1(&Redis::single().await).await;
+}
+
+#[tokio::test]
+async fn invalidate_many_on_one_instance_drops_every_key_from_the_others_l1_on_one_server() {
+    invalidate_many_on_one_instance_drops_every_key_from_the_others_l1(&Redis::single().await)
+        .await;
+}
+
+#[tokio::test]
+async fn set_on_one_instance_replaces_the_others_l1_copy_on_one_server() {
+    set_on_one_instance_replaces_the_others_l1_copy(&Redis::single().await).await;
+}
+
+#[tokio::test]
+async fn clear_on_one_instance_empties_the_others_l1_on_one_server() {
+    clear_on_one_instance_empties_the_others_l1(&Redis::single().await).await;
+}
+
+#[tokio::test]
+async fn writes_made_in_redis_by_others_leave_every_l1_on_one_server() {
+    writes_made_in_redis_by_others_leave_every_l1(&Redis::single().await).await;
+}
+
+#[tokio::test]
+async fn a_versioned_cache_keeps_its_own_writes_and_drops_outside_ones_on_one_server() {
+    a_versioned_cache_keeps_its_own_writes_and_drops_outside_ones(&Redis::single().await).await;
+}
+
+#[tokio::test]
+async fn a_burst_of_invalidations_is_coalesced_into_few_messages_on_one_server() {
+    a_burst_of_invalidations_is_coalesced_into_few_messages(&Redis::single().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_holds_on_a_cluster() {
+    let cluster = PrivateCluster::start().await;
+    let redis = Redis::cluster(&cluster);
+    invalidate_on_one_instance_drops_the_key_from_the_others_l1(&redis).await;
+    invalidate_many_on_one_instance_drops_every_key_from_the_others_l1(&redis).await;
+    set_on_one_instance_replaces_the_others_l1_copy(&redis).await;
+    clear_on_one_instance_empties_the_others_l1(&redis).await;
+    writes_made_in_redis_by_others_leave_every_l1(&redis).await;
+    a_versioned_cache_keeps_its_own_writes_and_drops_outside_ones(&redis).await;
+    a_burst_of_invalidations_is_coalesced_into_few_messages(&redis).await;
 }

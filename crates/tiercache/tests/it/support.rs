@@ -93,6 +93,19 @@ impl Redis {
         }
     }
 
+    /// Runs `cmd` as a client that is not the cache (routed by key on a
+    /// cluster).
+    pub(crate) async fn run(&self, cmd: &redis::Cmd) -> redis::Value {
+        match self {
+            Self::Single(_) => cmd.query_async(&mut raw_redis().await).await.unwrap(),
+            Self::Cluster { nodes, .. } => {
+                let client = redis::cluster::ClusterClient::new(nodes.clone()).unwrap();
+                let mut conn = client.get_async_connection().await.unwrap();
+                cmd.query_async(&mut conn).await.unwrap()
+            }
+        }
+    }
+
     /// The dead letters of the write-behind queue of the cache whose keys
     /// start with `base` (key prefix and namespace), from every partition.
     pub(crate) async fn dead_letters(&self, base: &str) -> Vec<redis::Value> {
