@@ -260,3 +260,113 @@ async fn writes_made_in_a_cluster_by_others_leave_every_l1() {
         assert!(cache.stats().bus.tracked_keys >= ids.len() as u64);
     }
 }
+
+/// Slots moved between primaries (`redis-cli --cluster reshard`: keys
+/// migrate one by one, answering `ASK` and then `MOVED`) while two tasks
+/// read through L2: every read answers the right value, and afterwards
+/// the moved keys are read from L2 again, not reloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_on_while_slots_move_between_primaries() {
+    let cluster = PrivateCluster::start().await;
+    let prefix = support::unique_prefix();
+    let cache = support::builder::<Item>(&prefix)
+        .redis_url(cluster.cluster_url())
+        // Every read goes to L2.
+        .l1_max_entries(1)
+        .build()
+        .await
+        .unwrap();
+    let keys: Vec<i64> = (1..=300).collect();
+    cache
+        .warm(
+            keys.clone(),
+            100,
+            |keys| async move { found_all(&keys, &[]) },
+        )
+        .await
+        .unwrap();
+    let primaries = cluster.primaries().await;
+    let id_of = |index: usize| {
+        let port = cluster.seeds()[index]
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_owned();
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port, "cluster", "myid"])
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (from, to) = (id_of(primaries[0]), id_of(primaries[1]));
+    let seed = cluster.seeds()[primaries[0]].clone();
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (cache, keys, done) = (cache.clone(), keys.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut reads = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    for &key in &keys {
+                        let lookup = cache.get_or_load(&key, || async move { found(key) }).await;
+                        assert_eq!(lookup.unwrap().value.as_deref(), Some(&Item::new(key)));
+                        reads += 1;
+                    }
+                }
+                reads
+            })
+        })
+        .collect();
+    let resharded = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("redis-cli")
+            .args([
+                "--cluster",
+                "reshard",
+                &seed,
+                "--cluster-from",
+                &from,
+                "--cluster-to",
+                &to,
+            ])
+            .args([
+                "--cluster-slots",
+                "2000",
+                "--cluster-yes",
+                "--cluster-pipeline",
+                "10",
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli runs")
+    })
+    .await
+    .unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut reads = 0;
+    for reader in readers {
+        reads += reader
+            .await
+            .expect("no read failed or answered a wrong value");
+    }
+
+    assert!(resharded.success(), "redis-cli --cluster reshard failed");
+    assert!(reads > 0);
+    wait_for(
+        Duration::from_secs(5),
+        "every key answered by the cache again",
+        || async {
+            let mut all = true;
+            for &key in &keys {
+                let lookup = cache
+                    .get_or_load(&key, || async move { found(key) })
+                    .await
+                    .unwrap();
+                // L2, or the one key the one-entry L1 holds.
+                all &= lookup.source != Source::Loader;
+            }
+            all
+        },
+    )
+    .await;
+}
