@@ -61,13 +61,33 @@ where
 }
 
 /// What one round leaves to the next.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct RoundState {
     /// The consumer group exists (forgotten when a read fails, since the
     /// stream may have been deleted with it).
     group_ready: bool,
-    /// When entries of dead consumers were last claimed.
+    /// When entries of dead consumers were last claimed (and the queue's
+    /// length last read, if no round read entries since).
     last_claim: Option<Instant>,
+    /// Entries delivered to this consumer may be unacknowledged (claimed,
+    /// or a flush failed): read them before new ones. Clear, the round
+    /// saves that read, so that an idle partition costs one read a round.
+    own_pending: bool,
+    /// The partition's length as last read.
+    len: u64,
+}
+
+impl Default for RoundState {
+    fn default() -> Self {
+        Self {
+            group_ready: false,
+            last_claim: None,
+            // A failed round before a restart of this process left nothing
+            // under this consumer's (new) name, but look once anyway.
+            own_pending: true,
+            len: 0,
+        }
+    }
 }
 
 /// One round over every partition: flushed if any flushed, failed if any
@@ -79,19 +99,16 @@ where
 {
     let mut states = shared.round.lock().await;
     let mut outcome = Round::Idle;
-    let mut queued = Some(0);
     for (partition, state) in shared.partitions.all().iter().zip(states.iter_mut()) {
-        let (round, len) = shared.partition_round(partition, state).await;
+        let round = shared.partition_round(partition, state).await;
         outcome = match (outcome, round) {
             (Round::Flushed, _) | (_, Round::Flushed) => Round::Flushed,
             (Round::Failed, _) | (_, Round::Failed) => Round::Failed,
             (Round::Idle, Round::Idle) => Round::Idle,
         };
-        queued = queued.zip(len).map(|(sum, len)| sum + len);
     }
-    if let Some(len) = queued {
-        shared.counters.pending.store(len, Ordering::Relaxed);
-    }
+    let queued = states.iter().map(|state| state.len).sum();
+    shared.counters.pending.store(queued, Ordering::Relaxed);
     outcome
 }
 
@@ -100,41 +117,53 @@ where
     K: FromStr + fmt::Display + Eq + std::hash::Hash + Clone + Send + Sync + 'static,
     V: Send + Sync + 'static,
 {
-    /// One partition's round; also its queue length, when Redis told it.
-    async fn partition_round(
-        &self,
-        partition: &Partition,
-        state: &mut RoundState,
-    ) -> (Round, Option<u64>) {
+    /// One partition's round. An idle one reads once (new entries), and
+    /// once every [`CLAIM_IDLE`]` / 2` also claims and reads the length.
+    async fn partition_round(&self, partition: &Partition, state: &mut RoundState) -> Round {
         if !state.group_ready {
             if !self.ensure_group(partition).await {
-                return (Round::Failed, None);
+                return Round::Failed;
             }
             state.group_ready = true;
         }
         // Claiming more often than entries can become claimable is wasted.
-        if state
+        let periodic = state
             .last_claim
-            .is_none_or(|at| at.elapsed() >= CLAIM_IDLE / 2)
-        {
+            .is_none_or(|at| at.elapsed() >= CLAIM_IDLE / 2);
+        if periodic {
             state.last_claim = Some(Instant::now());
-            let _ = self.claim(partition).await;
+            if self.claim(partition).await.unwrap_or(true) {
+                state.own_pending = true;
+            }
         }
         // Our own unacknowledged entries first (a failed flush, or claimed).
-        let mut entries = self.read(partition, "0").await;
+        let mut entries = Some(Vec::new());
+        if state.own_pending {
+            entries = self.read(partition, "0").await;
+            state.own_pending = !entries.as_ref().is_some_and(Vec::is_empty);
+        }
         if entries.as_ref().is_some_and(Vec::is_empty) {
             entries = self.read(partition, ">").await;
         }
         let Some(entries) = entries else {
             state.group_ready = false;
-            return (Round::Failed, None);
+            return Round::Failed;
         };
-        let outcome = if entries.is_empty() {
-            Round::Idle
-        } else {
+        let read = !entries.is_empty();
+        let outcome = if read {
             self.flush_entries(partition, entries).await
+        } else {
+            Round::Idle
         };
-        (outcome, self.queue_len(partition).await)
+        if outcome == Round::Failed {
+            state.own_pending = true;
+        }
+        if (read || periodic)
+            && let Some(len) = self.queue_len(partition).await
+        {
+            state.len = len;
+        }
+        outcome
     }
 
     /// Creates the group (and the stream) if missing; reading from the
@@ -157,8 +186,9 @@ where
         self.l2.command("XLEN", cmd).await
     }
 
-    /// Takes over entries other consumers left idle for [`CLAIM_IDLE`].
-    async fn claim(&self, partition: &Partition) -> Option<()> {
+    /// Takes over entries other consumers left idle for [`CLAIM_IDLE`];
+    /// whether it took any (`None`: Redis did not answer).
+    async fn claim(&self, partition: &Partition) -> Option<bool> {
         let mut cmd = redis::cmd("XAUTOCLAIM");
         cmd.arg(&partition.stream)
             .arg(GROUP)
@@ -168,10 +198,14 @@ where
             .arg("COUNT")
             .arg(BATCH)
             .arg("JUSTID");
-        self.l2
-            .command::<Value>("XAUTOCLAIM", cmd)
-            .await
-            .map(|_| ())
+        // [next cursor, [claimed ids], [deleted ids]].
+        let reply: Value = self.l2.command("XAUTOCLAIM", cmd).await?;
+        Some(match reply {
+            Value::Array(parts) => {
+                matches!(parts.get(1), Some(Value::Array(ids)) if !ids.is_empty())
+            }
+            _ => true,
+        })
     }
 
     /// `XREADGROUP` from `start`: `0` for our pending entries, `>` for new ones.
