@@ -53,6 +53,17 @@ pub(super) struct Lent {
     pub(super) conn: Conn,
 }
 
+/// How a connection attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Attempt {
+    Connected,
+    /// Redis unreachable (or too slow): retried.
+    Failed,
+    /// The URL's topology is not the server's (a cluster node named as one
+    /// server, or the reverse): refused at start, as retrying cannot help.
+    Misconfigured(String),
+}
+
 /// A failed call: whether it failed for want of Redis (rather than Redis
 /// refusing the command).
 struct Unavailable(bool);
@@ -95,14 +106,19 @@ impl Inner {
 
     /// One bounded connection attempt; on success installs the connection
     /// and closes the breaker.
-    pub(super) async fn try_establish(&self) -> bool {
+    pub(super) async fn try_establish(&self) -> Attempt {
         let attempt = Conn::establish(&self.config.topology, self.connect_settings());
         let error = match tokio::time::timeout(self.config.connect_timeout, attempt).await {
             Ok(Ok(conn)) => {
                 *self.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn);
                 self.breaker.on_success();
                 tracing::info!(redis = %self.config.topology, "L2 connected");
-                return true;
+                return Attempt::Connected;
+            }
+            Ok(Err(e)) if e.kind() == redis::ErrorKind::InvalidClientConfig => {
+                let error = e.to_string();
+                tracing::error!(redis = %self.config.topology, %error, "L2 misconfigured");
+                return Attempt::Misconfigured(error);
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => "connection attempt timed out".to_owned(),
@@ -110,7 +126,7 @@ impl Inner {
         self.log.warn(|suppressed| {
             tracing::warn!(redis = %self.config.topology, %error, suppressed, "L2 unavailable; serving without it");
         });
-        false
+        Attempt::Failed
     }
 
     /// Runs one Redis call under the breaker and the timeout.
@@ -290,13 +306,13 @@ pub(super) async fn supervise(inner: Weak<Inner>, reroute: Arc<Notify>) {
                     stale_routes = false;
                     rerouted = Instant::now();
                     tracing::info!(redis = %inner.config.topology, "an L2 call timed out on the cluster; reconnecting to read its slot map afresh");
-                    inner.try_establish().await;
+                    let _ = inner.try_establish().await;
                     inner.config.breaker.cooldown
                 } else {
                     REROUTE_GAP - since
                 }
             } else if inner.current_conn().is_none() || failed_probes >= REBUILD_AFTER {
-                if inner.try_establish().await {
+                if inner.try_establish().await == Attempt::Connected {
                     failed_probes = 0;
                     retry = FIRST_RETRY;
                     inner.config.breaker.cooldown

@@ -55,7 +55,7 @@ use crate::stats::L2State;
 use crate::task::{AbortOnDrop, LogLimiter};
 use breaker::{BreakerConfig, CircuitBreaker};
 pub(crate) use connection::is_availability_failure;
-use connection::{Inner, Lent, supervise};
+use connection::{Attempt, Inner, Lent, supervise};
 use scripts::{BUMP_TAG, GUARDED_SET};
 use topology::{Conn, RedisTopology};
 
@@ -88,6 +88,9 @@ impl RemoteCache {
     /// Makes one connection attempt and starts the supervisor.
     ///
     /// Never fails because Redis is unreachable: the L2 then starts `Down`.
+    /// Fails with [`Error::Config`] when Redis answers but is not what the
+    /// URL says (a cluster node named as one server, or a server named as
+    /// a cluster): retrying could not fix that.
     /// Must be called within a Tokio runtime.
     pub(crate) async fn connect(config: RemoteConfig) -> Result<Self, Error> {
         if config.timeout.is_zero() || config.connect_timeout.is_zero() {
@@ -104,8 +107,10 @@ impl RemoteCache {
             log: LogLimiter::default(),
             config,
         });
-        if !inner.try_establish().await {
-            inner.breaker.trip();
+        match inner.try_establish().await {
+            Attempt::Connected => {}
+            Attempt::Failed => inner.breaker.trip(),
+            Attempt::Misconfigured(error) => return Err(Error::config(error)),
         }
         let supervisor = tokio::spawn(supervise(Arc::downgrade(&inner), reroute));
         Ok(Self {

@@ -215,11 +215,22 @@ impl Conn {
                 let probe = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(settings.connect_timeout))
                     .set_response_timeout(Some(settings.connect_timeout));
-                drop(
-                    client
-                        .get_multiplexed_async_connection_with_config(&probe)
-                        .await?,
-                );
+                let mut probe = client
+                    .get_multiplexed_async_connection_with_config(&probe)
+                    .await?;
+                // A cluster node answers a single-server client for its own
+                // slots only (`MOVED` for the rest): refuse it. (A server
+                // that does not allow `INFO` is taken as it is.)
+                let info: RedisResult<String> = redis::cmd("INFO")
+                    .arg("cluster")
+                    .query_async(&mut probe)
+                    .await;
+                if info.is_ok_and(|info| info.contains("cluster_enabled:1")) {
+                    return Err(misconfigured(
+                        "REDIS_URL names one server, but it is a Redis Cluster node: name the cluster (redis+cluster://host:port,…)",
+                    ));
+                }
+                drop(probe);
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(settings.connect_timeout))
                     .set_response_timeout(Some(settings.response_timeout))
@@ -238,7 +249,15 @@ impl Conn {
                         .response_timeout(settings.response_timeout)
                         .retries(3)
                         .build()?;
-                Ok(Self::Cluster(client.get_async_connection().await?))
+                match client.get_async_connection().await {
+                    Ok(conn) => Ok(Self::Cluster(conn)),
+                    Err(error) if error.to_string().contains("cluster support disabled") => {
+                        Err(misconfigured(
+                            "REDIS_URL names a Redis Cluster, but its nodes are not in cluster mode: name one server (redis://host:port)",
+                        ))
+                    }
+                    Err(error) => Err(error),
+                }
             }
         }
     }
@@ -496,6 +515,12 @@ pub(crate) enum Node {
     Only,
     /// A cluster primary.
     Address { host: String, port: u16 },
+}
+
+/// A connection refused for a reason retrying cannot fix: the URL's
+/// topology is not the server's.
+fn misconfigured(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, what))
 }
 
 fn unexpected(what: &'static str) -> redis::RedisError {

@@ -370,3 +370,29 @@ async fn reads_go_on_while_slots_move_between_primaries() {
     )
     .await;
 }
+
+/// A URL whose topology is not the server's is refused at build, in one
+/// line saying which way round it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_naming_the_wrong_topology_is_a_config_error() {
+    support::raw_redis().await;
+    let cluster = PrivateCluster::start().await;
+    let single_as_cluster = format!(
+        "redis+cluster://{}",
+        testkit::redis_url().replace("redis://", "")
+    );
+    let cluster_node_as_single = cluster.urls()[0].clone();
+
+    for (url, says) in [
+        (single_as_cluster, "not in cluster mode"),
+        (cluster_node_as_single, "is a Redis Cluster node"),
+    ] {
+        let error = support::builder::<Item>(&support::unique_prefix())
+            .redis_url(url.clone())
+            .build()
+            .await
+            .unwrap_err();
+        assert!(error.is_config(), "{url}: {error}");
+        assert!(error.to_string().contains(says), "{url}: {error}");
+    }
+}
