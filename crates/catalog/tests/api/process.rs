@@ -39,6 +39,7 @@ fn catalog() -> Command {
         "L2_TIMEOUT_MS",
         "CACHE_WRITE_STRATEGY",
         "WRITE_BEHIND_INTERVAL_MS",
+        "WRITE_BEHIND_REPLICA_WAIT_MS",
     ] {
         command.env_remove(var);
     }
@@ -95,6 +96,7 @@ async fn a_bad_setting_exits_non_zero_naming_the_variable() {
         ("L1_MAX_ENTRIES", "0"),
         ("L1_TTL_SECS", "-5"),
         ("CACHE_WRITE_STRATEGY", "sometimes"),
+        ("WRITE_BEHIND_REPLICA_WAIT_MS", "-1"),
     ] {
         let output = catalog().arg("serve").env(var, value).output().unwrap();
 
