@@ -5,7 +5,9 @@
 # alternated in one run.
 #
 # Starts its own 6-node cluster (3 primaries + 3 replicas, no persistence)
-# on CLUSTER_PORT..CLUSTER_PORT+5 (bus ports +10000), seeds PostgreSQL, then
+# on CLUSTER_PORT..CLUSTER_PORT+5, cluster-bus ports CLUSTER_PORT+10..+15
+# (not Redis's port+10000, which would land in Linux's ephemeral range,
+# 32768-60999, where an outgoing connection may hold it), seeds PostgreSQL, then
 # each round, for each setting: one release `catalog serve` with
 # CACHE_WRITE_STRATEGY=write-behind on the cluster under a fresh prefix, the
 # products warmed into the cache, a 2 s untimed pass, and one wrk run of
@@ -59,7 +61,7 @@ for i in 0 1 2 3 4 5; do
   port=$((CLUSTER_PORT + i))
   mkdir -p "$WORK/node-$port"
   redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-    --cluster-enabled yes --cluster-node-timeout 5000 --repl-diskless-sync-delay 0 \
+    --cluster-enabled yes --cluster-port $((port + 10)) --cluster-node-timeout 5000 --repl-diskless-sync-delay 0 \
     --cluster-config-file "$WORK/node-$port/nodes.conf" --dir "$WORK/node-$port" \
     --logfile "$WORK/node-$port/redis.log" &
   NODE_PIDS+=($!)
@@ -70,7 +72,11 @@ for seed in "${SEEDS[@]}"; do
     redis-cli -p "${seed#*:}" ping >/dev/null 2>&1 && break
     sleep 0.1
   done
-  redis-cli -p "${seed#*:}" ping >/dev/null || { echo "node $seed did not start (port taken? set CLUSTER_PORT)" >&2; exit 2; }
+  redis-cli -p "${seed#*:}" ping >/dev/null 2>&1 || {
+    tail -5 "$WORK/node-${seed#*:}/redis.log" >&2
+    echo "node $seed did not start (port taken? set CLUSTER_PORT)" >&2
+    exit 2
+  }
 done
 redis-cli --cluster create "${SEEDS[@]}" --cluster-replicas 1 --cluster-yes >"$WORK/create.log" 2>&1 \
   || { cat "$WORK/create.log" >&2; exit 2; }
