@@ -144,8 +144,9 @@ def ms(figure):
     number, unit = re.fullmatch(r"([0-9.]+)([a-z]*)", figure).groups()
     return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3}.get(unit, 1.0)
 rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", text).group(1))
-p50 = ms(re.search(r"50%\s+(\S+)", text).group(1))
-p99 = ms(re.search(r"99%\s+(\S+)", text).group(1))
+# The latency distribution's lines (not a "+/- Stdev" figure such as 85.50%).
+p50 = ms(re.search(r"^\s*50%\s+(\S+)", text, re.M).group(1))
+p99 = ms(re.search(r"^\s*99%\s+(\S+)", text, re.M).group(1))
 bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 bad = int(bad.group(1)) if bad else 0
 print(f"{name:<26} {rps:>9.0f} {p50:>9.2f} {p99:>9.2f} {bad:>8} {unreplicated:>13}")
