@@ -226,6 +226,11 @@ async fn build_product_cache(
             StoreFlusher::new(Arc::clone(store)),
             config.write_behind_interval,
         );
+        // Unset: the library's default for the topology (a wait on a
+        // cluster, none on a single server).
+        if let Some(wait) = config.write_behind_replica_wait {
+            builder = builder.write_behind_replica_wait(wait.timeout());
+        }
     }
     if config.redis_url.is_none() {
         tracing::info!(

@@ -143,6 +143,36 @@ pub enum WriteStrategy {
     WriteBehind,
 }
 
+/// `WRITE_BEHIND_REPLICA_WAIT_MS` when set: whether a write-behind write
+/// waits for a Redis replica, and how long (unset, the field is `None` and
+/// tiercache picks by topology).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaWait {
+    /// Acknowledge once the primary has the change (`0`).
+    Off,
+    /// Wait at most this long for a replica (`N` ms, N ≥ 1).
+    Within(Duration),
+}
+
+impl ReplicaWait {
+    /// What `TieredCacheBuilder::write_behind_replica_wait` takes.
+    pub fn timeout(self) -> Option<Duration> {
+        match self {
+            Self::Off => None,
+            Self::Within(timeout) => Some(timeout),
+        }
+    }
+}
+
+/// `0` (off) or a whole number of milliseconds.
+fn replica_wait(value: &str) -> Result<ReplicaWait, String> {
+    match value.parse::<u64>() {
+        Ok(0) => Ok(ReplicaWait::Off),
+        Ok(ms) => Ok(ReplicaWait::Within(Duration::from_millis(ms))),
+        Err(_) => Err(format!("{value:?} is not a whole number of milliseconds")),
+    }
+}
+
 /// The product cache: L1 bounds and TTLs, and Redis for L2.
 #[derive(Debug, Clone, Args)]
 pub struct CacheConfig {
@@ -218,6 +248,16 @@ pub struct CacheConfig {
           default_value = in_millis(DEFAULT_WRITE_BEHIND_INTERVAL), value_parser = milliseconds)]
     pub write_behind_interval: Duration,
 
+    /// Milliseconds a write-behind write waits for a Redis replica to
+    /// confirm its queued change before it is acknowledged, so that a
+    /// failover of the primary that took it does not lose it (a write no
+    /// replica confirms in time is acknowledged anyway and counted as
+    /// unreplicated). 0: no wait. Unset: tiercache's default, 100 ms on a
+    /// cluster and no wait on a single server.
+    #[arg(long, env = "WRITE_BEHIND_REPLICA_WAIT_MS", value_name = "WRITE_BEHIND_REPLICA_WAIT_MS",
+          value_parser = replica_wait)]
+    pub write_behind_replica_wait: Option<ReplicaWait>,
+
     /// Fraction of the L1 TTL after which a hit reloads the product in the
     /// background (0 < f < 1); 0: off.
     #[arg(long, env = "EAGER_REFRESH", value_name = "EAGER_REFRESH", default_value_t = DEFAULT_EAGER_REFRESH,
@@ -263,6 +303,7 @@ impl Default for CacheConfig {
             loader_hard_timeout: DEFAULT_LOADER_HARD_TIMEOUT,
             eager_refresh: DEFAULT_EAGER_REFRESH,
             write_behind_interval: DEFAULT_WRITE_BEHIND_INTERVAL,
+            write_behind_replica_wait: None,
             client_tracking: DEFAULT_CLIENT_TRACKING,
         }
     }
@@ -371,4 +412,41 @@ pub enum LogFormat {
     Pretty,
     /// One JSON object per line, for log shippers.
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Args;
+
+    use super::{CacheConfig, ReplicaWait, replica_wait};
+
+    #[test]
+    fn replica_wait_is_off_at_zero_and_a_timeout_above() {
+        assert_eq!(replica_wait("0"), Ok(ReplicaWait::Off));
+        assert_eq!(
+            replica_wait("250"),
+            Ok(ReplicaWait::Within(Duration::from_millis(250)))
+        );
+        assert_eq!(ReplicaWait::Off.timeout(), None);
+        assert!(replica_wait("-1").is_err());
+        assert!(replica_wait("soon").is_err());
+    }
+
+    /// The flag's help states tiercache's default, which no constant of
+    /// ours carries: it must follow the library's.
+    #[test]
+    fn replica_wait_help_states_the_library_default() {
+        let command = CacheConfig::augment_args(clap::Command::new("serve"));
+        let help = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == "write_behind_replica_wait")
+            .and_then(|arg| arg.get_help())
+            .expect("the flag has a help text")
+            .to_string();
+
+        let default = tiercache::DEFAULT_WRITE_BEHIND_REPLICA_WAIT.as_millis();
+        assert!(help.contains(&format!("{default} ms on a")), "{help}");
+    }
 }

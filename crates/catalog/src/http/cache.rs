@@ -72,6 +72,9 @@ struct WriteBehind {
     failed: u64,
     /// Changes the store rejected for good (in the dead-letter stream).
     dead_lettered: u64,
+    /// Changes acknowledged before a Redis replica confirmed them (see
+    /// `WRITE_BEHIND_REPLICA_WAIT_MS`).
+    unreplicated: u64,
     /// Batches this instance wrote to the store.
     batches: u64,
     /// Distinct products in the last batch.
@@ -114,6 +117,7 @@ pub(super) async fn stats(State(state): State<AppState>) -> Json<CacheStatsBody>
             flushed: cache.write_behind.flushed,
             failed: cache.write_behind.failed,
             dead_lettered: cache.write_behind.dead_lettered,
+            unreplicated: cache.write_behind.unreplicated,
             batches: cache.write_behind.batches,
             last_batch_size: cache.write_behind.last_batch,
             avg_flush_ms: if cache.write_behind.batches == 0 {

@@ -76,6 +76,7 @@ pub(super) struct CacheHandles {
     write_behind_flushed: Counter,
     write_behind_failures: Counter,
     write_behind_dead_letters: Counter,
+    write_behind_unreplicated: Counter,
     write_behind_batches: Counter,
     write_behind_last_batch: Gauge,
     write_behind_flush: Histogram,
@@ -138,6 +139,7 @@ impl CacheHandles {
             write_behind_flushed: counter(WRITE_BEHIND_FLUSHED, &[]),
             write_behind_failures: counter(WRITE_BEHIND_FAILURES, &[]),
             write_behind_dead_letters: counter(WRITE_BEHIND_DEAD_LETTERS, &[]),
+            write_behind_unreplicated: counter(WRITE_BEHIND_UNREPLICATED, &[]),
             write_behind_batches: counter(WRITE_BEHIND_BATCHES, &[]),
             write_behind_last_batch: gauge(WRITE_BEHIND_LAST_BATCH, &[]),
             write_behind_flush: recorder
@@ -200,6 +202,7 @@ impl CacheHandles {
         self.write_behind_flushed.absolute(wb.flushed);
         self.write_behind_failures.absolute(wb.failed);
         self.write_behind_dead_letters.absolute(wb.dead_lettered);
+        self.write_behind_unreplicated.absolute(wb.unreplicated);
         self.write_behind_batches.absolute(wb.batches);
         self.write_behind_last_batch.set(wb.last_batch as f64);
         self.write_behind_pending

@@ -77,6 +77,8 @@ pub const WRITE_BEHIND_FLUSHED: &str = "write_behind_flushed_total";
 pub const WRITE_BEHIND_FAILURES: &str = "write_behind_failures_total";
 /// Write-behind changes the store rejected for good (dead-lettered).
 pub const WRITE_BEHIND_DEAD_LETTERS: &str = "write_behind_dead_letters_total";
+/// Write-behind changes acknowledged before a Redis replica confirmed them.
+pub const WRITE_BEHIND_UNREPLICATED: &str = "write_behind_unreplicated_total";
 /// Write-behind batches written to the store.
 pub const WRITE_BEHIND_BATCHES: &str = "write_behind_batches_total";
 /// Distinct products in the last write-behind batch.
@@ -190,6 +192,10 @@ pub(super) fn describe(recorder: &PrometheusRecorder) {
         (
             WRITE_BEHIND_DEAD_LETTERS,
             "Write-behind changes the store rejected for good, moved to the dead letters.",
+        ),
+        (
+            WRITE_BEHIND_UNREPLICATED,
+            "Write-behind changes acknowledged without a Redis replica confirming them within the replica wait (a failover of their primary could lose them).",
         ),
         (
             WRITE_BEHIND_BATCHES,

@@ -2,25 +2,34 @@
 //! replica, [`PrivateCluster`]): a primary killed under read load fails no
 //! request and slows none past 2 s, and its slots are used as L2 again
 //! once its replica took over; the bus carries writes again after a
-//! failover; `DELETE /cache` empties every primary; and changes made in
-//! PostgreSQL reach every instance as on a single Redis.
+//! failover; `DELETE /cache` empties every primary; changes made in
+//! PostgreSQL reach every instance as on a single Redis; and write-behind
+//! writes acknowledged by a `catalog serve` process survive its `kill -9`
+//! together with the loss of a primary holding part of the queue.
 //!
 //! Each test starts its own cluster and runs on a fresh PostgreSQL database
 //! under a fresh key prefix; the shared Redis is never touched.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use catalog::config::ServeConfig;
+use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
-use testkit::{PrivateCluster, eventually, unique_prefix};
+use testkit::{PrivateCluster, eventually, free_port, unique_prefix};
 use tokio::task::JoinHandle;
 
-use crate::helpers::{Backend, TestApp, product_eventually, read_product, scrape, use_redis};
+use crate::helpers::{
+    Backend, Row, TOKEN, TestApp, TestDb, pg_rows, pg_rows_within, pg_server_addr,
+    product_eventually, read_product, scrape, use_redis, write_behind_stats,
+};
+use crate::process::{create, exit_within, signal, wait_until_healthy, write_behind_server};
+use crate::proxy::Proxy;
 
 /// Issue 17: no request slower than this while a primary fails over.
 const REQUEST_BOUND: Duration = Duration::from_secs(2);
@@ -487,4 +496,269 @@ async fn a_write_after_a_failover_reaches_the_other_instance_through_a_surviving
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_after_a_failover_reaches_the_other_instance_when_the_first_seed_died() {
     a_write_after_a_failover_reaches_the_other_instance(true).await;
+}
+
+/// Products the write-behind crash test writes.
+const CRASH_PRODUCTS: usize = 24;
+/// Updates each of them gets in the burst, one after the other.
+const CRASH_WRITES_PER_PRODUCT: usize = 8;
+/// Issue: once the instance is restarted, every acknowledged write is in
+/// the store within this long.
+const RECOVERY: Duration = Duration::from_secs(20);
+
+/// One write of the burst: the product, what was sent, and the answer.
+#[derive(Debug)]
+struct Acknowledgement {
+    id: i64,
+    method: Method,
+    status: StatusCode,
+    body: Value,
+    /// When the answer came, before the crash.
+    at: Instant,
+}
+
+/// A `catalog serve` child, SIGKILLed when dropped (a failed assertion must
+/// not leave it running).
+struct Instance(Option<Child>);
+
+impl Instance {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the instance has not been taken")
+    }
+
+    fn take(&mut self) -> Child {
+        self.0.take().expect("the instance has not been taken")
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The queue partitions of the product cache under `prefix` (tiercache's
+/// `write_behind::partition`: `{<prefix>product#wb.<n>}`, 8 on a cluster).
+fn queue_partitions(prefix: &str) -> Vec<String> {
+    (0..8)
+        .map(|n| format!("{{{prefix}product#wb.{n}}}"))
+        .collect()
+}
+
+/// The changes queued in `streams` as node `index` holds them: (product,
+/// version) of each entry, in no particular order.
+async fn queued_on(cluster: &PrivateCluster, index: usize, streams: &[String]) -> Vec<(i64, i64)> {
+    let mut node = cluster.node(index).await;
+    let mut queued = Vec::new();
+    for stream in streams {
+        let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut node)
+            .await
+            .unwrap();
+        for (_, fields) in entries {
+            queued.push((fields["k"].parse().unwrap(), fields["v"].parse().unwrap()));
+        }
+    }
+    queued
+}
+
+/// Issue: "write-behind: a burst of updates, the instance `kill -9`ed and
+/// a master killed, instance restarted: every acknowledged write is in the
+/// store, at its acknowledged version, within 20 s".
+///
+/// A `catalog serve` process (write-behind, the library's default replica
+/// wait) on the cluster, its PostgreSQL reached through a proxy that is cut
+/// once the products exist, so that every write of the burst (PATCHes and
+/// PUTs, products in parallel, each product's writes in turn) stays queued.
+/// Then the process is SIGKILLed and the primary holding queue partition 0
+/// (and whichever others it holds) is killed; once its replica took over,
+/// the store comes back and the process is started again on the same
+/// database and `REDIS_URL`. Every product's row must reach the last
+/// version acknowledged for it, with that write's values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_write_behind_writes_survive_an_instance_crash_and_a_primary_failover() {
+    let mut cluster = PrivateCluster::start().await;
+    let prefix = unique_prefix();
+    let redis_url = cluster.cluster_url();
+    let db = TestDb::create(Backend::Postgres).await;
+    let proxy = Proxy::start(pg_server_addr().await).await;
+    let database_url = db.url_via(proxy.addr());
+    let port = free_port();
+    let mut first = Instance(Some(write_behind_server(
+        &database_url,
+        &redis_url,
+        &prefix,
+        port,
+    )));
+    wait_until_healthy(port, first.child()).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut ids = Vec::new();
+    for i in 0..CRASH_PRODUCTS {
+        ids.push(
+            create(&client, &base, &format!("Crash {i}")).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    let partitions = queue_partitions(&prefix);
+    let victim = cluster.primary_for_key(&partitions[0]).await;
+    let mut on_victim = Vec::new();
+    for partition in &partitions {
+        if cluster.primary_for_key(partition).await == victim {
+            on_victim.push(partition.clone());
+        }
+    }
+    proxy.cut();
+
+    let burst = join_all(ids.iter().map(|&id| {
+        let (client, base) = (&client, &base);
+        async move {
+            let mut answers = Vec::new();
+            for n in 0..CRASH_WRITES_PER_PRODUCT {
+                let cents = 100 * id + 1 + i64::try_from(n).unwrap();
+                let price = cents as f64 / 100.0;
+                let (method, body) = if n % 3 == 2 {
+                    let name = format!("Crash {id} put {n}");
+                    (
+                        Method::PUT,
+                        json!({"name": name, "price": price, "category": "tools"}),
+                    )
+                } else {
+                    (Method::PATCH, json!({"price": price}))
+                };
+                let response = client
+                    .request(method.clone(), format!("{base}/products/{id}"))
+                    .bearer_auth(TOKEN)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let body = response.json().await.unwrap_or(Value::Null);
+                answers.push(Acknowledgement {
+                    id,
+                    method,
+                    status,
+                    body,
+                    at: Instant::now(),
+                });
+            }
+            answers
+        }
+    }))
+    .await;
+    let writes: Vec<Acknowledgement> = burst.into_iter().flatten().collect();
+    let stats_before_crash = write_behind_stats(&client, &base).await;
+    let queued_on_victim = queued_on(&cluster, victim, &on_victim).await;
+    let mut sql = db.sql().await;
+    let rows_before_crash = pg_rows(&mut sql, &ids).await;
+
+    // `Child::kill` is SIGKILL: no drain, no goodbye.
+    let mut crashed = first.take();
+    crashed.kill().unwrap();
+    crashed.wait().unwrap();
+    cluster.kill(victim);
+    let killed = Instant::now();
+    cluster.wait_failed_over(FAILOVER_LIMIT).await;
+    let failed_over = killed.elapsed();
+    proxy.restore();
+    let port = free_port();
+    let restarted_at = Instant::now();
+    let mut second = Instance(Some(write_behind_server(
+        &database_url,
+        &redis_url,
+        &prefix,
+        port,
+    )));
+    wait_until_healthy(port, second.child()).await;
+    let healthy = restarted_at.elapsed();
+    let mut expected: HashMap<i64, Option<Row>> = HashMap::new();
+    let mut acknowledged_at: HashMap<i64, Duration> = HashMap::new();
+    for write in writes.iter().filter(|w| w.status.is_success()) {
+        // Each product's writes ran in turn: its last acknowledged write is
+        // its newest version.
+        expected.insert(write.id, Some(Row::of(&write.body)));
+        acknowledged_at.insert(write.id, killed.saturating_duration_since(write.at));
+    }
+    let rows = pg_rows_within(
+        &mut sql,
+        &expected,
+        RECOVERY.saturating_sub(restarted_at.elapsed()),
+    )
+    .await;
+    let recovered = restarted_at.elapsed();
+    let stats_after = write_behind_stats(&client, &format!("http://127.0.0.1:{port}")).await;
+    let second = second.take();
+    signal(&second, "TERM");
+    let stopped = exit_within(second, Duration::from_secs(30)).await;
+
+    let refused: Vec<String> = writes
+        .iter()
+        .filter(|w| !w.status.is_success())
+        .map(|w| format!("{} {}: {} {}", w.method, w.id, w.status, w.body))
+        .collect();
+    let mut lost: Vec<String> = expected
+        .iter()
+        .filter(|(id, row)| rows.get(id) != Some(row))
+        .map(|(id, row)| {
+            let queued: Vec<i64> = queued_on_victim
+                .iter()
+                .filter(|(k, _)| k == id)
+                .map(|(_, v)| *v)
+                .collect();
+            format!(
+                "product {id}: acknowledged {row:?} {:?} before the kill, PostgreSQL holds {:?}; \
+                 versions queued on the killed primary: {queued:?}",
+                acknowledged_at[id],
+                rows.get(id)
+            )
+        })
+        .collect();
+    lost.sort();
+    let summary = format!(
+        "{} writes; killed node {victim} holding partitions {on_victim:?} with {} queued changes; \
+         failover {failed_over:?} after the kill; restarted instance healthy after {healthy:?}, \
+         rows checked after {recovered:?}; stats before the crash {stats_before_crash}, after \
+         the restart {stats_after}",
+        writes.len(),
+        queued_on_victim.len(),
+    );
+    eprintln!("{summary}");
+    assert!(refused.is_empty(), "writes not acknowledged: {refused:?}");
+    assert_eq!(expected.len(), CRASH_PRODUCTS);
+    assert!(
+        expected
+            .values()
+            .flatten()
+            .all(|row| row.version == 1 + CRASH_WRITES_PER_PRODUCT as i64),
+        "{expected:?}"
+    );
+    assert!(
+        rows_before_crash
+            .values()
+            .flatten()
+            .all(|row| row.version == 1),
+        "writes reached the store before the crash: {rows_before_crash:?}"
+    );
+    assert!(
+        !queued_on_victim.is_empty(),
+        "the killed primary held none of the queued changes; {summary}"
+    );
+    assert_eq!(
+        stats_before_crash["unreplicated"], 0,
+        "writes were acknowledged without a replica; {summary}"
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes missing {RECOVERY:?} after the restart: {lost:#?}; {summary}"
+    );
+    let stopped = stopped.expect("the restarted instance stops on SIGTERM");
+    assert!(stopped.status.success(), "{:?}", stopped.status);
 }

@@ -34,7 +34,7 @@ const CONTRACT: [(&str, &str); 11] = [
 ];
 
 /// The families of the consistency and fail-safe machinery (our additions).
-const ADDED: [(&str, &str); 20] = [
+const ADDED: [(&str, &str); 21] = [
     ("cache_bus_gaps_total", "counter"),
     ("cache_bus_replays_total", "counter"),
     ("cache_bus_keys_replayed_total", "counter"),
@@ -50,6 +50,7 @@ const ADDED: [(&str, &str); 20] = [
     ("write_behind_flushed_total", "counter"),
     ("write_behind_failures_total", "counter"),
     ("write_behind_dead_letters_total", "counter"),
+    ("write_behind_unreplicated_total", "counter"),
     ("write_behind_batches_total", "counter"),
     ("write_behind_last_batch_size", "gauge"),
     ("write_behind_flush_duration_seconds", "histogram"),

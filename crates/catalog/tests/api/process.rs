@@ -1,7 +1,8 @@
 //! The released binary as a user runs it: configuration errors, the
 //! generated token, seeding, graceful shutdown on SIGTERM / SIGINT, and
 //! `catalog stats` against a running instance; and write-behind across a
-//! crash (`kill -9`), a graceful stop and a missing Redis.
+//! crash (`kill -9`), a graceful stop and a missing Redis. The helpers that
+//! start and stop a `catalog serve` child also serve `cluster.rs`.
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Output, Stdio};
@@ -39,6 +40,7 @@ fn catalog() -> Command {
         "L2_TIMEOUT_MS",
         "CACHE_WRITE_STRATEGY",
         "WRITE_BEHIND_INTERVAL_MS",
+        "WRITE_BEHIND_REPLICA_WAIT_MS",
     ] {
         command.env_remove(var);
     }
@@ -49,7 +51,7 @@ fn catalog() -> Command {
 /// answers `GET /health` with 200 (its store is reachable). Polled without
 /// blocking the runtime, which may run the proxy the child reaches its
 /// store through.
-async fn wait_until_healthy(port: u16, child: &mut Child) {
+pub(crate) async fn wait_until_healthy(port: u16, child: &mut Child) {
     const LIMIT: Duration = Duration::from_secs(30);
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/health");
@@ -76,7 +78,7 @@ fn assert_success(output: &Output) {
     );
 }
 
-fn signal(child: &Child, name: &str) {
+pub(crate) fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")
         .args([format!("-{name}"), child.id().to_string()])
         .status()
@@ -95,6 +97,7 @@ async fn a_bad_setting_exits_non_zero_naming_the_variable() {
         ("L1_MAX_ENTRIES", "0"),
         ("L1_TTL_SECS", "-5"),
         ("CACHE_WRITE_STRATEGY", "sometimes"),
+        ("WRITE_BEHIND_REPLICA_WAIT_MS", "-1"),
     ] {
         let output = catalog().arg("serve").env(var, value).output().unwrap();
 
@@ -296,9 +299,14 @@ async fn stats_against_an_unreachable_url_fails_in_one_line() {
 }
 
 /// `catalog serve` with `CACHE_WRITE_STRATEGY=write-behind` on
-/// `database_url`, sharing the test Redis under `prefix`, on `port`; its
-/// logs are shown only with `TEST_LOG=1`.
-fn write_behind_server(database_url: &str, prefix: &str, port: u16) -> Child {
+/// `database_url`, on the Redis (or cluster) at `redis_url` under `prefix`,
+/// on `port`; its logs are shown only with `TEST_LOG=1`.
+pub(crate) fn write_behind_server(
+    database_url: &str,
+    redis_url: &str,
+    prefix: &str,
+    port: u16,
+) -> Child {
     let logs = || {
         if std::env::var_os("TEST_LOG").is_some() {
             Stdio::inherit()
@@ -309,7 +317,7 @@ fn write_behind_server(database_url: &str, prefix: &str, port: u16) -> Child {
     catalog()
         .arg("serve")
         .env("DATABASE_URL", database_url)
-        .env("REDIS_URL", redis_url())
+        .env("REDIS_URL", redis_url)
         .env("CACHE_PREFIX", prefix)
         .env("L2_TTL_SECS", "120")
         .env("CACHE_WRITE_STRATEGY", "write-behind")
@@ -325,13 +333,13 @@ fn write_behind_server(database_url: &str, prefix: &str, port: u16) -> Child {
 
 /// `child`'s exit and output, if it exits within `limit` (else it is
 /// killed).
-async fn exit_within(mut child: Child, limit: Duration) -> Option<Output> {
+pub(crate) async fn exit_within(mut child: Child, limit: Duration) -> Option<Output> {
     wait_exit(&mut child, limit).await?;
     Some(child.wait_with_output().unwrap())
 }
 
 /// Creates a product on the instance at `base`; returns its JSON.
-async fn create(client: &reqwest::Client, base: &str, name: &str) -> Value {
+pub(crate) async fn create(client: &reqwest::Client, base: &str, name: &str) -> Value {
     let response = client
         .post(format!("{base}/products"))
         .bearer_auth(TOKEN)
@@ -380,7 +388,7 @@ impl CutOffInstance {
         let prefix = unique_prefix();
         let proxy = Proxy::start(pg_server_addr().await).await;
         let port = free_port();
-        let mut child = write_behind_server(&db.url_via(proxy.addr()), &prefix, port);
+        let mut child = write_behind_server(&db.url_via(proxy.addr()), &redis_url(), &prefix, port);
         wait_until_healthy(port, &mut child).await;
         let client = reqwest::Client::new();
         let base = format!("http://127.0.0.1:{port}");
@@ -434,7 +442,7 @@ async fn acknowledged_write_behind_writes_survive_kill_9_and_restart() {
     first.child.kill().unwrap();
     first.child.wait().unwrap();
     let port = free_port();
-    let mut second = write_behind_server(&first.db.url(), &first.prefix, port);
+    let mut second = write_behind_server(&first.db.url(), &redis_url(), &first.prefix, port);
     wait_until_healthy(port, &mut second).await;
     let mut sql = first.db.sql().await;
     let rows = pg_rows_within(&mut sql, &expected, Duration::from_secs(10)).await;
