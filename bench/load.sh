@@ -28,8 +28,9 @@
 #        DURATION (15s), CONNECTIONS (64), PRODUCTS (100000), PORT (18080),
 #        ROUNDS (2): floor and L1-hit runs, alternated (and the cluster's)
 #        SECTIONS ("l1 l2 nocache zipf cluster"): which runs to make
-#        CLUSTER_PORT (37000): first of the cluster's six ports (each
-#        node's cluster bus listens on port + 10000)
+#        CLUSTER_PORT (30100): first of the cluster's six ports (their
+#        cluster-bus ports are CLUSTER_PORT+10.., not Redis's port + 10000,
+#        which would land in Linux's ephemeral range)
 # Client and server share this machine's cores: compare runs of one
 # invocation with each other, not with other machines.
 set -euo pipefail
@@ -43,7 +44,7 @@ PRODUCTS=${PRODUCTS:-100000}
 PORT=${PORT:-18080}
 ROUNDS=${ROUNDS:-2}
 SECTIONS=${SECTIONS:-l1 l2 nocache zipf cluster}
-CLUSTER_PORT=${CLUSTER_PORT:-37000}
+CLUSTER_PORT=${CLUSTER_PORT:-30100}
 export PGOPTIONS="-c client_min_messages=warning"
 BIN=target/release/catalog
 FLOOR=target/release/examples/floor
@@ -172,7 +173,8 @@ start_cluster() {
   for i in 0 1 2 3 4 5; do
     port=$((CLUSTER_PORT + i))
     mkdir -p "$WORK/cluster/$port"
-    redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes --cluster-node-timeout 1000 \
+    redis-server --port "$port" --cluster-port $((port + 10)) --bind 127.0.0.1 \
+      --cluster-enabled yes --cluster-node-timeout 1000 \
       --cluster-config-file nodes.conf --dir "$WORK/cluster/$port" --save "" --appendonly no \
       --daemonize yes --pidfile "$WORK/cluster/$port/redis.pid" --logfile "$WORK/cluster/$port/log" >/dev/null
     nodes+=("127.0.0.1:$port")
@@ -307,7 +309,6 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 ratio "L2 hit cluster / single node, req/s (means)" "${CLUSTER_RPS[*]}" "${SINGLE_RPS[*]}" "report"
-if [ -x bench/write_behind_latency.sh ]; then
-  BIN=$BIN PG_URL=$PG_URL REDIS_URL=$CLUSTER_URL PORT=$PORT bash bench/write_behind_latency.sh
-fi
+# Write-behind latency with and without the replica wait (its own cluster).
+PG_URL=$PG_URL ROUNDS=$ROUNDS bash bench/write_behind_latency.sh
 fi
