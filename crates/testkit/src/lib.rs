@@ -5,7 +5,7 @@
 //!   one way a test waits for something that happens in its own time.
 //! - The shared Redis ([`shared_redis`], [`redis_url`]) and a key prefix
 //!   per test on it ([`unique_prefix`]); logs shown with `TEST_LOG=1`
-//!   ([`init_test_log`]).
+//!   ([`init_test_log`]); the keys of one node ([`scan_keys`]).
 //! - Private servers: a `redis-server` to hang, kill and restart
 //!   ([`PrivateRedis`]) and a six-node Redis Cluster, three primaries and
 //!   their replicas, whose nodes can be killed, hung and restarted to fail
@@ -23,10 +23,12 @@ mod cluster;
 mod fuzz;
 mod poll;
 mod private_redis;
+mod scan;
 mod shared;
 
 pub use cluster::PrivateCluster;
 pub use fuzz::{corpus, corpus_input, fuzz_cases, fuzz_config, fuzz_input};
 pub use poll::{POLL_INTERVAL, eventually, poll_until, wait_for};
 pub use private_redis::{PrivateRedis, free_port};
+pub use scan::scan_keys;
 pub use shared::{START_SHARED_REDIS, init_test_log, redis_url, shared_redis, unique_prefix};

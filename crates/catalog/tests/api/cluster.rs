@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::helpers::{
     Backend, Row, TOKEN, TestApp, TestDb, pg_rows, pg_rows_within, pg_server_addr,
-    product_eventually, read_product, scrape, use_redis, write_behind_stats,
+    product_eventually, read_product, scrape, use_redis, write_behind_stats, x_cache,
 };
 use crate::process::{create, exit_within, signal, wait_until_healthy, write_behind_server};
 use crate::proxy::Proxy;
@@ -85,25 +85,8 @@ async fn spawn_pair(
 /// cluster has no command that lists every node's keys.
 async fn keys_on(cluster: &PrivateCluster, index: usize, prefix: &str) -> Vec<String> {
     let mut node = cluster.node(index).await;
-    let mut keys = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(1_000)
-            .query_async(&mut node)
-            .await
-            .unwrap();
-        keys.extend(batch.into_iter().filter(|key| !key.ends_with(":bus:log")));
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
-    keys.sort();
+    let mut keys = testkit::scan_keys(&mut node, &format!("{prefix}*")).await;
+    keys.retain(|key| !key.ends_with(":bus:log"));
     keys
 }
 
@@ -193,12 +176,7 @@ async fn get_product(app: &TestApp, id: i64) -> Result<String, String> {
         .await
         .map_err(|e| format!("not answered: {e}"))?;
     let status = response.status();
-    let source = response
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let source = x_cache(&response);
     let body = response
         .bytes()
         .await

@@ -225,17 +225,22 @@ pub(crate) async fn cached_keys(
         .collect()
 }
 
+/// The `X-Cache` header of a product read; empty when absent.
+pub(crate) fn x_cache(response: &Response) -> String {
+    response
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// `GET /products/{id}` on `app`: status, `X-Cache` (empty when absent) and
 /// body (`null` when not JSON).
 pub(crate) async fn read_product(app: &TestApp, id: i64) -> (StatusCode, String, Value) {
     let response = app.get(&format!("/products/{id}")).await;
     let status = response.status();
-    let source = response
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let source = x_cache(&response);
     let body = response.json().await.unwrap_or(Value::Null);
     (status, source, body)
 }

@@ -138,25 +138,8 @@ impl Redis {
 
 pub(crate) async fn scan_keys(conn: &mut MultiplexedConnection, pattern: &str) -> Vec<String> {
     let is_change_log = |key: &String| key.ends_with(":bus:log");
-    let mut keys = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await
-            .unwrap();
-        keys.extend(batch.into_iter().filter(|key| !is_change_log(key)));
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
-    keys.sort();
+    let mut keys = testkit::scan_keys(conn, pattern).await;
+    keys.retain(|key| !is_change_log(key));
     keys
 }
 
