@@ -18,6 +18,9 @@
 //!
 //! Keys carry no hash tag on purpose: one tag per namespace would put a whole
 //! namespace on one node. Every operation above is slot-agnostic instead.
+//! Only what one script must touch together shares a tag: the bus's
+//! channel and change log (`bus::channel_and_log`), and each write-behind
+//! queue partition (`write_behind::partition`).
 
 use std::fmt;
 use std::time::Duration;
