@@ -360,6 +360,29 @@ async fn a_queued_value_survives_a_cache_clear_until_the_store_has_it(redis: &Re
     );
 }
 
+/// What graceful shutdown does: drain writes every queued change (of every
+/// partition, on a cluster) to the store before it returns.
+async fn drain_flushes_every_queued_change(redis: &Redis) {
+    let prefix = support::unique_prefix();
+    let store = Arc::new(MemStore::default());
+    store.down.store(true, Ordering::SeqCst);
+    let cache = cache(redis, &prefix, &store).await;
+    for key in 1..=40 {
+        cache
+            .write_behind(&key, 1, Change::Put(doc(key, 1)))
+            .await
+            .unwrap();
+    }
+    store.down.store(false, Ordering::SeqCst);
+
+    let drained = cache.drain_write_behind(Duration::from_secs(10)).await;
+
+    assert!(drained, "the queue was not empty within the limit");
+    for key in 1..=40 {
+        assert_eq!(row(&store, key), Some((1, Some(doc(key, 1)))), "key {key}");
+    }
+}
+
 // Every scenario on the shared single server, each in its own test.
 
 #[tokio::test]
@@ -388,6 +411,11 @@ async fn changes_left_by_a_crashed_instance_are_flushed_by_another_on_one_server
 }
 
 #[tokio::test]
+async fn drain_flushes_every_queued_change_on_one_server() {
+    drain_flushes_every_queued_change(&Redis::single().await).await;
+}
+
+#[tokio::test]
 async fn two_instances_flushing_one_queue_lose_and_repeat_nothing_on_one_server() {
     two_instances_flushing_one_queue_lose_and_repeat_nothing(&Redis::single().await).await;
 }
@@ -409,6 +437,7 @@ async fn every_scenario_holds_on_a_cluster() {
     a_poison_change_is_dead_lettered_while_the_rest_flush(&redis).await;
     changes_left_by_a_crashed_instance_are_flushed_by_another(&redis).await;
     two_instances_flushing_one_queue_lose_and_repeat_nothing(&redis).await;
+    drain_flushes_every_queued_change(&redis).await;
     a_queued_value_survives_a_cache_clear_until_the_store_has_it(&redis).await;
 }
 
