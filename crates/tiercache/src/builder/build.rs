@@ -72,6 +72,11 @@ where
                 "eager_refresh must be in (0, 1) (got {fraction})"
             )));
         }
+        if self.stampede_lease == Some(Duration::ZERO) {
+            return Err(Error::config(
+                "the stampede lease must be positive (or off)",
+            ));
+        }
         if [self.soft_timeout, self.hard_timeout].contains(&Some(Duration::ZERO)) {
             return Err(Error::config("loader timeouts must be positive"));
         }
@@ -163,6 +168,7 @@ where
             soft_timeout: self.soft_timeout,
             hard_timeout: self.hard_timeout,
             eager_refresh: self.eager_refresh,
+            stampede_lease: self.stampede_lease,
         };
         let write_behind = match (self.write_behind, &l2, &self.versioning) {
             (Some((flush, interval)), Some(l2), Some(versioning)) => {

@@ -96,6 +96,7 @@ pub struct TieredCacheBuilder<K, V> {
     write_behind: Option<(Arc<dyn Flush<K, V>>, Duration)>,
     /// `None`: the default for the topology.
     replica_wait: Option<Option<Duration>>,
+    stampede_lease: Option<Duration>,
     _key: PhantomData<fn() -> K>,
 }
 
@@ -190,6 +191,7 @@ where
             eager_refresh: None,
             write_behind: None,
             replica_wait: None,
+            stampede_lease: None,
             _key: PhantomData,
         }
     }
@@ -442,6 +444,31 @@ where
     /// when yours has a replica).
     pub fn write_behind_replica_wait(mut self, timeout: Option<Duration>) -> Self {
         self.replica_wait = Some(timeout);
+        self
+    }
+
+    /// Cross-instance stampede protection: when several instances miss one
+    /// key at once, the first takes a lease on it in Redis (`SET NX PX`,
+    /// for `lease`) and loads; the others wait, polling Redis every 10 ms,
+    /// for its value, and load themselves only if the lease is free again
+    /// first (its holder's load failed, or outlasted `lease`).
+    /// One load per key across all instances instead of one per instance,
+    /// for the price of a `SET` on every L2 miss and, for the waiters, up
+    /// to `lease` of waiting. Set `lease` a little above your loader's
+    /// usual time. Needs Redis; `None` (the default) turns it off.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn f() -> Result<(), tiercache::Error> {
+    /// let cache = tiercache::TieredCache::<u64, String>::builder()
+    ///     .redis_url("redis://127.0.0.1:6379")
+    ///     .stampede_lease(Some(Duration::from_millis(500)))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn stampede_lease(mut self, lease: Option<Duration>) -> Self {
+        self.stampede_lease = lease;
         self
     }
 

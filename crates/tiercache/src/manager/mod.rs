@@ -29,6 +29,7 @@ use crate::write_behind::WriteBehind;
 
 mod counters;
 mod encode;
+mod lease;
 mod local_level;
 mod lookup;
 mod own_writes;
@@ -82,6 +83,8 @@ pub(crate) struct Settings {
     pub(crate) hard_timeout: Option<Duration>,
     /// Fraction of the L1 TTL after which a hit refreshes.
     pub(crate) eager_refresh: Option<f64>,
+    /// How long one instance may hold a key's load for the others (`lease`).
+    pub(crate) stampede_lease: Option<Duration>,
 }
 
 impl Settings {

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::counters::Counter;
 use super::encode::Entry;
+use super::lease::Leased;
 use super::local_level::Filled;
 use super::{CacheKey, FlightResult, Inner, LoadError, Lookup, Shared, Source, TieredCache};
 use crate::error::{Error, LoaderTimedOut};
@@ -218,13 +219,26 @@ where
         }
         // Redis may hold a version older than a write it missed.
         let l2 = self.l2.as_ref().filter(|_| !self.unapplied.distrusts(key));
+        let mut lease = None;
         if let Some(l2) = l2 {
-            let mut found = match l2.get(self.redis_key(key)).await {
+            let read = l2.get(self.redis_key(key)).await;
+            let answered = !matches!(read, Read::Unavailable);
+            let mut found = match read {
                 Read::Found(stored) => self.decode(stored).await,
                 Read::Absent | Read::Unavailable => None,
             };
             if found.is_none() {
                 found = self.pending_value(key).await;
+            }
+            if found.is_none()
+                && answered
+                && let Some(length) = self.settings.stampede_lease
+            {
+                match self.lease(l2, key, length).await {
+                    Leased::Held(token) => lease = Some((l2, token)),
+                    Leased::Filled(entry) => found = Some(entry),
+                    Leased::Load => {}
+                }
             }
             if let Some(Entry { value, weight }) = found {
                 self.record_l2_hit(&value);
@@ -257,6 +271,11 @@ where
             }
             _ => load.await,
         };
+        // (A load that outlived the soft timeout keeps its lease until it
+        // expires: waiters find its value once it lands.)
+        if let Some((l2, token)) = lease {
+            self.release_lease(l2, key, &token).await;
+        }
         match (loaded, stale) {
             (Ok(value), _) => Ok((value, Source::Loader)),
             // A fallback invalidated while we loaded is known to be old.

@@ -56,7 +56,7 @@ use crate::task::{AbortOnDrop, LogLimiter};
 use breaker::{BreakerConfig, CircuitBreaker};
 pub(crate) use connection::is_availability_failure;
 use connection::{Attempt, Inner, Lent, supervise};
-use scripts::{BUMP_TAG, GUARDED_SET};
+use scripts::{BUMP_TAG, DELETE_IF_EQUAL, GUARDED_SET};
 use topology::{Conn, RedisTopology};
 
 /// Single-key reads in flight at once; more wait and go out as one `MGET`.
@@ -326,6 +326,40 @@ impl RemoteCache {
                 |conn| async move { conn.query(&cmd).await },
             )
             .await
+    }
+
+    /// `SET key value NX PX ttl`: whether it was set (`false`: the key
+    /// exists), `None` when Redis was unusable.
+    pub(crate) async fn set_if_absent(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Option<bool> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        self.inner
+            .call("SET NX", |conn| async move {
+                conn.query::<Option<String>>(&cmd).await
+            })
+            .await
+            .map(|set| set.is_some())
+    }
+
+    /// Deletes `key` if it holds `value` (see [`DELETE_IF_EQUAL`]).
+    pub(crate) async fn delete_if_equal(&self, key: &str, value: &str) {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(DELETE_IF_EQUAL).arg(1).arg(key).arg(value);
+        let _: Option<Value> = self
+            .inner
+            .call("EVAL delete if equal", |conn| async move {
+                conn.query(&cmd).await
+            })
+            .await;
     }
 
     /// `UNLINK` of all `keys` in one command; returns whether Redis took it.

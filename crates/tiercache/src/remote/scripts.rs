@@ -152,6 +152,15 @@ return 0
 "
 );
 
+/// Deletes KEYS[1] if it holds ARGV[1] (a lease given back by its holder,
+/// not one that expired and was taken by another). Returns 1 when deleted.
+pub(crate) const DELETE_IF_EQUAL: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
 /// Forgets pending values the store now has. KEYS: the pending hash. ARGV:
 /// the JSON version field, then key, version pairs; a field is removed only
 /// if it holds that version or an older one (a newer write is still queued).

@@ -15,6 +15,7 @@ mod failsafe;
 mod manager;
 mod remote;
 mod schedule;
+mod stampede;
 mod support;
 mod unapplied;
 mod write_behind;
