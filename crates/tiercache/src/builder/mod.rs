@@ -66,6 +66,7 @@ impl fmt::Debug for RedisSetting {
 /// # Ok(())
 /// # }
 /// ```
+#[must_use = "a builder does nothing until `build` is awaited"]
 pub struct TieredCacheBuilder<K, V> {
     namespace: String,
     key_prefix: String,

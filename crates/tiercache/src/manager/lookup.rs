@@ -23,6 +23,8 @@ pub enum Source {
 
 /// The answer to a lookup: the value (or "not found") and where it came from.
 #[derive(Debug)]
+#[must_use]
+#[non_exhaustive]
 pub struct Lookup<V> {
     /// The value, shared with the cache; `None` means the loader said it
     /// does not exist (possibly remembered as a negative entry).

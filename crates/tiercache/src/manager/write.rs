@@ -200,12 +200,6 @@ where
         }
     }
 
-    /// Removes `key` from this instance's L1 only (e.g. on an invalidation
-    /// message from another instance).
-    pub fn invalidate_local(&self, key: &K) {
-        self.inner.local.drop_key(key);
-    }
-
     /// Removes every key of this cache (`{key_prefix}{namespace}:*`) from
     /// Redis, by `SCAN` + `UNLINK` in batches (never `KEYS` or `FLUSHDB`),
     /// then empties this instance's L1, then tells the other instances to

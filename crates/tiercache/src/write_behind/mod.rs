@@ -105,6 +105,7 @@ pub enum Change<V> {
 
 /// One queued change, as the flusher hands it to [`Flush`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Queued<K, V> {
     /// The changed key.
     pub key: K,

@@ -92,7 +92,7 @@ async fn a_cluster_serves_single_and_cross_slot_operations() {
         .unwrap();
     for cache in [&reader, &far_reader] {
         assert_eq!(cache.bus_state(), BusState::Subscribed);
-        cache
+        let _ = cache
             .get_or_load(&70, || async { found(70) })
             .await
             .unwrap();

@@ -97,7 +97,7 @@ async fn a_slow_reader_cannot_replace_a_newer_value_another_reader_stored() {
         .await
         .unwrap();
     release.wait().await;
-    slow.await.unwrap().unwrap();
+    let _ = slow.await.unwrap().unwrap();
     slow_cache.clear_local();
     let from_l2 = slow_cache
         .get_or_load(&1, || async { Err::<Option<Doc>, _>(StoreDown) })
@@ -120,7 +120,7 @@ async fn an_l1_fill_that_started_before_an_invalidation_is_dropped() {
     loaded.wait().await;
     cache.invalidate(&1).await;
     release.wait().await;
-    slow.await.unwrap().unwrap();
+    let _ = slow.await.unwrap().unwrap();
     let after = cache.get_or_load(&1, || async { doc(2) }).await.unwrap();
 
     assert_eq!(after.source, Source::Loader);
@@ -140,7 +140,7 @@ async fn an_invalidation_from_another_instance_fences_a_running_fill() {
     let writer: TieredCache<i64, Doc> = build().await.unwrap();
     let (loaded, release) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
     // Key 2 in the reader's L1 shows when the writer's message has arrived.
-    reader.get_or_load(&2, || async { doc(1) }).await.unwrap();
+    let _ = reader.get_or_load(&2, || async { doc(1) }).await.unwrap();
 
     let slow = slow_reader(&reader, &loaded, &release);
     loaded.wait().await;
@@ -155,7 +155,7 @@ async fn an_invalidation_from_another_instance_fences_a_running_fill() {
     )
     .await;
     release.wait().await;
-    slow.await.unwrap().unwrap();
+    let _ = slow.await.unwrap().unwrap();
 
     assert_eq!(reader.stats().fenced_fills, 1);
     reader.invalidate(&1).await;

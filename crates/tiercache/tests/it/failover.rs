@@ -101,7 +101,7 @@ async fn the_bus_survives(failure: Failure) {
 /// within the propagation bound.
 async fn assert_carries_writes(writer: &Cache, reader: &Cache, key: i64) {
     for _ in 0..2 {
-        reader
+        let _ = reader
             .get_or_load(&key, || async move { found(key) })
             .await
             .unwrap();

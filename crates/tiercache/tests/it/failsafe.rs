@@ -57,7 +57,7 @@ async fn a_failing_loader_gets_the_stale_value_and_is_throttled() {
         .build()
         .await
         .unwrap();
-    load_named(&cache, "v1").await;
+    let _ = load_named(&cache, "v1").await;
     wait_until_expired(&cache).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let failing = || {
@@ -99,7 +99,7 @@ async fn an_invalidated_value_is_never_a_fallback() {
         .build()
         .await
         .unwrap();
-    load_named(&cache, "v1").await;
+    let _ = load_named(&cache, "v1").await;
     cache.invalidate(&1).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
@@ -118,7 +118,7 @@ async fn a_slow_loader_past_the_soft_timeout_answers_stale_then_fills_the_cache(
         .build()
         .await
         .unwrap();
-    load_named(&cache, "v1").await;
+    let _ = load_named(&cache, "v1").await;
     wait_until_expired(&cache).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
@@ -174,7 +174,7 @@ async fn a_hit_late_in_an_entrys_life_refreshes_it_once_in_the_background() {
         .build()
         .await
         .unwrap();
-    load_named(&cache, "v1").await;
+    let _ = load_named(&cache, "v1").await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let calls = Arc::new(AtomicUsize::new(0));
 

@@ -54,7 +54,7 @@ async fn stored_values_are_plain_json_with_a_ttl_in_redis() {
         .await
         .unwrap();
 
-    cache.get_or_load(&7, || async { found(7) }).await.unwrap();
+    let _ = cache.get_or_load(&7, || async { found(7) }).await.unwrap();
 
     let key = format!("{prefix}item:7");
     assert_eq!(cache.redis_key(&7), key);
@@ -74,7 +74,7 @@ async fn entries_expire_from_l1_then_from_l2() {
         .build()
         .await
         .unwrap();
-    cache.get_or_load(&1, || async { found(1) }).await.unwrap();
+    let _ = cache.get_or_load(&1, || async { found(1) }).await.unwrap();
 
     // L1 expires first: the value comes back from Redis.
     wait_for(Duration::from_secs(5), "L1 entry to expire", || async {
@@ -105,7 +105,7 @@ async fn l1_byte_bound_evicts_and_holds() {
 
     for id in 0..200 {
         let item = Item::with_name(id, "x".repeat(500));
-        cache
+        let _ = cache
             .get_or_load(&id, || async { Ok::<_, StoreDown>(Some(item)) })
             .await
             .unwrap();
@@ -128,7 +128,7 @@ async fn l1_entry_bound_evicts_and_holds() {
         .unwrap();
 
     for id in 0..500 {
-        cache
+        let _ = cache
             .get_or_load(&id, || async move { found(id) })
             .await
             .unwrap();
@@ -270,7 +270,7 @@ async fn get_many_loads_only_what_l1_and_one_mget_lacked() {
     // 1 and 2 only in Redis (written by another instance), 3 in our L1.
     writer.set(&1, Item::new(1)).await;
     writer.set(&2, Item::new(2)).await;
-    cache.get_or_load(&3, || async { found(3) }).await.unwrap();
+    let _ = cache.get_or_load(&3, || async { found(3) }).await.unwrap();
     let _: () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query_async(&mut redis)
@@ -380,7 +380,7 @@ async fn invalidate_many_removes_every_key_everywhere() {
     let (cache, prefix) = support::cache::<Item>().await;
     let mut redis = support::raw_redis().await;
     for id in 1..=5 {
-        cache
+        let _ = cache
             .get_or_load(&id, || async move { found(id) })
             .await
             .unwrap();
@@ -509,7 +509,7 @@ async fn without_redis_the_cache_is_l1_only() {
 #[tokio::test]
 async fn stats_serialize_with_lowercase_state() {
     let (cache, _prefix) = support::cache::<Item>().await;
-    cache.get_or_load(&1, || async { found(1) }).await.unwrap();
+    let _ = cache.get_or_load(&1, || async { found(1) }).await.unwrap();
 
     let json = serde_json::to_value(cache.stats()).unwrap();
 

@@ -339,7 +339,7 @@ async fn l2_state_goes_down_when_redis_dies_and_up_when_it_returns() {
         let cache = cache.clone();
         let key = id;
         async move {
-            cache
+            let _ = cache
                 .get_or_load(&key, || async move { found(key) })
                 .await
                 .unwrap();
@@ -372,7 +372,7 @@ async fn redis_that_starts_late_is_picked_up() {
         async move { state == L2State::Up }
     })
     .await;
-    cache.get_or_load(&1, || async { found(1) }).await.unwrap();
+    let _ = cache.get_or_load(&1, || async { found(1) }).await.unwrap();
     let mut redis = server.raw().await;
     let stored: bool = redis.exists(cache.redis_key(&1)).await.unwrap();
     assert!(stored);
