@@ -192,7 +192,7 @@ where
         .l2_ttl(config.l2_ttl)
         .l2_timeout(config.l2_timeout)
         .client_tracking(config.client_tracking)
-        .fail_safe(config.fail_safe, tiercache::DEFAULT_FAIL_SAFE_THROTTLE)
+        .fail_safe(config.fail_safe, tiercache::defaults::FAIL_SAFE_THROTTLE)
         .loader_timeouts(
             Some(config.loader_soft_timeout),
             Some(config.loader_hard_timeout),

@@ -187,23 +187,23 @@ pub struct CacheConfig {
     pub redis_url: Option<SecretString>,
 
     /// Most products kept in the in-process L1.
-    #[arg(long, env = "L1_MAX_ENTRIES", value_name = "L1_MAX_ENTRIES", default_value_t = tiercache::DEFAULT_L1_MAX_ENTRIES,
+    #[arg(long, env = "L1_MAX_ENTRIES", value_name = "L1_MAX_ENTRIES", default_value_t = tiercache::defaults::L1_MAX_ENTRIES,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub l1_max_entries: u64,
 
     /// Most bytes the in-process L1 may hold (64 MiB by default).
-    #[arg(long, env = "L1_MAX_BYTES", value_name = "L1_MAX_BYTES", default_value_t = tiercache::DEFAULT_L1_MAX_BYTES,
+    #[arg(long, env = "L1_MAX_BYTES", value_name = "L1_MAX_BYTES", default_value_t = tiercache::defaults::L1_MAX_BYTES,
           value_parser = clap::value_parser!(u64).range(1024..))]
     pub l1_max_bytes: u64,
 
     /// Seconds a product stays in L1.
     #[arg(long, env = "L1_TTL_SECS", value_name = "L1_TTL_SECS",
-          default_value = in_seconds(tiercache::DEFAULT_L1_TTL), value_parser = seconds)]
+          default_value = in_seconds(tiercache::defaults::L1_TTL), value_parser = seconds)]
     pub l1_ttl: Duration,
 
     /// Seconds a product stays in Redis.
     #[arg(long, env = "L2_TTL_SECS", value_name = "L2_TTL_SECS",
-          default_value = in_seconds(tiercache::DEFAULT_L2_TTL), value_parser = seconds)]
+          default_value = in_seconds(tiercache::defaults::L2_TTL), value_parser = seconds)]
     pub l2_ttl: Duration,
 
     /// Prefix of every Redis key (namespaces several deployments on one Redis).
@@ -211,13 +211,13 @@ pub struct CacheConfig {
         long,
         env = "CACHE_PREFIX",
         value_name = "CACHE_PREFIX",
-        default_value = tiercache::DEFAULT_KEY_PREFIX
+        default_value = tiercache::defaults::KEY_PREFIX
     )]
     pub cache_prefix: String,
 
     /// Milliseconds one Redis call may take before it counts as a miss.
     #[arg(long, env = "L2_TIMEOUT_MS", value_name = "L2_TIMEOUT_MS",
-          default_value = in_millis(tiercache::DEFAULT_L2_TIMEOUT), value_parser = milliseconds)]
+          default_value = in_millis(tiercache::defaults::L2_TIMEOUT), value_parser = milliseconds)]
     pub l2_timeout: Duration,
 
     /// How writes reach the cache.
@@ -291,12 +291,12 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             redis_url: None,
-            l1_max_entries: tiercache::DEFAULT_L1_MAX_ENTRIES,
-            l1_max_bytes: tiercache::DEFAULT_L1_MAX_BYTES,
-            l1_ttl: tiercache::DEFAULT_L1_TTL,
-            l2_ttl: tiercache::DEFAULT_L2_TTL,
-            cache_prefix: tiercache::DEFAULT_KEY_PREFIX.to_owned(),
-            l2_timeout: tiercache::DEFAULT_L2_TIMEOUT,
+            l1_max_entries: tiercache::defaults::L1_MAX_ENTRIES,
+            l1_max_bytes: tiercache::defaults::L1_MAX_BYTES,
+            l1_ttl: tiercache::defaults::L1_TTL,
+            l2_ttl: tiercache::defaults::L2_TTL,
+            cache_prefix: tiercache::defaults::KEY_PREFIX.to_owned(),
+            l2_timeout: tiercache::defaults::L2_TIMEOUT,
             write_strategy: DEFAULT_WRITE_STRATEGY,
             fail_safe: DEFAULT_FAIL_SAFE,
             loader_soft_timeout: DEFAULT_LOADER_SOFT_TIMEOUT,
@@ -446,7 +446,7 @@ mod tests {
             .expect("the flag has a help text")
             .to_string();
 
-        let default = tiercache::DEFAULT_WRITE_BEHIND_REPLICA_WAIT.as_millis();
+        let default = tiercache::defaults::WRITE_BEHIND_REPLICA_WAIT.as_millis();
         assert!(help.contains(&format!("{default} ms on a")), "{help}");
     }
 }

@@ -38,7 +38,7 @@ type RunBatch<T, R> = dyn Fn(Vec<T>) -> BoxFuture<'static, Vec<R>> + Send + Sync
 /// Cheap to clone: clones share the queue and the lanes.
 ///
 /// ```
-/// use tiercache::Batcher;
+/// use tiercache::building_blocks::Batcher;
 ///
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// // One lane, batches of up to 100, no deadline: squares computed a batch at a time.

@@ -32,7 +32,7 @@
 //! `{key_prefix}{namespace}:{key}`, every key has a TTL, batches use one
 //! `MGET` / one pipeline, and clearing uses `SCAN` + `UNLINK`. Single-key
 //! reads are batched too: at most two run at a time, and the reads that
-//! arrive meanwhile share the next `MGET` ([`Batcher`]), so under load Redis
+//! arrive meanwhile share the next `MGET` ([`Batcher`](building_blocks::Batcher)), so under load Redis
 //! and this process pay per batch, not per read; a lone read is a `GET`.
 //!
 //! **Loader**: the closure the caller passes to each read.
@@ -211,24 +211,28 @@ mod striped;
 mod task;
 mod write_behind;
 
-pub use batch::{Abandoned, Batcher};
-pub use builder::{
-    DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_FAILURE_THRESHOLD, DEFAULT_CHANGE_LOG_LEN,
-    DEFAULT_FAIL_SAFE_THROTTLE, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_KEY_PREFIX,
-    DEFAULT_L1_MAX_BYTES, DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_TTL, DEFAULT_L2_CONNECT_TIMEOUT,
-    DEFAULT_L2_TIMEOUT, DEFAULT_L2_TTL, DEFAULT_NAMESPACE, DEFAULT_NEGATIVE_TTL,
-    DEFAULT_TOMBSTONE_TTL, DEFAULT_TTL_JITTER, DEFAULT_WRITE_BEHIND_REPLICA_WAIT,
-    TieredCacheBuilder,
-};
+pub use builder::{TieredCacheBuilder, defaults};
+
+/// Building blocks the cache is made of, public for services that need the
+/// same beside it (the catalog batches its store reads with [`Batcher`],
+/// guards its store with [`CircuitBreaker`] and counts requests per thread
+/// with [`Striped`]). Not needed to use the cache.
+///
+/// [`Batcher`]: building_blocks::Batcher
+/// [`CircuitBreaker`]: building_blocks::CircuitBreaker
+/// [`Striped`]: building_blocks::Striped
+pub mod building_blocks {
+    pub use crate::batch::{Abandoned, Batcher};
+    pub use crate::remote::breaker::{CircuitBreaker, Permit};
+    pub use crate::striped::Striped;
+}
 pub use error::{Error, LoaderTimedOut};
 pub use local::LocalCache;
 pub use manager::{CacheKey, Lookup, Source, TieredCache};
-pub use remote::breaker::{CircuitBreaker, Permit};
 pub use remote::codec::{Codec, CodecError, JsonCodec, PostcardCodec};
 pub use remote::topology::RedisTopology;
 pub use stats::{
     BusClears, BusState, BusStats, BusTracking, CacheStats, DURATION_BUCKETS_MS, L1Stats, L2State,
     L2Stats, LoaderStats, StaleStats, WriteBehindStats,
 };
-pub use striped::Striped;
-pub use write_behind::{CLAIM_IDLE, Change, Flush, FlushError, Queued};
+pub use write_behind::{Change, Flush, FlushError, Queued};

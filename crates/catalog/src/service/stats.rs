@@ -3,14 +3,14 @@
 //! latency histogram (for the percentiles of `/cache/latency`).
 //!
 //! Recorded on every read, the cache-hit path included, so they are striped
-//! per thread (`tiercache::Striped`) rather than atomics every core writes.
+//! per thread (`tiercache::building_blocks::Striped`) rather than atomics every core writes.
 //! The histogram is one more striped counter per read: its buckets are fixed,
 //! so finding one is a search in a constant array, with no lock and no
 //! allocation.
 
 use std::time::Duration;
 
-use tiercache::Striped;
+use tiercache::building_blocks::Striped;
 
 const REQUESTS: usize = 0;
 const HITS: usize = 1;

@@ -9,7 +9,7 @@
 //! together with one [`Store::get_many`], so the per-query cost is paid per
 //! batch.
 //!
-//! How: a [`tiercache::Batcher`] of `lanes` lanes, the batcher the cache's
+//! How: a [`tiercache::building_blocks::Batcher`] of `lanes` lanes, the batcher the cache's
 //! own Redis reads use: a read on an idle service is a plain
 //! [`Store::get`] that waits for nothing; when every lane is busy, reads
 //! queue and the next lane to finish takes up to [`MAX_BATCH`] of them as
@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::Counter;
-use tiercache::Batcher;
+use tiercache::building_blocks::Batcher;
 
 use super::decorator::{Decorator, StoreMetrics};
 use super::{Store, StoreError};

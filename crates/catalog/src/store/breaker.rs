@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use metrics::Gauge;
-use tiercache::{CircuitBreaker, Permit};
+use tiercache::building_blocks::{CircuitBreaker, Permit};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::decorator::{Decorator, Op, StoreMetrics};

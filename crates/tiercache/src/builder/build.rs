@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{DEFAULT_WRITE_BEHIND_REPLICA_WAIT, RedisSetting, TieredCacheBuilder};
+use super::{RedisSetting, TieredCacheBuilder, defaults};
 use crate::bus::log::LogConfig;
 use crate::bus::{Bus, BusConfig, channel_and_log};
 use crate::error::Error;
@@ -175,7 +175,7 @@ where
                 let default_wait = l2
                     .topology()
                     .is_cluster()
-                    .then_some(DEFAULT_WRITE_BEHIND_REPLICA_WAIT);
+                    .then_some(defaults::WRITE_BEHIND_REPLICA_WAIT);
                 let replica_wait = match self.replica_wait.unwrap_or(default_wait) {
                     Some(timeout) => Some(write_behind::ReplicaWait {
                         conn: l2.with_timeout(timeout).await?,

@@ -19,9 +19,7 @@ use crate::remote::topology::{RedisTopology, redact};
 use crate::write_behind::Flush;
 
 mod build;
-mod defaults;
-
-pub use defaults::*;
+pub mod defaults;
 
 /// Where the builder's Redis setting came from; URLs are parsed in `build`.
 #[derive(Clone)]
@@ -164,29 +162,29 @@ where
 {
     pub(crate) fn new() -> Self {
         Self {
-            namespace: DEFAULT_NAMESPACE.to_owned(),
-            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
-            l1_max_entries: DEFAULT_L1_MAX_ENTRIES,
-            l1_max_bytes: DEFAULT_L1_MAX_BYTES,
-            l1_ttl: DEFAULT_L1_TTL,
-            l2_ttl: DEFAULT_L2_TTL,
-            negative_ttl: DEFAULT_NEGATIVE_TTL,
-            ttl_jitter: DEFAULT_TTL_JITTER,
+            namespace: defaults::NAMESPACE.to_owned(),
+            key_prefix: defaults::KEY_PREFIX.to_owned(),
+            l1_max_entries: defaults::L1_MAX_ENTRIES,
+            l1_max_bytes: defaults::L1_MAX_BYTES,
+            l1_ttl: defaults::L1_TTL,
+            l2_ttl: defaults::L2_TTL,
+            negative_ttl: defaults::NEGATIVE_TTL,
+            ttl_jitter: defaults::TTL_JITTER,
             codec: Arc::new(JsonCodec),
             compression_threshold: None,
             redis: RedisSetting::None,
-            l2_timeout: DEFAULT_L2_TIMEOUT,
-            l2_connect_timeout: DEFAULT_L2_CONNECT_TIMEOUT,
-            breaker_failure_threshold: DEFAULT_BREAKER_FAILURE_THRESHOLD,
-            breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
+            l2_timeout: defaults::L2_TIMEOUT,
+            l2_connect_timeout: defaults::L2_CONNECT_TIMEOUT,
+            breaker_failure_threshold: defaults::BREAKER_FAILURE_THRESHOLD,
+            breaker_cooldown: defaults::BREAKER_COOLDOWN,
             bus: true,
-            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
-            change_log_len: DEFAULT_CHANGE_LOG_LEN,
+            heartbeat_interval: defaults::HEARTBEAT_INTERVAL,
+            change_log_len: defaults::CHANGE_LOG_LEN,
             client_tracking: true,
             versioning: None,
-            tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
+            tombstone_ttl: defaults::TOMBSTONE_TTL,
             fail_safe_window: Duration::ZERO,
-            fail_safe_throttle: DEFAULT_FAIL_SAFE_THROTTLE,
+            fail_safe_throttle: defaults::FAIL_SAFE_THROTTLE,
             soft_timeout: None,
             hard_timeout: None,
             eager_refresh: None,
@@ -198,7 +196,7 @@ where
     }
 
     /// Names this cache's keyspace; Redis keys are
-    /// `{key_prefix}{namespace}:{key}`. Default [`DEFAULT_NAMESPACE`].
+    /// `{key_prefix}{namespace}:{key}`. Default [`defaults::NAMESPACE`].
     ///
     /// Caches of different value types sharing one Redis must use different
     /// namespaces. Must be non-empty and must not contain `:`, so that
@@ -210,27 +208,27 @@ where
     }
 
     /// Prefix of every Redis key, shared by all caches of a service.
-    /// Default [`DEFAULT_KEY_PREFIX`] (`cache:`).
+    /// Default [`defaults::KEY_PREFIX`] (`cache:`).
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
         self
     }
 
     /// Most entries L1 holds, negative entries included.
-    /// Default [`DEFAULT_L1_MAX_ENTRIES`] (10,000).
+    /// Default [`defaults::L1_MAX_ENTRIES`] (10,000).
     pub fn l1_max_entries(mut self, max: u64) -> Self {
         self.l1_max_entries = max;
         self
     }
 
     /// Most bytes L1 holds, an entry weighing its encoded size plus a small
-    /// fixed overhead. Default [`DEFAULT_L1_MAX_BYTES`] (64 MiB).
+    /// fixed overhead. Default [`defaults::L1_MAX_BYTES`] (64 MiB).
     pub fn l1_max_bytes(mut self, max: u64) -> Self {
         self.l1_max_bytes = max;
         self
     }
 
-    /// How long a value stays in L1. Default [`DEFAULT_L1_TTL`] (300 s).
+    /// How long a value stays in L1. Default [`defaults::L1_TTL`] (300 s).
     ///
     /// This bounds how long an instance can serve a value that was changed
     /// elsewhere without an invalidation reaching it.
@@ -239,14 +237,14 @@ where
         self
     }
 
-    /// How long a value stays in Redis. Default [`DEFAULT_L2_TTL`] (3,600 s).
+    /// How long a value stays in Redis. Default [`defaults::L2_TTL`] (3,600 s).
     pub fn l2_ttl(mut self, ttl: Duration) -> Self {
         self.l2_ttl = ttl;
         self
     }
 
     /// How long "not found" is remembered, in both levels.
-    /// Default [`DEFAULT_NEGATIVE_TTL`] (30 s). `Duration::ZERO` disables
+    /// Default [`defaults::NEGATIVE_TTL`] (30 s). `Duration::ZERO` disables
     /// negative caching.
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.negative_ttl = ttl;
@@ -255,7 +253,7 @@ where
 
     /// Fraction by which each stored TTL is randomly shortened, so entries
     /// filled together do not expire together. `0.1` stores a 300 s TTL as
-    /// 270–300 s. Must be in `[0, 1)`. Default [`DEFAULT_TTL_JITTER`] (0.1).
+    /// 270–300 s. Must be in `[0, 1)`. Default [`defaults::TTL_JITTER`] (0.1).
     pub fn ttl_jitter(mut self, fraction: f64) -> Self {
         self.ttl_jitter = fraction;
         self
@@ -289,21 +287,21 @@ where
     }
 
     /// Bound on every Redis call; a call that takes longer counts as an L2
-    /// error and the lookup falls through. Default [`DEFAULT_L2_TIMEOUT`] (100 ms).
+    /// error and the lookup falls through. Default [`defaults::L2_TIMEOUT`] (100 ms).
     pub fn l2_timeout(mut self, timeout: Duration) -> Self {
         self.l2_timeout = timeout;
         self
     }
 
     /// Bound on every attempt to connect to Redis, including the one
-    /// `build` waits for. Default [`DEFAULT_L2_CONNECT_TIMEOUT`] (1 s).
+    /// `build` waits for. Default [`defaults::L2_CONNECT_TIMEOUT`] (1 s).
     pub fn l2_connect_timeout(mut self, timeout: Duration) -> Self {
         self.l2_connect_timeout = timeout;
         self
     }
 
     /// Consecutive failed Redis calls after which Redis is skipped (the
-    /// circuit breaker opens). Default [`DEFAULT_BREAKER_FAILURE_THRESHOLD`] (5).
+    /// circuit breaker opens). Default [`defaults::BREAKER_FAILURE_THRESHOLD`] (5).
     pub fn breaker_failure_threshold(mut self, failures: u32) -> Self {
         self.breaker_failure_threshold = failures;
         self
@@ -311,7 +309,7 @@ where
 
     /// How long Redis is skipped once the breaker opens before a probe is
     /// sent; also the probe interval while it stays down.
-    /// Default [`DEFAULT_BREAKER_COOLDOWN`] (1 s).
+    /// Default [`defaults::BREAKER_COOLDOWN`] (1 s).
     pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
         self.breaker_cooldown = cooldown;
         self
@@ -332,7 +330,7 @@ where
     /// How often this instance publishes a heartbeat on the bus. A
     /// connection that hears nothing (not even its own heartbeats) for
     /// three intervals is presumed dead: it is rebuilt and the change log
-    /// replayed. Default [`DEFAULT_HEARTBEAT_INTERVAL`] (1 s).
+    /// replayed. Default [`defaults::HEARTBEAT_INTERVAL`] (1 s).
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.heartbeat_interval = interval;
         self
@@ -343,7 +341,7 @@ where
     /// messages replays them from the log and drops only the keys they
     /// named; one that was away longer than the log reaches back empties
     /// its L1 instead. Each entry is one coalesced message (up to 500 keys).
-    /// Default [`DEFAULT_CHANGE_LOG_LEN`] (10,000).
+    /// Default [`defaults::CHANGE_LOG_LEN`] (10,000).
     pub fn change_log_len(mut self, entries: usize) -> Self {
         self.change_log_len = entries;
         self
@@ -390,7 +388,7 @@ where
     /// How long a tombstone left by [`TieredCache::invalidate_version`](crate::TieredCache::invalidate_version)
     /// refuses older versions. It must outlast the slowest load that can
     /// race a write (bound it with [`loader_timeouts`](Self::loader_timeouts)).
-    /// Default [`DEFAULT_TOMBSTONE_TTL`] (60 s).
+    /// Default [`defaults::TOMBSTONE_TTL`] (60 s).
     pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {
         self.tombstone_ttl = ttl;
         self
@@ -403,7 +401,7 @@ where
     /// stale value at once. Redis copies are not kept longer: they are
     /// served until their own TTL.
     ///
-    /// Default: off (`window` zero); throttle [`DEFAULT_FAIL_SAFE_THROTTLE`].
+    /// Default: off (`window` zero); throttle [`defaults::FAIL_SAFE_THROTTLE`].
     pub fn fail_safe(mut self, window: Duration, throttle: Duration) -> Self {
         self.fail_safe_window = window;
         self.fail_safe_throttle = throttle;
@@ -439,7 +437,7 @@ where
     /// latency between primary and replica otherwise). When no replica
     /// confirms within `timeout`, the write is acknowledged anyway (it is
     /// queued), counted in [`WriteBehindStats::unreplicated`](crate::WriteBehindStats::unreplicated)
-    /// and logged. Default: [`DEFAULT_WRITE_BEHIND_REPLICA_WAIT`] on a
+    /// and logged. Default: [`defaults::WRITE_BEHIND_REPLICA_WAIT`] on a
     /// cluster (turn it off for a cluster without replicas, where every
     /// write would wait the full timeout), `None` on a single server (set it
     /// when yours has a replica).

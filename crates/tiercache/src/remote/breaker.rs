@@ -43,7 +43,7 @@ enum State {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tiercache::{CircuitBreaker, Permit};
+/// use tiercache::building_blocks::{CircuitBreaker, Permit};
 ///
 /// let breaker = CircuitBreaker::new(2, Duration::from_secs(1));
 /// breaker.on_failure();

@@ -89,7 +89,7 @@ use partition::Partitions;
 /// Most entries one round reads (and one batch holds before coalescing).
 const BATCH: usize = 500;
 /// Entries another consumer left unacknowledged this long are taken over.
-pub const CLAIM_IDLE: Duration = Duration::from_secs(2);
+pub(crate) const CLAIM_IDLE: Duration = Duration::from_secs(2);
 /// Longest wait between retries of a failing store.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const GROUP: &str = "flushers";

@@ -251,7 +251,7 @@ async fn not_found_is_cached_negatively_in_both_levels() {
         "negative entries are stored as an empty string"
     );
     let ttl: i64 = redis.pttl(&key).await.unwrap();
-    let negative_ttl = i64::try_from(tiercache::DEFAULT_NEGATIVE_TTL.as_millis()).unwrap();
+    let negative_ttl = i64::try_from(tiercache::defaults::NEGATIVE_TTL.as_millis()).unwrap();
     assert!(ttl > 0 && ttl <= negative_ttl, "negative TTL {ttl} ms");
     assert_eq!(cache.stats().negative_hits, 10);
 }
