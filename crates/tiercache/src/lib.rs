@@ -196,6 +196,11 @@
 
 #![warn(missing_docs)]
 
+/// The crate README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod batch;
 mod builder;
 mod bus;
