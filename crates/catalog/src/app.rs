@@ -192,11 +192,9 @@ where
         .l2_ttl(config.l2_ttl)
         .l2_timeout(config.l2_timeout)
         .client_tracking(config.client_tracking)
-        .fail_safe(config.fail_safe, tiercache::defaults::FAIL_SAFE_THROTTLE)
-        .loader_timeouts(
-            Some(config.loader_soft_timeout),
-            Some(config.loader_hard_timeout),
-        );
+        .fail_safe_window((!config.fail_safe.is_zero()).then_some(config.fail_safe))
+        .soft_timeout(Some(config.loader_soft_timeout))
+        .hard_timeout(Some(config.loader_hard_timeout));
     match &config.redis_url {
         Some(url) => builder.redis_url(url.expose_secret()),
         None => builder,

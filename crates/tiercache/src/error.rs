@@ -37,7 +37,7 @@ pub enum Error {
 }
 
 /// The loader error of a load abandoned at the hard timeout (see
-/// [`TieredCacheBuilder::loader_timeouts`](crate::TieredCacheBuilder::loader_timeouts)),
+/// [`TieredCacheBuilder::hard_timeout`](crate::TieredCacheBuilder::hard_timeout)),
 /// found with [`Error::loader_error`] or [`Error::is_timeout`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the cache loader took longer than {0:?}")]

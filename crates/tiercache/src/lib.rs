@@ -126,7 +126,7 @@
 //!   older than the stored one, and [`TieredCache::invalidate_version`]
 //!   leaves a tombstone that refuses the old version for a while: a slow
 //!   reader cannot put an old value back anywhere.
-//! - **Fail-safe.** With [`TieredCacheBuilder::fail_safe`], an expired L1
+//! - **Fail-safe.** With [`TieredCacheBuilder::fail_safe_window`], an expired L1
 //!   value stays as a fallback for a window and is answered
 //!   ([`Source::Stale`]) when the loader fails, hits its hard timeout, or is
 //!   slower than the soft timeout (the load then finishes in the background);

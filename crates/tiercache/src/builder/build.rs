@@ -72,10 +72,17 @@ where
                 "eager_refresh must be in (0, 1) (got {fraction})"
             )));
         }
-        if self.stampede_lease == Some(Duration::ZERO) {
-            return Err(Error::config(
-                "the stampede lease must be positive (or off)",
-            ));
+        // "Off" is `None`, never a zero.
+        for (name, value) in [
+            ("the stampede lease", self.stampede_lease),
+            ("negative_ttl", self.negative_ttl),
+            ("the fail-safe window", self.fail_safe_window),
+        ] {
+            if value == Some(Duration::ZERO) {
+                return Err(Error::config(format!(
+                    "{name} must be positive (None turns it off)"
+                )));
+            }
         }
         if [self.soft_timeout, self.hard_timeout].contains(&Some(Duration::ZERO)) {
             return Err(Error::config("loader timeouts must be positive"));
@@ -159,11 +166,11 @@ where
             key_prefix,
             l1_ttl: self.l1_ttl,
             l2_ttl: self.l2_ttl,
-            negative_ttl: self.negative_ttl,
+            negative_ttl: self.negative_ttl.unwrap_or(Duration::ZERO),
             ttl_jitter: self.ttl_jitter,
             compression_threshold: self.compression_threshold,
             tombstone_ttl: self.tombstone_ttl,
-            fail_safe_window: self.fail_safe_window,
+            fail_safe_window: self.fail_safe_window.unwrap_or(Duration::ZERO),
             fail_safe_throttle: self.fail_safe_throttle,
             soft_timeout: self.soft_timeout,
             hard_timeout: self.hard_timeout,

@@ -32,7 +32,7 @@ pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Default for [`TieredCacheBuilder::change_log_len`](crate::TieredCacheBuilder::change_log_len).
 pub const CHANGE_LOG_LEN: usize = 10_000;
-/// Default for [`TieredCacheBuilder::fail_safe`](crate::TieredCacheBuilder::fail_safe)'s throttle.
+/// Default for [`TieredCacheBuilder::fail_safe_throttle`](crate::TieredCacheBuilder::fail_safe_throttle).
 pub const FAIL_SAFE_THROTTLE: Duration = Duration::from_secs(1);
 /// Default for [`TieredCacheBuilder::tombstone_ttl`](crate::TieredCacheBuilder::tombstone_ttl).
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(60);

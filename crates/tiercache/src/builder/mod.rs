@@ -72,7 +72,7 @@ pub struct TieredCacheBuilder<K, V> {
     l1_max_bytes: u64,
     l1_ttl: Duration,
     l2_ttl: Duration,
-    negative_ttl: Duration,
+    negative_ttl: Option<Duration>,
     ttl_jitter: f64,
     codec: Arc<dyn Codec<V>>,
     compression_threshold: Option<usize>,
@@ -87,7 +87,7 @@ pub struct TieredCacheBuilder<K, V> {
     client_tracking: bool,
     versioning: Option<Versioning<V>>,
     tombstone_ttl: Duration,
-    fail_safe_window: Duration,
+    fail_safe_window: Option<Duration>,
     fail_safe_throttle: Duration,
     soft_timeout: Option<Duration>,
     hard_timeout: Option<Duration>,
@@ -168,7 +168,7 @@ where
             l1_max_bytes: defaults::L1_MAX_BYTES,
             l1_ttl: defaults::L1_TTL,
             l2_ttl: defaults::L2_TTL,
-            negative_ttl: defaults::NEGATIVE_TTL,
+            negative_ttl: Some(defaults::NEGATIVE_TTL),
             ttl_jitter: defaults::TTL_JITTER,
             codec: Arc::new(JsonCodec),
             compression_threshold: None,
@@ -183,7 +183,7 @@ where
             client_tracking: true,
             versioning: None,
             tombstone_ttl: defaults::TOMBSTONE_TTL,
-            fail_safe_window: Duration::ZERO,
+            fail_safe_window: None,
             fail_safe_throttle: defaults::FAIL_SAFE_THROTTLE,
             soft_timeout: None,
             hard_timeout: None,
@@ -243,10 +243,9 @@ where
         self
     }
 
-    /// How long "not found" is remembered, in both levels.
-    /// Default [`defaults::NEGATIVE_TTL`] (30 s). `Duration::ZERO` disables
-    /// negative caching.
-    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+    /// How long "not found" is remembered, in both levels; `None` turns
+    /// negative caching off. Default [`defaults::NEGATIVE_TTL`] (30 s).
+    pub fn negative_ttl(mut self, ttl: Option<Duration>) -> Self {
         self.negative_ttl = ttl;
         self
     }
@@ -387,35 +386,45 @@ where
 
     /// How long a tombstone left by [`TieredCache::invalidate_version`](crate::TieredCache::invalidate_version)
     /// refuses older versions. It must outlast the slowest load that can
-    /// race a write (bound it with [`loader_timeouts`](Self::loader_timeouts)).
+    /// race a write (bound it with [`hard_timeout`](Self::hard_timeout)).
     /// Default [`defaults::TOMBSTONE_TTL`] (60 s).
     pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {
         self.tombstone_ttl = ttl;
         self
     }
 
-    /// Turns on fail-safe: an L1 entry past its TTL is kept `window` longer
-    /// as a fallback, answered (as [`Source::Stale`](crate::Source::Stale))
-    /// when the loader fails or times out. After such an answer the loader
-    /// of that key is not retried for `throttle`; reads in between get the
-    /// stale value at once. Redis copies are not kept longer: they are
-    /// served until their own TTL.
-    ///
-    /// Default: off (`window` zero); throttle [`defaults::FAIL_SAFE_THROTTLE`].
-    pub fn fail_safe(mut self, window: Duration, throttle: Duration) -> Self {
+    /// Fail-safe: an L1 entry past its TTL is kept `window` longer as a
+    /// fallback, answered (as [`Source::Stale`](crate::Source::Stale)) when
+    /// the loader fails or times out. Redis copies are not kept longer:
+    /// they are served until their own TTL. `None` (the default) turns it
+    /// off.
+    pub fn fail_safe_window(mut self, window: Option<Duration>) -> Self {
         self.fail_safe_window = window;
+        self
+    }
+
+    /// After a fail-safe answer, the loader of that key is not retried for
+    /// `throttle`; reads in between get the stale value at once. Default
+    /// [`defaults::FAIL_SAFE_THROTTLE`].
+    pub fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
         self.fail_safe_throttle = throttle;
         self
     }
 
-    /// Loader timeouts. After `soft`, a caller that has a stale fallback
-    /// (see [`fail_safe`](Self::fail_safe)) gets it, while the load goes on
-    /// in the background and fills the cache when it finishes. After
-    /// `hard`, the load is abandoned: the caller gets the stale fallback if
-    /// there is one, else [`Error::Loader`](crate::Error::Loader) with a [`LoaderTimedOut`](crate::LoaderTimedOut).
-    /// Default: neither.
-    pub fn loader_timeouts(mut self, soft: Option<Duration>, hard: Option<Duration>) -> Self {
+    /// After `soft`, a caller that has a stale fallback (see
+    /// [`fail_safe_window`](Self::fail_safe_window)) gets it, while the
+    /// load goes on in the background and fills the cache when it finishes.
+    /// `None` (the default): no soft timeout.
+    pub fn soft_timeout(mut self, soft: Option<Duration>) -> Self {
         self.soft_timeout = soft;
+        self
+    }
+
+    /// After `hard`, the load is abandoned: the caller gets the stale
+    /// fallback if there is one, else [`Error::Loader`](crate::Error::Loader)
+    /// with a [`LoaderTimedOut`](crate::LoaderTimedOut). `None` (the
+    /// default): loads are never abandoned.
+    pub fn hard_timeout(mut self, hard: Option<Duration>) -> Self {
         self.hard_timeout = hard;
         self
     }

@@ -17,7 +17,7 @@ pub enum Source {
     /// The caller's loader (a miss in every level).
     Loader,
     /// A fail-safe answer: an expired L1 value, served because the loader
-    /// failed, timed out, or failed recently (see the builder's `fail_safe`).
+    /// failed, timed out, or failed recently (see the builder's `fail_safe_window`).
     Stale,
 }
 

@@ -152,9 +152,9 @@ type FlightResult<V> = Result<(Shared<V>, Source), LoadError>;
 ///
 /// # Failures of the loader
 ///
-/// With [fail-safe](TieredCacheBuilder::fail_safe) on, an expired L1 entry
+/// With [fail-safe](TieredCacheBuilder::fail_safe_window) on, an expired L1 entry
 /// is kept for a while as a fallback: when the loader fails, or is slower
-/// than the [soft timeout](TieredCacheBuilder::loader_timeouts), the caller
+/// than the [soft timeout](TieredCacheBuilder::soft_timeout), the caller
 /// gets it as [`Source::Stale`] instead of an error or a wait, and the
 /// failing loader is not retried for the throttle time. Invalidation
 /// removes fallbacks too: a value known to be outdated is never served.

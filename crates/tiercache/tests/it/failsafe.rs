@@ -53,7 +53,8 @@ async fn wait_until_expired(cache: &Cache) {
 #[tokio::test]
 async fn a_failing_loader_gets_the_stale_value_and_is_throttled() {
     let cache = l1_only(Duration::from_millis(100))
-        .fail_safe(Duration::from_secs(60), Duration::from_millis(300))
+        .fail_safe_window(Some(Duration::from_secs(60)))
+        .fail_safe_throttle(Duration::from_millis(300))
         .build()
         .await
         .unwrap();
@@ -95,7 +96,8 @@ async fn a_failing_loader_gets_the_stale_value_and_is_throttled() {
 #[tokio::test]
 async fn an_invalidated_value_is_never_a_fallback() {
     let cache = l1_only(Duration::from_millis(50))
-        .fail_safe(Duration::from_secs(60), Duration::from_millis(100))
+        .fail_safe_window(Some(Duration::from_secs(60)))
+        .fail_safe_throttle(Duration::from_millis(100))
         .build()
         .await
         .unwrap();
@@ -113,8 +115,9 @@ async fn a_slow_loader_past_the_soft_timeout_answers_stale_then_fills_the_cache(
     // Long enough that a loaded machine still sees the background fill in
     // L1 before it expires again.
     let cache = l1_only(Duration::from_secs(1))
-        .fail_safe(Duration::from_secs(60), Duration::from_millis(50))
-        .loader_timeouts(Some(Duration::from_millis(50)), None)
+        .fail_safe_window(Some(Duration::from_secs(60)))
+        .fail_safe_throttle(Duration::from_millis(50))
+        .soft_timeout(Some(Duration::from_millis(50)))
         .build()
         .await
         .unwrap();
@@ -150,7 +153,7 @@ async fn a_slow_loader_past_the_soft_timeout_answers_stale_then_fills_the_cache(
 #[tokio::test(start_paused = true)]
 async fn a_loader_past_the_hard_timeout_without_fallback_is_a_timeout_error() {
     let cache = l1_only(Duration::from_secs(60))
-        .loader_timeouts(None, Some(Duration::from_millis(50)))
+        .hard_timeout(Some(Duration::from_millis(50)))
         .build()
         .await
         .unwrap();
