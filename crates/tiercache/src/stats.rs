@@ -286,8 +286,8 @@ pub struct LoaderStats {
 
 /// Health of the Redis level.
 ///
-/// Serialized in lowercase (`"up"`, `"down"`, `"disabled"`), the form SPEC
-/// §3 uses in `/health` and `/cache/stats`.
+/// Serialized in lowercase (`"up"`, `"down"`, `"disabled"`), as a health
+/// or stats endpoint would show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]

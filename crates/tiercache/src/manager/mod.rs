@@ -283,6 +283,22 @@ where
     }
 
     /// A snapshot of every counter.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tiercache::{Source, TieredCache};
+    /// # #[derive(Debug, thiserror::Error)] #[error("store down")] struct StoreDown;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// let _ = cache.get_or_load(&7, || async { Ok::<_, StoreDown>(Some("widget".to_owned())) }).await?;
+    /// let stats = cache.stats();
+    /// assert_eq!(stats.l1.entries, 1);
+    /// println!("{}", serde_json::to_string(&stats).unwrap());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn stats(&self) -> CacheStats {
         let inner = &*self.inner;
         let count = |counter| inner.counters.sum(counter);
@@ -337,7 +353,7 @@ where
     /// Waits until the invalidation bus is subscribed, at most `limit`, and
     /// returns whether it is; `true` at once when there is no bus.
     ///
-    /// SPEC: an instance subscribes to the bus before it reports healthy.
+    /// For a service that reports healthy only once it hears the bus.
     /// `build` already waits for the first subscription as long as it
     /// waits for Redis, so this only waits when Redis was slow or down.
     ///

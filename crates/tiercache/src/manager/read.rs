@@ -57,6 +57,23 @@ where
     /// [`Error::Loader`] when the loader (this caller's or the one it
     /// waited for) fails or hits the hard timeout and no stale fallback
     /// exists. Cache-level failures are never errors.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tiercache::{Source, TieredCache};
+    /// # #[derive(Debug, thiserror::Error)] #[error("store down")] struct StoreDown;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// let lookup = cache
+    ///     .get_or_load(&7, || async { Ok::<_, StoreDown>(Some("widget".to_owned())) })
+    ///     .await?;
+    /// assert_eq!(lookup.source, Source::Loader);
+    /// assert_eq!(lookup.value.as_deref().map(String::as_str), Some("widget"));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn get_or_load<F, Fut, E>(&self, key: &K, loader: F) -> Result<Lookup<V>, Error>
     where
         F: FnOnce() -> Fut,
@@ -118,6 +135,25 @@ where
     /// # Errors
     ///
     /// [`Error::Loader`] when the loader fails; nothing is cached then.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tiercache::{Source, TieredCache};
+    /// # #[derive(Debug, thiserror::Error)] #[error("store down")] struct StoreDown;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// let found = cache
+    ///     .get_many_or_load(&[1, 2, 3], |missing| async move {
+    ///         // One store query for every key no level had.
+    ///         Ok::<_, StoreDown>(missing.into_iter().map(|id| (id, format!("item {id}"))).collect())
+    ///     })
+    ///     .await?;
+    /// assert_eq!(found.len(), 3);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn get_many_or_load<F, Fut, E>(
         &self,
         keys: &[K],

@@ -100,6 +100,23 @@ where
     /// bus on every other instance), so that every entry keyed with an older
     /// generation is never read again. If Redis is unreachable only this
     /// instance moves on (the others see a bus gap, or their L1 TTL).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tiercache::{Source, TieredCache};
+    /// # #[derive(Debug, thiserror::Error)] #[error("store down")] struct StoreDown;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// let generation = cache.tag_generation("tools").await;
+    /// let key = generation; // e.g. a page key built from the generation
+    /// let _ = cache.get_or_load(&key, || async { Ok::<_, StoreDown>(Some("page".to_owned())) }).await?;
+    /// cache.invalidate_tags(&["tools"]).await;
+    /// assert!(cache.tag_generation("tools").await > generation);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn invalidate_tags(&self, tags: &[&str]) {
         let inner = &*self.inner;
         let mut published = Vec::with_capacity(tags.len());

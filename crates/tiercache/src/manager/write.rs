@@ -45,6 +45,21 @@ where
     /// other instances to drop their L1 copy. If the value cannot be
     /// encoded it is kept in L1 only. This is write-through: call it after
     /// the source of truth took the write.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tiercache::{Source, TieredCache};
+    /// # #[derive(Debug, thiserror::Error)] #[error("store down")] struct StoreDown;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// cache.set(&7, "widget v2".to_owned()).await;
+    /// let lookup = cache.get_or_load(&7, || async { Ok::<_, StoreDown>(None) }).await?;
+    /// assert_eq!(lookup.source, Source::L1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn set(&self, key: &K, value: V) {
         let inner = &*self.inner;
         let ticket = inner.local.ticket();
@@ -65,12 +80,41 @@ where
     /// and this instance does not read the key from Redis meanwhile. In a
     /// versioned cache, writers should prefer
     /// [`invalidate_version`](Self::invalidate_version).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tiercache::{Source, TieredCache};
+    /// # #[derive(Debug, thiserror::Error)] #[error("store down")] struct StoreDown;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// cache.set(&7, "widget".to_owned()).await;
+    /// cache.invalidate(&7).await;
+    /// let lookup = cache.get_or_load(&7, || async { Ok::<_, StoreDown>(None) }).await?;
+    /// assert_eq!(lookup.source, Source::Loader);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn invalidate(&self, key: &K) {
         self.invalidate_many(std::slice::from_ref(key)).await;
     }
 
     /// Removes `keys` from Redis (one `UNLINK`), then from this instance's
     /// L1, then tells the other instances to drop them from theirs.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tiercache::{Source, TieredCache};
+    /// # #[derive(Debug, thiserror::Error)] #[error("store down")] struct StoreDown;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// cache.invalidate_many(&[1, 2, 3]).await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn invalidate_many(&self, keys: &[K]) {
         let inner = &*self.inner;
         if let Some(l2) = &inner.l2 {
@@ -207,6 +251,21 @@ where
     /// entries.
     ///
     /// Keys written while the scan runs may survive it.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tiercache::{Source, TieredCache};
+    /// # #[derive(Debug, thiserror::Error)] #[error("store down")] struct StoreDown;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// cache.set(&7, "widget".to_owned()).await;
+    /// cache.clear().await;
+    /// assert_eq!(cache.stats().l1.entries, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn clear(&self) {
         let inner = &*self.inner;
         if let Some(l2) = &inner.l2 {
@@ -242,6 +301,24 @@ where
     ///
     /// [`Error::Loader`] from the first failing batch; the batches before it
     /// stay cached.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tiercache::{Source, TieredCache};
+    /// # #[derive(Debug, thiserror::Error)] #[error("store down")] struct StoreDown;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// let warmed = cache
+    ///     .warm((1..=1_000).collect(), 100, |ids| async move {
+    ///         Ok::<_, StoreDown>(ids.into_iter().map(|id| (id, format!("item {id}"))).collect())
+    ///     })
+    ///     .await?;
+    /// assert_eq!(warmed, 1_000);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn warm<F, Fut, E>(
         &self,
         keys: Vec<K>,

@@ -41,8 +41,7 @@ use crate::error::Error;
 
 /// Where the Redis level lives.
 ///
-/// Build one with [`RedisTopology::parse`] from the `REDIS_URL` forms of
-/// SPEC §5, or directly. `Debug` hides passwords.
+/// Build one with [`RedisTopology::parse`] from a Redis URL, or directly. `Debug` hides passwords.
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RedisTopology {

@@ -128,7 +128,7 @@ impl StdError for CodecError {
 /// Plain JSON (`serde_json`): the default codec.
 ///
 /// The stored string is exactly the value's JSON, so `redis-cli GET` and any
-/// other client can read it (SPEC §1).
+/// other client can read it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonCodec;
 
