@@ -138,6 +138,26 @@ where
     /// instance's L1 and every other instance's drop the key.
     ///
     /// In an unversioned cache this is [`invalidate`](Self::invalidate).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tiercache::TieredCache;
+    ///
+    /// #[derive(Clone, serde::Serialize, serde::Deserialize)]
+    /// struct Doc { id: u64, version: u64 }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// let cache: TieredCache<u64, Doc> = TieredCache::builder()
+    ///     .versioned("version", |doc: &Doc| doc.version)
+    ///     .build()
+    ///     .await?;
+    /// // The store has just made version 3 of doc 1 current:
+    /// cache.invalidate_version(&1, 3).await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn invalidate_version(&self, key: &K, version: u64) {
         let inner = &*self.inner;
         let (Some(l2), Some(versioning)) = (&inner.l2, &inner.versioning) else {
@@ -163,10 +183,12 @@ where
     /// Write-behind: records that `key` changed to `version` (for a delete:
     /// one more than the deleted version) in Redis, both in the cache
     /// (readers everywhere see it at once; a delete reads as "absent") and
-    /// in the durable queue the flusher writes to the store from, in one
-    /// atomic step; then in this instance's L1, and tells the other
-    /// instances to drop their copy. Once this returns `Ok` the change
-    /// survives a crash of this process.
+    /// in the durable queue the flusher writes to the store from (in one
+    /// atomic step on a single server; on a cluster queued first, then
+    /// stored); then in this instance's L1, and tells the other instances
+    /// to drop their copy. Once this returns `Ok` the change survives a
+    /// crash of this process (and, with a replica wait, of its Redis
+    /// primary).
     ///
     /// # Errors
     ///
@@ -174,6 +196,49 @@ where
     /// concurrent writer won: read again and retry); [`Error::Unavailable`]
     /// when Redis cannot be used or the cache has no write-behind queue. In
     /// both cases nothing changed.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use futures_util::future::BoxFuture;
+    /// use tiercache::{Change, Flush, FlushError, Queued, TieredCache};
+    ///
+    /// #[derive(Clone, serde::Serialize, serde::Deserialize)]
+    /// struct Doc { id: u64, version: u64, text: String }
+    ///
+    /// /// Writes batches to your store, each change only over an older version.
+    /// struct ToStore;
+    /// impl Flush<u64, Doc> for ToStore {
+    ///     fn flush<'a>(&'a self, batch: &'a [Queued<u64, Doc>]) -> BoxFuture<'a, Result<(), FlushError>> {
+    ///         Box::pin(async move {
+    ///             for queued in batch {
+    ///                 // UPDATE docs SET … WHERE id = $key AND version < $version
+    ///                 let _ = (&queued.key, queued.version, &queued.change);
+    ///             }
+    ///             Ok(())
+    ///         })
+    ///     }
+    /// }
+    ///
+    /// # async fn example() -> Result<(), tiercache::Error> {
+    /// let cache: TieredCache<u64, Doc> = TieredCache::builder()
+    ///     .redis_url("redis://127.0.0.1:6379")
+    ///     .versioned("version", |doc: &Doc| doc.version)
+    ///     .write_behind(ToStore, Duration::from_millis(100))
+    ///     .build()
+    ///     .await?;
+    /// let doc = Doc { id: 1, version: 2, text: "hello".into() };
+    /// match cache.write_behind(&1, 2, Change::Put(doc)).await {
+    ///     Ok(()) => {}                                // queued: durable now
+    ///     Err(e) if e.is_conflict() => { /* read again, retry */ }
+    ///     Err(e) => return Err(e),                    // Redis unusable: nothing queued
+    /// }
+    /// // At shutdown: write what is queued to the store.
+    /// cache.drain_write_behind(Duration::from_secs(10)).await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn write_behind(
         &self,
         key: &K,
