@@ -343,6 +343,19 @@ where
     /// Whether this instance listens to the invalidation bus right now:
     /// `Disabled` without Redis (or with the bus turned off), else
     /// `Subscribed` or `Connecting`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tiercache::{BusState, L2State, TieredCache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// // Without Redis there is no bus.
+    /// assert_eq!(cache.bus_state(), BusState::Disabled);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn bus_state(&self) -> BusState {
         self.inner
             .bus
@@ -365,6 +378,20 @@ where
     /// let healthy = cache.wait_subscribed(Duration::from_secs(5)).await;
     /// # }
     /// ```
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tiercache::{BusState, L2State, TieredCache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// // Report healthy only once the bus hears the other instances.
+    /// let ready = cache.wait_subscribed(std::time::Duration::from_secs(5)).await;
+    /// assert!(ready, "true at once without a bus");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn wait_subscribed(&self, limit: Duration) -> bool {
         match &self.inner.bus {
             Some(bus) => bus.wait_subscribed(limit).await,
@@ -379,6 +406,18 @@ where
     }
 
     /// Health of the Redis level: `Disabled` without Redis, else `Up` or `Down`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tiercache::{BusState, L2State, TieredCache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// assert_eq!(cache.l2_state(), L2State::Disabled);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn l2_state(&self) -> L2State {
         self.inner
             .l2
@@ -387,6 +426,18 @@ where
     }
 
     /// The Redis key under which `key` is stored: `{key_prefix}{namespace}:{key}`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tiercache::{BusState, L2State, TieredCache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// assert_eq!(cache.redis_key(&7), "cache:default:7");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn redis_key(&self, key: &K) -> String {
         self.inner.redis_key(key)
     }
