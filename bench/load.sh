@@ -28,9 +28,7 @@
 #        DURATION (15s), CONNECTIONS (64), PRODUCTS (100000), PORT (18080),
 #        ROUNDS (2): floor and L1-hit runs, alternated (and the cluster's)
 #        SECTIONS ("l1 l2 nocache zipf cluster"): which runs to make
-#        CLUSTER_PORT (30100): first of the cluster's six ports (their
-#        cluster-bus ports are CLUSTER_PORT+10.., not Redis's port + 10000,
-#        which would land in Linux's ephemeral range)
+#        CLUSTER_PORT (30100): first of the cluster's six ports (bench/local_cluster.sh)
 # Client and server share this machine's cores: compare runs of one
 # invocation with each other, not with other machines.
 set -euo pipefail
@@ -56,13 +54,13 @@ SERVER_PID=
 
 cleanup() {
   if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
-  for pidfile in "$WORK"/cluster/*/redis.pid; do
-    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
-  done
+  stop_cluster
   psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+# shellcheck source=bench/local_cluster.sh
+source bench/local_cluster.sh
 
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
@@ -166,32 +164,6 @@ warmup() { # a short untimed wrk pass
 
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
-# start_cluster: six redis-server processes on CLUSTER_PORT.. joined into a
-# cluster of 3 primaries with a replica each; sets CLUSTER_URL.
-start_cluster() {
-  local nodes=() port
-  for i in 0 1 2 3 4 5; do
-    port=$((CLUSTER_PORT + i))
-    mkdir -p "$WORK/cluster/$port"
-    redis-server --port "$port" --cluster-port $((port + 10)) --bind 127.0.0.1 \
-      --cluster-enabled yes --cluster-node-timeout 1000 \
-      --cluster-config-file nodes.conf --dir "$WORK/cluster/$port" --save "" --appendonly no \
-      --daemonize yes --pidfile "$WORK/cluster/$port/redis.pid" --logfile "$WORK/cluster/$port/log" >/dev/null
-    nodes+=("127.0.0.1:$port")
-  done
-  for node in "${nodes[@]}"; do
-    for _ in $(seq 1 100); do redis-cli -p "${node#*:}" ping >/dev/null 2>&1 && break; sleep 0.1; done
-  done
-  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >/dev/null
-  for node in "${nodes[@]}"; do
-    for _ in $(seq 1 300); do
-      redis-cli -p "${node#*:}" cluster info 2>/dev/null | grep -q 'cluster_state:ok' && break
-      sleep 0.1
-    done
-  done
-  CLUSTER_URL="redis+cluster://$(IFS=,; echo "${nodes[*]}")"
-}
-
 echo "GET /products/{id}, $PRODUCTS products, $CONNECTIONS connections, $DURATION per run, wrk -t2, $(nproc) cores"
 
 psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $PG_DB" >/dev/null
@@ -292,7 +264,7 @@ fi
 # (f) Redis Cluster: L2 hits on the local cluster against the single node,
 # alternated; then write-behind write latency on it.
 if want cluster; then
-start_cluster
+start_cluster "$CLUSTER_PORT" "$WORK/cluster"
 SINGLE_RPS=() CLUSTER_RPS=()
 for round in $(seq 1 "$ROUNDS"); do
   for target in single cluster; do
@@ -309,6 +281,6 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 ratio "L2 hit cluster / single node, req/s (means)" "${CLUSTER_RPS[*]}" "${SINGLE_RPS[*]}" "report"
-# Write-behind latency with and without the replica wait (its own cluster).
-PG_URL=$PG_URL ROUNDS=$ROUNDS bash bench/write_behind_latency.sh
+# Write-behind latency with and without the replica wait, on this cluster.
+PG_URL=$PG_URL ROUNDS=$ROUNDS CLUSTER_URL=$CLUSTER_URL bash bench/write_behind_latency.sh
 fi

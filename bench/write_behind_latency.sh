@@ -4,10 +4,8 @@
 # default on a cluster: WAIT 1 up to 100 ms after queueing) and 0 (no wait),
 # alternated in one run.
 #
-# Starts its own 6-node cluster (3 primaries + 3 replicas, no persistence)
-# on CLUSTER_PORT..CLUSTER_PORT+5, cluster-bus ports CLUSTER_PORT+10..+15
-# (not Redis's port+10000, which would land in Linux's ephemeral range,
-# 32768-60999, where an outgoing connection may hold it), seeds PostgreSQL, then
+# Runs on the cluster at CLUSTER_URL, else starts its own local one on
+# CLUSTER_PORT.. (bench/local_cluster.sh), seeds PostgreSQL, then
 # each round, for each setting: one release `catalog serve` with
 # CACHE_WRITE_STRATEGY=write-behind on the cluster under a fresh prefix, the
 # products warmed into the cache, a 2 s untimed pass, and one wrk run of
@@ -18,7 +16,7 @@
 # Usage: bench/write_behind_latency.sh   (from the repository root)
 # Env:   PG_URL (postgres://postgres@127.0.0.1:5432/postgres), DURATION (10s),
 #        CONNECTIONS (16), PRODUCTS (10000), ROUNDS (2), PORT (18083),
-#        CLUSTER_PORT (31000)
+#        CLUSTER_URL (unset: a cluster of its own), CLUSTER_PORT (31000)
 # Client, service, PostgreSQL and all six Redis nodes share this machine's
 # cores, and replication is over loopback: compare the two settings of one
 # run with each other; a real network adds its round trip to every wait.
@@ -37,61 +35,31 @@ BIN=target/release/catalog
 export TOKEN=bench
 PG_DB=catalog_wb_latency_$$
 WORK=$(mktemp -d)
-NODE_PIDS=()
 SERVER_PID=
 
 cleanup() {
   if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
-  for pid in "${NODE_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  stop_cluster
   psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+# shellcheck source=bench/local_cluster.sh
+source bench/local_cluster.sh
 
 for tool in wrk redis-server redis-cli psql curl python3; do
   command -v "$tool" >/dev/null || { echo "write_behind_latency.sh: $tool is missing" >&2; exit 2; }
 done
 cargo build --release -p catalog --bin catalog >&2
 
-# The cluster: six nodes, then `--cluster create` with one replica each,
-# then wait until every node says the cluster is whole and every replica's
-# link is up (so that WAIT has a replica to count from the first write).
-SEEDS=()
-for i in 0 1 2 3 4 5; do
-  port=$((CLUSTER_PORT + i))
-  mkdir -p "$WORK/node-$port"
-  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-    --cluster-enabled yes --cluster-port $((port + 10)) --cluster-node-timeout 5000 --repl-diskless-sync-delay 0 \
-    --cluster-config-file "$WORK/node-$port/nodes.conf" --dir "$WORK/node-$port" \
-    --logfile "$WORK/node-$port/redis.log" &
-  NODE_PIDS+=($!)
-  SEEDS+=("127.0.0.1:$port")
-done
-for seed in "${SEEDS[@]}"; do
-  for _ in $(seq 1 100); do
-    redis-cli -p "${seed#*:}" ping >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-  redis-cli -p "${seed#*:}" ping >/dev/null 2>&1 || {
-    tail -5 "$WORK/node-${seed#*:}/redis.log" >&2
-    echo "node $seed did not start (port taken? set CLUSTER_PORT)" >&2
-    exit 2
-  }
-done
-redis-cli --cluster create "${SEEDS[@]}" --cluster-replicas 1 --cluster-yes >"$WORK/create.log" 2>&1 \
-  || { cat "$WORK/create.log" >&2; exit 2; }
-cluster_ready() {
-  local seed
-  for seed in "${SEEDS[@]}"; do
-    redis-cli -p "${seed#*:}" cluster info | grep -q '^cluster_state:ok' || return 1
-    if redis-cli -p "${seed#*:}" info replication | grep -q '^role:slave'; then
-      redis-cli -p "${seed#*:}" info replication | grep -q '^master_link_status:up' || return 1
-    fi
-  done
-}
-for _ in $(seq 1 300); do cluster_ready && break; sleep 0.1; done
-cluster_ready || { echo "the cluster did not become whole" >&2; exit 2; }
-REDIS_URL="redis+cluster://$(IFS=,; echo "${SEEDS[*]}")"
+# The cluster: CLUSTER_URL when given (bench/load.sh passes its own), else
+# one of this script's (so that WAIT has a replica from the first write).
+if [ -n "${CLUSTER_URL:-}" ]; then
+  REDIS_URL=$CLUSTER_URL
+else
+  start_cluster "$CLUSTER_PORT" "$WORK"
+  REDIS_URL=$CLUSTER_URL
+fi
 
 psql "$PG_URL" -qc "CREATE DATABASE $PG_DB" >/dev/null
 DB_URL="${PG_URL%/*}/$PG_DB?sslmode=disable"
