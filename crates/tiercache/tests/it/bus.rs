@@ -416,9 +416,11 @@ async fn writes_made_in_redis_by_others_leave_every_l1(redis: &Redis) {
 
     let outside = serde_json::to_string(&Item::with_name(1, "outside".to_owned())).unwrap();
     redis
-        .run(redis::cmd("SET").arg(a.redis_key(&1)).arg(&outside))
+        .run::<()>(redis::cmd("SET").arg(a.redis_key(&1)).arg(&outside))
         .await;
-    redis.run(redis::cmd("DEL").arg(a.redis_key(&2))).await;
+    redis
+        .run::<u64>(redis::cmd("DEL").arg(a.redis_key(&2)))
+        .await;
 
     for cache in [&a, &b] {
         wait_for(PROPAGATION, "the outside SET to reach L1", || async {
@@ -471,7 +473,7 @@ async fn a_versioned_cache_keeps_its_own_writes_and_drops_outside_ones(redis: &R
 
     let outside = serde_json::json!({"id": 1, "version": 3}).to_string();
     redis
-        .run(redis::cmd("SET").arg(a.redis_key(&1)).arg(&outside))
+        .run::<()>(redis::cmd("SET").arg(a.redis_key(&1)).arg(&outside))
         .await;
 
     for cache in [&a, &b] {

@@ -95,7 +95,7 @@ impl Redis {
 
     /// Runs `cmd` as a client that is not the cache (routed by key on a
     /// cluster).
-    pub(crate) async fn run(&self, cmd: &redis::Cmd) -> redis::Value {
+    pub(crate) async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
         match self {
             Self::Single(_) => cmd.query_async(&mut raw_redis().await).await.unwrap(),
             Self::Cluster { nodes, .. } => {
@@ -109,30 +109,20 @@ impl Redis {
     /// The dead letters of the write-behind queue of the cache whose keys
     /// start with `base` (key prefix and namespace), from every partition.
     pub(crate) async fn dead_letters(&self, base: &str) -> Vec<redis::Value> {
-        let xrange = |key: String| {
-            let mut cmd = redis::cmd("XRANGE");
-            cmd.arg(key).arg("-").arg("+");
-            cmd
+        let streams = match self {
+            Self::Single(_) => vec![format!("{base}#wb:dead")],
+            Self::Cluster { .. } => (0..CLUSTER_PARTITIONS)
+                .map(|n| format!("{{{base}#wb.{n}}}:dead"))
+                .collect(),
         };
-        match self {
-            Self::Single(_) => xrange(format!("{base}#wb:dead"))
-                .query_async(&mut raw_redis().await)
-                .await
-                .unwrap(),
-            Self::Cluster { nodes, .. } => {
-                let client = redis::cluster::ClusterClient::new(nodes.clone()).unwrap();
-                let mut conn = client.get_async_connection().await.unwrap();
-                let mut dead = Vec::new();
-                for n in 0..CLUSTER_PARTITIONS {
-                    let entries: Vec<redis::Value> = xrange(format!("{{{base}#wb.{n}}}:dead"))
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap();
-                    dead.extend(entries);
-                }
-                dead
-            }
+        let mut dead = Vec::new();
+        for stream in streams {
+            let entries: Vec<redis::Value> = self
+                .run(redis::cmd("XRANGE").arg(stream).arg("-").arg("+"))
+                .await;
+            dead.extend(entries);
         }
+        dead
     }
 }
 
