@@ -455,11 +455,18 @@ where
     }
 
     fn redis_key(&self, key: &K) -> String {
-        use std::fmt::Write as _;
-        let mut redis_key = self.settings.key_prefix.clone();
-        write!(redis_key, "{key}").expect("writing to a String cannot fail");
-        redis_key
+        value_key(&self.settings.key_prefix, key)
     }
+}
+
+/// The Redis key of a cache key's value: `{key_prefix}{namespace}:` then
+/// the key's `Display` string (also used by write-behind's flusher, which
+/// has only the string).
+pub(crate) fn value_key(key_prefix: &str, key: &impl fmt::Display) -> String {
+    use std::fmt::Write as _;
+    let mut redis_key = key_prefix.to_owned();
+    write!(redis_key, "{key}").expect("writing to a String cannot fail");
+    redis_key
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use redis::Value;
 use super::partition::Partition;
 use super::stream::{self, Entry};
 use super::{BATCH, CLAIM_IDLE, FlushError, GROUP, MAX_BACKOFF, Queued, Shared};
+use crate::manager::value_key;
 use crate::remote::scripts::{DROP_OLDER, ENSURE_GROUP, SETTLE};
 use crate::stats::duration_bucket;
 
@@ -335,7 +336,7 @@ where
                 let mut cmd = redis::cmd("EVAL");
                 cmd.arg(DROP_OLDER)
                     .arg(1)
-                    .arg(format!("{}{key}", self.key_prefix))
+                    .arg(value_key(&self.key_prefix, key))
                     .arg(version)
                     .arg(&self.field);
                 cmd

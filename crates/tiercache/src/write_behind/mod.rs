@@ -331,7 +331,7 @@ where
             Some(_) => {}
         }
         if !shared.atomic {
-            shared.store_value(&write).await;
+            shared.store_value(write).await;
         }
         shared.counters.pending.fetch_add(1, Ordering::Relaxed);
         shared.wake.notify_one();
@@ -445,10 +445,10 @@ where
     /// newer value stays). The change is queued already; if this fails (or
     /// the writer dies first), the flusher drops the older value once the
     /// store has the change (see `drop_older_values`).
-    async fn store_value(&self, write: &Enqueue<'_>) {
+    async fn store_value(&self, write: Enqueue<'_>) {
         let value = crate::remote::Write {
             key: write.redis_key.to_owned(),
-            value: write.stored.clone(),
+            value: write.stored,
             ttl: write.ttl,
             version: i64::try_from(write.version).unwrap_or(i64::MAX),
         };
