@@ -180,6 +180,18 @@
 //! ([`TieredCacheBuilder::write_behind_replica_wait`]). Counters are in
 //! [`WriteBehindStats`].
 //!
+//! # Cargo features
+//!
+//! `redis` (default) adds L2, the bus, write-behind and the stampede lease;
+//! `cluster` adds Redis Cluster URLs, `compression` LZ4 above
+//! [`compression_threshold`](TieredCacheBuilder::compression_threshold),
+//! `postcard` [`PostcardCodec`], and `metrics` records the cache's counters,
+//! gauges and histograms through the [`metrics`](https://docs.rs/metrics)
+//! facade. With `default-features = false` the cache is L1 only (single-flight
+//! loads, fail-safe, negative caching, tags and warming work in process)
+//! and redis is not in the dependency tree; its setters (`redis_url`,
+//! `write_behind`, …) do not exist then.
+//!
 //! # Not yet
 //!
 //! The public types are `#[non_exhaustive]` where they will grow. Fail-safe keeps stale values in L1 only (Redis
@@ -218,6 +230,7 @@
 //! ```
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// The crate README's examples, compiled and run as doctests.
 #[cfg(doctest)]
@@ -225,18 +238,23 @@
 struct ReadmeDoctests;
 
 mod batch;
+mod breaker;
 mod builder;
+#[cfg(feature = "redis")]
 mod bus;
 mod clock;
+mod codec;
 mod error;
 mod fence;
 mod flight;
 mod local;
 mod manager;
+#[cfg(feature = "redis")]
 mod remote;
 mod stats;
 mod striped;
 mod task;
+#[cfg(feature = "redis")]
 mod write_behind;
 
 pub use builder::{TieredCacheBuilder, defaults};
@@ -251,16 +269,20 @@ pub use builder::{TieredCacheBuilder, defaults};
 /// [`Striped`]: building_blocks::Striped
 pub mod building_blocks {
     pub use crate::batch::{Abandoned, Batcher};
-    pub use crate::remote::breaker::{CircuitBreaker, Permit};
+    pub use crate::breaker::{CircuitBreaker, Permit};
     pub use crate::striped::Striped;
 }
+#[cfg(feature = "postcard")]
+pub use codec::PostcardCodec;
+pub use codec::{Codec, CodecError, JsonCodec};
 pub use error::{Error, LoaderTimedOut};
 pub use local::LocalCache;
 pub use manager::{CacheKey, Lookup, Source, TieredCache};
-pub use remote::codec::{Codec, CodecError, JsonCodec, PostcardCodec};
+#[cfg(feature = "redis")]
 pub use remote::topology::RedisTopology;
 pub use stats::{
     BusClears, BusState, BusStats, BusTracking, CacheStats, DURATION_BUCKETS_MS, L1Stats, L2State,
     L2Stats, LoaderStats, StaleStats, WriteBehindStats,
 };
+#[cfg(feature = "redis")]
 pub use write_behind::{Change, Flush, FlushError, Queued};

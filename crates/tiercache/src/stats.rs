@@ -80,6 +80,7 @@ pub struct StaleStats {
 /// last, implicit bucket holds the rest.
 pub const DURATION_BUCKETS_MS: [u64; 8] = [1, 5, 10, 50, 100, 500, 1_000, 5_000];
 
+#[cfg(feature = "redis")]
 /// The index of the [`DURATION_BUCKETS_MS`] bucket that counts `ms`.
 pub(crate) fn duration_bucket(ms: u64) -> usize {
     DURATION_BUCKETS_MS

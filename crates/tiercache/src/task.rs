@@ -6,16 +6,16 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinHandle;
-
 /// At most one warning of a kind per this interval; the rest are counted.
 pub(crate) const LOG_EVERY: Duration = Duration::from_secs(5);
 
+#[cfg(feature = "redis")]
 /// Aborts a background task when dropped, so that tasks live exactly as
 /// long as their owner.
 #[derive(Debug)]
-pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
+#[cfg(feature = "redis")]
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();

@@ -1,23 +1,18 @@
-//! [`TieredCacheBuilder::build`]: validates the settings, then creates the
-//! levels (L1, the Redis connection, the bus, the write-behind queue) and
-//! hands them to the manager.
+//! [`TieredCacheBuilder::build`]: validates the settings, then creates L1
+//! (and, with Redis, the levels `connect` starts) and hands them to the
+//! manager.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{RedisSetting, TieredCacheBuilder, defaults};
-use crate::bus::log::LogConfig;
-use crate::bus::{Bus, BusConfig, channel_and_log};
+#[cfg(feature = "redis")]
+use super::RedisSetting;
+use super::TieredCacheBuilder;
 use crate::error::Error;
 use crate::local::LocalCache;
-use crate::manager::{CacheKey, L1Handle, LocalLevel, OwnWrites, Parts, Settings, TieredCache};
-use crate::remote::breaker::BreakerConfig;
-use crate::remote::topology::RedisTopology;
-use crate::remote::{RemoteCache, RemoteConfig};
-use crate::write_behind::{self, WriteBehind};
+use crate::manager::{CacheKey, LocalLevel, Parts, Settings, TieredCache};
 
 impl<K, V> TieredCacheBuilder<K, V>
 where
@@ -44,6 +39,47 @@ where
     /// timeouts, a zero breaker cooldown or heartbeat interval, or a Redis
     /// URL that does not parse.
     pub async fn build(self) -> Result<TieredCache<K, V>, Error> {
+        self.validate()?;
+        let local = LocalLevel::new(LocalCache::new(self.l1_max_entries, self.l1_max_bytes)?);
+        let settings = Settings {
+            key_prefix: format!("{}{}:", self.key_prefix, self.namespace),
+            l1_ttl: self.l1_ttl,
+            #[cfg(feature = "redis")]
+            l2_ttl: self.l2_ttl,
+            negative_ttl: self.negative_ttl.unwrap_or(Duration::ZERO),
+            ttl_jitter: self.ttl_jitter,
+            compression_threshold: self.compression_threshold,
+            #[cfg(feature = "redis")]
+            tombstone_ttl: self.tombstone_ttl,
+            fail_safe_window: self.fail_safe_window.unwrap_or(Duration::ZERO),
+            fail_safe_throttle: self.fail_safe_throttle,
+            soft_timeout: self.soft_timeout,
+            hard_timeout: self.hard_timeout,
+            eager_refresh: self.eager_refresh,
+            #[cfg(feature = "redis")]
+            stampede_lease: self.stampede_lease,
+        };
+        #[cfg(feature = "redis")]
+        let redis = self.connect_redis(&local, &settings).await?;
+        Ok(TieredCache::from_parts(Parts {
+            local,
+            #[cfg(feature = "redis")]
+            l2: redis.l2,
+            #[cfg(feature = "redis")]
+            bus: redis.bus,
+            #[cfg(feature = "redis")]
+            write_behind: redis.write_behind,
+            #[cfg(feature = "redis")]
+            own_writes: redis.own_writes,
+            codec: self.codec,
+            #[cfg(feature = "redis")]
+            versioning: self.versioning,
+            settings,
+        }))
+    }
+
+    /// Rejects invalid settings with [`Error::Config`].
+    fn validate(&self) -> Result<(), Error> {
         if self.namespace.is_empty() || self.namespace.contains(':') {
             return Err(Error::config(format!(
                 "namespace must be non-empty and contain no ':' (got {:?})",
@@ -90,6 +126,7 @@ where
         if self.versioning.is_some() && self.tombstone_ttl.is_zero() {
             return Err(Error::config("tombstone_ttl must be positive"));
         }
+        #[cfg(feature = "redis")]
         if let Some((_, interval)) = &self.write_behind {
             if self.versioning.is_none() {
                 return Err(Error::config("write-behind needs a versioned cache"));
@@ -108,111 +145,6 @@ where
                 ));
             }
         }
-        let topology = match self.redis {
-            RedisSetting::None => None,
-            RedisSetting::Url(url) => Some(RedisTopology::parse(&url)?),
-            RedisSetting::Topology(topology) => Some(topology),
-        };
-        let local = LocalLevel::new(LocalCache::new(self.l1_max_entries, self.l1_max_bytes)?);
-        let l2 = match topology {
-            None => None,
-            Some(topology) => Some(
-                RemoteCache::connect(RemoteConfig {
-                    topology,
-                    timeout: self.l2_timeout,
-                    connect_timeout: self.l2_connect_timeout,
-                    breaker: BreakerConfig {
-                        failure_threshold: self.breaker_failure_threshold,
-                        cooldown: self.breaker_cooldown,
-                    },
-                })
-                .await?,
-            ),
-        };
-        let key_prefix = format!("{}{}:", self.key_prefix, self.namespace);
-        let own_writes = Arc::new(OwnWrites::new());
-        let bus = match &l2 {
-            Some(l2) if self.bus => {
-                let sharded = l2.topology().is_cluster();
-                let (channel, log) = channel_and_log(&key_prefix, sharded);
-                let config = BusConfig {
-                    channel,
-                    heartbeat_interval: self.heartbeat_interval,
-                    log: LogConfig {
-                        key: log,
-                        max_len: self.change_log_len,
-                        sharded,
-                    },
-                    key_prefix: key_prefix.clone(),
-                    tracking: self.client_tracking,
-                };
-                let sink = L1Handle {
-                    local: local.clone(),
-                    versions: self
-                        .versioning
-                        .clone()
-                        .map(|versioning| (Arc::clone(&self.codec), versioning)),
-                    own_writes: Arc::clone(&own_writes),
-                };
-                let bus = Bus::start(l2.clone(), config, Arc::new(sink));
-                if l2.state() == crate::L2State::Up {
-                    bus.wait_subscribed(self.l2_connect_timeout).await;
-                }
-                Some(bus)
-            }
-            _ => None,
-        };
-        let settings = Settings {
-            key_prefix,
-            l1_ttl: self.l1_ttl,
-            l2_ttl: self.l2_ttl,
-            negative_ttl: self.negative_ttl.unwrap_or(Duration::ZERO),
-            ttl_jitter: self.ttl_jitter,
-            compression_threshold: self.compression_threshold,
-            tombstone_ttl: self.tombstone_ttl,
-            fail_safe_window: self.fail_safe_window.unwrap_or(Duration::ZERO),
-            fail_safe_throttle: self.fail_safe_throttle,
-            soft_timeout: self.soft_timeout,
-            hard_timeout: self.hard_timeout,
-            eager_refresh: self.eager_refresh,
-            stampede_lease: self.stampede_lease,
-        };
-        let write_behind = match (self.write_behind, &l2, &self.versioning) {
-            (Some((flush, interval)), Some(l2), Some(versioning)) => {
-                let default_wait = l2
-                    .topology()
-                    .is_cluster()
-                    .then_some(defaults::WRITE_BEHIND_REPLICA_WAIT);
-                let replica_wait = match self.replica_wait.unwrap_or(default_wait) {
-                    Some(timeout) => Some(write_behind::ReplicaWait {
-                        conn: l2.with_timeout(timeout).await?,
-                        timeout,
-                    }),
-                    None => None,
-                };
-                Some(WriteBehind::start(
-                    l2.clone(),
-                    Arc::clone(&self.codec),
-                    &settings.key_prefix,
-                    &versioning.field,
-                    write_behind::Config {
-                        flush,
-                        interval,
-                        replica_wait,
-                    },
-                ))
-            }
-            _ => None,
-        };
-        Ok(TieredCache::from_parts(Parts {
-            local,
-            l2,
-            bus,
-            write_behind,
-            codec: self.codec,
-            versioning: self.versioning,
-            own_writes,
-            settings,
-        }))
+        Ok(())
     }
 }

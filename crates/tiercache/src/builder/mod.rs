@@ -13,15 +13,20 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::codec::{Codec, JsonCodec};
 use crate::manager::CacheKey;
-use crate::remote::codec::{Codec, JsonCodec};
+#[cfg(feature = "redis")]
 use crate::remote::topology::{RedisTopology, redact};
+#[cfg(feature = "redis")]
 use crate::write_behind::Flush;
 
 mod build;
+#[cfg(feature = "redis")]
+mod connect;
 pub mod defaults;
 
 /// Where the builder's Redis setting came from; URLs are parsed in `build`.
+#[cfg(feature = "redis")]
 #[derive(Clone)]
 enum RedisSetting {
     None,
@@ -29,6 +34,7 @@ enum RedisSetting {
     Topology(RedisTopology),
 }
 
+#[cfg(feature = "redis")]
 impl fmt::Debug for RedisSetting {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -65,6 +71,8 @@ impl fmt::Debug for RedisSetting {
 /// # }
 /// ```
 #[must_use = "a builder does nothing until `build` is awaited"]
+// Without Redis, its settings are kept (and validated) but unused.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub struct TieredCacheBuilder<K, V> {
     namespace: String,
     key_prefix: String,
@@ -76,6 +84,7 @@ pub struct TieredCacheBuilder<K, V> {
     ttl_jitter: f64,
     codec: Arc<dyn Codec<V>>,
     compression_threshold: Option<usize>,
+    #[cfg(feature = "redis")]
     redis: RedisSetting,
     l2_timeout: Duration,
     l2_connect_timeout: Duration,
@@ -92,8 +101,10 @@ pub struct TieredCacheBuilder<K, V> {
     soft_timeout: Option<Duration>,
     hard_timeout: Option<Duration>,
     eager_refresh: Option<f64>,
+    #[cfg(feature = "redis")]
     write_behind: Option<(Arc<dyn Flush<K, V>>, Duration)>,
     /// `None`: the default for the topology.
+    #[cfg(feature = "redis")]
     replica_wait: Option<Option<Duration>>,
     stampede_lease: Option<Duration>,
     _key: PhantomData<fn() -> K>,
@@ -117,7 +128,8 @@ impl<V> Clone for Versioning<V> {
 
 impl<K, V> fmt::Debug for TieredCacheBuilder<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TieredCacheBuilder")
+        let mut debug = f.debug_struct("TieredCacheBuilder");
+        debug
             .field("namespace", &self.namespace)
             .field("key_prefix", &self.key_prefix)
             .field("l1_max_entries", &self.l1_max_entries)
@@ -128,7 +140,6 @@ impl<K, V> fmt::Debug for TieredCacheBuilder<K, V> {
             .field("ttl_jitter", &self.ttl_jitter)
             .field("codec", &self.codec)
             .field("compression_threshold", &self.compression_threshold)
-            .field("redis", &self.redis)
             .field("l2_timeout", &self.l2_timeout)
             .field("l2_connect_timeout", &self.l2_connect_timeout)
             .field("breaker_failure_threshold", &self.breaker_failure_threshold)
@@ -146,12 +157,13 @@ impl<K, V> fmt::Debug for TieredCacheBuilder<K, V> {
             .field("fail_safe_throttle", &self.fail_safe_throttle)
             .field("soft_timeout", &self.soft_timeout)
             .field("hard_timeout", &self.hard_timeout)
-            .field("eager_refresh", &self.eager_refresh)
-            .field(
-                "write_behind_interval",
-                &self.write_behind.as_ref().map(|(_, interval)| interval),
-            )
-            .finish()
+            .field("eager_refresh", &self.eager_refresh);
+        #[cfg(feature = "redis")]
+        debug.field("redis", &self.redis).field(
+            "write_behind_interval",
+            &self.write_behind.as_ref().map(|(_, interval)| interval),
+        );
+        debug.finish()
     }
 }
 
@@ -172,6 +184,7 @@ where
             ttl_jitter: defaults::TTL_JITTER,
             codec: Arc::new(JsonCodec),
             compression_threshold: None,
+            #[cfg(feature = "redis")]
             redis: RedisSetting::None,
             l2_timeout: defaults::L2_TIMEOUT,
             l2_connect_timeout: defaults::L2_CONNECT_TIMEOUT,
@@ -188,7 +201,9 @@ where
             soft_timeout: None,
             hard_timeout: None,
             eager_refresh: None,
+            #[cfg(feature = "redis")]
             write_behind: None,
+            #[cfg(feature = "redis")]
             replica_wait: None,
             stampede_lease: None,
             _key: PhantomData,
@@ -237,6 +252,7 @@ where
         self
     }
 
+    #[cfg(feature = "redis")]
     /// How long a value stays in Redis. Default [`defaults::L2_TTL`] (3,600 s).
     pub fn l2_ttl(mut self, ttl: Duration) -> Self {
         self.l2_ttl = ttl;
@@ -264,6 +280,7 @@ where
         self
     }
 
+    #[cfg(feature = "compression")]
     /// Encoded values of at least this many bytes are LZ4-compressed in
     /// Redis (when that makes them smaller). Default `None`: never, so that
     /// JSON values stay readable by any client.
@@ -272,6 +289,7 @@ where
         self
     }
 
+    #[cfg(feature = "redis")]
     /// Uses Redis as L2, given a URL in any form [`RedisTopology::parse`]
     /// accepts; parsed by [`build`](Self::build). Default: no L2.
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
@@ -279,12 +297,14 @@ where
         self
     }
 
+    #[cfg(feature = "redis")]
     /// Uses Redis as L2 at `topology`. Default: no L2.
     pub fn redis(mut self, topology: RedisTopology) -> Self {
         self.redis = RedisSetting::Topology(topology);
         self
     }
 
+    #[cfg(feature = "redis")]
     /// Bound on every Redis call; a call that takes longer counts as an L2
     /// error and the lookup falls through. Default [`defaults::L2_TIMEOUT`] (100 ms).
     pub fn l2_timeout(mut self, timeout: Duration) -> Self {
@@ -292,6 +312,7 @@ where
         self
     }
 
+    #[cfg(feature = "redis")]
     /// Bound on every attempt to connect to Redis, including the one
     /// `build` waits for. Default [`defaults::L2_CONNECT_TIMEOUT`] (1 s).
     pub fn l2_connect_timeout(mut self, timeout: Duration) -> Self {
@@ -299,6 +320,7 @@ where
         self
     }
 
+    #[cfg(feature = "redis")]
     /// Consecutive failed Redis calls after which Redis is skipped (the
     /// circuit breaker opens). Default [`defaults::BREAKER_FAILURE_THRESHOLD`] (5).
     pub fn breaker_failure_threshold(mut self, failures: u32) -> Self {
@@ -306,6 +328,7 @@ where
         self
     }
 
+    #[cfg(feature = "redis")]
     /// How long Redis is skipped once the breaker opens before a probe is
     /// sent; also the probe interval while it stays down.
     /// Default [`defaults::BREAKER_COOLDOWN`] (1 s).
@@ -314,6 +337,7 @@ where
         self
     }
 
+    #[cfg(feature = "redis")]
     /// Whether this cache joins the invalidation bus (the pub/sub channel
     /// `{key_prefix}{namespace}:bus`) when Redis is configured. Default
     /// `true`; without Redis there is no bus whatever this says.
@@ -326,6 +350,7 @@ where
         self
     }
 
+    #[cfg(feature = "redis")]
     /// How often this instance publishes a heartbeat on the bus. A
     /// connection that hears nothing (not even its own heartbeats) for
     /// three intervals is presumed dead: it is rebuilt and the change log
@@ -335,6 +360,7 @@ where
         self
     }
 
+    #[cfg(feature = "redis")]
     /// How many bus messages the change log (`{key_prefix}{namespace}:bus:log`,
     /// a capped Redis stream) keeps, about. An instance that missed
     /// messages replays them from the log and drops only the keys they
@@ -346,6 +372,7 @@ where
         self
     }
 
+    #[cfg(feature = "redis")]
     /// Whether the bus asks Redis for client tracking of this cache's keys
     /// (`CLIENT TRACKING ON BCAST PREFIX {key_prefix}{namespace}: NOLOOP`),
     /// so that a value changed, deleted, expired or evicted in Redis by
@@ -384,6 +411,7 @@ where
         self
     }
 
+    #[cfg(feature = "redis")]
     /// How long a tombstone left by [`TieredCache::invalidate_version`](crate::TieredCache::invalidate_version)
     /// refuses older versions. It must outlast the slowest load that can
     /// race a write (bound it with [`hard_timeout`](Self::hard_timeout)).
@@ -429,6 +457,7 @@ where
         self
     }
 
+    #[cfg(feature = "redis")]
     /// Turns on write-behind (see [`TieredCache::write_behind`](crate::TieredCache::write_behind)): changes
     /// are queued in Redis Streams (one on a single server, partitioned on
     /// a cluster) and `flush` writes them to the store in batches, polling
@@ -438,6 +467,7 @@ where
         self
     }
 
+    #[cfg(feature = "redis")]
     /// How long a write-behind write waits for a replica to confirm it
     /// (`WAIT 1 <timeout>` after queueing) before it is acknowledged, so
     /// that a failover of the primary that took it does not lose it; `None`
@@ -455,6 +485,7 @@ where
         self
     }
 
+    #[cfg(feature = "redis")]
     /// Cross-instance stampede protection: when several instances miss one
     /// key at once, the first takes a lease on it in Redis (`SET NX PX`,
     /// for `lease`) and loads; the others wait, polling Redis every 10 ms,

@@ -38,6 +38,7 @@ impl Counters {
         self.0.incr(counter as usize);
     }
 
+    #[cfg(feature = "redis")]
     pub(super) fn add(&self, counter: Counter, n: u64) {
         self.0.add(counter as usize, n);
     }

@@ -1,43 +1,28 @@
-//! Values to and from their stored form: encoding and sealing (compression)
-//! on the way into Redis, opening and decoding on the way out, each weighed
-//! for L1; large values on the blocking pool.
+//! Values to their stored form: encoding and sealing (compression) on the
+//! way into Redis, weighed for L1; large values on the blocking pool (the
+//! way back is `decode`).
 //!
 //! Cache-level failures are absorbed here: a value that cannot be encoded
-//! is kept in L1 only, one that cannot be decoded is a miss.
+//! is kept in L1 only.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::counters::Counter;
-use super::{CacheKey, Inner, Shared};
-use crate::remote::codec::{self, Codec, CodecError, Opened};
+use super::{CacheKey, Inner};
+use crate::codec::{self, CodecError};
 
 /// Per-entry weight on top of the encoded value: key, slot and map overhead.
 pub(super) const ENTRY_OVERHEAD: usize = 64;
 /// Encoding, compression and decoding above this size run on the blocking
 /// pool, so a huge value cannot stall a runtime worker.
-const BLOCKING_FROM: usize = 64 * 1024;
-
-/// A value (or negative entry) read from Redis, with its L1 weight.
-pub(crate) struct Entry<V> {
-    pub(crate) value: Shared<V>,
-    pub(crate) weight: usize,
-}
-
-/// What a stored value decodes to.
-pub(crate) enum Decoded<V> {
-    /// A value or a negative entry: an answer.
-    Entry(Entry<V>),
-    /// A tombstone: refuses older versions, answers nothing (a miss).
-    Tombstone,
-}
+pub(super) const BLOCKING_FROM: usize = 64 * 1024;
 
 /// The stored form of a value, ready for Redis.
 pub(super) enum Encoded {
     /// Sealed bytes (before any version prefix).
-    Stored(Vec<u8>),
+    Stored(#[cfg_attr(not(feature = "redis"), expect(dead_code))] Vec<u8>),
     /// Not for Redis: no Redis configured, or the value could not be
     /// encoded or sealed (it stays in L1 only).
     L1Only,
@@ -61,7 +46,7 @@ where
             }
         };
         let weight = ENTRY_OVERHEAD + encoded.len();
-        if self.l2.is_none() {
+        if !self.has_l2() {
             return (Encoded::L1Only, weight);
         }
         let threshold = self.settings.compression_threshold;
@@ -79,78 +64,5 @@ where
                 (Encoded::L1Only, weight)
             }
         }
-    }
-
-    /// Decodes a stored value and weighs it; `None` (a miss) for a
-    /// tombstone, or a value that is foreign or corrupt.
-    pub(super) async fn decode(&self, stored: Vec<u8>) -> Option<Entry<V>> {
-        let decoded = if stored.len() >= BLOCKING_FROM {
-            let codec = Arc::clone(&self.codec);
-            tokio::task::spawn_blocking(move || decode_with(codec.as_ref(), &stored))
-                .await
-                .unwrap_or_else(|_| Err(CodecError::new("decoding task failed")))
-        } else {
-            decode_with(self.codec.as_ref(), &stored)
-        };
-        match decoded {
-            Ok(Decoded::Entry(entry)) => Some(entry),
-            Ok(Decoded::Tombstone) => None,
-            Err(error) => {
-                self.counters.incr(Counter::DecodeErrors);
-                tracing::debug!(%error, "undecodable L2 value treated as a miss");
-                None
-            }
-        }
-    }
-}
-
-/// Opens and decodes a stored value with `codec`.
-pub(crate) fn decode_with<V: 'static>(
-    codec: &dyn Codec<V>,
-    stored: &[u8],
-) -> Result<Decoded<V>, CodecError> {
-    Ok(match codec::open(stored)? {
-        Opened::Absent | Opened::Deleted => Decoded::Entry(Entry {
-            value: None,
-            weight: ENTRY_OVERHEAD,
-        }),
-        Opened::Tombstone => Decoded::Tombstone,
-        Opened::Value(bytes) => Decoded::Entry(Entry {
-            value: Some(Arc::new(codec.decode(&bytes)?)),
-            weight: ENTRY_OVERHEAD + bytes.len(),
-        }),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::remote::codec::{JsonCodec, PostcardCodec};
-
-    fn entry<V: 'static>(codec: &dyn Codec<V>, stored: &[u8]) -> Entry<V> {
-        match decode_with(codec, stored).unwrap() {
-            Decoded::Entry(entry) => entry,
-            Decoded::Tombstone => panic!("a tombstone, not an entry"),
-        }
-    }
-
-    #[test]
-    fn negative_marker_decodes_as_absent_with_any_codec() {
-        let json: &dyn Codec<String> = &JsonCodec;
-        let postcard: &dyn Codec<String> = &PostcardCodec;
-        assert_eq!(entry(json, b"").value, None);
-        assert_eq!(entry(postcard, b"").value, None);
-        assert!(matches!(
-            decode_with(json, &codec::tombstone(3)).unwrap(),
-            Decoded::Tombstone
-        ));
-    }
-
-    #[test]
-    fn decoded_values_are_weighed_by_their_encoded_size() {
-        let codec: &dyn Codec<String> = &JsonCodec;
-        let Entry { value, weight } = entry(codec, br#""hello""#);
-        assert_eq!(value.as_deref().map(String::as_str), Some("hello"));
-        assert_eq!(weight, ENTRY_OVERHEAD + 7);
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::encode::Entry;
+use super::decode::Entry;
 use super::{CacheKey, Inner};
 use crate::remote::{Read, RemoteCache};
 

@@ -18,36 +18,56 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::builder::{TieredCacheBuilder, Versioning};
+use crate::builder::TieredCacheBuilder;
+#[cfg(feature = "redis")]
+use crate::builder::Versioning;
+#[cfg(feature = "redis")]
 use crate::bus::Bus;
+use crate::codec::Codec;
 use crate::flight::Flights;
+#[cfg(feature = "redis")]
 use crate::remote::RemoteCache;
-use crate::remote::codec::Codec;
 use crate::stats::{BusState, BusStats, CacheStats, L2State, L2Stats, LoaderStats, StaleStats};
-use crate::task::{AbortOnDrop, LogLimiter};
+#[cfg(feature = "redis")]
+use crate::task::AbortOnDrop;
+use crate::task::LogLimiter;
+#[cfg(feature = "redis")]
 use crate::write_behind::WriteBehind;
 
+#[cfg(feature = "redis")]
+mod behind;
 mod counters;
+#[cfg(feature = "redis")]
+mod decode;
 mod encode;
+#[cfg(feature = "redis")]
+mod l2_read;
+#[cfg(feature = "redis")]
 mod lease;
 mod local_level;
 mod lookup;
+#[cfg(feature = "redis")]
 mod own_writes;
 mod read;
 mod refresh;
+#[cfg(feature = "redis")]
 mod sink;
 mod tags;
 mod ttl;
+#[cfg(feature = "redis")]
 mod unapplied;
 mod write;
 
 use counters::{Counter, Counters};
 pub(crate) use local_level::LocalLevel;
 pub use lookup::{Lookup, Source};
+#[cfg(feature = "redis")]
 pub(crate) use own_writes::OwnWrites;
 use refresh::Refreshes;
+#[cfg(feature = "redis")]
 pub(crate) use sink::L1Handle;
 pub(crate) use tags::Tags;
+#[cfg(feature = "redis")]
 use unapplied::Unapplied;
 
 /// Keys a [`TieredCache`] accepts: anything hashable whose `Display` form is
@@ -71,10 +91,12 @@ pub(crate) struct Settings {
     /// `{key_prefix}{namespace}:`, the start of every Redis key of this cache.
     pub(crate) key_prefix: String,
     pub(crate) l1_ttl: Duration,
+    #[cfg(feature = "redis")]
     pub(crate) l2_ttl: Duration,
     pub(crate) negative_ttl: Duration,
     pub(crate) ttl_jitter: f64,
     pub(crate) compression_threshold: Option<usize>,
+    #[cfg(feature = "redis")]
     pub(crate) tombstone_ttl: Duration,
     /// Zero: fail-safe off.
     pub(crate) fail_safe_window: Duration,
@@ -84,9 +106,11 @@ pub(crate) struct Settings {
     /// Fraction of the L1 TTL after which a hit refreshes.
     pub(crate) eager_refresh: Option<f64>,
     /// How long one instance may hold a key's load for the others (`lease`).
+    #[cfg(feature = "redis")]
     pub(crate) stampede_lease: Option<Duration>,
 }
 
+#[cfg(feature = "redis")]
 impl Settings {
     /// The bus's change log, which a clear of the cache leaves in place.
     pub(crate) fn change_log_key(&self) -> String {
@@ -97,11 +121,16 @@ impl Settings {
 /// What the builder hands to [`TieredCache::from_parts`].
 pub(crate) struct Parts<K, V> {
     pub(crate) local: LocalLevel<K, V>,
+    #[cfg(feature = "redis")]
     pub(crate) l2: Option<RemoteCache>,
+    #[cfg(feature = "redis")]
     pub(crate) bus: Option<Bus>,
+    #[cfg(feature = "redis")]
     pub(crate) write_behind: Option<WriteBehind<K, V>>,
     pub(crate) codec: Arc<dyn Codec<V>>,
+    #[cfg(feature = "redis")]
     pub(crate) versioning: Option<Versioning<V>>,
+    #[cfg(feature = "redis")]
     pub(crate) own_writes: Arc<OwnWrites<K>>,
     pub(crate) settings: Settings,
 }
@@ -211,25 +240,32 @@ impl<K, V> Clone for TieredCache<K, V> {
 
 impl<K, V> fmt::Debug for TieredCache<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TieredCache")
+        let mut debug = f.debug_struct("TieredCache");
+        debug
             .field("key_prefix", &self.inner.settings.key_prefix)
-            .field("l1", &self.inner.local.l1)
-            .field("l2", &self.inner.l2)
-            .finish_non_exhaustive()
+            .field("l1", &self.inner.local.l1);
+        #[cfg(feature = "redis")]
+        debug.field("l2", &self.inner.l2);
+        debug.finish_non_exhaustive()
     }
 }
 
 struct Inner<K, V> {
     /// L1 with its fences and tag generations (shared with the bus sink).
     local: LocalLevel<K, V>,
+    #[cfg(feature = "redis")]
     l2: Option<RemoteCache>,
     /// Dropped with the last handle, which stops the bus tasks.
+    #[cfg(feature = "redis")]
     bus: Option<Bus>,
     /// Dropped with the last handle, which stops the flusher.
+    #[cfg(feature = "redis")]
     write_behind: Option<WriteBehind<K, V>>,
     codec: Arc<dyn Codec<V>>,
+    #[cfg(feature = "redis")]
     versioning: Option<Versioning<V>>,
     /// Versioned writes on their way into L1 (shared with the bus sink).
+    #[cfg(feature = "redis")]
     own_writes: Arc<OwnWrites<K>>,
     flights: Flights<K, FlightResult<V>>,
     refreshes: Refreshes<K>,
@@ -238,8 +274,10 @@ struct Inner<K, V> {
     /// Rate limit of the "serving stale" warnings.
     stale_log: LogLimiter,
     /// Invalidations Redis has not taken yet; shared with their repair task.
+    #[cfg(feature = "redis")]
     unapplied: Arc<Unapplied<K>>,
     /// Retries them; stops with the last handle.
+    #[cfg(feature = "redis")]
     _repair: Option<AbortOnDrop>,
 }
 
@@ -255,23 +293,31 @@ where
     }
 
     pub(crate) fn from_parts(parts: Parts<K, V>) -> Self {
+        #[cfg(feature = "redis")]
         let unapplied = Arc::new(Unapplied::default());
-        let repair_needed = parts.l2.is_some();
         Self {
+            #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
             inner: Arc::new_cyclic(|inner| Inner {
-                _repair: repair_needed.then(|| {
+                #[cfg(feature = "redis")]
+                _repair: parts.l2.is_some().then(|| {
                     AbortOnDrop(tokio::spawn(unapplied::repair(
                         inner.clone(),
                         Arc::clone(&unapplied),
                     )))
                 }),
+                #[cfg(feature = "redis")]
                 unapplied,
                 local: parts.local,
+                #[cfg(feature = "redis")]
                 l2: parts.l2,
+                #[cfg(feature = "redis")]
                 bus: parts.bus,
+                #[cfg(feature = "redis")]
                 write_behind: parts.write_behind,
                 codec: parts.codec,
+                #[cfg(feature = "redis")]
                 versioning: parts.versioning,
+                #[cfg(feature = "redis")]
                 own_writes: parts.own_writes,
                 flights: Flights::new(),
                 refreshes: Refreshes::new(),
@@ -302,12 +348,27 @@ where
     pub fn stats(&self) -> CacheStats {
         let inner = &*self.inner;
         let count = |counter| inner.counters.sum(counter);
+        #[cfg(feature = "redis")]
+        let (l2_errors, write_behind, bus) = (
+            inner.l2.as_ref().map_or(0, RemoteCache::errors),
+            inner
+                .write_behind
+                .as_ref()
+                .map(WriteBehind::stats)
+                .unwrap_or_default(),
+            inner
+                .bus
+                .as_ref()
+                .map_or_else(BusStats::disabled, Bus::stats),
+        );
+        #[cfg(not(feature = "redis"))]
+        let (l2_errors, write_behind, bus) = (0, Default::default(), BusStats::disabled());
         CacheStats {
             l1: inner.local.l1.stats(),
             l2: L2Stats {
                 hits: count(Counter::L2Hits),
                 misses: count(Counter::L2Misses),
-                errors: inner.l2.as_ref().map_or(0, RemoteCache::errors),
+                errors: l2_errors,
                 decode_errors: count(Counter::DecodeErrors),
                 guard_rejections: count(Counter::GuardRejections),
                 state: self.l2_state(),
@@ -328,15 +389,8 @@ where
                 throttled: count(Counter::StaleThrottled),
             },
             fenced_fills: count(Counter::FencedFills),
-            write_behind: inner
-                .write_behind
-                .as_ref()
-                .map(WriteBehind::stats)
-                .unwrap_or_default(),
-            bus: inner
-                .bus
-                .as_ref()
-                .map_or_else(BusStats::disabled, Bus::stats),
+            write_behind,
+            bus,
         }
     }
 
@@ -357,10 +411,11 @@ where
     /// # }
     /// ```
     pub fn bus_state(&self) -> BusState {
-        self.inner
-            .bus
-            .as_ref()
-            .map_or(BusState::Disabled, Bus::state)
+        #[cfg(feature = "redis")]
+        if let Some(bus) = &self.inner.bus {
+            return bus.state();
+        }
+        BusState::Disabled
     }
 
     /// Waits until the invalidation bus is subscribed, at most `limit`, and
@@ -393,16 +448,22 @@ where
     /// # }
     /// ```
     pub async fn wait_subscribed(&self, limit: Duration) -> bool {
-        match &self.inner.bus {
-            Some(bus) => bus.wait_subscribed(limit).await,
-            None => true,
+        #[cfg(feature = "redis")]
+        if let Some(bus) = &self.inner.bus {
+            return bus.wait_subscribed(limit).await;
         }
+        let _ = limit;
+        true
     }
 
     /// The bus channel of this cache, `{key_prefix}{namespace}:bus`, or
     /// `None` without a bus.
     pub fn bus_channel(&self) -> Option<&str> {
-        self.inner.bus.as_ref().map(Bus::channel)
+        #[cfg(feature = "redis")]
+        if let Some(bus) = &self.inner.bus {
+            return Some(bus.channel());
+        }
+        None
     }
 
     /// Health of the Redis level: `Disabled` without Redis, else `Up` or `Down`.
@@ -419,10 +480,11 @@ where
     /// # }
     /// ```
     pub fn l2_state(&self) -> L2State {
-        self.inner
-            .l2
-            .as_ref()
-            .map_or(L2State::Disabled, RemoteCache::state)
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.inner.l2 {
+            return l2.state();
+        }
+        L2State::Disabled
     }
 
     /// The Redis key under which `key` is stored: `{key_prefix}{namespace}:{key}`.
@@ -449,9 +511,19 @@ where
 {
     /// Tells the other instances that `keys` changed.
     fn announce(&self, keys: &[K]) {
+        #[cfg(feature = "redis")]
         if let Some(bus) = &self.bus {
             bus.publish_keys(keys.iter().map(ToString::to_string));
         }
+        let _ = keys;
+    }
+
+    /// Whether this cache has a Redis level (up or down).
+    fn has_l2(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.l2.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
     }
 
     fn redis_key(&self, key: &K) -> String {
@@ -503,18 +575,21 @@ mod tests {
                 .unwrap_err()
                 .is_config()
         );
-        assert!(
-            build(|b| b.redis_url("http://nope"))
-                .await
-                .unwrap_err()
-                .is_config()
-        );
-        assert!(
-            build(|b| b.breaker_cooldown(Duration::ZERO))
-                .await
-                .unwrap_err()
-                .is_config()
-        );
+        #[cfg(feature = "redis")]
+        {
+            assert!(
+                build(|b| b.redis_url("http://nope"))
+                    .await
+                    .unwrap_err()
+                    .is_config()
+            );
+            assert!(
+                build(|b| b.breaker_cooldown(Duration::ZERO))
+                    .await
+                    .unwrap_err()
+                    .is_config()
+            );
+        }
         assert!(build(|b| b).await.is_ok());
     }
 }

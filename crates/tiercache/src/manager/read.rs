@@ -15,14 +15,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::counters::Counter;
-use super::encode::Entry;
-use super::lease::Leased;
+#[cfg(feature = "redis")]
+use super::l2_read::L2Answer;
 use super::local_level::Filled;
 use super::{CacheKey, FlightResult, Inner, LoadError, Lookup, Shared, Source, TieredCache};
 use crate::error::{Error, LoaderTimedOut};
 use crate::fence::Ticket;
 use crate::local::Probe;
-use crate::remote::Read;
 
 /// The loader error when the loader's task panicked.
 #[derive(Debug, thiserror::Error)]
@@ -190,7 +189,10 @@ where
             }
         }
         if !missing.is_empty() {
-            missing = inner.fill_many_from_l2(missing, &mut answers, ticket).await;
+            #[cfg(feature = "redis")]
+            {
+                missing = inner.fill_many_from_l2(missing, &mut answers, ticket).await;
+            }
         }
         if !missing.is_empty() {
             inner.counters.incr(Counter::Loads);
@@ -253,36 +255,11 @@ where
         if let Some(value) = self.local.l1.peek(key) {
             return Ok((value, Source::L1));
         }
-        // Redis may hold a version older than a write it missed.
-        let l2 = self.l2.as_ref().filter(|_| !self.unapplied.distrusts(key));
-        let mut lease = None;
-        if let Some(l2) = l2 {
-            let read = l2.get(self.redis_key(key)).await;
-            let answered = !matches!(read, Read::Unavailable);
-            let mut found = match read {
-                Read::Found(stored) => self.decode(stored).await,
-                Read::Absent | Read::Unavailable => None,
-            };
-            if found.is_none() {
-                found = self.pending_value(key).await;
-            }
-            if found.is_none()
-                && answered
-                && let Some(length) = self.settings.stampede_lease
-            {
-                match self.lease(l2, key, length).await {
-                    Leased::Held(token) => lease = Some((l2, token)),
-                    Leased::Filled(entry) => found = Some(entry),
-                    Leased::Load => {}
-                }
-            }
-            if let Some(Entry { value, weight }) = found {
-                self.record_l2_hit(&value);
-                self.fill_l1(key, value.clone(), weight, ticket);
-                return Ok((value, Source::L2));
-            }
-            self.counters.incr(Counter::L2Misses);
-        }
+        #[cfg(feature = "redis")]
+        let lease = match self.read_l2(key, ticket).await {
+            L2Answer::Hit(value) => return Ok((value, Source::L2)),
+            L2Answer::Miss { lease } => lease,
+        };
         self.counters.incr(Counter::Loads);
         let load = self.load_and_store(loader(), key, ticket);
         let loaded = match (self.settings.soft_timeout, &stale) {
@@ -309,6 +286,7 @@ where
         };
         // (A load that outlived the soft timeout keeps its lease until it
         // expires: waiters find its value once it lands.)
+        #[cfg(feature = "redis")]
         if let Some((l2, token)) = lease {
             self.release_lease(l2, key, &token).await;
         }
@@ -381,101 +359,6 @@ where
         let weight = usize::try_from(fallback.bytes).unwrap_or(usize::MAX);
         let life = self.degraded_lifetime();
         self.insert_fenced(key, fallback.value.clone(), weight, life, ticket);
-    }
-
-    /// One `MGET` for `missing`; answers what it can and returns the rest.
-    async fn fill_many_from_l2<'k>(
-        &self,
-        missing: Vec<&'k K>,
-        answers: &mut HashMap<&'k K, Lookup<V>>,
-        ticket: Ticket,
-    ) -> Vec<&'k K> {
-        let Some(l2) = &self.l2 else {
-            return missing;
-        };
-        // Keys Redis may hold old versions of go to the loader.
-        let (missing, mut distrusted) = self.unapplied.split(missing);
-        if missing.is_empty() {
-            return distrusted;
-        }
-        let redis_keys: Vec<String> = missing.iter().map(|k| self.redis_key(k)).collect();
-        let Some(stored) = l2.get_many(&redis_keys).await else {
-            self.counters.add(Counter::L2Misses, missing.len() as u64);
-            distrusted.extend(missing);
-            return distrusted;
-        };
-        let mut still_missing = Vec::new();
-        for (key, stored) in missing.into_iter().zip(stored) {
-            let found = match stored {
-                Some(stored) => self.decode(stored).await,
-                None => None,
-            };
-            if !self.answer_from_l2(key, found, answers, ticket) {
-                still_missing.push(key);
-            }
-        }
-        let pending = match &self.write_behind {
-            Some(queue) if !still_missing.is_empty() => {
-                let keys: Vec<String> = still_missing.iter().map(ToString::to_string).collect();
-                queue.pending(&keys).await
-            }
-            _ => None,
-        };
-        let mut pending = pending.unwrap_or_default().into_iter();
-        let mut missing = Vec::new();
-        for key in still_missing {
-            let found = match pending.next().flatten() {
-                Some(stored) => self.decode(stored).await,
-                None => None,
-            };
-            if !self.answer_from_l2(key, found, answers, ticket) {
-                self.counters.incr(Counter::L2Misses);
-                missing.push(key);
-            }
-        }
-        missing.extend(distrusted);
-        missing
-    }
-
-    /// Records `found` (a value read from Redis: the cache or the
-    /// write-behind queue) as `key`'s answer and fills L1; `false` if there
-    /// is none.
-    fn answer_from_l2<'k>(
-        &self,
-        key: &'k K,
-        found: Option<Entry<V>>,
-        answers: &mut HashMap<&'k K, Lookup<V>>,
-        ticket: Ticket,
-    ) -> bool {
-        let Some(Entry { value, weight }) = found else {
-            return false;
-        };
-        self.record_l2_hit(&value);
-        self.fill_l1(key, value.clone(), weight, ticket);
-        answers.insert(
-            key,
-            Lookup {
-                value,
-                source: Source::L2,
-            },
-        );
-        true
-    }
-
-    /// Write-behind: the newest queued value of `key`, which the store may
-    /// not have yet (see the write-behind module docs, "Pending values").
-    async fn pending_value(&self, key: &K) -> Option<Entry<V>> {
-        let queue = self.write_behind.as_ref()?;
-        let pending = queue.pending(&[key.to_string()]).await?;
-        let stored = pending.into_iter().next().flatten()?;
-        self.decode(stored).await
-    }
-
-    fn record_l2_hit(&self, value: &Shared<V>) {
-        self.counters.incr(Counter::L2Hits);
-        if value.is_none() {
-            self.counters.incr(Counter::NegativeHits);
-        }
     }
 
     /// Puts a value that was loaded under `ticket` into L1, unless its key

@@ -21,11 +21,11 @@
 
 use std::sync::Arc;
 
-use super::encode::{Decoded, decode_with};
+use super::decode::{Decoded, decode_with};
 use super::{CacheKey, LocalLevel, OwnWrites, Shared};
 use crate::builder::Versioning;
 use crate::bus::L1Sink;
-use crate::remote::codec::{self, Codec};
+use crate::codec::{self, Codec};
 
 /// What the bus may do to one cache's L1.
 pub(crate) struct L1Handle<K, V> {

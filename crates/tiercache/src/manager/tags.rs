@@ -22,7 +22,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{CacheKey, Inner, TieredCache};
-use crate::remote::Read;
 
 /// The generations this instance knows.
 #[derive(Debug, Default)]
@@ -83,16 +82,7 @@ where
         if let Some(generation) = inner.local.tags.get(tag) {
             return generation;
         }
-        let stored = match &inner.l2 {
-            Some(l2) => match l2.get(inner.tag_key(tag)).await {
-                Read::Found(bytes) => Some(bytes),
-                Read::Absent | Read::Unavailable => None,
-            },
-            None => None,
-        };
-        let generation = stored
-            .and_then(|bytes| std::str::from_utf8(&bytes).ok()?.parse().ok())
-            .unwrap_or(0);
+        let generation = inner.stored_generation(tag).await.unwrap_or(0);
         inner.local.tags.raise(tag, generation)
     }
 
@@ -121,16 +111,13 @@ where
         let inner = &*self.inner;
         let mut published = Vec::with_capacity(tags.len());
         for &tag in tags {
-            let bumped = match &inner.l2 {
-                Some(l2) => l2.bump_tag(&inner.tag_key(tag)).await,
-                None => None,
-            };
-            let generation = match bumped {
+            let generation = match inner.bump_stored_generation(tag).await {
                 Some(generation) => inner.local.tags.raise(tag, generation),
                 None => inner.local.tags.bump_local(tag),
             };
             published.push((tag.to_owned(), generation));
         }
+        #[cfg(feature = "redis")]
         if let Some(bus) = &inner.bus {
             bus.publish_tags(published);
         }
@@ -138,6 +125,29 @@ where
 }
 
 impl<K, V> Inner<K, V> {
+    /// The generation Redis holds for `tag`, if it answered with one.
+    async fn stored_generation(&self, tag: &str) -> Option<u64> {
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.l2
+            && let crate::remote::Read::Found(bytes) = l2.get(self.tag_key(tag)).await
+        {
+            return std::str::from_utf8(&bytes).ok()?.parse().ok();
+        }
+        let _ = tag;
+        None
+    }
+
+    /// Raises `tag`'s generation in Redis; `None` when Redis could not.
+    async fn bump_stored_generation(&self, tag: &str) -> Option<u64> {
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.l2 {
+            return l2.bump_tag(&self.tag_key(tag)).await;
+        }
+        let _ = tag;
+        None
+    }
+
+    #[cfg(feature = "redis")]
     fn tag_key(&self, tag: &str) -> String {
         format!("{}tag:{tag}", self.settings.key_prefix)
     }

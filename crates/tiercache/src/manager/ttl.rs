@@ -24,6 +24,7 @@ impl<K, V> Inner<K, V> {
         }
     }
 
+    #[cfg(feature = "redis")]
     /// The life of a value this instance wrote (write-behind): as fresh as a
     /// fill, negative entries included (they stand for a delete).
     pub(super) fn written_lifetime(&self, value: &Shared<V>) -> Lifetime {
@@ -45,6 +46,7 @@ impl<K, V> Inner<K, V> {
         }
     }
 
+    #[cfg(feature = "redis")]
     pub(super) fn l2_ttl_for(&self, value: &Shared<V>) -> Duration {
         let ttl = if value.is_some() {
             self.settings.l2_ttl

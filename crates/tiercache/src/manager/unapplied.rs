@@ -30,8 +30,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use super::{CacheKey, Inner};
+use crate::codec;
 use crate::remote::Write;
-use crate::remote::codec;
 
 /// Most keys remembered; past this the set distrusts all of Redis.
 pub(crate) const MAX_KEYS: usize = 100_000;

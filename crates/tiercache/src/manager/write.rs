@@ -11,20 +11,24 @@ use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::sync::Arc;
+#[cfg(feature = "redis")]
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::counters::Counter;
-use super::encode::{ENTRY_OVERHEAD, Encoded};
+#[cfg(feature = "redis")]
+use super::encode::Encoded;
+#[cfg(feature = "redis")]
 use super::unapplied::Repair;
 use super::{CacheKey, Inner, Shared, TieredCache};
+#[cfg(feature = "redis")]
+use crate::codec;
 use crate::error::Error;
 use crate::fence::Ticket;
+#[cfg(feature = "redis")]
 use crate::remote::Write;
-use crate::remote::codec;
-use crate::write_behind::{Change, Enqueue, Enqueued};
 
 /// Whether [`Inner::store`] left Redis as it should be (stored, refused as
 /// older than what Redis holds, or not meant for Redis), or failed to
@@ -64,10 +68,12 @@ where
         let inner = &*self.inner;
         let ticket = inner.local.ticket();
         let value = Arc::new(value);
+        #[cfg(feature = "redis")]
         let repair = inner.repair_for(Some(&value));
         if inner.store(key, Some(value), ticket).await == L2Write::Failed {
             // Redis may still hold the old version (L1 has the new one):
             // see `unapplied.rs`.
+            #[cfg(feature = "redis")]
             inner.unapplied.record(key, repair);
         }
         inner.announce(std::slice::from_ref(key));
@@ -117,6 +123,7 @@ where
     /// ```
     pub async fn invalidate_many(&self, keys: &[K]) {
         let inner = &*self.inner;
+        #[cfg(feature = "redis")]
         if let Some(l2) = &inner.l2 {
             let redis_keys: Vec<String> = keys.iter().map(|k| inner.redis_key(k)).collect();
             if !l2.delete(&redis_keys).await {
@@ -159,17 +166,35 @@ where
     /// # }
     /// ```
     pub async fn invalidate_version(&self, key: &K, version: u64) {
+        #[cfg(not(feature = "redis"))]
+        let _ = version;
+        #[cfg(feature = "redis")]
+        if let (Some(l2), Some(versioning)) = (&self.inner.l2, &self.inner.versioning) {
+            return self
+                .store_tombstone(l2, &versioning.field, key, version)
+                .await;
+        }
+        self.invalidate(key).await;
+    }
+
+    /// [`invalidate_version`](Self::invalidate_version) in a versioned
+    /// cache with Redis.
+    #[cfg(feature = "redis")]
+    async fn store_tombstone(
+        &self,
+        l2: &crate::remote::RemoteCache,
+        field: &str,
+        key: &K,
+        version: u64,
+    ) {
         let inner = &*self.inner;
-        let (Some(l2), Some(versioning)) = (&inner.l2, &inner.versioning) else {
-            return self.invalidate(key).await;
-        };
         let write = Write {
             key: inner.redis_key(key),
             value: codec::tombstone(version),
             ttl: inner.settings.tombstone_ttl,
             version: i64::try_from(version).unwrap_or(i64::MAX),
         };
-        match l2.set(&write, Some(&versioning.field)).await {
+        match l2.set(&write, Some(field)).await {
             Some(true) => {}
             // Redis holds a newer version, which is fine.
             Some(false) => tracing::debug!(key = %write.key, version, "tombstone refused"),
@@ -178,135 +203,6 @@ where
         }
         inner.local.drop_key(key);
         inner.announce(std::slice::from_ref(key));
-    }
-
-    /// Write-behind: records that `key` changed to `version` (for a delete:
-    /// one more than the deleted version) in Redis, both in the cache
-    /// (readers everywhere see it at once; a delete reads as "absent") and
-    /// in the durable queue the flusher writes to the store from (in one
-    /// atomic step on a single server; on a cluster queued first, then
-    /// stored); then in this instance's L1, and tells the other instances
-    /// to drop their copy. Once this returns `Ok` the change survives a
-    /// crash of this process (and, with a replica wait, of its Redis
-    /// primary).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Conflict`] when Redis holds `version` or a newer one (a
-    /// concurrent writer won: read again and retry); [`Error::Unavailable`]
-    /// when Redis cannot be used or the cache has no write-behind queue. In
-    /// both cases nothing changed.
-    ///
-    /// # Example
-    ///
-    /// ```no_run
-    /// use std::time::Duration;
-    /// use futures_util::future::BoxFuture;
-    /// use tiercache::{Change, Flush, FlushError, Queued, TieredCache};
-    ///
-    /// #[derive(Clone, serde::Serialize, serde::Deserialize)]
-    /// struct Doc { id: u64, version: u64, text: String }
-    ///
-    /// /// Writes batches to your store, each change only over an older version.
-    /// struct ToStore;
-    /// impl Flush<u64, Doc> for ToStore {
-    ///     fn flush<'a>(&'a self, batch: &'a [Queued<u64, Doc>]) -> BoxFuture<'a, Result<(), FlushError>> {
-    ///         Box::pin(async move {
-    ///             for queued in batch {
-    ///                 // UPDATE docs SET … WHERE id = $key AND version < $version
-    ///                 let _ = (&queued.key, queued.version, &queued.change);
-    ///             }
-    ///             Ok(())
-    ///         })
-    ///     }
-    /// }
-    ///
-    /// # async fn example() -> Result<(), tiercache::Error> {
-    /// let cache: TieredCache<u64, Doc> = TieredCache::builder()
-    ///     .redis_url("redis://127.0.0.1:6379")
-    ///     .versioned("version", |doc: &Doc| doc.version)
-    ///     .write_behind(ToStore, Duration::from_millis(100))
-    ///     .build()
-    ///     .await?;
-    /// let doc = Doc { id: 1, version: 2, text: "hello".into() };
-    /// match cache.write_behind(&1, 2, Change::Put(doc)).await {
-    ///     Ok(()) => {}                                // queued: durable now
-    ///     Err(e) if e.is_conflict() => { /* read again, retry */ }
-    ///     Err(e) => return Err(e),                    // Redis unusable: nothing queued
-    /// }
-    /// // At shutdown: write what is queued to the store.
-    /// cache.drain_write_behind(Duration::from_secs(10)).await;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn write_behind(
-        &self,
-        key: &K,
-        version: u64,
-        change: Change<V>,
-    ) -> Result<(), Error> {
-        let inner = &*self.inner;
-        let (Some(queue), Some(versioning)) = (&inner.write_behind, &inner.versioning) else {
-            return Err(Error::Unavailable);
-        };
-        let ticket = inner.local.ticket();
-        let (stored, payload, value, weight) = match change {
-            Change::Put(value) => {
-                let encoded = inner.codec.encode(&value).map_err(|error| {
-                    tracing::error!(%error, "a write-behind value could not be encoded");
-                    Error::Unavailable
-                })?;
-                let weight = ENTRY_OVERHEAD + encoded.len();
-                let sealed = codec::seal(encoded.clone(), inner.settings.compression_threshold)
-                    .map_err(|_| Error::Unavailable)?;
-                let stored = codec::with_version(sealed, version);
-                (stored, encoded, Some(Arc::new(value)), weight)
-            }
-            Change::Delete => (codec::deleted(version), Vec::new(), None, ENTRY_OVERHEAD),
-        };
-        let redis_key = inner.redis_key(key);
-        let own_version = if value.is_some() {
-            i64::try_from(version).unwrap_or(i64::MAX)
-        } else {
-            -1
-        };
-        let _own = inner.own_writes.begin(key, own_version);
-        let enqueued = queue
-            .enqueue(Enqueue {
-                redis_key: &redis_key,
-                key: key.to_string(),
-                version,
-                delete: value.is_none(),
-                stored,
-                ttl: inner.settings.l2_ttl,
-                field: &versioning.field,
-                payload,
-            })
-            .await;
-        match enqueued {
-            Enqueued::Queued => {
-                let life = inner.written_lifetime(&value);
-                inner.insert_fenced(key, value, weight, life, ticket);
-                inner.announce(std::slice::from_ref(key));
-                Ok(())
-            }
-            Enqueued::Conflict => {
-                // Our copy is older than Redis's: the next read fetches it.
-                inner.local.drop_key(key);
-                Err(Error::Conflict)
-            }
-            Enqueued::Unavailable => Err(Error::Unavailable),
-        }
-    }
-
-    /// Writes every queued write-behind change to the store, for at most
-    /// `limit`; returns whether the queue is empty (`true` without one).
-    /// For graceful shutdown: drain before exit.
-    pub async fn drain_write_behind(&self, limit: Duration) -> bool {
-        match &self.inner.write_behind {
-            Some(queue) => queue.drain(limit).await,
-            None => true,
-        }
     }
 
     /// Removes every key of this cache (`{key_prefix}{namespace}:*`) from
@@ -333,6 +229,7 @@ where
     /// ```
     pub async fn clear(&self) {
         let inner = &*self.inner;
+        #[cfg(feature = "redis")]
         if let Some(l2) = &inner.l2 {
             match l2
                 .clear_prefix(&inner.settings.key_prefix, &inner.settings.change_log_key())
@@ -346,6 +243,7 @@ where
             }
         }
         inner.local.clear();
+        #[cfg(feature = "redis")]
         if let Some(bus) = &inner.bus {
             bus.publish_clear();
         }
@@ -426,11 +324,13 @@ where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// The guard's JSON field in a versioned cache.
+    #[cfg(feature = "redis")]
     fn guard(&self) -> Option<&str> {
         self.versioning.as_ref().map(|v| v.field.as_str())
     }
 
     /// The Redis write of a stored value, with its version when versioned.
+    #[cfg(feature = "redis")]
     fn write(&self, key: &K, stored: Vec<u8>, ttl: Duration, value: &Shared<V>) -> Write {
         let (stored, version) = match (&self.versioning, value) {
             (Some(versioning), Some(value)) => {
@@ -454,10 +354,14 @@ where
     /// `ticket`). A value the version guard refused is not put in L1 either:
     /// Redis holds a newer one.
     pub(super) async fn store(&self, key: &K, value: Shared<V>, ticket: Ticket) -> L2Write {
+        #[cfg_attr(not(feature = "redis"), expect(unused_variables))]
         let (encoded, weight) = self.encode(value.as_ref()).await;
+        #[cfg_attr(not(feature = "redis"), expect(unused_mut))]
         let mut outcome = L2Write::Done;
         // Held until the L1 fill below.
+        #[cfg(feature = "redis")]
         let _own;
+        #[cfg(feature = "redis")]
         if let (Some(l2), Encoded::Stored(stored)) = (&self.l2, encoded) {
             let ttl = self.l2_ttl_for(&value);
             if !ttl.is_zero() {
@@ -488,20 +392,38 @@ where
         negatives: bool,
         ticket: Ticket,
     ) {
+        let fills: Vec<_> = fills
+            .into_iter()
+            .filter(|(_, value)| value.is_some() || negatives)
+            .collect();
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.l2 {
+            return self.store_many_through(l2, fills, ticket).await;
+        }
+        for (key, value) in fills {
+            let (_, weight) = self.encode(value.as_ref()).await;
+            self.fill_l1(&key, value, weight, ticket);
+        }
+    }
+
+    /// [`store_many`](Self::store_many) with Redis.
+    #[cfg(feature = "redis")]
+    async fn store_many_through(
+        &self,
+        l2: &crate::remote::RemoteCache,
+        fills: Vec<(K, Shared<V>)>,
+        ticket: Ticket,
+    ) {
         let mut writes = Vec::with_capacity(fills.len());
         // Each L1 item with the index of its Redis write, if it has one.
         let mut l1_items = Vec::with_capacity(fills.len());
         // Held until the L1 fills below.
         let mut own = Vec::new();
         for (key, value) in fills {
-            if value.is_none() && !negatives {
-                continue;
-            }
             let (encoded, weight) = self.encode(value.as_ref()).await;
             let ttl = self.l2_ttl_for(&value);
             let mut written = None;
             if let Encoded::Stored(stored) = encoded
-                && self.l2.is_some()
                 && !ttl.is_zero()
             {
                 written = Some(writes.len());
@@ -513,10 +435,7 @@ where
             }
             l1_items.push((key, value, weight, written));
         }
-        let stored = match &self.l2 {
-            Some(l2) => l2.set_many(&writes, self.guard()).await,
-            None => None,
-        };
+        let stored = l2.set_many(&writes, self.guard()).await;
         for (key, value, weight, written) in l1_items {
             let refused = match (&stored, written) {
                 (Some(stored), Some(index)) => !stored.get(index).copied().unwrap_or(true),

@@ -14,8 +14,8 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use super::RemoteConfig;
-use super::breaker::{CircuitBreaker, Permit};
 use super::topology::{Conn, ConnectSettings};
+use crate::breaker::{CircuitBreaker, Permit};
 use crate::task::LogLimiter;
 
 /// Failed probes after which the supervisor rebuilds the connection.
@@ -247,7 +247,7 @@ impl Inner {
     /// primary (its connections open, nothing answered) was replaced by its
     /// replica, the client would keep sending that primary's slots to it
     /// and time out until it came back. A new connection reads the slot map
-    /// afresh (from seeds that answer: see `topology::answering_seeds`).
+    /// afresh (from seeds that answer: see `cluster::answering_seeds`).
     pub(super) fn reroute(&self) {
         if self.config.topology.is_cluster() {
             self.reroute.notify_one();

@@ -1,11 +1,11 @@
 //! L2: Redis, behind a timeout, a circuit breaker and a supervisor. This
 //! file owns the operations the cache uses (reads, guarded writes, deletes,
 //! clears); how each call runs is in `connection`, the Lua scripts in
-//! [`scripts`], stored forms in [`codec`], where Redis is in [`topology`].
+//! [`scripts`], stored forms in [`codec`](crate::codec), where Redis is in [`topology`].
 //!
 //! Owns the connection, the breaker and the L2 error counter. Works on
 //! already-encoded bytes and full Redis keys; it knows nothing about value
-//! types (see [`codec`]) or about which key belongs to which cache.
+//! types (see [`codec`](crate::codec)) or about which key belongs to which cache.
 //!
 //! # Failure model
 //!
@@ -34,11 +34,11 @@
 //! Between those, redis-rs reconnects a dropped connection by itself
 //! (`ConnectionManager` for one server, the cluster client per node).
 
-pub(crate) mod codec;
 pub(crate) mod scripts;
 
-pub(crate) mod breaker;
 mod clear;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod connection;
 pub(crate) mod topology;
 
@@ -49,11 +49,11 @@ use std::time::Duration;
 use redis::{Cmd, Value};
 
 use crate::batch::Batcher;
+use crate::breaker::{BreakerConfig, CircuitBreaker};
 use crate::clock::SystemClock;
 use crate::error::Error;
 use crate::stats::L2State;
 use crate::task::{AbortOnDrop, LogLimiter};
-use breaker::{BreakerConfig, CircuitBreaker};
 pub(crate) use connection::is_availability_failure;
 use connection::{Attempt, Inner, Lent, supervise};
 use scripts::{BUMP_TAG, DELETE_IF_EQUAL, GUARDED_SET};
@@ -435,7 +435,7 @@ impl Read {
 #[derive(Debug, Clone)]
 pub(crate) struct Write {
     pub(crate) key: String,
-    /// The stored form (see [`codec`]).
+    /// The stored form (see [`codec`](crate::codec)).
     pub(crate) value: Vec<u8>,
     pub(crate) ttl: Duration,
     /// The value's version for the guard; `-1` for "absent" (a negative

@@ -6,10 +6,10 @@
 //! all do but [`ENQUEUE`], which is why write-behind needs a single node.
 //!
 //! Stored values carry their version as the first byte's marker (see
-//! [`codec`](super::codec)); [`version_of_lua`] reads it on the server.
+//! [`codec`](crate::codec)); [`version_of_lua`] reads it on the server.
 
 /// Lua `version_of(stored, field)`: the version of a stored value (see
-/// [`codec`](super::codec)): the digits after a `0x03` (versioned), `0x04` (tombstone) or
+/// [`codec`](crate::codec)): the digits after a `0x03` (versioned), `0x04` (tombstone) or
 /// `0x05` (deleted) marker, `-1` for a negative entry, the JSON field
 /// `field` of JSON text, `nil` when absent or unreadable.
 macro_rules! version_of_lua {

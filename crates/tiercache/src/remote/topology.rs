@@ -25,18 +25,18 @@
 use std::fmt;
 use std::time::Duration;
 
+#[cfg(feature = "cluster")]
 use futures_util::future::join_all;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+#[cfg(feature = "cluster")]
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{
-    MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
-};
 use redis::io::tcp::TcpSettings;
 use redis::{
     AsyncConnectionConfig, Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, RedisResult,
-    Value,
 };
 
+#[cfg(feature = "cluster")]
+use super::cluster;
 use crate::error::Error;
 
 /// Where the Redis level lives.
@@ -177,6 +177,7 @@ pub(crate) struct ConnectSettings {
 #[derive(Clone)]
 pub(crate) enum Conn {
     Single(ConnectionManager),
+    #[cfg(feature = "cluster")]
     Cluster(ClusterConnection),
     /// The bus receiver's connection to a single server, lent for writes
     /// (see `RemoteCache::route_writes`); it does not reconnect by itself.
@@ -187,13 +188,14 @@ impl fmt::Debug for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Single(_) => f.write_str("Conn::Single"),
+            #[cfg(feature = "cluster")]
             Self::Cluster(_) => f.write_str("Conn::Cluster"),
             Self::Listener(_) => f.write_str("Conn::Listener"),
         }
     }
 }
 
-fn tcp_settings() -> TcpSettings {
+pub(super) fn tcp_settings() -> TcpSettings {
     // redis 1.x leaves Nagle on (DEPS.md P6), which delays small writes.
     TcpSettings::default().set_nodelay(true)
 }
@@ -242,25 +244,14 @@ impl Conn {
                 let manager = ConnectionManager::new_with_config(client, config).await?;
                 Ok(Self::Single(manager))
             }
+            #[cfg(feature = "cluster")]
             RedisTopology::Cluster(nodes) => {
-                let seeds = answering_seeds(nodes, settings).await;
-                let client =
-                    redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str))
-                        .tcp_settings(tcp_settings())
-                        .connection_timeout(node_connect_timeout(settings))
-                        .response_timeout(settings.response_timeout)
-                        .retries(3)
-                        .build()?;
-                match client.get_async_connection().await {
-                    Ok(conn) => Ok(Self::Cluster(conn)),
-                    Err(error) if error.to_string().contains("cluster support disabled") => {
-                        Err(misconfigured(
-                            "REDIS_URL names a Redis Cluster, but its nodes are not in cluster mode: name one server (redis://host:port)",
-                        ))
-                    }
-                    Err(error) => Err(error),
-                }
+                cluster::connect(nodes, settings).await.map(Self::Cluster)
             }
+            #[cfg(not(feature = "cluster"))]
+            RedisTopology::Cluster(_) => Err(misconfigured(
+                "REDIS_URL names a Redis Cluster, but tiercache was built without its `cluster` feature",
+            )),
         }
     }
 
@@ -268,6 +259,7 @@ impl Conn {
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
         match self {
             Self::Single(conn) => cmd.query_async(&mut conn.clone()).await,
+            #[cfg(feature = "cluster")]
             Self::Cluster(conn) => cmd.query_async(&mut conn.clone()).await,
             Self::Listener(conn) => cmd.query_async(&mut conn.clone()).await,
         }
@@ -281,6 +273,7 @@ impl Conn {
     ) -> RedisResult<T> {
         match self {
             Self::Single(conn) => pipe.query_async(&mut conn.clone()).await,
+            #[cfg(feature = "cluster")]
             Self::Cluster(conn) => pipe.query_async(&mut conn.clone()).await,
             Self::Listener(conn) => pipe.query_async(&mut conn.clone()).await,
         }
@@ -295,6 +288,7 @@ impl Conn {
         match self {
             Self::Single(conn) => Self::pipeline(cmds).query_async(&mut conn.clone()).await,
             Self::Listener(conn) => Self::pipeline(cmds).query_async(&mut conn.clone()).await,
+            #[cfg(feature = "cluster")]
             Self::Cluster(conn) => {
                 let sends = cmds.iter().map(|cmd| {
                     let mut conn = conn.clone();
@@ -318,29 +312,8 @@ impl Conn {
     pub(crate) async fn key_holders(&self) -> RedisResult<Vec<Node>> {
         match self {
             Self::Single(_) | Self::Listener(_) => Ok(vec![Node::Only]),
-            Self::Cluster(conn) => {
-                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
-                // Without a response policy the cluster client answers with
-                // a map from each node's address to its reply.
-                let reply = conn
-                    .clone()
-                    .route_command(redis::cmd("PING"), routing)
-                    .await?;
-                let Value::Map(replies) = reply else {
-                    return Err(unexpected("PING to all primaries did not answer per node"));
-                };
-                replies
-                    .into_iter()
-                    .map(|(address, _)| {
-                        let address = String::from_redis_value(address)?;
-                        let (host, port) = address
-                            .rsplit_once(':')
-                            .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
-                            .ok_or_else(|| unexpected("cluster node address is not host:port"))?;
-                        Ok(Node::Address { host, port })
-                    })
-                    .collect()
-            }
+            #[cfg(feature = "cluster")]
+            Self::Cluster(conn) => cluster::primaries(conn).await,
         }
     }
 
@@ -351,24 +324,13 @@ impl Conn {
     /// to: after a failover that node is either the new primary, or an old
     /// one that knows its successor; a dead one fails the call (and makes
     /// the client refresh its slot map), and the caller retries.
+    #[cfg_attr(not(feature = "cluster"), expect(unused_variables))]
     pub(crate) async fn slot_primary(&self, key: &str) -> RedisResult<Node> {
-        let Self::Cluster(conn) = self else {
-            return Ok(Node::Only);
-        };
-        let route = || {
-            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
-                key,
-                SlotAddr::Master,
-            )))
-        };
-        let mut keyslot = redis::cmd("CLUSTER");
-        keyslot.arg("KEYSLOT").arg(key);
-        let slot = u16::from_redis_value(conn.clone().route_command(keyslot, route()).await?)?;
-        let mut slots = redis::cmd("CLUSTER");
-        slots.arg("SLOTS");
-        let reply = conn.clone().route_command(slots, route()).await?;
-        primary_of(&reply, slot)
-            .ok_or_else(|| unexpected("CLUSTER SLOTS names no primary for the slot"))
+        match self {
+            #[cfg(feature = "cluster")]
+            Self::Cluster(conn) => cluster::slot_primary(conn, key).await,
+            _ => Ok(Node::Only),
+        }
     }
 
     /// Sends `cmd` to one node of [`key_holders`](Self::key_holders).
@@ -378,13 +340,9 @@ impl Conn {
         cmd: Cmd,
     ) -> RedisResult<T> {
         match (self, node) {
+            #[cfg(feature = "cluster")]
             (Self::Cluster(conn), Node::Address { host, port }) => {
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                    host: host.clone(),
-                    port: *port,
-                });
-                let value = conn.clone().route_command(cmd, routing).await?;
-                Ok(T::from_redis_value(value)?)
+                cluster::query_node(conn, host, *port, cmd).await
             }
             (_, Node::Only | Node::Address { .. }) => self.query(&cmd).await,
         }
@@ -442,90 +400,23 @@ pub(crate) async fn listener(
         .await
 }
 
-/// How long redis-rs may take to connect to one cluster node: a few
-/// response timeouts, within the connect timeout. It connects to every
-/// node of the slot map before a new cluster connection is ready, a hung
-/// node (its port open, nothing answered) taking all of this; with the
-/// whole connect timeout a reconnection during a hung primary's failover
-/// would never finish in time. A node slower than this to accept a
-/// connection would time out requests anyway.
-fn node_connect_timeout(settings: ConnectSettings) -> Duration {
-    (settings.response_timeout * 5).min(settings.connect_timeout)
-}
-
-/// The seeds that answer a `PING` within the response timeout, in their
-/// order; all of them when none does (then redis-rs's own timeouts apply).
-///
-/// redis-rs connects to every seed before it reads the slot map, and a hung
-/// seed (its port open, nothing answered) holds that up for the whole
-/// connect timeout; leaving it out makes a reconnection during a hung
-/// primary's failover fast. The slot map then names every node anyway.
-async fn answering_seeds(nodes: &[String], settings: ConnectSettings) -> Vec<String> {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(settings.response_timeout))
-        .set_response_timeout(Some(settings.response_timeout));
-    let pings = nodes.iter().map(|node| {
-        let config = config.clone();
-        async move {
-            let client = redis::Client::open(node.as_str()).ok()?;
-            let attempt = async {
-                let mut conn = client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?;
-                redis::cmd("PING").query_async::<String>(&mut conn).await
-            };
-            let answered = tokio::time::timeout(settings.response_timeout * 2, attempt).await;
-            matches!(answered, Ok(Ok(_))).then(|| node.clone())
-        }
-    });
-    let answering: Vec<String> = join_all(pings).await.into_iter().flatten().collect();
-    if answering.is_empty() {
-        nodes.to_vec()
-    } else {
-        answering
-    }
-}
-
-/// The primary serving `slot` in a `CLUSTER SLOTS` reply: entries of
-/// `[first, last, [host, port, id…], replicas…]`.
-fn primary_of(reply: &Value, slot: u16) -> Option<Node> {
-    let Value::Array(ranges) = reply else {
-        return None;
-    };
-    ranges.iter().find_map(|range| {
-        let Value::Array(fields) = range else {
-            return None;
-        };
-        let first = u16::from_redis_value_ref(fields.first()?).ok()?;
-        let last = u16::from_redis_value_ref(fields.get(1)?).ok()?;
-        if !(first..=last).contains(&slot) {
-            return None;
-        }
-        let Value::Array(primary) = fields.get(2)? else {
-            return None;
-        };
-        let host = String::from_redis_value_ref(primary.first()?).ok()?;
-        let port = u16::from_redis_value_ref(primary.get(1)?).ok()?;
-        (!host.is_empty()).then_some(Node::Address { host, port })
-    })
-}
-
 /// One node to scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Node {
     /// The single server.
     Only,
     /// A cluster primary.
+    #[cfg_attr(not(feature = "cluster"), expect(dead_code))]
     Address { host: String, port: u16 },
 }
 
 /// A connection refused for a reason retrying cannot fix: the URL's
 /// topology is not the server's.
-fn misconfigured(what: &'static str) -> redis::RedisError {
+pub(super) fn misconfigured(what: &'static str) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, what))
 }
 
-fn unexpected(what: &'static str) -> redis::RedisError {
+pub(super) fn unexpected(what: &'static str) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, what))
 }
 

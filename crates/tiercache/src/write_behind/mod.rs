@@ -73,8 +73,8 @@ use futures_util::future::BoxFuture;
 use redis::Value;
 use tokio::sync::{Mutex, Notify};
 
+use crate::codec::Codec;
 use crate::remote::RemoteCache;
-use crate::remote::codec::Codec;
 use crate::remote::scripts::{ENQUEUE, ENQUEUE_PARTITION, VERSION_OF};
 use crate::stats::{DURATION_BUCKETS_MS, WriteBehindStats};
 use crate::task::LogLimiter;

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use redis::Value;
 
 use super::{Change, Queued};
-use crate::remote::codec::Codec;
+use crate::codec::Codec;
 
 /// One entry of the stream.
 #[derive(Debug)]

@@ -33,7 +33,7 @@
 //! decode errors (misses), never into wrong values. No codec output is empty,
 //! so the empty string is free to mean "negative".
 //!
-//! Decoding never panics and never allocates more than [`MAX_DECOMPRESSED`]
+//! Decoding never panics and never allocates more than `lz4::MAX_DECOMPRESSED`
 //! on behalf of a corrupt length header.
 
 use std::error::Error as StdError;
@@ -43,6 +43,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// First byte of a [`PostcardCodec`] value.
+#[cfg(feature = "postcard")]
 pub(crate) const POSTCARD_MARKER: u8 = 0x01;
 /// First byte of an LZ4-compressed value.
 pub(crate) const LZ4_MARKER: u8 = 0x02;
@@ -52,10 +53,6 @@ pub(crate) const VERSIONED_MARKER: u8 = 0x03;
 pub(crate) const TOMBSTONE_MARKER: u8 = 0x04;
 /// First byte of a write-behind delete.
 pub(crate) const DELETED_MARKER: u8 = 0x05;
-/// Largest decompressed value accepted, whatever a length header claims.
-pub(crate) const MAX_DECOMPRESSED: usize = 512 * 1024 * 1024;
-/// LZ4's best case is about 255:1; a header claiming more is corrupt.
-const MAX_LZ4_RATIO: usize = 255;
 
 /// Turns values into bytes for Redis and back.
 ///
@@ -143,39 +140,7 @@ impl<V: Serialize + DeserializeOwned> Codec<V> for JsonCodec {
     }
 }
 
-/// Compact binary encoding (`postcard`), marked with a leading `0x01`.
-///
-/// Typically 2–4× smaller and faster than JSON. Postcard is not
-/// self-describing: it cannot encode `#[serde(flatten)]`, untagged enums or
-/// `skip_serializing_if`, and a change to `V`'s fields makes old entries
-/// undecodable (they then count as misses). Change the cache namespace when
-/// the type changes.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PostcardCodec;
-
-impl<V: Serialize + DeserializeOwned> Codec<V> for PostcardCodec {
-    fn encode(&self, value: &V) -> Result<Vec<u8>, CodecError> {
-        postcard::to_extend(value, vec![POSTCARD_MARKER])
-            .map_err(|e| CodecError::with_source("postcard encoding failed", e))
-    }
-
-    fn decode(&self, bytes: &[u8]) -> Result<V, CodecError> {
-        let Some((&POSTCARD_MARKER, body)) = bytes.split_first() else {
-            return Err(CodecError::new(
-                "not a postcard value (marker byte missing)",
-            ));
-        };
-        match postcard::take_from_bytes(body) {
-            Ok((value, [])) => Ok(value),
-            Ok(_) => Err(CodecError::new("trailing bytes after postcard value")),
-            Err(e) => Err(CodecError::with_source(
-                "not valid postcard for this type",
-                e,
-            )),
-        }
-    }
-}
-
+#[cfg(feature = "redis")]
 /// A decoded envelope.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Opened<'a> {
@@ -206,26 +171,16 @@ pub(crate) fn seal(encoded: Vec<u8>, compress_from: Option<usize>) -> Result<Vec
         }
         Some(_) => {}
     }
-    let Some(threshold) = compress_from else {
-        return Ok(encoded);
-    };
-    if encoded.len() < threshold || encoded.len() > MAX_DECOMPRESSED {
-        return Ok(encoded);
+    #[cfg(feature = "compression")]
+    if let Some(threshold) = compress_from {
+        return Ok(lz4::compress(encoded, threshold));
     }
-    let Ok(len) = u32::try_from(encoded.len()) else {
-        return Ok(encoded);
-    };
-    let block = lz4_flex::block::compress(&encoded);
-    if block.len() + 5 >= encoded.len() {
-        return Ok(encoded);
-    }
-    let mut sealed = Vec::with_capacity(block.len() + 5);
-    sealed.push(LZ4_MARKER);
-    sealed.extend_from_slice(&len.to_le_bytes());
-    sealed.extend_from_slice(&block);
-    Ok(sealed)
+    #[cfg(not(feature = "compression"))]
+    let _ = compress_from;
+    Ok(encoded)
 }
 
+#[cfg(feature = "redis")]
 /// Unwraps a stored value: recognizes negative entries and decompresses.
 ///
 /// # Errors
@@ -236,8 +191,8 @@ pub(crate) fn open(stored: &[u8]) -> Result<Opened<'_>, CodecError> {
         return Ok(Opened::Absent);
     };
     match first {
-        TOMBSTONE_MARKER => return Ok(Opened::Tombstone),
-        DELETED_MARKER => return Ok(Opened::Deleted),
+        TOMBSTONE_MARKER => Ok(Opened::Tombstone),
+        DELETED_MARKER => Ok(Opened::Deleted),
         VERSIONED_MARKER => {
             let Some(colon) = rest.iter().position(|&b| b == b':') else {
                 return Err(CodecError::new("versioned value has no header end"));
@@ -251,31 +206,21 @@ pub(crate) fn open(stored: &[u8]) -> Result<Opened<'_>, CodecError> {
             {
                 return Err(CodecError::new("versioned value wraps no value"));
             }
-            return open(inner);
+            open(inner)
         }
-        LZ4_MARKER => {}
-        _ => return Ok(Opened::Value(std::borrow::Cow::Borrowed(stored))),
-    }
-    let Some((len_bytes, block)) = rest.split_first_chunk::<4>() else {
-        return Err(CodecError::new("compressed value is truncated"));
-    };
-    let len = usize::try_from(u32::from_le_bytes(*len_bytes))
-        .map_err(|_| CodecError::new("compressed value is too large"))?;
-    if len == 0 || len > MAX_DECOMPRESSED || len > block.len().saturating_mul(MAX_LZ4_RATIO) + 16 {
-        return Err(CodecError::new(
-            "compressed value claims an implausible size",
-        ));
-    }
-    let mut out = vec![0u8; len];
-    match lz4_flex::block::decompress_into(block, &mut out) {
-        Ok(written) if written == len => Ok(Opened::Value(std::borrow::Cow::Owned(out))),
-        Ok(_) => Err(CodecError::new(
-            "compressed value is shorter than its header says",
+        #[cfg(feature = "compression")]
+        LZ4_MARKER => {
+            lz4::decompress(rest).map(|value| Opened::Value(std::borrow::Cow::Owned(value)))
+        }
+        #[cfg(not(feature = "compression"))]
+        LZ4_MARKER => Err(CodecError::new(
+            "compressed value, and tiercache was built without its `compression` feature",
         )),
-        Err(e) => Err(CodecError::with_source("compressed value is corrupt", e)),
+        _ => Ok(Opened::Value(std::borrow::Cow::Borrowed(stored))),
     }
 }
 
+#[cfg(feature = "redis")]
 /// Marks a sealed value with its version where the guard script needs it:
 /// values that do not start as JSON text get the `0x03` header; JSON text
 /// (whose version the script reads itself) and negative entries (which
@@ -294,16 +239,19 @@ pub(crate) fn with_version(sealed: Vec<u8>, version: u64) -> Vec<u8> {
     }
 }
 
+#[cfg(feature = "redis")]
 /// The stored form of "copies older than `version` are stale".
 pub(crate) fn tombstone(version: u64) -> Vec<u8> {
     marker_with_version(TOMBSTONE_MARKER, version)
 }
 
+#[cfg(feature = "redis")]
 /// The stored form of "deleted at `version`, not yet in the store".
 pub(crate) fn deleted(version: u64) -> Vec<u8> {
     marker_with_version(DELETED_MARKER, version)
 }
 
+#[cfg(feature = "redis")]
 /// The version of a tombstone (see [`tombstone`]); `None` for anything else.
 pub(crate) fn tombstone_version(stored: &[u8]) -> Option<u64> {
     let (&TOMBSTONE_MARKER, digits) = stored.split_first()? else {
@@ -312,11 +260,21 @@ pub(crate) fn tombstone_version(stored: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
+#[cfg(feature = "redis")]
 fn marker_with_version(marker: u8, version: u64) -> Vec<u8> {
     let mut stored = vec![marker];
     stored.extend_from_slice(version.to_string().as_bytes());
     stored
 }
 
+#[cfg(feature = "compression")]
+mod lz4;
+#[cfg(feature = "postcard")]
+mod postcard;
+#[cfg(feature = "postcard")]
+pub use postcard::PostcardCodec;
+
+// The tests cover every codec and compression.
 #[cfg(test)]
+#[cfg(all(feature = "compression", feature = "postcard"))]
 mod tests;

@@ -153,6 +153,7 @@ impl CircuitBreaker {
         was_closed && !matches!(*state, State::Closed { .. })
     }
 
+    #[cfg(any(test, feature = "redis"))]
     /// Opens the breaker regardless of the failure count (used while the
     /// first connection has not been made).
     pub(crate) fn trip(&self) {
