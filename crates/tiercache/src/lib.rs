@@ -277,7 +277,7 @@ pub use codec::PostcardCodec;
 pub use codec::{Codec, CodecError, JsonCodec};
 pub use error::{Error, LoaderTimedOut};
 pub use local::LocalCache;
-pub use manager::{CacheKey, Lookup, Source, TieredCache};
+pub use manager::{CacheKey, EntryOptions, Loaded, Lookup, Source, TieredCache};
 #[cfg(feature = "redis")]
 pub use remote::topology::RedisTopology;
 pub use stats::{

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tiercache::{BusState, L2State, Source, TieredCache};
+use tiercache::{BusState, EntryOptions, L2State, Loaded, Source, TieredCache};
 
 #[derive(Debug, thiserror::Error)]
 #[error("store down")]
@@ -141,4 +141,56 @@ async fn tags_warming_and_clearing_work_in_process() {
 
     cache.clear().await;
     assert_eq!(cache.stats().l1.entries, 0);
+}
+
+#[tokio::test]
+async fn loaders_and_calls_choose_how_long_entries_live() {
+    let cache = cache().await;
+    let short = cache
+        .get_or_load_with(&4, &EntryOptions::new(), || async {
+            Ok::<_, StoreDown>(Loaded::found("four".to_owned()).ttl(Duration::from_millis(50)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(short.source, Source::Loader);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let reloaded = cache
+        .get_or_load(&4, || async {
+            Ok::<_, StoreDown>(Some("four again".to_owned()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        reloaded.source,
+        Source::Loader,
+        "the loader's 50 ms TTL ran out"
+    );
+
+    for options in [
+        EntryOptions::new().skip_l1(),
+        EntryOptions::new().ttl(Duration::ZERO),
+    ] {
+        cache.invalidate(&5).await;
+        for _ in 0..2 {
+            let lookup = cache
+                .get_or_load_with(&5, &options, || async {
+                    Ok::<_, StoreDown>(Loaded::found("five".to_owned()))
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                lookup.source,
+                Source::Loader,
+                "{options:?} kept it out of L1"
+            );
+        }
+    }
+    let once = cache
+        .get_or_load_with(&6, &EntryOptions::new(), || async {
+            Ok::<_, StoreDown>(Loaded::found("six".to_owned()).uncached())
+        })
+        .await
+        .unwrap();
+    assert_eq!(once.value.as_deref().map(String::as_str), Some("six"));
+    assert_eq!(cache.stats().l1.entries, 1, "only key 4 is cached");
 }

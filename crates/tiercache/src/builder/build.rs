@@ -12,7 +12,7 @@ use super::RedisSetting;
 use super::TieredCacheBuilder;
 use crate::error::Error;
 use crate::local::LocalCache;
-use crate::manager::{CacheKey, LocalLevel, Parts, Settings, TieredCache};
+use crate::manager::{CacheKey, LocalLevel, Parts, Policy, Settings, TieredCache};
 
 impl<K, V> TieredCacheBuilder<K, V>
 where
@@ -43,19 +43,22 @@ where
         let local = LocalLevel::new(LocalCache::new(self.l1_max_entries, self.l1_max_bytes)?);
         let settings = Settings {
             key_prefix: format!("{}{}:", self.key_prefix, self.namespace),
-            l1_ttl: self.l1_ttl,
-            #[cfg(feature = "redis")]
-            l2_ttl: self.l2_ttl,
-            negative_ttl: self.negative_ttl.unwrap_or(Duration::ZERO),
+            policy: Policy {
+                l1_ttl: self.l1_ttl,
+                l2_ttl: self.l2_ttl,
+                negative_ttl: self.negative_ttl.unwrap_or(Duration::ZERO),
+                fail_safe_window: self.fail_safe_window.unwrap_or(Duration::ZERO),
+                soft_timeout: self.soft_timeout,
+                hard_timeout: self.hard_timeout,
+                eager_refresh: self.eager_refresh,
+                use_l1: true,
+                use_l2: true,
+            },
             ttl_jitter: self.ttl_jitter,
             compression_threshold: self.compression_threshold,
             #[cfg(feature = "redis")]
             tombstone_ttl: self.tombstone_ttl,
-            fail_safe_window: self.fail_safe_window.unwrap_or(Duration::ZERO),
             fail_safe_throttle: self.fail_safe_throttle,
-            soft_timeout: self.soft_timeout,
-            hard_timeout: self.hard_timeout,
-            eager_refresh: self.eager_refresh,
             #[cfg(feature = "redis")]
             stampede_lease: self.stampede_lease,
         };

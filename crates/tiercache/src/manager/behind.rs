@@ -117,7 +117,7 @@ where
                 version,
                 delete: value.is_none(),
                 stored,
-                ttl: inner.settings.l2_ttl,
+                ttl: inner.settings.policy.l2_ttl,
                 field: &versioning.field,
                 payload,
             })

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use super::counters::Counter;
 use super::decode::Entry;
 use super::lease::Leased;
-use super::{CacheKey, Inner, Lookup, Shared, Source};
+use super::{CacheKey, Inner, Lookup, Policy, Shared, Source};
 use crate::fence::Ticket;
 use crate::remote::{Read, RemoteCache};
 
@@ -35,9 +35,18 @@ where
     /// Reads `key` from Redis (then the write-behind queue); with the
     /// stampede lease on, waits for another instance's load or takes the
     /// lease.
-    pub(super) async fn read_l2(self: &Arc<Self>, key: &K, ticket: Ticket) -> L2Answer<'_, V> {
+    pub(super) async fn read_l2(
+        self: &Arc<Self>,
+        key: &K,
+        ticket: Ticket,
+        policy: &Policy,
+    ) -> L2Answer<'_, V> {
         // Redis may hold a version older than a write it missed.
-        let Some(l2) = self.l2.as_ref().filter(|_| !self.unapplied.distrusts(key)) else {
+        let Some(l2) = self
+            .l2
+            .as_ref()
+            .filter(|_| policy.use_l2 && !self.unapplied.distrusts(key))
+        else {
             return L2Answer::Miss { lease: None };
         };
         let mut lease = None;
@@ -62,7 +71,7 @@ where
         }
         if let Some(Entry { value, weight }) = found {
             self.record_l2_hit(&value);
-            self.fill_l1(key, value.clone(), weight, ticket);
+            self.fill_l1(key, value.clone(), weight, ticket, policy);
             return L2Answer::Hit(value);
         }
         self.counters.incr(Counter::L2Misses);
@@ -137,7 +146,7 @@ where
             return false;
         };
         self.record_l2_hit(&value);
-        self.fill_l1(key, value.clone(), weight, ticket);
+        self.fill_l1(key, value.clone(), weight, ticket, &self.settings.policy);
         answers.insert(
             key,
             Lookup {

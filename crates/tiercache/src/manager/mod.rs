@@ -46,6 +46,7 @@ mod l2_read;
 mod lease;
 mod local_level;
 mod lookup;
+mod options;
 #[cfg(feature = "redis")]
 mod own_writes;
 mod read;
@@ -61,6 +62,8 @@ mod write;
 use counters::{Counter, Counters};
 pub(crate) use local_level::LocalLevel;
 pub use lookup::{Lookup, Source};
+pub(crate) use options::Policy;
+pub use options::{EntryOptions, Loaded};
 #[cfg(feature = "redis")]
 pub(crate) use own_writes::OwnWrites;
 use refresh::Refreshes;
@@ -90,21 +93,13 @@ impl<T> CacheKey for T where T: fmt::Display + FromStr + Eq + Hash + Clone + Sen
 pub(crate) struct Settings {
     /// `{key_prefix}{namespace}:`, the start of every Redis key of this cache.
     pub(crate) key_prefix: String,
-    pub(crate) l1_ttl: Duration,
-    #[cfg(feature = "redis")]
-    pub(crate) l2_ttl: Duration,
-    pub(crate) negative_ttl: Duration,
+    /// TTLs, fail-safe, timeouts and eager refresh, unless a call overrides them.
+    pub(crate) policy: Policy,
     pub(crate) ttl_jitter: f64,
     pub(crate) compression_threshold: Option<usize>,
     #[cfg(feature = "redis")]
     pub(crate) tombstone_ttl: Duration,
-    /// Zero: fail-safe off.
-    pub(crate) fail_safe_window: Duration,
     pub(crate) fail_safe_throttle: Duration,
-    pub(crate) soft_timeout: Option<Duration>,
-    pub(crate) hard_timeout: Option<Duration>,
-    /// Fraction of the L1 TTL after which a hit refreshes.
-    pub(crate) eager_refresh: Option<f64>,
     /// How long one instance may hold a key's load for the others (`lease`).
     #[cfg(feature = "redis")]
     pub(crate) stampede_lease: Option<Duration>,

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::error::Error as StdError;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -18,7 +19,10 @@ use super::counters::Counter;
 #[cfg(feature = "redis")]
 use super::l2_read::L2Answer;
 use super::local_level::Filled;
-use super::{CacheKey, FlightResult, Inner, LoadError, Lookup, Shared, Source, TieredCache};
+use super::{
+    CacheKey, EntryOptions, FlightResult, Inner, LoadError, Loaded, Lookup, Policy, Shared, Source,
+    TieredCache,
+};
 use crate::error::{Error, LoaderTimedOut};
 use crate::fence::Ticket;
 use crate::local::Probe;
@@ -79,30 +83,101 @@ where
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: StdError + Send + Sync + 'static,
     {
-        let stale = match self.inner.local.l1.probe(key) {
+        const DEFAULTS: EntryOptions = EntryOptions::new();
+        self.get_or_load_with(key, &DEFAULTS, move || {
+            let load = loader();
+            async move { load.await.map(Loaded::from) }
+        })
+        .await
+    }
+
+    /// [`get_or_load`](Self::get_or_load) with this call's own settings
+    /// (TTLs, levels, fail-safe, timeouts, eager refresh: see
+    /// [`EntryOptions`]), and a loader that may decide how long what it
+    /// loaded is cached, or that it is not cached at all (see [`Loaded`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_load`](Self::get_or_load).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tiercache::{EntryOptions, Loaded, Source, TieredCache};
+    /// # #[derive(Debug, thiserror::Error)] #[error("store down")] struct StoreDown;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// let options = EntryOptions::new().fail_safe_window(None);
+    /// // The store says how long this page may be cached.
+    /// let page = cache
+    ///     .get_or_load_with(&7, &options, || async {
+    ///         let draft = true;
+    ///         let ttl = if draft { Duration::from_secs(5) } else { Duration::from_secs(600) };
+    ///         Ok::<_, StoreDown>(Loaded::found("draft page".to_owned()).ttl(ttl))
+    ///     })
+    ///     .await?;
+    /// assert_eq!(page.source, Source::Loader);
+    ///
+    /// // An answer that must not be cached: the next read loads again.
+    /// let once = cache
+    ///     .get_or_load_with(&8, &options, || async {
+    ///         Ok::<_, StoreDown>(Loaded::found("one-off".to_owned()).uncached())
+    ///     })
+    ///     .await?;
+    /// assert_eq!(once.source, Source::Loader);
+    /// let again = cache
+    ///     .get_or_load(&8, || async { Ok::<_, StoreDown>(None) })
+    ///     .await?;
+    /// assert_eq!((again.source, again.value), (Source::Loader, None));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_or_load_with<F, Fut, E>(
+        &self,
+        key: &K,
+        options: &EntryOptions,
+        loader: F,
+    ) -> Result<Lookup<V>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
+        E: StdError + Send + Sync + 'static,
+    {
+        let probe = if options.reads_l1() {
+            self.inner.local.l1.probe(key)
+        } else {
+            Probe::Missing
+        };
+        let stale = match probe {
             Probe::Fresh { value, refresh } => {
                 if value.is_none() {
                     self.inner.counters.incr(Counter::NegativeHits);
                 }
-                if refresh {
-                    self.inner.refresh(key, loader);
+                if refresh && options.refreshes() {
+                    let policy = options.apply(&self.inner.settings.policy);
+                    self.inner.refresh(key, loader, policy);
                 }
                 return Ok(Lookup {
                     value,
                     source: Source::L1,
                 });
             }
-            Probe::Degraded(value) => {
+            Probe::Degraded(value) if options.serves_stale() => {
                 self.inner.counters.incr(Counter::StaleThrottled);
                 return Ok(Lookup {
                     value,
                     source: Source::Stale,
                 });
             }
-            Probe::Stale { value, bytes } => Some(Fallback { value, bytes }),
-            Probe::Missing => None,
+            Probe::Stale { value, bytes } if options.serves_stale() => {
+                Some(Fallback { value, bytes })
+            }
+            Probe::Degraded(_) | Probe::Stale { .. } | Probe::Missing => None,
         };
         let inner = &self.inner;
+        let policy = options.apply(&inner.settings.policy);
         // Boxed so that the hit path's future stays small: the fill's state
         // (Redis calls, the caller's loader) is large, and inline it would
         // make every caller's future that large, allocated and moved on
@@ -110,7 +185,7 @@ where
         let (result, ran) = Box::pin(
             inner
                 .flights
-                .run(key, || Inner::fill(inner, key, loader, stale)),
+                .run(key, || Inner::fill(inner, key, loader, stale, policy)),
         )
         .await;
         if !ran {
@@ -197,7 +272,10 @@ where
         if !missing.is_empty() {
             inner.counters.incr(Counter::Loads);
             let load = loader(missing.iter().map(|k| (*k).clone()).collect());
-            let mut loaded = match inner.bounded(load).await {
+            let mut loaded = match inner
+                .bounded(load, inner.settings.policy.hard_timeout)
+                .await
+            {
                 Ok(loaded) => loaded,
                 Err(error) => {
                     inner.counters.incr(Counter::LoaderErrors);
@@ -243,26 +321,29 @@ where
         key: &K,
         loader: F,
         stale: Option<Fallback<V>>,
+        policy: Policy,
     ) -> FlightResult<V>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
         E: StdError + Send + Sync + 'static,
     {
         let ticket = self.local.ticket();
         // A flight that finished between our L1 miss and our joining may
         // have filled L1 already.
-        if let Some(value) = self.local.l1.peek(key) {
+        if policy.use_l1
+            && let Some(value) = self.local.l1.peek(key)
+        {
             return Ok((value, Source::L1));
         }
         #[cfg(feature = "redis")]
-        let lease = match self.read_l2(key, ticket).await {
+        let lease = match self.read_l2(key, ticket, &policy).await {
             L2Answer::Hit(value) => return Ok((value, Source::L2)),
             L2Answer::Miss { lease } => lease,
         };
         self.counters.incr(Counter::Loads);
-        let load = self.load_and_store(loader(), key, ticket);
-        let loaded = match (self.settings.soft_timeout, &stale) {
+        let load = self.load_and_store(loader(), key, ticket, policy);
+        let loaded = match (policy.soft_timeout, &stale) {
             (Some(soft), Some(fallback)) => {
                 // In a task, so that it can finish (and fill the cache)
                 // after we answered with the fallback.
@@ -272,7 +353,7 @@ where
                     Err(_) => {
                         self.counters.incr(Counter::SoftTimeouts);
                         self.counters.incr(Counter::StaleSoftTimeout);
-                        self.degrade(key, fallback, ticket);
+                        self.degrade(key, fallback, ticket, &policy);
                         if task.is_finished() {
                             // Its fresh value may have landed before our
                             // fallback and been overwritten: make it a miss.
@@ -298,31 +379,39 @@ where
                 self.stale_log.warn(|suppressed| {
                     tracing::warn!(%error, suppressed, "loader failed; serving a stale value");
                 });
-                self.degrade(key, &fallback, ticket);
+                self.degrade(key, &fallback, ticket, &policy);
                 Ok((fallback.value, Source::Stale))
             }
             (Err(error), _) => Err(error),
         }
     }
 
-    /// Runs a load (bounded by the hard timeout) and stores its result.
+    /// Runs a load (bounded by the hard timeout) and stores its result as
+    /// `policy` and the loader say.
     pub(super) fn load_and_store<Fut, E>(
         self: &Arc<Self>,
         load: Fut,
         key: &K,
         ticket: Ticket,
+        policy: Policy,
     ) -> impl Future<Output = Result<Shared<V>, LoadError>> + Send + 'static
     where
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
         E: StdError + Send + Sync + 'static,
     {
         let inner = Arc::clone(self);
         let key = key.clone();
         async move {
-            match inner.bounded(load).await {
-                Ok(value) => {
-                    let value = value.map(Arc::new);
-                    inner.store(&key, value.clone(), ticket).await;
+            match inner.bounded(load, policy.hard_timeout).await {
+                Ok(loaded) => {
+                    let policy = policy.for_loaded(&loaded);
+                    let value = loaded.value.map(Arc::new);
+                    if loaded.cached {
+                        inner.store(&key, value.clone(), ticket, &policy).await;
+                    } else {
+                        // Not even a fail-safe fallback stays: the next read loads.
+                        inner.local.l1.remove(&key);
+                    }
                     Ok(value)
                 }
                 Err(error) => {
@@ -333,15 +422,16 @@ where
         }
     }
 
-    /// Awaits a loader, abandoning it at the hard timeout.
+    /// Awaits a loader, abandoning it at `hard_timeout`.
     pub(super) async fn bounded<T, E>(
         &self,
         load: impl Future<Output = Result<T, E>>,
+        hard_timeout: Option<Duration>,
     ) -> Result<T, LoadError>
     where
         E: StdError + Send + Sync + 'static,
     {
-        let Some(limit) = self.settings.hard_timeout else {
+        let Some(limit) = hard_timeout else {
             return load.await.map_err(|e| Arc::new(e) as LoadError);
         };
         match tokio::time::timeout(limit, load).await {
@@ -355,16 +445,28 @@ where
 
     /// Keeps a fail-safe answer in L1 for the throttle time, so that the
     /// failing loader is not called again by every request meanwhile.
-    fn degrade(&self, key: &K, fallback: &Fallback<V>, ticket: Ticket) {
+    fn degrade(&self, key: &K, fallback: &Fallback<V>, ticket: Ticket, policy: &Policy) {
         let weight = usize::try_from(fallback.bytes).unwrap_or(usize::MAX);
-        let life = self.degraded_lifetime();
+        let life = self.degraded_lifetime(policy);
         self.insert_fenced(key, fallback.value.clone(), weight, life, ticket);
     }
 
     /// Puts a value that was loaded under `ticket` into L1, unless its key
-    /// was invalidated meanwhile.
-    pub(super) fn fill_l1(&self, key: &K, value: Shared<V>, weight: usize, ticket: Ticket) {
-        let life = self.l1_lifetime(&value);
+    /// was invalidated meanwhile. A policy that keeps it out of L1 (skipped,
+    /// or a zero TTL) removes the key instead: an older copy must not stay.
+    pub(super) fn fill_l1(
+        &self,
+        key: &K,
+        value: Shared<V>,
+        weight: usize,
+        ticket: Ticket,
+        policy: &Policy,
+    ) {
+        let life = self.l1_lifetime(&value, policy);
+        if !policy.use_l1 || life.fresh.is_zero() {
+            self.local.l1.remove(key);
+            return;
+        }
         self.insert_fenced(key, value, weight, life, ticket);
     }
 

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::counters::Counter;
-use super::{CacheKey, Inner};
+use super::{CacheKey, Inner, Loaded, Policy};
 
 use crate::clock::coarse;
 
@@ -80,10 +80,10 @@ where
 {
     /// Reloads `key` in the background (eager refresh), unless a refresh of
     /// it runs already or failed less than the fail-safe throttle ago.
-    pub(super) fn refresh<F, Fut, E>(self: &Arc<Self>, key: &K, loader: F)
+    pub(super) fn refresh<F, Fut, E>(self: &Arc<Self>, key: &K, loader: F, policy: Policy)
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
         E: StdError + Send + Sync + 'static,
     {
         if !self.refreshes.begin(key) {
@@ -91,7 +91,7 @@ where
         }
         self.counters.incr(Counter::Refreshes);
         let ticket = self.local.ticket();
-        let load = self.load_and_store(loader(), key, ticket);
+        let load = self.load_and_store(loader(), key, ticket, policy);
         let inner = Arc::clone(self);
         let key = key.clone();
         tokio::spawn(async move {

@@ -4,54 +4,59 @@
 
 use std::time::Duration;
 
-use super::{Inner, Shared};
+use super::{Inner, Policy, Shared};
 use crate::local::Lifetime;
 
 impl<K, V> Inner<K, V> {
-    /// An L1 entry's life: the (jittered) TTL; for values also the
-    /// fail-safe window and the eager-refresh point.
-    pub(super) fn l1_lifetime(&self, value: &Shared<V>) -> Lifetime {
+    /// An L1 entry's life under `policy`: the (jittered) TTL; for values
+    /// also the fail-safe window and the eager-refresh point.
+    pub(super) fn l1_lifetime(&self, value: &Shared<V>, policy: &Policy) -> Lifetime {
         if value.is_none() {
-            let ttl = self.settings.negative_ttl.min(self.settings.l1_ttl);
+            let ttl = policy.negative_ttl.min(policy.l1_ttl);
             return Lifetime::ttl(self.jitter(ttl));
         }
-        let fresh = self.jitter(self.settings.l1_ttl);
+        let fresh = self.jitter(policy.l1_ttl);
         Lifetime {
             fresh,
-            stale: self.settings.fail_safe_window,
-            refresh_after: self.settings.eager_refresh.map(|f| fresh.mul_f64(f)),
+            stale: policy.fail_safe_window,
+            refresh_after: policy.eager_refresh.map(|f| fresh.mul_f64(f)),
             degraded: false,
         }
     }
 
-    #[cfg(feature = "redis")]
     /// The life of a value this instance wrote (write-behind): as fresh as a
     /// fill, negative entries included (they stand for a delete).
+    #[cfg(feature = "redis")]
     pub(super) fn written_lifetime(&self, value: &Shared<V>) -> Lifetime {
+        let policy = &self.settings.policy;
         if value.is_some() {
-            self.l1_lifetime(value)
+            self.l1_lifetime(value, policy)
         } else {
-            Lifetime::ttl(self.jitter(self.settings.l1_ttl))
+            Lifetime::ttl(self.jitter(policy.l1_ttl))
         }
     }
 
     /// A fail-safe answer's life: fresh for the throttle time, so that the
     /// failing loader is not called again by every request meanwhile.
-    pub(super) fn degraded_lifetime(&self) -> Lifetime {
+    pub(super) fn degraded_lifetime(&self, policy: &Policy) -> Lifetime {
         Lifetime {
             fresh: self.settings.fail_safe_throttle,
-            stale: self.settings.fail_safe_window,
+            stale: policy.fail_safe_window,
             refresh_after: None,
             degraded: true,
         }
     }
 
+    /// A Redis entry's (jittered) TTL under `policy`; zero keeps it out.
     #[cfg(feature = "redis")]
-    pub(super) fn l2_ttl_for(&self, value: &Shared<V>) -> Duration {
+    pub(super) fn l2_ttl_for(&self, value: &Shared<V>, policy: &Policy) -> Duration {
+        if !policy.use_l2 {
+            return Duration::ZERO;
+        }
         let ttl = if value.is_some() {
-            self.settings.l2_ttl
+            policy.l2_ttl
         } else {
-            self.settings.negative_ttl.min(self.settings.l2_ttl)
+            policy.negative_ttl.min(policy.l2_ttl)
         };
         self.jitter(ttl)
     }

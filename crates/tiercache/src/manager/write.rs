@@ -22,7 +22,7 @@ use super::counters::Counter;
 use super::encode::Encoded;
 #[cfg(feature = "redis")]
 use super::unapplied::Repair;
-use super::{CacheKey, Inner, Shared, TieredCache};
+use super::{CacheKey, EntryOptions, Inner, Policy, Shared, TieredCache};
 #[cfg(feature = "redis")]
 use crate::codec;
 use crate::error::Error;
@@ -65,12 +65,39 @@ where
     /// # }
     /// ```
     pub async fn set(&self, key: &K, value: V) {
+        self.set_with(key, value, &EntryOptions::new()).await;
+    }
+
+    /// [`set`](Self::set) with this call's TTLs and levels (see
+    /// [`EntryOptions`]). A level the options skip (or give a zero TTL)
+    /// is not written; this instance's L1 drops its copy then, so that it
+    /// never answers with the value this write replaced.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # use tiercache::{EntryOptions, Source, TieredCache};
+    /// # #[derive(Debug, thiserror::Error)] #[error("store down")] struct StoreDown;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// // A flash-sale price: cached for ten seconds only.
+    /// let short = EntryOptions::new().ttl(Duration::from_secs(10));
+    /// cache.set_with(&7, "9.99".to_owned(), &short).await;
+    /// let lookup = cache.get_or_load(&7, || async { Ok::<_, StoreDown>(None) }).await?;
+    /// assert_eq!(lookup.source, Source::L1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn set_with(&self, key: &K, value: V, options: &EntryOptions) {
         let inner = &*self.inner;
+        let policy = options.apply(&inner.settings.policy);
         let ticket = inner.local.ticket();
         let value = Arc::new(value);
         #[cfg(feature = "redis")]
         let repair = inner.repair_for(Some(&value));
-        if inner.store(key, Some(value), ticket).await == L2Write::Failed {
+        if inner.store(key, Some(value), ticket, &policy).await == L2Write::Failed {
             // Redis may still hold the old version (L1 has the new one):
             // see `unapplied.rs`.
             #[cfg(feature = "redis")]
@@ -299,7 +326,7 @@ where
             let ticket = inner.local.ticket();
             inner.counters.incr(Counter::Loads);
             let loaded = inner
-                .bounded(loader(batch.to_vec()))
+                .bounded(loader(batch.to_vec()), inner.settings.policy.hard_timeout)
                 .await
                 .map_err(|error| {
                     inner.counters.incr(Counter::LoaderErrors);
@@ -353,7 +380,13 @@ where
     /// Stores one value (or negative entry) in Redis, then L1 (fenced by
     /// `ticket`). A value the version guard refused is not put in L1 either:
     /// Redis holds a newer one.
-    pub(super) async fn store(&self, key: &K, value: Shared<V>, ticket: Ticket) -> L2Write {
+    pub(super) async fn store(
+        &self,
+        key: &K,
+        value: Shared<V>,
+        ticket: Ticket,
+        policy: &Policy,
+    ) -> L2Write {
         #[cfg_attr(not(feature = "redis"), expect(unused_variables))]
         let (encoded, weight) = self.encode(value.as_ref()).await;
         #[cfg_attr(not(feature = "redis"), expect(unused_mut))]
@@ -363,7 +396,7 @@ where
         let _own;
         #[cfg(feature = "redis")]
         if let (Some(l2), Encoded::Stored(stored)) = (&self.l2, encoded) {
-            let ttl = self.l2_ttl_for(&value);
+            let ttl = self.l2_ttl_for(&value, policy);
             if !ttl.is_zero() {
                 let write = self.write(key, stored, ttl, &value);
                 _own = self
@@ -379,7 +412,7 @@ where
                 }
             }
         }
-        self.fill_l1(key, value, weight, ticket);
+        self.fill_l1(key, value, weight, ticket, policy);
         outcome
     }
 
@@ -402,7 +435,7 @@ where
         }
         for (key, value) in fills {
             let (_, weight) = self.encode(value.as_ref()).await;
-            self.fill_l1(&key, value, weight, ticket);
+            self.fill_l1(&key, value, weight, ticket, &self.settings.policy);
         }
     }
 
@@ -421,7 +454,7 @@ where
         let mut own = Vec::new();
         for (key, value) in fills {
             let (encoded, weight) = self.encode(value.as_ref()).await;
-            let ttl = self.l2_ttl_for(&value);
+            let ttl = self.l2_ttl_for(&value, &self.settings.policy);
             let mut written = None;
             if let Encoded::Stored(stored) = encoded
                 && !ttl.is_zero()
@@ -445,7 +478,7 @@ where
                 self.counters.incr(Counter::GuardRejections);
                 continue;
             }
-            self.fill_l1(&key, value, weight, ticket);
+            self.fill_l1(&key, value, weight, ticket, &self.settings.policy);
         }
     }
 }

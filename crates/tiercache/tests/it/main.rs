@@ -13,6 +13,7 @@ mod consistency;
 mod failover;
 mod failsafe;
 mod manager;
+mod options;
 mod remote;
 mod schedule;
 mod stampede;
