@@ -180,6 +180,14 @@
 //! ([`TieredCacheBuilder::write_behind_replica_wait`]). Counters are in
 //! [`WriteBehindStats`].
 //!
+//! # Events
+//!
+//! [`TieredCache::subscribe`] streams [`CacheEvent`]s: evictions,
+//! invalidations applied (local, bus, change-log replay, client tracking),
+//! L1 clears and why, L2 and bus state changes, stale answers and
+//! write-behind flush results. Nothing is built or sent while nobody
+//! subscribes.
+//!
 //! # Cargo features
 //!
 //! `redis` (default) adds L2, the bus, write-behind and the stampede lease;
@@ -245,6 +253,7 @@ mod bus;
 mod clock;
 mod codec;
 mod error;
+mod events;
 mod fence;
 mod flight;
 mod local;
@@ -276,6 +285,9 @@ pub mod building_blocks {
 pub use codec::PostcardCodec;
 pub use codec::{Codec, CodecError, JsonCodec};
 pub use error::{Error, LoaderTimedOut};
+pub use events::{
+    CacheEvent, CacheEvents, ClearReason, EVENT_CAPACITY, InvalidationOrigin, StaleReason,
+};
 pub use local::LocalCache;
 pub use manager::{CacheKey, EntryOptions, Loaded, Lookup, Source, TieredCache};
 #[cfg(feature = "redis")]

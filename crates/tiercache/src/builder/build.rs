@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use super::RedisSetting;
 use super::TieredCacheBuilder;
 use crate::error::Error;
+use crate::events::Events;
 use crate::local::LocalCache;
 use crate::manager::{CacheKey, LocalLevel, Parts, Policy, Settings, TieredCache};
 
@@ -40,7 +41,10 @@ where
     /// URL that does not parse.
     pub async fn build(self) -> Result<TieredCache<K, V>, Error> {
         self.validate()?;
-        let local = LocalLevel::new(LocalCache::new(self.l1_max_entries, self.l1_max_bytes)?);
+        let local = LocalLevel::new(
+            LocalCache::new(self.l1_max_entries, self.l1_max_bytes)?,
+            Events::new(),
+        );
         let settings = Settings {
             key_prefix: format!("{}{}:", self.key_prefix, self.namespace),
             policy: Policy {

@@ -49,6 +49,7 @@ where
                 failure_threshold: self.breaker_failure_threshold,
                 cooldown: self.breaker_cooldown,
             },
+            events: local.events.clone(),
         })
         .await?;
         let key_prefix = &settings.key_prefix;
@@ -65,6 +66,7 @@ where
                 },
                 key_prefix: key_prefix.clone(),
                 tracking: self.client_tracking,
+                events: local.events.clone(),
             };
             let sink = L1Handle {
                 local: local.clone(),
@@ -104,6 +106,7 @@ where
                         flush: Arc::clone(flush),
                         interval: *interval,
                         replica_wait,
+                        events: local.events.clone(),
                     },
                 ))
             }

@@ -61,6 +61,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
+use crate::events::{CacheEvent, ClearReason, Events, InvalidationOrigin};
 use crate::remote::RemoteCache;
 use crate::stats::{BusClears, BusState, BusStats, BusTracking, DURATION_BUCKETS_MS};
 use crate::task::{AbortOnDrop, LogLimiter};
@@ -104,7 +105,8 @@ pub(crate) fn channel_and_log(key_prefix: &str, sharded: bool) -> (String, Strin
 pub(crate) trait L1Sink: Send + Sync + 'static {
     /// Drops these keys (their `Display` strings) from L1; a string that is
     /// not a key of this cache empties L1 (we cannot tell what it named).
-    fn remove(&self, keys: &[String]);
+    /// `origin`: a live message, or the change log replayed.
+    fn remove(&self, keys: &[String], origin: InvalidationOrigin);
     /// Whether [`changed`](Self::changed) wants what Redis now holds at
     /// `key` (a versioned cache holding the key in L1 or writing it), to
     /// tell this instance's own writes from others'. A key it does not
@@ -125,7 +127,7 @@ pub(crate) trait L1Sink: Send + Sync + 'static {
     /// Raises these tags' generations (tag, generation) to at least the given ones.
     fn tags(&self, tags: &[(String, u64)]);
     /// Empties L1 (and forgets tag generations: they are read again from Redis).
-    fn clear(&self);
+    fn clear(&self, reason: ClearReason);
 }
 
 /// The bus of one cache; dropping it stops both tasks.
@@ -146,6 +148,7 @@ struct Shared {
     tracking: watch::Sender<BusTracking>,
     counters: Counters,
     log: LogLimiter,
+    events: Events,
 }
 
 /// Work accumulated for the publisher since its last round.
@@ -218,6 +221,8 @@ pub(crate) struct BusConfig {
     pub(crate) key_prefix: String,
     /// Whether to ask Redis for client tracking of `key_prefix`.
     pub(crate) tracking: bool,
+    /// Where state changes are announced.
+    pub(crate) events: Events,
 }
 
 impl Bus {
@@ -233,6 +238,7 @@ impl Bus {
             tracking: watch::Sender::new(BusTracking::Off),
             counters: Counters::default(),
             log: LogLimiter::default(),
+            events: config.events,
         });
         let receiver = Receiver {
             shared: Arc::clone(&shared),
@@ -363,7 +369,9 @@ impl Shared {
     }
 
     fn set_state(&self, state: BusState) {
-        self.state.send_replace(state);
+        if self.state.send_replace(state) != state {
+            self.events.emit(|| CacheEvent::BusStateChanged { state });
+        }
     }
 
     fn tracking(&self) -> BusTracking {
@@ -389,6 +397,7 @@ mod tests {
             tracking: watch::Sender::new(BusTracking::Off),
             counters: Counters::default(),
             log: LogLimiter::default(),
+            events: Events::new(),
         }
     }
 

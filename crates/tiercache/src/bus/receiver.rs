@@ -41,6 +41,7 @@ use super::message::{Message, Op, Position, Step};
 use super::publisher::now_ms;
 use super::tracking::RECHECK_TICK;
 use super::{L1Sink, Shared};
+use crate::events::{ClearReason, InvalidationOrigin};
 use crate::remote::topology::{self, ConnectSettings, RedisTopology};
 use crate::remote::{RemoteCache, is_availability_failure};
 use crate::stats::{BusState, BusTracking, duration_bucket};
@@ -246,7 +247,7 @@ impl Receiver {
                 // listened. Read the head first, so that no entry after it
                 // can be hidden by the clear.
                 let head = self.head(link).await?;
-                self.sink.clear();
+                self.sink.clear(ClearReason::FirstSubscription);
                 self.position = Some(head.map(|entry| entry.position()).unwrap_or_default());
                 Ok(())
             }
@@ -313,7 +314,7 @@ impl Receiver {
         match position.step(&message) {
             Step::Apply(id) => {
                 if !own {
-                    self.apply(&message);
+                    self.apply(&message, InvalidationOrigin::Bus);
                 }
                 self.position = Some(Position {
                     epoch: message.epoch,
@@ -360,7 +361,7 @@ impl Receiver {
                             .keys_replayed
                             .fetch_add(message.keys.len() as u64, Ordering::Relaxed);
                     }
-                    self.apply(message);
+                    self.apply(message, InvalidationOrigin::Replay);
                 }
                 self.position = Some(entry.position());
                 after = entry.id;
@@ -375,11 +376,14 @@ impl Receiver {
     /// The log cannot be replayed: empty L1 and continue from its head.
     async fn start_over(&mut self, link: &Link, lost: Lost) -> Result<(), Unreadable> {
         let head = self.head(link).await?;
-        self.sink.clear();
-        let counter = match lost {
-            Lost::Truncated => &self.shared.counters.clear_truncated,
-            Lost::Restarted => &self.shared.counters.clear_restarted,
+        let (counter, reason) = match lost {
+            Lost::Truncated => (
+                &self.shared.counters.clear_truncated,
+                ClearReason::LogTruncated,
+            ),
+            Lost::Restarted => (&self.shared.counters.clear_restarted, ClearReason::LogLost),
         };
+        self.sink.clear(reason);
         counter.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(channel = %self.shared.channel, reason = ?lost, "change log does not reach back to this instance's position; L1 cleared");
         self.position = Some(head.map(|entry| entry.position()).unwrap_or_default());
@@ -420,10 +424,10 @@ impl Receiver {
         }
     }
 
-    /// Applies another instance's message to L1.
-    fn apply(&self, message: &Message) {
+    /// Applies another instance's message to L1 (`origin`: live or replayed).
+    fn apply(&self, message: &Message, origin: InvalidationOrigin) {
         match message.op {
-            Op::Keys => self.sink.remove(&message.keys),
+            Op::Keys => self.sink.remove(&message.keys, origin),
             Op::Tags => {
                 let tags: Vec<(String, u64)> = message
                     .keys
@@ -434,7 +438,7 @@ impl Receiver {
                 self.sink.tags(&tags);
             }
             Op::Clear => {
-                self.sink.clear();
+                self.sink.clear(ClearReason::RemoteClear);
                 self.shared
                     .counters
                     .clear_remote

@@ -10,6 +10,7 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 
 use super::receiver::{Link, Receiver};
+use crate::events::ClearReason;
 use crate::remote::topology::RedisTopology;
 
 /// Longest wait before a due recheck runs.
@@ -51,7 +52,7 @@ impl Receiver {
                 .collect(),
             // `FLUSHDB`/`FLUSHALL`: every key is gone.
             Some(Value::Nil) | None => {
-                self.sink.clear();
+                self.sink.clear(ClearReason::RedisFlush);
                 counters.clear_flush.fetch_add(1, Ordering::Relaxed);
                 return;
             }

@@ -254,18 +254,20 @@ where
     /// evict other entries; a value too large for the cache is not stored
     /// (and counted as an eviction). A zero `ttl` stores nothing.
     pub fn insert(&self, key: &K, value: T, bytes: usize, ttl: Duration) {
-        self.insert_with(key, value, bytes, Lifetime::ttl(ttl));
+        let _evicted = self.insert_with(key, value, bytes, Lifetime::ttl(ttl));
     }
 
     /// [`insert`](Self::insert) with a stale window, a refresh point and
     /// the degraded mark. A zero fresh time with no stale window stores
-    /// nothing.
-    pub(crate) fn insert_with(&self, key: &K, value: T, bytes: usize, life: Lifetime) {
+    /// nothing. Returns the keys evicted to make room (`key` itself when it
+    /// is too heavy to admit); empty, and not allocated, in the common case.
+    #[must_use = "the evicted keys are for the cache's events"]
+    pub(crate) fn insert_with(&self, key: &K, value: T, bytes: usize, life: Lifetime) -> Vec<K> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let (fresh_ms, stale_ms) = (ms(life.fresh), ms(life.stale));
         if fresh_ms == 0 && stale_ms == 0 {
             self.remove(key);
-            return;
+            return Vec::new();
         }
         // Weighed as the slot will be: its bytes saturate at `u32::MAX`.
         let stored_bytes = u64::try_from(bytes)
@@ -278,7 +280,7 @@ where
             // every fill.
             self.remove(key);
             self.shared.evictions.fetch_add(1, Ordering::Relaxed);
-            return;
+            return vec![key.clone()];
         }
         let now = coarse::now_ms();
         let narrow = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
@@ -313,7 +315,7 @@ where
             // `entry` waits instead of timing out.
             EntryResult::Retained(()) | EntryResult::Removed(..) | EntryResult::Timeout => {
                 self.shared.sub_bytes(bytes);
-                return;
+                return Vec::new();
             }
         };
         if let Err(slot) = guard.insert_with_lifecycle(slot, &mut evicted) {
@@ -321,7 +323,9 @@ where
             // operation happened after this insert, so the value stays out.
             self.shared.sub_bytes(slot.bytes());
         }
-        drop(evicted);
+        // The slots (and the last `Arc` of their values) drop here, after
+        // the shard lock.
+        evicted.into_iter().map(|(key, _)| key).collect()
     }
 
     /// Removes `key`; returns whether an entry (expired or not) was present.

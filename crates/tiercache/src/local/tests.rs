@@ -207,10 +207,10 @@ fn probe_tells_fresh_due_degraded_and_stale_entries_apart() {
         refresh_after,
         degraded,
     };
-    cache.insert_with(&1u64, 'a', 10, life(MINUTE, None, false));
-    cache.insert_with(&2u64, 'b', 10, life(MINUTE, Some(Duration::ZERO), false));
-    cache.insert_with(&3u64, 'c', 10, life(MINUTE, None, true));
-    cache.insert_with(&4u64, 'd', 10, life(Duration::from_millis(1), None, false));
+    let _ = cache.insert_with(&1u64, 'a', 10, life(MINUTE, None, false));
+    let _ = cache.insert_with(&2u64, 'b', 10, life(MINUTE, Some(Duration::ZERO), false));
+    let _ = cache.insert_with(&3u64, 'c', 10, life(MINUTE, None, true));
+    let _ = cache.insert_with(&4u64, 'd', 10, life(Duration::from_millis(1), None, false));
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while cache.peek(&4).is_some() {
         assert!(std::time::Instant::now() < deadline, "entry never expired");

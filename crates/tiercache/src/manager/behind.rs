@@ -12,6 +12,7 @@ use super::encode::ENTRY_OVERHEAD;
 use super::{CacheKey, TieredCache};
 use crate::codec;
 use crate::error::Error;
+use crate::events::InvalidationOrigin;
 use crate::write_behind::{Change, Enqueue, Enqueued};
 
 impl<K, V> TieredCache<K, V>
@@ -131,7 +132,7 @@ where
             }
             Enqueued::Conflict => {
                 // Our copy is older than Redis's: the next read fetches it.
-                inner.local.drop_key(key);
+                inner.local.drop_key(key, InvalidationOrigin::Local);
                 Err(Error::Conflict)
             }
             Enqueued::Unavailable => Err(Error::Unavailable),

@@ -5,14 +5,17 @@
 use std::sync::Arc;
 
 use super::{CacheKey, Shared, Tags};
+use crate::events::{CacheEvent, ClearReason, Events, InvalidationOrigin};
 use crate::fence::{Fences, Ticket};
 use crate::local::{Lifetime, LocalCache};
 
-/// L1, its fences and its tag generations; cheap to clone (shared parts).
+/// L1, its fences and its tag generations, and the events of what happens
+/// to it; cheap to clone (shared parts).
 pub(crate) struct LocalLevel<K, V> {
     pub(crate) l1: LocalCache<K, Shared<V>>,
     fences: Arc<Fences>,
     pub(crate) tags: Arc<Tags>,
+    pub(crate) events: Events,
 }
 
 impl<K, V> Clone for LocalLevel<K, V> {
@@ -21,6 +24,7 @@ impl<K, V> Clone for LocalLevel<K, V> {
             l1: self.l1.clone(),
             fences: Arc::clone(&self.fences),
             tags: Arc::clone(&self.tags),
+            events: self.events.clone(),
         }
     }
 }
@@ -38,11 +42,12 @@ where
     K: CacheKey,
     V: Send + Sync + 'static,
 {
-    pub(crate) fn new(l1: LocalCache<K, Shared<V>>) -> Self {
+    pub(crate) fn new(l1: LocalCache<K, Shared<V>>, events: Events) -> Self {
         Self {
             l1,
             fences: Arc::new(Fences::new()),
             tags: Arc::new(Tags::new()),
+            events,
         }
     }
 
@@ -57,17 +62,22 @@ where
     }
 
     /// Drops `key`, fencing out fills of it that are still loading.
-    pub(crate) fn drop_key(&self, key: &K) {
+    pub(crate) fn drop_key(&self, key: &K, origin: InvalidationOrigin) {
         self.fences.invalidate(key);
         self.l1.remove(key);
+        self.events.emit(|| CacheEvent::Invalidated {
+            key: key.to_string(),
+            origin,
+        });
     }
 
     /// Empties L1, fences out every running fill and forgets the known tag
     /// generations (they are read from Redis again).
-    pub(crate) fn clear(&self) {
+    pub(crate) fn clear(&self, reason: ClearReason) {
         self.fences.clear();
         self.l1.clear();
         self.tags.forget_all();
+        self.events.emit(|| CacheEvent::Cleared { reason });
     }
 
     /// Puts a value that was loaded under `ticket` into L1, unless its key
@@ -80,7 +90,11 @@ where
         life: Lifetime,
         ticket: Ticket,
     ) -> Filled {
-        self.l1.insert_with(key, value, weight, life);
+        for evicted in self.l1.insert_with(key, value, weight, life) {
+            self.events.emit(|| CacheEvent::Evicted {
+                key: evicted.to_string(),
+            });
+        }
         // After the insert: see `fence.rs` for why this order is race-free.
         if self.fences.crossed(key, ticket) {
             self.l1.remove(key);

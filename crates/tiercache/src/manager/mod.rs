@@ -24,6 +24,7 @@ use crate::builder::Versioning;
 #[cfg(feature = "redis")]
 use crate::bus::Bus;
 use crate::codec::Codec;
+use crate::events::CacheEvents;
 use crate::flight::Flights;
 #[cfg(feature = "redis")]
 use crate::remote::RemoteCache;
@@ -387,6 +388,38 @@ where
             write_behind,
             bus,
         }
+    }
+
+    /// Subscribes to this cache's [`CacheEvent`](crate::CacheEvent)s: evictions,
+    /// invalidations applied (and whether they were local, from the bus, a
+    /// replay of its change log or Redis client tracking), L1 clears and
+    /// why, L2 and bus state changes, stale answers, write-behind flushes.
+    ///
+    /// Costs nothing while nobody subscribes. A subscriber that falls more
+    /// than [`EVENT_CAPACITY`](crate::EVENT_CAPACITY) events behind gets a
+    /// [`CacheEvent::Lagged`](crate::CacheEvent::Lagged) in place of those it missed; it never slows
+    /// the cache down.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tiercache::{CacheEvent, ClearReason, InvalidationOrigin, TieredCache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// let mut events = cache.subscribe();
+    /// cache.invalidate(&7).await;
+    /// cache.clear_local();
+    /// assert_eq!(
+    ///     events.recv().await,
+    ///     Some(CacheEvent::Invalidated { key: "7".to_owned(), origin: InvalidationOrigin::Local })
+    /// );
+    /// assert_eq!(events.recv().await, Some(CacheEvent::Cleared { reason: ClearReason::Requested }));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn subscribe(&self) -> CacheEvents {
+        self.inner.local.events.subscribe()
     }
 
     /// Whether this instance listens to the invalidation bus right now:

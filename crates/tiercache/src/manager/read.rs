@@ -24,6 +24,7 @@ use super::{
     TieredCache,
 };
 use crate::error::{Error, LoaderTimedOut};
+use crate::events::{CacheEvent, StaleReason};
 use crate::fence::Ticket;
 use crate::local::Probe;
 
@@ -166,6 +167,7 @@ where
             }
             Probe::Degraded(value) if options.serves_stale() => {
                 self.inner.counters.incr(Counter::StaleThrottled);
+                self.inner.stale_answer(key, StaleReason::Throttled);
                 return Ok(Lookup {
                     value,
                     source: Source::Stale,
@@ -353,6 +355,7 @@ where
                     Err(_) => {
                         self.counters.incr(Counter::SoftTimeouts);
                         self.counters.incr(Counter::StaleSoftTimeout);
+                        self.stale_answer(key, StaleReason::SoftTimeout);
                         self.degrade(key, fallback, ticket, &policy);
                         if task.is_finished() {
                             // Its fresh value may have landed before our
@@ -376,6 +379,7 @@ where
             // A fallback invalidated while we loaded is known to be old.
             (Err(error), Some(fallback)) if !self.local.crossed(key, ticket) => {
                 self.counters.incr(Counter::StaleLoaderError);
+                self.stale_answer(key, StaleReason::LoaderError);
                 self.stale_log.warn(|suppressed| {
                     tracing::warn!(%error, suppressed, "loader failed; serving a stale value");
                 });
@@ -441,6 +445,13 @@ where
                 Err(Arc::new(LoaderTimedOut(limit)))
             }
         }
+    }
+
+    fn stale_answer(&self, key: &K, reason: StaleReason) {
+        self.local.events.emit(|| CacheEvent::StaleAnswer {
+            key: key.to_string(),
+            reason,
+        });
     }
 
     /// Keeps a fail-safe answer in L1 for the throttle time, so that the

@@ -26,6 +26,7 @@ use super::{CacheKey, LocalLevel, OwnWrites, Shared};
 use crate::builder::Versioning;
 use crate::bus::L1Sink;
 use crate::codec::{self, Codec};
+use crate::events::{ClearReason, InvalidationOrigin};
 
 /// What the bus may do to one cache's L1.
 pub(crate) struct L1Handle<K, V> {
@@ -115,14 +116,14 @@ where
     K: CacheKey,
     V: Send + Sync + 'static,
 {
-    fn remove(&self, keys: &[String]) {
+    fn remove(&self, keys: &[String], origin: InvalidationOrigin) {
         for key in keys {
             match key.parse::<K>() {
-                Ok(key) => self.local.drop_key(&key),
+                Ok(key) => self.local.drop_key(&key, origin),
                 Err(_) => {
                     // We cannot tell which entry it names; drop them all.
                     tracing::warn!(%key, "bus key does not parse as a key of this cache; L1 cleared");
-                    self.local.clear();
+                    self.local.clear(ClearReason::UnknownKey);
                     return;
                 }
             }
@@ -144,7 +145,7 @@ where
             };
             match self.verdict(&key, stored.as_deref()) {
                 Verdict::Own => {}
-                Verdict::Drop => self.local.drop_key(&key),
+                Verdict::Drop => self.local.drop_key(&key, InvalidationOrigin::Tracking),
                 Verdict::Later => later.push(name.clone()),
             }
         }
@@ -178,7 +179,7 @@ where
         }
     }
 
-    fn clear(&self) {
-        self.local.clear();
+    fn clear(&self, reason: ClearReason) {
+        self.local.clear(reason);
     }
 }

@@ -26,6 +26,7 @@ use super::{CacheKey, EntryOptions, Inner, Policy, Shared, TieredCache};
 #[cfg(feature = "redis")]
 use crate::codec;
 use crate::error::Error;
+use crate::events::{ClearReason, InvalidationOrigin};
 use crate::fence::Ticket;
 #[cfg(feature = "redis")]
 use crate::remote::Write;
@@ -160,7 +161,7 @@ where
             }
         }
         for key in keys {
-            inner.local.drop_key(key);
+            inner.local.drop_key(key, InvalidationOrigin::Local);
         }
         inner.announce(keys);
     }
@@ -228,7 +229,7 @@ where
             // Retried until Redis takes it; not trusted for `key` meanwhile.
             None => inner.unapplied.record(key, Repair::tombstone(version)),
         }
-        inner.local.drop_key(key);
+        inner.local.drop_key(key, InvalidationOrigin::Local);
         inner.announce(std::slice::from_ref(key));
     }
 
@@ -269,7 +270,7 @@ where
                 }
             }
         }
-        inner.local.clear();
+        inner.local.clear(ClearReason::Requested);
         #[cfg(feature = "redis")]
         if let Some(bus) = &inner.bus {
             bus.publish_clear();
@@ -279,7 +280,7 @@ where
     /// Empties this instance's L1 only (and forgets the tag generations it
     /// knew; they are read from Redis again).
     pub fn clear_local(&self) {
-        self.inner.local.clear();
+        self.inner.local.clear(ClearReason::Requested);
     }
 
     /// Loads `keys` in batches of `batch_size` and stores every value the

@@ -5,7 +5,7 @@
 //! probes and rebuilds in the background.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,8 @@ use tracing::Instrument;
 use super::RemoteConfig;
 use super::topology::{Conn, ConnectSettings};
 use crate::breaker::{CircuitBreaker, Permit};
+use crate::events::CacheEvent;
+use crate::stats::L2State;
 use crate::task::LogLimiter;
 
 /// Failed probes after which the supervisor rebuilds the connection.
@@ -44,6 +46,8 @@ pub(super) struct Inner {
     pub(super) reroute: Arc<Notify>,
     pub(super) errors: AtomicU64,
     pub(super) log: LogLimiter,
+    /// The state last announced (see [`note_state`](Self::note_state)).
+    pub(super) up: AtomicBool,
 }
 
 /// The bus receiver's connection, lent for writes.
@@ -112,6 +116,7 @@ impl Inner {
             Ok(Ok(conn)) => {
                 *self.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn);
                 self.breaker.on_success();
+                self.note_state();
                 tracing::info!(redis = %self.config.topology, "L2 connected");
                 return Attempt::Connected;
             }
@@ -254,14 +259,29 @@ impl Inner {
         }
     }
 
+    /// Announces the L2 state when it moved since it was last announced;
+    /// called where it can move (a connection, the breaker opening or
+    /// closing).
+    pub(super) fn note_state(&self) {
+        let up = self.current_conn().is_some() && self.breaker.is_closed();
+        if self.up.swap(up, Ordering::Relaxed) != up {
+            let state = if up { L2State::Up } else { L2State::Down };
+            self.config
+                .events
+                .emit(|| CacheEvent::L2StateChanged { state });
+        }
+    }
+
     fn record_success(&self) {
         if self.breaker.on_success() {
+            self.note_state();
             tracing::info!(redis = %self.config.topology, "L2 is back; circuit breaker closed");
         }
     }
 
     fn record_failure(&self) {
         if self.breaker.on_failure() {
+            self.note_state();
             tracing::warn!(
                 redis = %self.config.topology,
                 cooldown = ?self.config.breaker.cooldown,
@@ -318,6 +338,7 @@ pub(super) async fn supervise(inner: Weak<Inner>, reroute: Arc<Notify>) {
                     inner.config.breaker.cooldown
                 } else {
                     inner.breaker.trip();
+                    inner.note_state();
                     let pause = retry;
                     retry = (retry * 2).min(MAX_RETRY);
                     pause

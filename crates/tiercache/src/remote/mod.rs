@@ -42,7 +42,7 @@ mod cluster;
 mod connection;
 pub(crate) mod topology;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -52,6 +52,7 @@ use crate::batch::Batcher;
 use crate::breaker::{BreakerConfig, CircuitBreaker};
 use crate::clock::SystemClock;
 use crate::error::Error;
+use crate::events::Events;
 use crate::stats::L2State;
 use crate::task::{AbortOnDrop, LogLimiter};
 pub(crate) use connection::is_availability_failure;
@@ -73,6 +74,8 @@ pub(crate) struct RemoteConfig {
     /// Bound on every connection attempt.
     pub(crate) connect_timeout: Duration,
     pub(crate) breaker: BreakerConfig,
+    /// Where L2 state changes are announced.
+    pub(crate) events: Events,
 }
 
 /// A handle to the Redis level; cheap to clone.
@@ -105,11 +108,15 @@ impl RemoteCache {
             lends: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             log: LogLimiter::default(),
+            up: AtomicBool::new(false),
             config,
         });
         match inner.try_establish().await {
             Attempt::Connected => {}
-            Attempt::Failed => inner.breaker.trip(),
+            Attempt::Failed => {
+                inner.breaker.trip();
+                inner.note_state();
+            }
             Attempt::Misconfigured(error) => return Err(Error::config(error)),
         }
         let supervisor = tokio::spawn(supervise(Arc::downgrade(&inner), reroute));
@@ -312,6 +319,8 @@ impl RemoteCache {
     pub(crate) async fn with_timeout(&self, extra: Duration) -> Result<Self, Error> {
         let mut config = self.inner.config.clone();
         config.timeout += extra;
+        // A helper connection: its state is not the cache's L2 state.
+        config.events = Events::new();
         Self::connect(config).await
     }
 

@@ -17,6 +17,7 @@ use redis::Value;
 use super::partition::Partition;
 use super::stream::{self, Entry};
 use super::{BATCH, CLAIM_IDLE, FlushError, GROUP, MAX_BACKOFF, Queued, Shared};
+use crate::events::CacheEvent;
 use crate::manager::value_key;
 use crate::remote::scripts::{DROP_OLDER, ENSURE_GROUP, SETTLE};
 use crate::stats::duration_bucket;
@@ -250,6 +251,9 @@ where
             Ok(()) => {}
             Err(FlushError::Unavailable(error)) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                self.events.emit(|| CacheEvent::WriteBehindFailed {
+                    changes: batch.len(),
+                });
                 self.log.warn(|suppressed| {
                     tracing::warn!(%error, suppressed, stream = %partition.stream, "write-behind flush failed; retrying");
                 });
@@ -302,6 +306,8 @@ where
         self.counters
             .flushed
             .fetch_add(total as u64, Ordering::Relaxed);
+        self.events
+            .emit(|| CacheEvent::WriteBehindFlushed { changes: total });
         Round::Flushed
     }
 
@@ -383,6 +389,10 @@ where
         let key = fields
             .get("k")
             .map(|k| String::from_utf8_lossy(k).into_owned());
+        if let Some(key) = &key {
+            self.events
+                .emit(|| CacheEvent::WriteBehindDeadLettered { key: key.clone() });
+        }
         if self
             .l2
             .command::<Value>("XADD dead letter", cmd)

@@ -74,6 +74,7 @@ use redis::Value;
 use tokio::sync::{Mutex, Notify};
 
 use crate::codec::Codec;
+use crate::events::Events;
 use crate::remote::RemoteCache;
 use crate::remote::scripts::{ENQUEUE, ENQUEUE_PARTITION, VERSION_OF};
 use crate::stats::{DURATION_BUCKETS_MS, WriteBehindStats};
@@ -145,6 +146,8 @@ pub(crate) struct Config<K, V> {
     pub(crate) interval: Duration,
     /// Wait for a replica before acknowledging a write.
     pub(crate) replica_wait: Option<ReplicaWait>,
+    /// Where flush results are announced.
+    pub(crate) events: Events,
 }
 
 /// Acknowledge a write only once a replica has it (`WAIT 1 <timeout>`), or
@@ -193,6 +196,7 @@ struct Shared<K, V> {
     round: Mutex<Vec<RoundState>>,
     counters: Counters,
     log: LogLimiter,
+    events: Events,
 }
 
 #[derive(Debug, Default)]
@@ -270,6 +274,7 @@ where
             round: Mutex::new(rounds),
             counters: Counters::default(),
             log: LogLimiter::default(),
+            events: config.events,
         });
         let flusher = tokio::spawn(run(Arc::clone(&shared)));
         Self {

@@ -229,6 +229,7 @@ async fn a_message_lost_on_the_way_is_replayed_from_the_log() {
     assert_eq!(channel, format!("{prefix}item:bus"));
     cache_in_l1(&b, 1).await;
     cache_in_l1(&b, 2).await;
+    let mut events = b.subscribe();
 
     let (head, epoch) = append_unpublished(&mut redis, &format!("{channel}:log"), &["1"]).await;
     // A heartbeat naming a head B has not applied reveals the loss.
@@ -246,6 +247,11 @@ async fn a_message_lost_on_the_way_is_replayed_from_the_log() {
     let bus = b.stats().bus;
     assert_eq!((bus.gaps, bus.replays), (1, 1), "{bus:?}");
     assert_no_bus_clears(&b);
+    let replayed = tiercache::CacheEvent::Invalidated {
+        key: "1".to_owned(),
+        origin: tiercache::InvalidationOrigin::Replay,
+    };
+    crate::events::expect_event(&mut events, "the replayed invalidation", |e| *e == replayed).await;
 }
 
 #[tokio::test]

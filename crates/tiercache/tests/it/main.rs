@@ -10,6 +10,7 @@
 mod bus;
 mod cluster;
 mod consistency;
+mod events;
 mod failover;
 mod failsafe;
 mod manager;

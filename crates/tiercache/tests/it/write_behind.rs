@@ -9,8 +9,9 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use testkit::{PrivateCluster, wait_for};
-use tiercache::{Change, Flush, FlushError, Queued, Source, TieredCache};
+use tiercache::{CacheEvent, Change, Flush, FlushError, Queued, Source, TieredCache};
 
+use crate::events::expect_event;
 use crate::support::{self, Redis, StoreDown};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -384,6 +385,45 @@ async fn drain_flushes_every_queued_change(redis: &Redis) {
 }
 
 // Every scenario on the shared single server, each in its own test.
+
+#[tokio::test]
+async fn flush_results_are_cache_events() {
+    let redis = Redis::single().await;
+    let store = Arc::new(MemStore {
+        poison: vec![9],
+        ..MemStore::default()
+    });
+    let cache = cache(&redis, &support::unique_prefix(), &store).await;
+    let mut events = cache.subscribe();
+    cache
+        .write_behind(&1, 1, Change::Put(doc(1, 1)))
+        .await
+        .unwrap();
+    expect_event(&mut events, "the flush", |e| {
+        matches!(e, CacheEvent::WriteBehindFlushed { changes: 1 })
+    })
+    .await;
+
+    store.down.store(true, Ordering::SeqCst);
+    cache
+        .write_behind(&2, 1, Change::Put(doc(2, 1)))
+        .await
+        .unwrap();
+    expect_event(&mut events, "the failed flush", |e| {
+        matches!(e, CacheEvent::WriteBehindFailed { changes: 1 })
+    })
+    .await;
+    store.down.store(false, Ordering::SeqCst);
+
+    cache
+        .write_behind(&9, 1, Change::Put(doc(9, 1)))
+        .await
+        .unwrap();
+    let dead = CacheEvent::WriteBehindDeadLettered {
+        key: "9".to_owned(),
+    };
+    expect_event(&mut events, "the dead letter", |e| *e == dead).await;
+}
 
 #[tokio::test]
 async fn rapid_updates_of_one_key_coalesce_into_few_store_writes_on_one_server() {
