@@ -58,11 +58,12 @@ async fn warmed_router() -> (App, TempFile) {
         l1_max_bytes: 1 << 30,
         ..CacheConfig::default()
     };
-    let caches = build_caches(&config, &store).await.unwrap();
+    let metrics = Metrics::start();
+    let caches = build_caches(&config, &store, &metrics).await.unwrap();
     let service = ProductService::new(store, caches, config.write_strategy);
     let warmed = service.warm(WarmScope::All, |_| {}).await.unwrap();
     assert_eq!(warmed, PRODUCTS as usize, "every product is warmed into L1");
-    let state = AppState::new(service, "bench".to_owned().into(), Metrics::start());
+    let state = AppState::new(service, "bench".to_owned().into(), metrics);
     (http::router(state, Duration::from_secs(30)), file)
 }
 

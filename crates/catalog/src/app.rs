@@ -70,7 +70,7 @@ impl Application {
         if let Some(count) = seed {
             seed_if_empty(store.as_ref(), count).await?;
         }
-        let caches = build_caches(&config.cache, &store).await?;
+        let caches = build_caches(&config.cache, &store, &metrics).await?;
         let products = caches.products.clone();
         let service = ProductService::new(Arc::clone(&store), caches, config.cache.write_strategy);
         let changes = spawn_change_listener(&config, &service).await?;
@@ -164,8 +164,12 @@ const PAGE_L1_BYTES: u64 = 16 * 1024 * 1024;
 /// A setting the cache rejects (e.g. a malformed `REDIS_URL`).
 /// With `CACHE_WRITE_STRATEGY=write-behind`, the product cache queues
 /// changes for `store`; that needs Redis, and is refused without it.
-pub async fn build_caches(config: &CacheConfig, store: &Arc<dyn Store>) -> anyhow::Result<Caches> {
-    let products = build_product_cache(config, store).await?;
+pub async fn build_caches(
+    config: &CacheConfig,
+    store: &Arc<dyn Store>,
+    metrics: &Metrics,
+) -> anyhow::Result<Caches> {
+    let products = build_product_cache(config, store, metrics).await?;
     let pages = with_common_settings(PageCache::builder(), config)
         .namespace("page")
         .l1_max_entries(PAGE_L1_ENTRIES)
@@ -204,9 +208,13 @@ where
 async fn build_product_cache(
     config: &CacheConfig,
     store: &Arc<dyn Store>,
+    metrics: &Metrics,
 ) -> anyhow::Result<ProductCache> {
     let mut builder = with_common_settings(ProductCache::builder(), config)
         .namespace("product")
+        // Its series are `/metrics`'s cache series (the page cache's are
+        // not exported).
+        .metrics_recorder(metrics.recorder())
         .codec(RenderedCodec)
         .versioned("version", |p: &RenderedProduct| {
             u64::try_from(p.product().version).unwrap_or(0)

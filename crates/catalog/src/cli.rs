@@ -134,7 +134,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             let store = open_store(&args.db).await?;
-            let caches = build_caches(&args.cache, &store).await?;
+            // Nobody scrapes this command: its registry is never rendered.
+            let caches =
+                build_caches(&args.cache, &store, &crate::metrics::Metrics::start()).await?;
             if caches.products.l2_state() != L2State::Up {
                 anyhow::bail!("Redis at REDIS_URL is not reachable; nothing was warmed");
             }

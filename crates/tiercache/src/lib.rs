@@ -263,6 +263,9 @@ mod remote;
 mod stats;
 mod striped;
 mod task;
+#[cfg(feature = "metrics")]
+pub mod telemetry;
+mod timing;
 #[cfg(feature = "redis")]
 mod write_behind;
 

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 /// At most one warning of a kind per this interval; the rest are counted.
 pub(crate) const LOG_EVERY: Duration = Duration::from_secs(5);
 
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "metrics"))]
 /// Aborts a background task when dropped, so that tasks live exactly as
 /// long as their owner.
 #[derive(Debug)]
 pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "metrics"))]
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();

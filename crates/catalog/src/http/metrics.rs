@@ -21,7 +21,7 @@ const EXPOSITION: &str = "text/plain; version=0.0.4; charset=utf-8";
     )
 )]
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let cache = state.products.cache().stats();
-    let body = state.metrics.render(&cache);
+    state.products.cache().record_metrics();
+    let body = state.metrics.render();
     ([(CONTENT_TYPE, EXPOSITION)], body)
 }

@@ -1,8 +1,8 @@
 //! Prometheus metrics: [`Metrics`], one application's registry, which
 //! registers every series at start, hands out the handles the request path
 //! records into, and renders `GET /metrics`. The names and their HELP text
-//! are in `names.rs`, the striped request histogram in `timer.rs`, the
-//! copying of the cache's own counters in `cache.rs`.
+//! are in `names.rs` (the cache's own are tiercache's), the striped request
+//! histogram in `timer.rs`.
 //!
 //! **Facility.** `metrics` + `metrics-exporter-prometheus` (without its HTTP
 //! listener and push gateway), chosen over `prometheus-client` because:
@@ -15,9 +15,10 @@
 //!   version=0.0.4`, `# TYPE cache_hits_total counter`) that the SPEC's
 //!   names and `promtool check metrics` expect; `prometheus-client` writes
 //!   OpenMetrics, where a counter family drops its `_total`;
-//! - values the cache already counts (striped, per thread) are copied from a
-//!   [`CacheStats`] snapshot into counters with `Counter::absolute` and into
-//!   gauges at scrape time, so the hit path pays nothing extra for them.
+//! - the product cache records its own series into this recorder
+//!   (tiercache's `metrics` feature, [`Metrics::recorder`]): what it counts
+//!   per thread is published when `/metrics` is scraped
+//!   (`TieredCache::record_metrics`), so the hit path pays nothing extra.
 //!
 //! **Per-request cost.** The only metrics written on the request path are the
 //! two duration histograms. Their handles are registered once, at start (one
@@ -26,10 +27,10 @@
 //! labels. Those buckets grow until drained, so an upkeep task drains them
 //! every [`UPKEEP_INTERVAL`] even when nobody scrapes.
 //!
-//! Every family is registered when [`Metrics`] is built, so a scrape right
+//! Every family is registered when [`Metrics`] is built (the cache's when
+//! the product cache is built on it, also at start), so a scrape right
 //! after start shows all of them at zero.
 
-mod cache;
 mod names;
 mod timer;
 
@@ -40,11 +41,10 @@ use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
-use tiercache::CacheStats;
+use tiercache::telemetry::DURATION_BUCKETS_SECONDS;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::store::{Op, StoreMetrics};
-use cache::{CacheHandles, DURATION_BUCKETS_SECONDS};
 pub use names::*;
 pub use timer::RequestTimer;
 use timer::{RegisteredTimer, TIMER_SLOTS};
@@ -69,9 +69,8 @@ pub(super) static METADATA: Metadata<'static> =
 pub struct Metrics(Arc<Inner>);
 
 struct Inner {
-    recorder: PrometheusRecorder,
+    recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
-    cache: CacheHandles,
     request_timers: std::sync::Mutex<Vec<RegisteredTimer>>,
     /// Drains histogram samples every [`UPKEEP_INTERVAL`]; aborted when the
     /// last clone of [`Metrics`] goes.
@@ -98,7 +97,12 @@ impl Metrics {
         // once per process) happens here, at start, not on the first request.
         let _ = quanta::Instant::now();
         let mut builder = PrometheusBuilder::new();
-        for name in [REQUEST_DURATION, DB_QUERY_DURATION] {
+        for name in [
+            REQUEST_DURATION,
+            DB_QUERY_DURATION,
+            CACHE_L2_DURATION,
+            CACHE_LOADER_DURATION,
+        ] {
             builder = builder
                 .set_buckets_for_metric(Matcher::Full(name.to_owned()), &DURATION_BUCKETS)
                 .expect("the bucket list is a non-empty constant");
@@ -109,7 +113,7 @@ impl Metrics {
                 .expect("the bucket list is a non-empty constant");
         }
         let recorder = builder.build_recorder();
-        names::describe(&recorder);
+        names::describe_all(&recorder);
         let handle = recorder.handle();
         let upkeep = {
             let handle = handle.clone();
@@ -124,11 +128,9 @@ impl Metrics {
                 }
             }))
         };
-        let cache = CacheHandles::register(&recorder);
         Self(Arc::new(Inner {
-            recorder,
+            recorder: Arc::new(recorder),
             handle,
-            cache,
             request_timers: std::sync::Mutex::new(Vec::new()),
             _upkeep: upkeep,
         }))
@@ -180,9 +182,15 @@ impl Metrics {
             .register_gauge(&Key::from_static_name(name), &METADATA)
     }
 
-    /// The exposition text, with the cache's counters as of `cache`.
-    pub fn render(&self, cache: &CacheStats) -> String {
-        self.0.cache.update(cache);
+    /// This registry, for a cache to record its series into
+    /// (`TieredCacheBuilder::metrics_recorder`).
+    pub fn recorder(&self) -> Arc<dyn Recorder + Send + Sync> {
+        Arc::clone(&self.0.recorder) as Arc<dyn Recorder + Send + Sync>
+    }
+
+    /// The exposition text. Publish the caches' counters first
+    /// (`TieredCache::record_metrics`) for numbers as of this scrape.
+    pub fn render(&self) -> String {
         for (histogram, timer, seen) in self
             .0
             .request_timers
@@ -226,26 +234,28 @@ mod tests {
     use super::*;
     use crate::service::{ProductCache, RenderedCodec};
 
-    async fn l1_only_stats() -> CacheStats {
-        ProductCache::builder()
+    /// `metrics`'s exposition with an L1-only product cache recording into it.
+    async fn render_with_cache(metrics: &Metrics) -> String {
+        let cache = ProductCache::builder()
             .namespace("product")
             .codec(RenderedCodec)
+            .metrics_recorder(metrics.recorder())
             .build()
             .await
-            .unwrap()
-            .stats()
+            .unwrap();
+        cache.record_metrics();
+        metrics.render()
     }
 
     #[tokio::test]
     async fn each_registry_keeps_its_own_numbers() {
-        let stats = l1_only_stats().await;
         let (one, two) = (Metrics::start(), Metrics::start());
 
         one.request_timer("/things/{id}")
             .record(Duration::from_millis(3));
         // Registered in the second registry too, but never recorded there.
         let _idle = two.request_timer("/things/{id}");
-        let (one, two) = (one.render(&stats), two.render(&stats));
+        let (one, two) = (one.render(), two.render());
 
         assert!(
             one.contains(r#"request_duration_seconds_count{endpoint="/things/{id}"} 1"#),
@@ -264,9 +274,9 @@ mod tests {
         timer.record(Duration::from_micros(40));
         timer.record(Duration::from_millis(3));
         timer.record(Duration::from_millis(4));
-        let first = metrics.render(&l1_only_stats().await);
+        let first = metrics.render();
         timer.record(Duration::from_secs(30));
-        let second = metrics.render(&l1_only_stats().await);
+        let second = metrics.render();
         let sample = |text: &str, series: &str| -> f64 {
             text.lines()
                 .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
@@ -297,7 +307,7 @@ mod tests {
     async fn state_sets_mark_exactly_the_current_state() {
         let metrics = Metrics::start();
 
-        let text = metrics.render(&l1_only_stats().await);
+        let text = render_with_cache(&metrics).await;
 
         assert!(
             text.contains(r#"cache_l2_state{state="disabled"} 1"#),

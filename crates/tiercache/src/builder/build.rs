@@ -14,6 +14,13 @@ use crate::error::Error;
 use crate::events::Events;
 use crate::local::LocalCache;
 use crate::manager::{CacheKey, LocalLevel, Parts, Policy, Settings, TieredCache};
+#[cfg(feature = "metrics")]
+use crate::telemetry::Telemetry;
+use crate::timing::Timing;
+#[cfg(feature = "metrics")]
+use metrics::Label;
+#[cfg(feature = "metrics")]
+use std::sync::Arc;
 
 impl<K, V> TieredCacheBuilder<K, V>
 where
@@ -47,6 +54,7 @@ where
         );
         let settings = Settings {
             key_prefix: format!("{}{}:", self.key_prefix, self.namespace),
+            name: self.namespace.clone(),
             policy: Policy {
                 l1_ttl: self.l1_ttl,
                 l2_ttl: self.l2_ttl,
@@ -66,8 +74,26 @@ where
             #[cfg(feature = "redis")]
             stampede_lease: self.stampede_lease,
         };
+        #[cfg(feature = "metrics")]
+        let telemetry = Arc::new(Telemetry::register(
+            &self.metrics_target,
+            &self
+                .metrics_labels
+                .iter()
+                .map(|(key, value)| Label::new(key.clone(), value.clone()))
+                .collect::<Vec<_>>(),
+        ));
+        #[cfg(feature = "metrics")]
+        let (l2_timing, loader_timing) = (
+            Timing::new(telemetry.l2_duration.clone()),
+            Timing::new(telemetry.loader_duration.clone()),
+        );
+        #[cfg(not(feature = "metrics"))]
+        let (l2_timing, loader_timing) = (Timing::default(), Timing::default());
         #[cfg(feature = "redis")]
-        let redis = self.connect_redis(&local, &settings).await?;
+        let redis = self.connect_redis(&local, &settings, l2_timing).await?;
+        #[cfg(not(feature = "redis"))]
+        let _ = l2_timing;
         Ok(TieredCache::from_parts(Parts {
             local,
             #[cfg(feature = "redis")]
@@ -78,6 +104,9 @@ where
             write_behind: redis.write_behind,
             #[cfg(feature = "redis")]
             own_writes: redis.own_writes,
+            loader_timing,
+            #[cfg(feature = "metrics")]
+            telemetry,
             codec: self.codec,
             #[cfg(feature = "redis")]
             versioning: self.versioning,

@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::manager::{CacheKey, L1Handle, LocalLevel, OwnWrites, Settings};
 use crate::remote::topology::RedisTopology;
 use crate::remote::{RemoteCache, RemoteConfig};
+use crate::timing::Timing;
 use crate::write_behind::{self, WriteBehind};
 
 impl<K, V> TieredCacheBuilder<K, V>
@@ -27,6 +28,7 @@ where
         &self,
         local: &LocalLevel<K, V>,
         settings: &Settings,
+        timing: Timing,
     ) -> Result<RedisParts<K, V>, Error> {
         let own_writes = Arc::new(OwnWrites::new());
         let topology = match &self.redis {
@@ -50,6 +52,8 @@ where
                 cooldown: self.breaker_cooldown,
             },
             events: local.events.clone(),
+            name: self.namespace.clone(),
+            timing,
         })
         .await?;
         let key_prefix = &settings.key_prefix;

@@ -107,6 +107,10 @@ pub struct TieredCacheBuilder<K, V> {
     #[cfg(feature = "redis")]
     replica_wait: Option<Option<Duration>>,
     stampede_lease: Option<Duration>,
+    #[cfg(feature = "metrics")]
+    metrics_target: crate::telemetry::Target,
+    #[cfg(feature = "metrics")]
+    metrics_labels: Vec<(String, String)>,
     _key: PhantomData<fn() -> K>,
 }
 
@@ -206,6 +210,10 @@ where
             #[cfg(feature = "redis")]
             replica_wait: None,
             stampede_lease: None,
+            #[cfg(feature = "metrics")]
+            metrics_target: crate::telemetry::Target::default(),
+            #[cfg(feature = "metrics")]
+            metrics_labels: Vec::new(),
             _key: PhantomData,
         }
     }
@@ -517,6 +525,41 @@ where
     /// refresh is retried after the fail-safe throttle. Default: off.
     pub fn eager_refresh(mut self, fraction: Option<f64>) -> Self {
         self.eager_refresh = fraction;
+        self
+    }
+
+    /// Records this cache's metrics to `recorder` instead of the global
+    /// recorder (see [`telemetry`](crate::telemetry)): for a service that
+    /// keeps its own registry, or tests that run several at once.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn example(recorder: std::sync::Arc<dyn metrics::Recorder + Send + Sync>) {
+    /// let builder = tiercache::TieredCache::<u64, String>::builder()
+    ///     .metrics_recorder(recorder)
+    ///     .metrics_labels([("cache", "product")]);
+    /// # }
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn metrics_recorder(mut self, recorder: Arc<dyn metrics::Recorder + Send + Sync>) -> Self {
+        self.metrics_target = crate::telemetry::Target::Recorder(recorder);
+        self
+    }
+
+    /// Labels added to every series this cache records, to tell several
+    /// caches on one recorder apart (e.g. `[("cache", "product")]`).
+    /// Default: none.
+    #[cfg(feature = "metrics")]
+    pub fn metrics_labels<L, N>(mut self, labels: impl IntoIterator<Item = (L, N)>) -> Self
+    where
+        L: Into<String>,
+        N: Into<String>,
+    {
+        self.metrics_labels = labels
+            .into_iter()
+            .map(|(key, value)| (key.into(), value.into()))
+            .collect();
         self
     }
 }

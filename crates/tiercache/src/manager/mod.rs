@@ -29,9 +29,12 @@ use crate::flight::Flights;
 #[cfg(feature = "redis")]
 use crate::remote::RemoteCache;
 use crate::stats::{BusState, BusStats, CacheStats, L2State, L2Stats, LoaderStats, StaleStats};
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "metrics"))]
 use crate::task::AbortOnDrop;
 use crate::task::LogLimiter;
+#[cfg(feature = "metrics")]
+use crate::telemetry::Telemetry;
+use crate::timing::Timing;
 #[cfg(feature = "redis")]
 use crate::write_behind::WriteBehind;
 
@@ -94,6 +97,8 @@ impl<T> CacheKey for T where T: fmt::Display + FromStr + Eq + Hash + Clone + Sen
 pub(crate) struct Settings {
     /// `{key_prefix}{namespace}:`, the start of every Redis key of this cache.
     pub(crate) key_prefix: String,
+    /// The namespace, naming the cache in traces.
+    pub(crate) name: String,
     /// TTLs, fail-safe, timeouts and eager refresh, unless a call overrides them.
     pub(crate) policy: Policy,
     pub(crate) ttl_jitter: f64,
@@ -124,6 +129,9 @@ pub(crate) struct Parts<K, V> {
     #[cfg(feature = "redis")]
     pub(crate) write_behind: Option<WriteBehind<K, V>>,
     pub(crate) codec: Arc<dyn Codec<V>>,
+    pub(crate) loader_timing: Timing,
+    #[cfg(feature = "metrics")]
+    pub(crate) telemetry: Arc<Telemetry>,
     #[cfg(feature = "redis")]
     pub(crate) versioning: Option<Versioning<V>>,
     #[cfg(feature = "redis")]
@@ -258,6 +266,14 @@ struct Inner<K, V> {
     #[cfg(feature = "redis")]
     write_behind: Option<WriteBehind<K, V>>,
     codec: Arc<dyn Codec<V>>,
+    /// Where each loader call's duration is recorded.
+    loader_timing: Timing,
+    /// The series the cache publishes its counters to.
+    #[cfg(feature = "metrics")]
+    telemetry: Arc<Telemetry>,
+    /// Publishes them every second; stops with the last handle.
+    #[cfg(feature = "metrics")]
+    _publisher: AbortOnDrop,
     #[cfg(feature = "redis")]
     versioning: Option<Versioning<V>>,
     /// Versioned writes on their way into L1 (shared with the bus sink).
@@ -292,7 +308,10 @@ where
         #[cfg(feature = "redis")]
         let unapplied = Arc::new(Unapplied::default());
         Self {
-            #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+            #[cfg_attr(
+                not(any(feature = "redis", feature = "metrics")),
+                allow(unused_variables)
+            )]
             inner: Arc::new_cyclic(|inner| Inner {
                 #[cfg(feature = "redis")]
                 _repair: parts.l2.is_some().then(|| {
@@ -311,6 +330,11 @@ where
                 #[cfg(feature = "redis")]
                 write_behind: parts.write_behind,
                 codec: parts.codec,
+                loader_timing: parts.loader_timing,
+                #[cfg(feature = "metrics")]
+                _publisher: AbortOnDrop(tokio::spawn(publish_metrics(inner.clone()))),
+                #[cfg(feature = "metrics")]
+                telemetry: parts.telemetry,
                 #[cfg(feature = "redis")]
                 versioning: parts.versioning,
                 #[cfg(feature = "redis")]
@@ -420,6 +444,15 @@ where
     /// ```
     pub fn subscribe(&self) -> CacheEvents {
         self.inner.local.events.subscribe()
+    }
+
+    /// Publishes this cache's counters to its metrics recorder now (they
+    /// are published every [`PUBLISH_INTERVAL`](crate::telemetry::PUBLISH_INTERVAL)
+    /// anyway): call it before rendering a scrape for exact numbers. See
+    /// [`telemetry`](crate::telemetry).
+    #[cfg(feature = "metrics")]
+    pub fn record_metrics(&self) {
+        self.inner.telemetry.publish(&self.stats());
     }
 
     /// Whether this instance listens to the invalidation bus right now:
@@ -556,6 +589,21 @@ where
 
     fn redis_key(&self, key: &K) -> String {
         value_key(&self.settings.key_prefix, key)
+    }
+}
+
+/// Publishes the cache's counters every `PUBLISH_INTERVAL` while it lives.
+#[cfg(feature = "metrics")]
+async fn publish_metrics<K, V>(inner: std::sync::Weak<Inner<K, V>>)
+where
+    K: CacheKey,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let mut ticks = tokio::time::interval(crate::telemetry::PUBLISH_INTERVAL);
+    loop {
+        ticks.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        TieredCache { inner }.record_metrics();
     }
 }
 

@@ -10,7 +10,9 @@ use std::collections::{HashMap, HashSet};
 use std::error::Error as StdError;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -435,16 +437,25 @@ where
     where
         E: StdError + Send + Sync + 'static,
     {
-        let Some(limit) = hard_timeout else {
-            return load.await.map_err(|e| Arc::new(e) as LoadError);
+        // A debug span per load (`RUST_LOG=tiercache=debug`); with debug
+        // off it costs one level check.
+        let span = tracing::debug_span!("load", cache = %self.settings.name, level = "loader");
+        let started = Instant::now();
+        let result = match hard_timeout {
+            None => load
+                .instrument(span)
+                .await
+                .map_err(|e| Arc::new(e) as LoadError),
+            Some(limit) => match tokio::time::timeout(limit, load).instrument(span).await {
+                Ok(result) => result.map_err(|e| Arc::new(e) as LoadError),
+                Err(_) => {
+                    self.counters.incr(Counter::HardTimeouts);
+                    Err(Arc::new(LoaderTimedOut(limit)) as LoadError)
+                }
+            },
         };
-        match tokio::time::timeout(limit, load).await {
-            Ok(result) => result.map_err(|e| Arc::new(e) as LoadError),
-            Err(_) => {
-                self.counters.incr(Counter::HardTimeouts);
-                Err(Arc::new(LoaderTimedOut(limit)))
-            }
-        }
+        self.loader_timing.record(started);
+        result
     }
 
     fn stale_answer(&self, key: &K, reason: StaleReason) {

@@ -217,9 +217,13 @@ impl Inner {
     {
         // A debug span per Redis call (`RUST_LOG=tiercache=debug`); with
         // debug off it costs one level check.
-        let call = tokio::time::timeout(self.config.timeout, f(conn))
-            .instrument(tracing::debug_span!("redis", command = what));
-        let (failure, unavailable) = match call.await {
+        let call = tokio::time::timeout(self.config.timeout, f(conn)).instrument(
+            tracing::debug_span!("redis", cache = %self.config.name, level = "l2", command = what),
+        );
+        let started = Instant::now();
+        let outcome = call.await;
+        self.config.timing.record(started);
+        let (failure, unavailable) = match outcome {
             Ok(Ok(value)) => {
                 self.record_success();
                 return Ok(value);

@@ -55,6 +55,7 @@ use crate::error::Error;
 use crate::events::Events;
 use crate::stats::L2State;
 use crate::task::{AbortOnDrop, LogLimiter};
+use crate::timing::Timing;
 pub(crate) use connection::is_availability_failure;
 use connection::{Attempt, Inner, Lent, supervise};
 use scripts::{BUMP_TAG, DELETE_IF_EQUAL, GUARDED_SET};
@@ -76,6 +77,10 @@ pub(crate) struct RemoteConfig {
     pub(crate) breaker: BreakerConfig,
     /// Where L2 state changes are announced.
     pub(crate) events: Events,
+    /// The cache's name (its namespace), for tracing.
+    pub(crate) name: String,
+    /// Where each call's duration is recorded.
+    pub(crate) timing: Timing,
 }
 
 /// A handle to the Redis level; cheap to clone.

@@ -14,6 +14,7 @@ mod events;
 mod failover;
 mod failsafe;
 mod manager;
+mod metrics;
 mod options;
 mod remote;
 mod schedule;
