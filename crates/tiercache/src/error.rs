@@ -11,11 +11,9 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The loader passed to `get_or_load` (or a sibling) failed.
-    ///
-    /// The error is shared: every caller coalesced onto the same load gets a
-    /// clone of the same `Arc`. Loader errors are never cached; the next call
-    /// runs the loader again. Use [`Error::loader_error`] to downcast it.
+    /// A [`LoadError`](crate::LoadError) turned into an `Error` (by `?`):
+    /// the loader's error, a [`LoaderTimedOut`] or a panic, untyped. Match
+    /// on the `LoadError` instead to get the loader's error typed.
     #[error("the cache loader failed")]
     Loader(#[source] Arc<dyn StdError + Send + Sync>),
 
@@ -37,8 +35,9 @@ pub enum Error {
 }
 
 /// The loader error of a load abandoned at the hard timeout (see
-/// [`TieredCacheBuilder::hard_timeout`](crate::TieredCacheBuilder::hard_timeout)),
-/// found with [`Error::loader_error`] or [`Error::is_timeout`].
+/// [`TieredCacheBuilder::hard_timeout`](crate::TieredCacheBuilder::hard_timeout))
+/// once its [`LoadError::TimedOut`](crate::LoadError::TimedOut) became an
+/// [`Error::Loader`]; [`Error::is_timeout`] finds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the cache loader took longer than {0:?}")]
 pub struct LoaderTimedOut(pub std::time::Duration);

@@ -86,7 +86,7 @@
 //!   decode (foreign codec, corruption) are misses: the read falls through to
 //!   the loader. They are counted ([`CacheStats`]) and logged at most once
 //!   every few seconds. The only error a read returns is the loader's own
-//!   ([`Error::Loader`]).
+//!   ([`LoadError`], typed by the loader's error), or its timeout.
 //! - **Single-flight.** Concurrent misses of one key run one loader; the
 //!   others wait for its result, errors included. Errors are never cached.
 //! - **Negative caching.** A loader's "not found" is remembered for a short
@@ -148,8 +148,8 @@
 //! | Redis comes back | a probe every cooldown (1 s) closes the breaker; redis-rs reconnects; L2 is `Up` again within seconds |
 //! | Redis slow or hung | each call is cut at the timeout and counted as an error; a miss waits for Redis at most two timeouts: one reading (its wait for a batch in flight included) and one writing back what the loader returned (a third with write-behind, for the queued-value lookup); none once the breaker opens |
 //! | value in Redis undecodable | miss, counted in `l2.decode_errors`, overwritten by the next fill |
-//! | loader fails | with a fallback (fail-safe): [`Source::Stale`], loader throttled; else every coalesced caller gets the same [`Error::Loader`]; nothing is cached |
-//! | loader slow | past the soft timeout: fallback answered, load finishes in the background; past the hard timeout: abandoned ([`LoaderTimedOut`]) |
+//! | loader fails | with a fallback (fail-safe): [`Source::Stale`], loader throttled; else every coalesced caller gets the same [`LoadError::Loader`]; nothing is cached |
+//! | loader slow | past the soft timeout: fallback answered, load finishes in the background; past the hard timeout: abandoned ([`LoadError::TimedOut`]) |
 //! | value too big for L1 | not admitted to L1 (counted as an eviction), still stored in Redis |
 //! | bus publish fails | counted in `bus.publish_errors`; the message goes back into the queue (coalescing with newer work; past 100,000 keys it becomes one `clear`) and is retried every 50–250 ms, past the breaker, until Redis takes it |
 //! | bus connection drops, or is silent for 3 heartbeats | reconnected (every 50–250 ms while it fails), then the change log is replayed from the last applied entry: only the keys changed meanwhile leave L1 (`bus.replays`, `bus.keys_replayed`) |
@@ -256,6 +256,7 @@ mod error;
 mod events;
 mod fence;
 mod flight;
+mod load_error;
 mod local;
 mod manager;
 #[cfg(feature = "redis")]
@@ -291,6 +292,7 @@ pub use error::{Error, LoaderTimedOut};
 pub use events::{
     CacheEvent, CacheEvents, ClearReason, EVENT_CAPACITY, InvalidationOrigin, StaleReason,
 };
+pub use load_error::LoadError;
 pub use local::LocalCache;
 pub use manager::{CacheKey, EntryOptions, Loaded, Lookup, Source, TieredCache};
 #[cfg(feature = "redis")]

@@ -107,8 +107,10 @@ impl From<ServiceError> for ApiError {
     fn from(err: ServiceError) -> Self {
         match err {
             ServiceError::Store(err) => err.into(),
-            ServiceError::Cache(_) if err.is_unavailable() => Self::Unavailable(err.into()),
-            ServiceError::Cache(_) => Self::Internal(err.into()),
+            ServiceError::Load(_) | ServiceError::Cache(_) if err.is_unavailable() => {
+                Self::Unavailable(err.into())
+            }
+            ServiceError::Load(_) | ServiceError::Cache(_) => Self::Internal(err.into()),
         }
     }
 }

@@ -106,7 +106,12 @@ pub struct Batch {
 pub enum ServiceError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The cache's loader (the store) failed; the store error is inside.
+    /// A cache read's load (the store) failed or timed out; the store
+    /// error is inside, typed.
+    #[error(transparent)]
+    Load(#[from] tiercache::LoadError<StoreError>),
+    /// The cache refused a write-behind change (a newer version won, or
+    /// Redis could not take it).
     #[error(transparent)]
     Cache(#[from] tiercache::Error),
 }
@@ -117,17 +122,14 @@ impl ServiceError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             Self::Store(err) => err.is_unavailable(),
-            Self::Cache(err) => {
-                // A queue Redis cannot take, or writers that kept winning
-                // the race for the next version: retry later.
-                err.is_unavailable()
-                    || err.is_conflict()
-                    || err.is_timeout()
-                    || err
-                        .loader_error()
-                        .and_then(|e| e.downcast_ref::<StoreError>())
-                        .is_some_and(StoreError::is_unavailable)
-            }
+            Self::Load(err) => match err {
+                tiercache::LoadError::Loader(store) => store.is_unavailable(),
+                tiercache::LoadError::TimedOut(_) => true,
+                _ => false,
+            },
+            // A queue Redis cannot take, or writers that kept winning the
+            // race for the next version: retry later.
+            Self::Cache(err) => err.is_unavailable() || err.is_conflict(),
         }
     }
 }

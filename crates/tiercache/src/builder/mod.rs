@@ -246,6 +246,21 @@ where
 
     /// Most bytes L1 holds, an entry weighing its encoded size plus a small
     /// fixed overhead. Default [`defaults::L1_MAX_BYTES`] (64 MiB).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// let cache: tiercache::TieredCache<u64, String> = tiercache::TieredCache::builder()
+    ///     .l1_max_entries(100_000)
+    ///     .l1_max_bytes(256 * 1024 * 1024) // whichever binds first
+    ///     .build()
+    ///     .await?;
+    /// assert_eq!(cache.stats().l1.entries, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn l1_max_bytes(mut self, max: u64) -> Self {
         self.l1_max_bytes = max;
         self
@@ -283,6 +298,19 @@ where
     }
 
     /// How values are encoded in Redis. Default [`JsonCodec`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// let cache: tiercache::TieredCache<u64, String> = tiercache::TieredCache::builder()
+    ///     .codec(tiercache::JsonCodec) // the default; `PostcardCodec` with the `postcard` feature
+    ///     .build()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn codec(mut self, codec: impl Codec<V>) -> Self {
         self.codec = Arc::new(codec);
         self
@@ -307,6 +335,19 @@ where
 
     #[cfg(feature = "redis")]
     /// Uses Redis as L2 at `topology`. Default: no L2.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), tiercache::Error> {
+    /// use tiercache::{RedisTopology, TieredCache};
+    /// let cache: TieredCache<u64, String> = TieredCache::builder()
+    ///     .redis(RedisTopology::parse("redis+cluster://10.0.0.1:7000,10.0.0.2:7000")?)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn redis(mut self, topology: RedisTopology) -> Self {
         self.redis = RedisSetting::Topology(topology);
         self
@@ -407,6 +448,21 @@ where
     /// [`TieredCache::invalidate_version`](crate::TieredCache::invalidate_version), which leaves a short-lived
     /// tombstone (see [`tombstone_ttl`](Self::tombstone_ttl)) instead of
     /// deleting. Off by default: sets are plain `SET`s.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[derive(Clone, serde::Serialize, serde::Deserialize)] struct Doc { id: u64, version: u64 }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// let cache: tiercache::TieredCache<u64, Doc> = tiercache::TieredCache::builder()
+    ///     // Redis refuses a write older than what it holds, read from `version`.
+    ///     .versioned("version", |doc: &Doc| doc.version)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn versioned(
         mut self,
         field: impl Into<String>,
@@ -434,6 +490,26 @@ where
     /// the loader fails or times out. Redis copies are not kept longer:
     /// they are served until their own TTL. `None` (the default) turns it
     /// off.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// use std::time::Duration;
+    /// let cache: tiercache::TieredCache<u64, String> = tiercache::TieredCache::builder()
+    ///     .l1_ttl(Duration::from_secs(30))
+    ///     // Keep expired values for an hour, answered when the store fails…
+    ///     .fail_safe_window(Some(Duration::from_secs(3_600)))
+    ///     // …or takes longer than 100 ms (the load then finishes in the background)…
+    ///     .soft_timeout(Some(Duration::from_millis(100)))
+    ///     // …and give up on a load after 2 s.
+    ///     .hard_timeout(Some(Duration::from_secs(2)))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn fail_safe_window(mut self, window: Option<Duration>) -> Self {
         self.fail_safe_window = window;
         self
@@ -457,8 +533,8 @@ where
     }
 
     /// After `hard`, the load is abandoned: the caller gets the stale
-    /// fallback if there is one, else [`Error::Loader`](crate::Error::Loader)
-    /// with a [`LoaderTimedOut`](crate::LoaderTimedOut). `None` (the
+    /// fallback if there is one, else
+    /// [`LoadError::TimedOut`](crate::LoadError::TimedOut). `None` (the
     /// default): loads are never abandoned.
     pub fn hard_timeout(mut self, hard: Option<Duration>) -> Self {
         self.hard_timeout = hard;
@@ -470,6 +546,8 @@ where
     /// are queued in Redis Streams (one on a single server, partitioned on
     /// a cluster) and `flush` writes them to the store in batches, polling
     /// every `interval` when idle. Needs a versioned cache. Default: off.
+    /// [`TieredCache::write_behind`](crate::TieredCache::write_behind) has
+    /// an example with a `Flush` implementation.
     pub fn write_behind(mut self, flush: impl Flush<K, V>, interval: Duration) -> Self {
         self.write_behind = Some((Arc::new(flush), interval));
         self

@@ -142,6 +142,17 @@ where
     /// Writes every queued write-behind change to the store, for at most
     /// `limit`; returns whether the queue is empty (`true` without one).
     /// For graceful shutdown: drain before exit.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn shutdown(cache: tiercache::TieredCache<u64, String>) {
+    /// use std::time::Duration;
+    /// if !cache.drain_write_behind(Duration::from_secs(10)).await {
+    ///     eprintln!("changes left in the queue; another instance will flush them");
+    /// }
+    /// # }
+    /// ```
     pub async fn drain_write_behind(&self, limit: Duration) -> bool {
         match &self.inner.write_behind {
             Some(queue) => queue.drain(limit).await,

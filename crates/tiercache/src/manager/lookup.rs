@@ -22,6 +22,23 @@ pub enum Source {
 }
 
 /// The answer to a lookup: the value (or "not found") and where it came from.
+///
+/// # Example
+///
+/// ```
+/// # use tiercache::{Source, TieredCache};
+/// # #[derive(Debug, thiserror::Error)] #[error("store down")] struct StoreDown;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tiercache::Error> {
+/// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+/// let lookup = cache.get_or_load(&7, || async { Ok::<_, StoreDown>(None) }).await?;
+/// assert!(!lookup.is_found() && !lookup.is_cache_hit());
+/// let again = cache.get_or_load(&7, || async { Ok::<_, StoreDown>(None) }).await?;
+/// assert!(again.is_cache_hit(), "the absence is remembered");
+/// assert_eq!(again.into_value(), None);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 #[must_use]
 #[non_exhaustive]

@@ -8,7 +8,6 @@
 //! (writes Redis missed) and the bus-facing `sink` and `own_writes`.
 //! Levels themselves live in [`crate::local`] and [`crate::remote`].
 
-use std::error::Error as StdError;
 use std::fmt;
 use std::hash::Hash;
 use std::str::FromStr;
@@ -26,6 +25,7 @@ use crate::bus::Bus;
 use crate::codec::Codec;
 use crate::events::CacheEvents;
 use crate::flight::Flights;
+use crate::load_error::Failure;
 #[cfg(feature = "redis")]
 use crate::remote::RemoteCache;
 use crate::stats::{BusState, BusStats, CacheStats, L2State, L2Stats, LoaderStats, StaleStats};
@@ -140,8 +140,7 @@ pub(crate) struct Parts<K, V> {
 }
 
 type Shared<V> = Option<Arc<V>>;
-type LoadError = Arc<dyn StdError + Send + Sync>;
-type FlightResult<V> = Result<(Shared<V>, Source), LoadError>;
+type FlightResult<V> = Result<(Shared<V>, Source), Failure>;
 
 /// A multi-level cache: in-process L1, optional Redis L2, and the caller's
 /// loader behind them.
@@ -162,7 +161,7 @@ type FlightResult<V> = Result<(Shared<V>, Source), LoadError>;
 /// (after one Redis lookup) and the others wait and receive the same result
 /// (counted in [`LoaderStats::coalesced`]); the other loaders are dropped
 /// unrun. A loader error is handed to every waiter as the same
-/// [`Error::Loader`](crate::Error::Loader) and is not cached. If the running caller is cancelled,
+/// [`LoadError`](crate::LoadError) and is not cached. If the running caller is cancelled,
 /// a waiting caller runs its own loader instead. Batch reads
 /// ([`get_many_or_load`](Self::get_many_or_load)) are not coalesced.
 ///
@@ -279,7 +278,8 @@ struct Inner<K, V> {
     /// Versioned writes on their way into L1 (shared with the bus sink).
     #[cfg(feature = "redis")]
     own_writes: Arc<OwnWrites<K>>,
-    flights: Flights<K, FlightResult<V>>,
+    /// Loads in flight, by key and loader error type.
+    flights: Flights<(K, std::any::TypeId), FlightResult<V>>,
     refreshes: Refreshes<K>,
     settings: Settings,
     counters: Counters,
@@ -300,6 +300,19 @@ where
 {
     /// Starts configuring a cache; see [`TieredCacheBuilder`] for the knobs
     /// and their defaults.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tiercache::{L2State, TieredCache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// // Every setting has a default: this is an L1-only cache.
+    /// let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// assert_eq!(cache.l2_state(), L2State::Disabled);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn builder() -> TieredCacheBuilder<K, V> {
         TieredCacheBuilder::new()
     }
@@ -450,6 +463,19 @@ where
     /// are published every [`PUBLISH_INTERVAL`](crate::telemetry::PUBLISH_INTERVAL)
     /// anyway): call it before rendering a scrape for exact numbers. See
     /// [`telemetry`](crate::telemetry).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn scrape(
+    /// #     cache: tiercache::TieredCache<u64, String>,
+    /// #     handle: metrics_exporter_prometheus::PrometheusHandle,
+    /// # ) -> String {
+    /// // In the handler of `GET /metrics`:
+    /// cache.record_metrics();
+    /// handle.render()
+    /// # }
+    /// ```
     #[cfg(feature = "metrics")]
     pub fn record_metrics(&self) {
         self.inner.telemetry.publish(&self.stats());
@@ -488,15 +514,6 @@ where
     ///
     /// # Example
     ///
-    /// ```no_run
-    /// # async fn example(cache: tiercache::TieredCache<i64, String>) {
-    /// use std::time::Duration;
-    /// let healthy = cache.wait_subscribed(Duration::from_secs(5)).await;
-    /// # }
-    /// ```
-    ///
-    /// # Example
-    ///
     /// ```
     /// # use tiercache::{BusState, L2State, TieredCache};
     /// # #[tokio::main(flavor = "current_thread")]
@@ -517,8 +534,22 @@ where
         true
     }
 
-    /// The bus channel of this cache, `{key_prefix}{namespace}:bus`, or
-    /// `None` without a bus.
+    /// The bus channel of this cache, `{key_prefix}{namespace}:bus` (on a
+    /// cluster hash-tagged: `{{key_prefix}{namespace}:bus}`), or `None`
+    /// without a bus.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tiercache::{Source, TieredCache};
+    /// # #[derive(Debug, thiserror::Error)] #[error("store down")] struct StoreDown;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// assert_eq!(cache.bus_channel(), None, "no Redis, no bus");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn bus_channel(&self) -> Option<&str> {
         #[cfg(feature = "redis")]
         if let Some(bus) = &self.inner.bus {

@@ -6,6 +6,7 @@
 //! timeouts, undecodable values) is a miss; the only error a read returns
 //! is the loader's own.
 
+use std::any::TypeId;
 use std::collections::{HashMap, HashSet};
 use std::error::Error as StdError;
 use std::future::Future;
@@ -22,18 +23,13 @@ use super::counters::Counter;
 use super::l2_read::L2Answer;
 use super::local_level::Filled;
 use super::{
-    CacheKey, EntryOptions, FlightResult, Inner, LoadError, Loaded, Lookup, Policy, Shared, Source,
+    CacheKey, EntryOptions, FlightResult, Inner, Loaded, Lookup, Policy, Shared, Source,
     TieredCache,
 };
-use crate::error::{Error, LoaderTimedOut};
 use crate::events::{CacheEvent, StaleReason};
 use crate::fence::Ticket;
+use crate::load_error::{Failure, LoadError};
 use crate::local::Probe;
-
-/// The loader error when the loader's task panicked.
-#[derive(Debug, thiserror::Error)]
-#[error("the cache loader panicked")]
-struct LoaderPanicked;
 
 /// A fail-safe fallback: an expired L1 value and its weight.
 struct Fallback<V> {
@@ -60,9 +56,11 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Loader`] when the loader (this caller's or the one it
-    /// waited for) fails or hits the hard timeout and no stale fallback
-    /// exists. Cache-level failures are never errors.
+    /// [`LoadError`] when the loader (this caller's or the one it waited
+    /// for) fails, panics or hits the hard timeout and no stale fallback
+    /// exists: the loader's own error comes back as
+    /// [`LoadError::Loader`]`(Arc<E>)`. Cache-level failures are never
+    /// errors.
     ///
     /// # Example
     ///
@@ -80,9 +78,15 @@ where
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn get_or_load<F, Fut, E>(&self, key: &K, loader: F) -> Result<Lookup<V>, Error>
+    // Not an `async fn` around `get_or_load_with`: its future would wrap
+    // that one, and a hit would pay for moving the larger state machine.
+    pub fn get_or_load<'a, F, Fut, E>(
+        &'a self,
+        key: &'a K,
+        loader: F,
+    ) -> impl Future<Output = Result<Lookup<V>, LoadError<E>>> + 'a
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce() -> Fut + 'a,
         Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
         E: StdError + Send + Sync + 'static,
     {
@@ -91,7 +95,6 @@ where
             let load = loader();
             async move { load.await.map(Loaded::from) }
         })
-        .await
     }
 
     /// [`get_or_load`](Self::get_or_load) with this call's own settings
@@ -142,7 +145,7 @@ where
         key: &K,
         options: &EntryOptions,
         loader: F,
-    ) -> Result<Lookup<V>, Error>
+    ) -> Result<Lookup<V>, LoadError<E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
@@ -186,10 +189,13 @@ where
         // (Redis calls, the caller's loader) is large, and inline it would
         // make every caller's future that large, allocated and moved on
         // every call, hits included.
+        // Keyed by the loader's error type too, so that every waiter gets
+        // a failure of the type it expects.
+        let flight = (key.clone(), TypeId::of::<E>());
         let (result, ran) = Box::pin(
             inner
                 .flights
-                .run(key, || Inner::fill(inner, key, loader, stale, policy)),
+                .run(&flight, || Inner::fill(inner, key, loader, stale, policy)),
         )
         .await;
         if !ran {
@@ -197,7 +203,7 @@ where
         }
         match result {
             Ok((value, source)) => Ok(Lookup { value, source }),
-            Err(error) => Err(Error::Loader(error)),
+            Err(failure) => Err(failure.typed()),
         }
     }
 
@@ -212,7 +218,7 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Loader`] when the loader fails; nothing is cached then.
+    /// [`LoadError`] when the loader fails; nothing is cached then.
     ///
     /// # Example
     ///
@@ -236,7 +242,7 @@ where
         &self,
         keys: &[K],
         loader: F,
-    ) -> Result<Vec<(K, Lookup<V>)>, Error>
+    ) -> Result<Vec<(K, Lookup<V>)>, LoadError<E>>
     where
         F: FnOnce(Vec<K>) -> Fut,
         Fut: Future<Output = Result<HashMap<K, V>, E>>,
@@ -283,7 +289,7 @@ where
                 Ok(loaded) => loaded,
                 Err(error) => {
                     inner.counters.incr(Counter::LoaderErrors);
-                    return Err(Error::Loader(error));
+                    return Err(error.typed());
                 }
             };
             let mut fills = Vec::with_capacity(missing.len());
@@ -353,7 +359,7 @@ where
                 // after we answered with the fallback.
                 let mut task = tokio::spawn(load);
                 match tokio::time::timeout(soft, &mut task).await {
-                    Ok(joined) => joined.unwrap_or_else(|_| Err(Arc::new(LoaderPanicked))),
+                    Ok(joined) => joined.unwrap_or(Err(Failure::Panicked)),
                     Err(_) => {
                         self.counters.incr(Counter::SoftTimeouts);
                         self.counters.incr(Counter::StaleSoftTimeout);
@@ -400,7 +406,7 @@ where
         key: &K,
         ticket: Ticket,
         policy: Policy,
-    ) -> impl Future<Output = Result<Shared<V>, LoadError>> + Send + 'static
+    ) -> impl Future<Output = Result<Shared<V>, Failure>> + Send + 'static
     where
         Fut: Future<Output = Result<Loaded<V>, E>> + Send + 'static,
         E: StdError + Send + Sync + 'static,
@@ -433,7 +439,7 @@ where
         &self,
         load: impl Future<Output = Result<T, E>>,
         hard_timeout: Option<Duration>,
-    ) -> Result<T, LoadError>
+    ) -> Result<T, Failure>
     where
         E: StdError + Send + Sync + 'static,
     {
@@ -442,15 +448,12 @@ where
         let span = tracing::debug_span!("load", cache = %self.settings.name, level = "loader");
         let started = Instant::now();
         let result = match hard_timeout {
-            None => load
-                .instrument(span)
-                .await
-                .map_err(|e| Arc::new(e) as LoadError),
+            None => load.instrument(span).await.map_err(Failure::loader),
             Some(limit) => match tokio::time::timeout(limit, load).instrument(span).await {
-                Ok(result) => result.map_err(|e| Arc::new(e) as LoadError),
+                Ok(result) => result.map_err(Failure::loader),
                 Err(_) => {
                     self.counters.incr(Counter::HardTimeouts);
-                    Err(Arc::new(LoaderTimedOut(limit)) as LoadError)
+                    Err(Failure::TimedOut(limit))
                 }
             },
         };

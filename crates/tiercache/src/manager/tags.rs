@@ -77,6 +77,25 @@ where
     ///
     /// Known generations cost a map lookup; an unknown one costs a Redis
     /// `GET` (0 when Redis has none or is unreachable).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tiercache::{Source, TieredCache};
+    /// # #[derive(Debug, thiserror::Error)] #[error("store down")] struct StoreDown;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// // A page of category "tools": its key carries the tag's generation.
+    /// let generation = cache.tag_generation("tools").await;
+    /// let page_key = 1_000 + generation;
+    /// let page = cache
+    ///     .get_or_load(&page_key, || async { Ok::<_, StoreDown>(Some("tools, page 1".to_owned())) })
+    ///     .await?;
+    /// assert_eq!(page.source, Source::Loader);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn tag_generation(&self, tag: &str) -> u64 {
         let inner = &*self.inner;
         if let Some(generation) = inner.local.tags.get(tag) {

@@ -25,9 +25,9 @@ use super::unapplied::Repair;
 use super::{CacheKey, EntryOptions, Inner, Policy, Shared, TieredCache};
 #[cfg(feature = "redis")]
 use crate::codec;
-use crate::error::Error;
 use crate::events::{ClearReason, InvalidationOrigin};
 use crate::fence::Ticket;
+use crate::load_error::LoadError;
 #[cfg(feature = "redis")]
 use crate::remote::Write;
 
@@ -279,6 +279,21 @@ where
 
     /// Empties this instance's L1 only (and forgets the tag generations it
     /// knew; they are read from Redis again).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use tiercache::{Source, TieredCache};
+    /// # #[derive(Debug, thiserror::Error)] #[error("store down")] struct StoreDown;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tiercache::Error> {
+    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
+    /// cache.set(&7, "widget".to_owned()).await;
+    /// cache.clear_local();
+    /// assert_eq!(cache.stats().l1.entries, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn clear_local(&self) {
         self.inner.local.clear(ClearReason::Requested);
     }
@@ -290,7 +305,7 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Loader`] from the first failing batch; the batches before it
+    /// [`LoadError`] from the first failing batch; the batches before it
     /// stay cached.
     ///
     /// # Example
@@ -315,7 +330,7 @@ where
         keys: Vec<K>,
         batch_size: usize,
         mut loader: F,
-    ) -> Result<usize, Error>
+    ) -> Result<usize, LoadError<E>>
     where
         F: FnMut(Vec<K>) -> Fut,
         Fut: Future<Output = Result<HashMap<K, V>, E>>,
@@ -331,7 +346,7 @@ where
                 .await
                 .map_err(|error| {
                     inner.counters.incr(Counter::LoaderErrors);
-                    Error::Loader(error)
+                    error.typed()
                 })?;
             warmed += loaded.len();
             let warmed_keys: Vec<K> = loaded.keys().cloned().collect();

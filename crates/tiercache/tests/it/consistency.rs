@@ -34,7 +34,7 @@ fn slow_reader(
     cache: &TieredCache<i64, Doc>,
     loaded: &Arc<Barrier>,
     release: &Arc<Barrier>,
-) -> tokio::task::JoinHandle<Result<tiercache::Lookup<Doc>, tiercache::Error>> {
+) -> tokio::task::JoinHandle<Result<tiercache::Lookup<Doc>, tiercache::LoadError<StoreDown>>> {
     let cache = cache.clone();
     let (loaded, release) = (Arc::clone(loaded), Arc::clone(release));
     tokio::spawn(async move {

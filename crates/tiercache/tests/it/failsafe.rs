@@ -34,7 +34,9 @@ async fn load_named(cache: &Cache, name: &str) -> tiercache::Lookup<Item> {
 }
 
 /// Reads key 1 from `cache` with a loader that fails.
-async fn read_failing(cache: &Cache) -> Result<tiercache::Lookup<Item>, tiercache::Error> {
+async fn read_failing(
+    cache: &Cache,
+) -> Result<tiercache::Lookup<Item>, tiercache::LoadError<StoreDown>> {
     cache
         .get_or_load(&1, || async { Err::<Option<Item>, _>(StoreDown) })
         .await

@@ -199,13 +199,7 @@ async fn a_failing_load_is_shared_by_waiters_and_not_cached() {
     for task in tasks {
         let error = task.await.unwrap().unwrap_err();
         assert!(error.is_loader());
-        assert!(
-            error
-                .loader_error()
-                .unwrap()
-                .downcast_ref::<StoreDown>()
-                .is_some()
-        );
+        assert_eq!(error.loader_error().map(|e| e.as_ref()), Some(&StoreDown));
     }
     assert_eq!(loads.load(Ordering::SeqCst), 1);
 
