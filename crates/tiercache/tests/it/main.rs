@@ -18,6 +18,7 @@ mod metrics;
 mod options;
 mod remote;
 mod schedule;
+mod spans;
 mod stampede;
 mod support;
 mod unapplied;
