@@ -146,9 +146,7 @@ async fn a_full_l1_reports_what_it_evicts() {
 
 #[tokio::test]
 async fn stale_answers_say_why() {
-    let cache: Cache = TieredCache::builder()
-        .ttl_jitter(0.0)
-        .l1_ttl(Duration::from_millis(50))
+    let cache: Cache = crate::failsafe::l1_only(Duration::from_millis(50))
         .fail_safe_window(Some(Duration::from_secs(60)))
         .build()
         .await

@@ -12,7 +12,8 @@ use crate::support::{Item, StoreDown};
 
 type Cache = TieredCache<i64, Item>;
 
-fn l1_only(ttl: Duration) -> TieredCacheBuilder<i64, Item> {
+/// An L1-only cache with no TTL jitter.
+pub(crate) fn l1_only(ttl: Duration) -> TieredCacheBuilder<i64, Item> {
     TieredCache::builder().ttl_jitter(0.0).l1_ttl(ttl)
 }
 

@@ -155,9 +155,7 @@ async fn a_write_that_skips_l1_drops_the_older_copy() {
 /// the fallback from L1, which is not what is under test.)
 #[tokio::test]
 async fn fail_safe_can_be_turned_off_per_call() {
-    let cache: Cache = TieredCache::builder()
-        .ttl_jitter(0.0)
-        .l1_ttl(Duration::from_millis(50))
+    let cache: Cache = crate::failsafe::l1_only(Duration::from_millis(50))
         .fail_safe_window(Some(Duration::from_secs(60)))
         .build()
         .await
