@@ -27,12 +27,11 @@ impl Timing {
 
     /// Records the time since `started`.
     #[inline]
+    #[cfg_attr(not(feature = "metrics"), expect(unused_variables))]
     pub(crate) fn record(&self, started: Instant) {
         #[cfg(feature = "metrics")]
         if let Some(histogram) = &self.histogram {
             histogram.record(started.elapsed());
         }
-        #[cfg(not(feature = "metrics"))]
-        let _ = started;
     }
 }

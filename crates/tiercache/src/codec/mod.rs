@@ -161,6 +161,7 @@ pub(crate) enum Opened<'a> {
 ///
 /// When the codec output is empty or starts with the compression marker,
 /// which would make it ambiguous.
+#[cfg_attr(not(feature = "compression"), expect(unused_variables))]
 pub(crate) fn seal(encoded: Vec<u8>, compress_from: Option<usize>) -> Result<Vec<u8>, CodecError> {
     match encoded.first() {
         None => return Err(CodecError::new("codec produced an empty value")),
@@ -175,8 +176,6 @@ pub(crate) fn seal(encoded: Vec<u8>, compress_from: Option<usize>) -> Result<Vec
     if let Some(threshold) = compress_from {
         return Ok(lz4::compress(encoded, threshold));
     }
-    #[cfg(not(feature = "compression"))]
-    let _ = compress_from;
     Ok(encoded)
 }
 

@@ -525,12 +525,12 @@ where
     /// # Ok(())
     /// # }
     /// ```
+    #[cfg_attr(not(feature = "redis"), expect(unused_variables))]
     pub async fn wait_subscribed(&self, limit: Duration) -> bool {
         #[cfg(feature = "redis")]
         if let Some(bus) = &self.inner.bus {
             return bus.wait_subscribed(limit).await;
         }
-        let _ = limit;
         true
     }
 
@@ -602,12 +602,12 @@ where
     K: CacheKey,
 {
     /// Tells the other instances that `keys` changed.
+    #[cfg_attr(not(feature = "redis"), expect(unused_variables))]
     fn announce(&self, keys: &[K]) {
         #[cfg(feature = "redis")]
         if let Some(bus) = &self.bus {
             bus.publish_keys(keys.iter().map(ToString::to_string));
         }
-        let _ = keys;
     }
 
     /// Whether this cache has a Redis level (up or down).

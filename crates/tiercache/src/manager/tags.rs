@@ -145,6 +145,7 @@ where
 
 impl<K, V> Inner<K, V> {
     /// The generation Redis holds for `tag`, if it answered with one.
+    #[cfg_attr(not(feature = "redis"), expect(unused_variables))]
     async fn stored_generation(&self, tag: &str) -> Option<u64> {
         #[cfg(feature = "redis")]
         if let Some(l2) = &self.l2
@@ -152,17 +153,16 @@ impl<K, V> Inner<K, V> {
         {
             return std::str::from_utf8(&bytes).ok()?.parse().ok();
         }
-        let _ = tag;
         None
     }
 
     /// Raises `tag`'s generation in Redis; `None` when Redis could not.
+    #[cfg_attr(not(feature = "redis"), expect(unused_variables))]
     async fn bump_stored_generation(&self, tag: &str) -> Option<u64> {
         #[cfg(feature = "redis")]
         if let Some(l2) = &self.l2 {
             return l2.bump_tag(&self.tag_key(tag)).await;
         }
-        let _ = tag;
         None
     }
 

@@ -193,9 +193,8 @@ where
     /// # Ok(())
     /// # }
     /// ```
+    #[cfg_attr(not(feature = "redis"), expect(unused_variables))]
     pub async fn invalidate_version(&self, key: &K, version: u64) {
-        #[cfg(not(feature = "redis"))]
-        let _ = version;
         #[cfg(feature = "redis")]
         if let (Some(l2), Some(versioning)) = (&self.inner.l2, &self.inner.versioning) {
             return self
