@@ -1,7 +1,7 @@
 //! [`TieredCacheBuilder`]: every knob of a [`TieredCache`](crate::TieredCache), with its default.
 //!
 //! The builder only collects settings (this file, with each knob's
-//! documentation); `build` validates them and wires the levels together
+//! documentation; the Redis level's knobs in `redis.rs`); `build` validates them and wires the levels together
 //! (`build.rs`); every default is one constant in `defaults.rs`. It never reads the environment: services map their own
 //! configuration (e.g. `L1_MAX_ENTRIES`) onto these methods.
 
@@ -24,6 +24,8 @@ mod build;
 #[cfg(feature = "redis")]
 mod connect;
 pub mod defaults;
+#[cfg(feature = "redis")]
+mod redis;
 
 /// Where the builder's Redis setting came from; URLs are parsed in `build`.
 #[cfg(feature = "redis")]
@@ -275,13 +277,6 @@ where
         self
     }
 
-    #[cfg(feature = "redis")]
-    /// How long a value stays in Redis. Default [`defaults::L2_TTL`] (3,600 s).
-    pub fn l2_ttl(mut self, ttl: Duration) -> Self {
-        self.l2_ttl = ttl;
-        self
-    }
-
     /// How long "not found" is remembered, in both levels; `None` turns
     /// negative caching off. Default [`defaults::NEGATIVE_TTL`] (30 s).
     pub fn negative_ttl(mut self, ttl: Option<Duration>) -> Self {
@@ -313,126 +308,6 @@ where
     /// ```
     pub fn codec(mut self, codec: impl Codec<V>) -> Self {
         self.codec = Arc::new(codec);
-        self
-    }
-
-    #[cfg(feature = "compression")]
-    /// Encoded values of at least this many bytes are LZ4-compressed in
-    /// Redis (when that makes them smaller). Default `None`: never, so that
-    /// JSON values stay readable by any client.
-    pub fn compression_threshold(mut self, bytes: Option<usize>) -> Self {
-        self.compression_threshold = bytes;
-        self
-    }
-
-    #[cfg(feature = "redis")]
-    /// Uses Redis as L2, given a URL in any form [`RedisTopology::parse`]
-    /// accepts; parsed by [`build`](Self::build). Default: no L2.
-    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
-        self.redis = RedisSetting::Url(url.into());
-        self
-    }
-
-    #[cfg(feature = "redis")]
-    /// Uses Redis as L2 at `topology`. Default: no L2.
-    ///
-    /// # Example
-    ///
-    /// ```no_run
-    /// # async fn example() -> Result<(), tiercache::Error> {
-    /// use tiercache::{RedisTopology, TieredCache};
-    /// let cache: TieredCache<u64, String> = TieredCache::builder()
-    ///     .redis(RedisTopology::parse("redis+cluster://10.0.0.1:7000,10.0.0.2:7000")?)
-    ///     .build()
-    ///     .await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn redis(mut self, topology: RedisTopology) -> Self {
-        self.redis = RedisSetting::Topology(topology);
-        self
-    }
-
-    #[cfg(feature = "redis")]
-    /// Bound on every Redis call; a call that takes longer counts as an L2
-    /// error and the lookup falls through. Default [`defaults::L2_TIMEOUT`] (100 ms).
-    pub fn l2_timeout(mut self, timeout: Duration) -> Self {
-        self.l2_timeout = timeout;
-        self
-    }
-
-    #[cfg(feature = "redis")]
-    /// Bound on every attempt to connect to Redis, including the one
-    /// `build` waits for. Default [`defaults::L2_CONNECT_TIMEOUT`] (1 s).
-    pub fn l2_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.l2_connect_timeout = timeout;
-        self
-    }
-
-    #[cfg(feature = "redis")]
-    /// Consecutive failed Redis calls after which Redis is skipped (the
-    /// circuit breaker opens). Default [`defaults::BREAKER_FAILURE_THRESHOLD`] (5).
-    pub fn breaker_failure_threshold(mut self, failures: u32) -> Self {
-        self.breaker_failure_threshold = failures;
-        self
-    }
-
-    #[cfg(feature = "redis")]
-    /// How long Redis is skipped once the breaker opens before a probe is
-    /// sent; also the probe interval while it stays down.
-    /// Default [`defaults::BREAKER_COOLDOWN`] (1 s).
-    pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
-        self.breaker_cooldown = cooldown;
-        self
-    }
-
-    #[cfg(feature = "redis")]
-    /// Whether this cache joins the invalidation bus (the pub/sub channel
-    /// `{key_prefix}{namespace}:bus`) when Redis is configured. Default
-    /// `true`; without Redis there is no bus whatever this says.
-    ///
-    /// Turn it off only for a cache that is never written to by more than
-    /// one instance: without the bus other instances' L1 copies live until
-    /// their L1 TTL.
-    pub fn bus(mut self, enabled: bool) -> Self {
-        self.bus = enabled;
-        self
-    }
-
-    #[cfg(feature = "redis")]
-    /// How often this instance publishes a heartbeat on the bus. A
-    /// connection that hears nothing (not even its own heartbeats) for
-    /// three intervals is presumed dead: it is rebuilt and the change log
-    /// replayed. Default [`defaults::HEARTBEAT_INTERVAL`] (1 s).
-    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
-        self.heartbeat_interval = interval;
-        self
-    }
-
-    #[cfg(feature = "redis")]
-    /// How many bus messages the change log (`{key_prefix}{namespace}:bus:log`,
-    /// a capped Redis stream) keeps, about. An instance that missed
-    /// messages replays them from the log and drops only the keys they
-    /// named; one that was away longer than the log reaches back empties
-    /// its L1 instead. Each entry is one coalesced message (up to 500 keys).
-    /// Default [`defaults::CHANGE_LOG_LEN`] (10,000).
-    pub fn change_log_len(mut self, entries: usize) -> Self {
-        self.change_log_len = entries;
-        self
-    }
-
-    #[cfg(feature = "redis")]
-    /// Whether the bus asks Redis for client tracking of this cache's keys
-    /// (`CLIENT TRACKING ON BCAST PREFIX {key_prefix}{namespace}: NOLOOP`),
-    /// so that a value changed, deleted, expired or evicted in Redis by
-    /// anyone (another service, a script, `redis-cli`) leaves every
-    /// instance's L1 within the bus's delay. Default `true`; on a cluster
-    /// every primary is tracked. Costs one invalidation message per changed
-    /// key per instance; an instance that holds the key reads it back once
-    /// to tell its own writes from others' (in an unversioned cache on a
-    /// cluster, its own writes drop its copy: the next read is an L2 hit).
-    pub fn client_tracking(mut self, enabled: bool) -> Self {
-        self.client_tracking = enabled;
         self
     }
 
@@ -472,16 +347,6 @@ where
             field: field.into(),
             version_of: Arc::new(version_of),
         });
-        self
-    }
-
-    #[cfg(feature = "redis")]
-    /// How long a tombstone left by [`TieredCache::invalidate_version`](crate::TieredCache::invalidate_version)
-    /// refuses older versions. It must outlast the slowest load that can
-    /// race a write (bound it with [`hard_timeout`](Self::hard_timeout)).
-    /// Default [`defaults::TOMBSTONE_TTL`] (60 s).
-    pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {
-        self.tombstone_ttl = ttl;
         self
     }
 
@@ -538,62 +403,6 @@ where
     /// default): loads are never abandoned.
     pub fn hard_timeout(mut self, hard: Option<Duration>) -> Self {
         self.hard_timeout = hard;
-        self
-    }
-
-    #[cfg(feature = "redis")]
-    /// Turns on write-behind (see [`TieredCache::write_behind`](crate::TieredCache::write_behind)): changes
-    /// are queued in Redis Streams (one on a single server, partitioned on
-    /// a cluster) and `flush` writes them to the store in batches, polling
-    /// every `interval` when idle. Needs a versioned cache. Default: off.
-    /// [`TieredCache::write_behind`](crate::TieredCache::write_behind) has
-    /// an example with a `Flush` implementation.
-    pub fn write_behind(mut self, flush: impl Flush<K, V>, interval: Duration) -> Self {
-        self.write_behind = Some((Arc::new(flush), interval));
-        self
-    }
-
-    #[cfg(feature = "redis")]
-    /// How long a write-behind write waits for a replica to confirm it
-    /// (`WAIT 1 <timeout>` after queueing) before it is acknowledged, so
-    /// that a failover of the primary that took it does not lose it; `None`
-    /// acknowledges once the primary has it. The wait costs one replication
-    /// round trip per write (sub-millisecond on one host, about the network
-    /// latency between primary and replica otherwise). When no replica
-    /// confirms within `timeout`, the write is acknowledged anyway (it is
-    /// queued), counted in [`WriteBehindStats::unreplicated`](crate::WriteBehindStats::unreplicated)
-    /// and logged. Default: [`defaults::WRITE_BEHIND_REPLICA_WAIT`] on a
-    /// cluster (turn it off for a cluster without replicas, where every
-    /// write would wait the full timeout), `None` on a single server (set it
-    /// when yours has a replica).
-    pub fn write_behind_replica_wait(mut self, timeout: Option<Duration>) -> Self {
-        self.replica_wait = Some(timeout);
-        self
-    }
-
-    #[cfg(feature = "redis")]
-    /// Cross-instance stampede protection: when several instances miss one
-    /// key at once, the first takes a lease on it in Redis (`SET NX PX`,
-    /// for `lease`) and loads; the others wait, polling Redis every 10 ms,
-    /// for its value, and load themselves only if the lease is free again
-    /// first (its holder's load failed, or outlasted `lease`).
-    /// One load per key across all instances instead of one per instance,
-    /// for the price of a `SET` on every L2 miss and, for the waiters, up
-    /// to `lease` of waiting. Set `lease` a little above your loader's
-    /// usual time. Needs Redis; `None` (the default) turns it off.
-    ///
-    /// ```no_run
-    /// # use std::time::Duration;
-    /// # async fn f() -> Result<(), tiercache::Error> {
-    /// let cache = tiercache::TieredCache::<u64, String>::builder()
-    ///     .redis_url("redis://127.0.0.1:6379")
-    ///     .stampede_lease(Some(Duration::from_millis(500)))
-    ///     .build()
-    ///     .await?;
-    /// # Ok(()) }
-    /// ```
-    pub fn stampede_lease(mut self, lease: Option<Duration>) -> Self {
-        self.stampede_lease = lease;
         self
     }
 

@@ -1,12 +1,14 @@
 //! [`TieredCache`]: cache-aside over L1 → L2 → loader.
 //!
-//! This file owns the type, its parts and its state accessors; the work is
-//! split by concept: [`read`](self::read) (lookups, single-flight, fail-safe),
-//! `write` (write-through, invalidation, write-behind, warming), `encode`
-//! (stored forms), `ttl` (lifetimes), `local_level` (L1 with its fences and
-//! tags, shared with the bus), `counters`, `tags`, `refresh`, `unapplied`
-//! (writes Redis missed) and the bus-facing `sink` and `own_writes`.
-//! Levels themselves live in [`crate::local`] and [`crate::remote`].
+//! This file owns the type and its parts; the work is split by concept:
+//! [`read`](self::read) (lookups, single-flight, fail-safe) with its Redis
+//! half `l2_read`, `write` (write-through, invalidation, warming), `behind`
+//! (write-behind), `options` (per-call settings), `observe` (stats, events,
+//! metrics, L2 and bus state), `encode`/`decode` (stored forms), `ttl`
+//! (lifetimes), `local_level` (L1 with its fences and tags, shared with the
+//! bus), `counters`, `tags`, `refresh`, `lease` (the stampede lease),
+//! `unapplied` (writes Redis missed) and the bus-facing `sink` and
+//! `own_writes`. Levels themselves live in `local` and `remote`.
 
 use std::fmt;
 use std::hash::Hash;
@@ -23,12 +25,10 @@ use crate::builder::Versioning;
 #[cfg(feature = "redis")]
 use crate::bus::Bus;
 use crate::codec::Codec;
-use crate::events::CacheEvents;
 use crate::flight::Flights;
 use crate::load_error::Failure;
 #[cfg(feature = "redis")]
 use crate::remote::RemoteCache;
-use crate::stats::{BusState, BusStats, CacheStats, L2State, L2Stats, LoaderStats, StaleStats};
 #[cfg(any(feature = "redis", feature = "metrics"))]
 use crate::task::AbortOnDrop;
 use crate::task::LogLimiter;
@@ -50,6 +50,7 @@ mod l2_read;
 mod lease;
 mod local_level;
 mod lookup;
+mod observe;
 mod options;
 #[cfg(feature = "redis")]
 mod own_writes;
@@ -63,7 +64,7 @@ mod ttl;
 mod unapplied;
 mod write;
 
-use counters::{Counter, Counters};
+use counters::Counters;
 pub(crate) use local_level::LocalLevel;
 pub use lookup::{Lookup, Source};
 pub(crate) use options::Policy;
@@ -159,7 +160,7 @@ type FlightResult<V> = Result<(Shared<V>, Source), Failure>;
 ///
 /// Concurrent misses of one key are coalesced: one caller's loader runs
 /// (after one Redis lookup) and the others wait and receive the same result
-/// (counted in [`LoaderStats::coalesced`]); the other loaders are dropped
+/// (counted in [`LoaderStats::coalesced`](crate::LoaderStats::coalesced)); the other loaders are dropped
 /// unrun. A loader error is handed to every waiter as the same
 /// [`LoadError`](crate::LoadError) and is not cached. If the running caller is cancelled,
 /// a waiting caller runs its own loader instead. Batch reads
@@ -345,7 +346,7 @@ where
                 codec: parts.codec,
                 loader_timing: parts.loader_timing,
                 #[cfg(feature = "metrics")]
-                _publisher: AbortOnDrop(tokio::spawn(publish_metrics(inner.clone()))),
+                _publisher: AbortOnDrop(tokio::spawn(observe::publish_metrics(inner.clone()))),
                 #[cfg(feature = "metrics")]
                 telemetry: parts.telemetry,
                 #[cfg(feature = "redis")]
@@ -359,224 +360,6 @@ where
                 stale_log: LogLimiter::default(),
             }),
         }
-    }
-
-    /// A snapshot of every counter.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// # use tiercache::{Source, TieredCache};
-    /// # #[derive(Debug, thiserror::Error)] #[error("store down")] struct StoreDown;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), tiercache::Error> {
-    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
-    /// let _ = cache.get_or_load(&7, || async { Ok::<_, StoreDown>(Some("widget".to_owned())) }).await?;
-    /// let stats = cache.stats();
-    /// assert_eq!(stats.l1.entries, 1);
-    /// println!("{}", serde_json::to_string(&stats).unwrap());
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn stats(&self) -> CacheStats {
-        let inner = &*self.inner;
-        let count = |counter| inner.counters.sum(counter);
-        #[cfg(feature = "redis")]
-        let (l2_errors, write_behind, bus) = (
-            inner.l2.as_ref().map_or(0, RemoteCache::errors),
-            inner
-                .write_behind
-                .as_ref()
-                .map(WriteBehind::stats)
-                .unwrap_or_default(),
-            inner
-                .bus
-                .as_ref()
-                .map_or_else(BusStats::disabled, Bus::stats),
-        );
-        #[cfg(not(feature = "redis"))]
-        let (l2_errors, write_behind, bus) = (0, Default::default(), BusStats::disabled());
-        CacheStats {
-            l1: inner.local.l1.stats(),
-            l2: L2Stats {
-                hits: count(Counter::L2Hits),
-                misses: count(Counter::L2Misses),
-                errors: l2_errors,
-                decode_errors: count(Counter::DecodeErrors),
-                guard_rejections: count(Counter::GuardRejections),
-                state: self.l2_state(),
-            },
-            loader: LoaderStats {
-                loads: count(Counter::Loads),
-                coalesced: count(Counter::Coalesced),
-                errors: count(Counter::LoaderErrors),
-                soft_timeouts: count(Counter::SoftTimeouts),
-                hard_timeouts: count(Counter::HardTimeouts),
-                refreshes: count(Counter::Refreshes),
-                refresh_errors: count(Counter::RefreshErrors),
-            },
-            negative_hits: count(Counter::NegativeHits),
-            stale: StaleStats {
-                loader_error: count(Counter::StaleLoaderError),
-                soft_timeout: count(Counter::StaleSoftTimeout),
-                throttled: count(Counter::StaleThrottled),
-            },
-            fenced_fills: count(Counter::FencedFills),
-            write_behind,
-            bus,
-        }
-    }
-
-    /// Subscribes to this cache's [`CacheEvent`](crate::CacheEvent)s: evictions,
-    /// invalidations applied (and whether they were local, from the bus, a
-    /// replay of its change log or Redis client tracking), L1 clears and
-    /// why, L2 and bus state changes, stale answers, write-behind flushes.
-    ///
-    /// Costs nothing while nobody subscribes. A subscriber that falls more
-    /// than [`EVENT_CAPACITY`](crate::EVENT_CAPACITY) events behind gets a
-    /// [`CacheEvent::Lagged`](crate::CacheEvent::Lagged) in place of those it missed; it never slows
-    /// the cache down.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// # use tiercache::{CacheEvent, ClearReason, InvalidationOrigin, TieredCache};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), tiercache::Error> {
-    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
-    /// let mut events = cache.subscribe();
-    /// cache.invalidate(&7).await;
-    /// cache.clear_local();
-    /// assert_eq!(
-    ///     events.recv().await,
-    ///     Some(CacheEvent::Invalidated { key: "7".to_owned(), origin: InvalidationOrigin::Local })
-    /// );
-    /// assert_eq!(events.recv().await, Some(CacheEvent::Cleared { reason: ClearReason::Requested }));
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn subscribe(&self) -> CacheEvents {
-        self.inner.local.events.subscribe()
-    }
-
-    /// Publishes this cache's counters to its metrics recorder now (they
-    /// are published every [`PUBLISH_INTERVAL`](crate::telemetry::PUBLISH_INTERVAL)
-    /// anyway): call it before rendering a scrape for exact numbers. See
-    /// [`telemetry`](crate::telemetry).
-    ///
-    /// # Example
-    ///
-    /// ```no_run
-    /// # fn scrape(
-    /// #     cache: tiercache::TieredCache<u64, String>,
-    /// #     handle: metrics_exporter_prometheus::PrometheusHandle,
-    /// # ) -> String {
-    /// // In the handler of `GET /metrics`:
-    /// cache.record_metrics();
-    /// handle.render()
-    /// # }
-    /// ```
-    #[cfg(feature = "metrics")]
-    pub fn record_metrics(&self) {
-        self.inner.telemetry.publish(&self.stats());
-    }
-
-    /// Whether this instance listens to the invalidation bus right now:
-    /// `Disabled` without Redis (or with the bus turned off), else
-    /// `Subscribed` or `Connecting`.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// # use tiercache::{BusState, L2State, TieredCache};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), tiercache::Error> {
-    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
-    /// // Without Redis there is no bus.
-    /// assert_eq!(cache.bus_state(), BusState::Disabled);
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn bus_state(&self) -> BusState {
-        #[cfg(feature = "redis")]
-        if let Some(bus) = &self.inner.bus {
-            return bus.state();
-        }
-        BusState::Disabled
-    }
-
-    /// Waits until the invalidation bus is subscribed, at most `limit`, and
-    /// returns whether it is; `true` at once when there is no bus.
-    ///
-    /// For a service that reports healthy only once it hears the bus.
-    /// `build` already waits for the first subscription as long as it
-    /// waits for Redis, so this only waits when Redis was slow or down.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// # use tiercache::{BusState, L2State, TieredCache};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), tiercache::Error> {
-    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
-    /// // Report healthy only once the bus hears the other instances.
-    /// let ready = cache.wait_subscribed(std::time::Duration::from_secs(5)).await;
-    /// assert!(ready, "true at once without a bus");
-    /// # Ok(())
-    /// # }
-    /// ```
-    #[cfg_attr(not(feature = "redis"), expect(unused_variables))]
-    pub async fn wait_subscribed(&self, limit: Duration) -> bool {
-        #[cfg(feature = "redis")]
-        if let Some(bus) = &self.inner.bus {
-            return bus.wait_subscribed(limit).await;
-        }
-        true
-    }
-
-    /// The bus channel of this cache, `{key_prefix}{namespace}:bus` (on a
-    /// cluster hash-tagged: `{{key_prefix}{namespace}:bus}`), or `None`
-    /// without a bus.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// # use tiercache::{Source, TieredCache};
-    /// # #[derive(Debug, thiserror::Error)] #[error("store down")] struct StoreDown;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), tiercache::Error> {
-    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
-    /// assert_eq!(cache.bus_channel(), None, "no Redis, no bus");
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn bus_channel(&self) -> Option<&str> {
-        #[cfg(feature = "redis")]
-        if let Some(bus) = &self.inner.bus {
-            return Some(bus.channel());
-        }
-        None
-    }
-
-    /// Health of the Redis level: `Disabled` without Redis, else `Up` or `Down`.
-    ///
-    /// # Example
-    ///
-    /// ```
-    /// # use tiercache::{BusState, L2State, TieredCache};
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), tiercache::Error> {
-    /// # let cache: TieredCache<u64, String> = TieredCache::builder().build().await?;
-    /// assert_eq!(cache.l2_state(), L2State::Disabled);
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn l2_state(&self) -> L2State {
-        #[cfg(feature = "redis")]
-        if let Some(l2) = &self.inner.l2 {
-            return l2.state();
-        }
-        L2State::Disabled
     }
 
     /// The Redis key under which `key` is stored: `{key_prefix}{namespace}:{key}`.
@@ -620,21 +403,6 @@ where
 
     fn redis_key(&self, key: &K) -> String {
         value_key(&self.settings.key_prefix, key)
-    }
-}
-
-/// Publishes the cache's counters every `PUBLISH_INTERVAL` while it lives.
-#[cfg(feature = "metrics")]
-async fn publish_metrics<K, V>(inner: std::sync::Weak<Inner<K, V>>)
-where
-    K: CacheKey,
-    V: Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-    let mut ticks = tokio::time::interval(crate::telemetry::PUBLISH_INTERVAL);
-    loop {
-        ticks.tick().await;
-        let Some(inner) = inner.upgrade() else { return };
-        TieredCache { inner }.record_metrics();
     }
 }
 

@@ -41,7 +41,11 @@ impl Spans {
 async fn loads_and_redis_calls_are_spans_naming_cache_and_level() {
     raw_redis().await;
     let spans = Spans::default();
-    // This test's thread only (the runtime is single-threaded).
+    // Spans are recorded on this test's thread only (its runtime has one).
+    // A second dispatcher, alive as long as ours: with only one, tracing
+    // judges a callsite first reached on another test's thread by that
+    // thread's (absent) subscriber and caches "never" for every thread.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let _subscriber =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
     let cache: TieredCache<i64, Item> = builder(&unique_prefix())
