@@ -2,11 +2,19 @@
 # Load figures for GET /products/{id}, every ratio from one run.
 #
 # Seeds 100,000 products, then drives the route with wrk (64 connections,
-# 15 s each) against release binaries:
-#   floor        examples/floor.rs: precomputed bodies in a HashMap (the ceiling)
-#   L1 hit       catalog, L1 holds every product (warmed), every request an L1 hit
-#                (floor and L1 hit alternate ROUNDS times; ratios of the means)
-#   L2 hit       catalog, one-entry L1 + Redis holding every product
+# 15 s each) against release binaries. The headline runs use the shape a
+# deployment has: Redis and the bus on, an L1 of L1_ENTRIES (1,000) over
+# all the products.
+#   floor        examples/floor.rs: a plain axum handler serving precomputed
+#                bodies of the same shape (no catalog code; same allocator)
+#   L1 hit       catalog + Redis, hot set of HOT_IDS (500) ids inside the L1;
+#                floor and L1 hit alternate ROUNDS times; ratios of the means
+#   L2 hit       catalog + Redis holding every product (warmed), ids uniform
+#                over all of them, so nearly every request is an L2 hit that
+#                fills L1 and evicts
+#   extra rows   (SECTIONS "l1-only l2-only") the earlier shapes: an L1 holding
+#                every product without Redis, and a one-entry L1 in front of
+#                Redis (every L2 hit skips the L1 insert)
 #   no cache     catalog, one-entry L1 and no Redis: every request reads the store
 #                (PostgreSQL, and SQLite as the embedded default); concurrent
 #                reads share batch queries (DB_READ_LANES), mean batch printed
@@ -27,8 +35,11 @@
 #        REDIS_URL (default redis://127.0.0.1:6379)
 #        DURATION (15s), CONNECTIONS (64), PRODUCTS (100000), PORT (18080),
 #        ROUNDS (2): floor and L1-hit runs, alternated (and the cluster's)
-#        SECTIONS ("l1 l2 nocache zipf cluster"): which runs to make
+#        L1_ENTRIES (1000), HOT_IDS (500): the headline runs' L1 and hot set
+#        SECTIONS ("l1 l2 nocache zipf cluster l1-only l2-only"): which runs to make
 #        CLUSTER_PORT (30100): first of the cluster's six ports (bench/local_cluster.sh)
+# Each run also reports the server's CPU time per request (user + system,
+# from /proc/PID/stat), steadier under a noisy machine than throughput.
 # Client and server share this machine's cores: compare runs of one
 # invocation with each other, not with other machines.
 set -euo pipefail
@@ -41,7 +52,10 @@ CONNECTIONS=${CONNECTIONS:-64}
 PRODUCTS=${PRODUCTS:-100000}
 PORT=${PORT:-18080}
 ROUNDS=${ROUNDS:-2}
-SECTIONS=${SECTIONS:-l1 l2 nocache zipf cluster}
+SECTIONS=${SECTIONS:-l1 l2 nocache zipf cluster l1-only l2-only}
+L1_ENTRIES=${L1_ENTRIES:-1000}
+HOT_IDS=${HOT_IDS:-500}
+CLK_TCK=$(getconf CLK_TCK)
 CLUSTER_PORT=${CLUSTER_PORT:-30100}
 export PGOPTIONS="-c client_min_messages=warning"
 BIN=target/release/catalog
@@ -126,18 +140,29 @@ for k in sys.argv[1:]: d=d[k]
 print(d)' "$@"
 }
 
-# drive NAME LUA: one wrk run, summarised on one line.
+cpu_ticks() { # cpu_ticks PID: user + system time of the process, in clock ticks
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+# drive NAME LUA [MAX_ID]: one wrk run over ids 1..MAX_ID (default: every
+# product), summarised on one line with the server's CPU µs per request.
 drive() {
-  local name=$1 script=$2 out="$WORK/$1.wrk"
-  MAX_ID=$PRODUCTS wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency \
+  local name=$1 script=$2 max=${3:-$PRODUCTS} out="$WORK/$1.wrk"
+  local before after
+  before=$(cpu_ticks "$SERVER_PID")
+  MAX_ID=$max wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency \
     -s "bench/$script" "http://127.0.0.1:$PORT" >"$out"
-  local rps p50 p99 errors
+  after=$(cpu_ticks "$SERVER_PID")
+  local rps p50 p99 errors requests
   rps=$(awk '/^Requests\/sec/ {print $2}' "$out")
   p50=$(awk '$1 == "50%" {print $2}' "$out")
   p99=$(awk '$1 == "99%" {print $2}' "$out")
   errors=$(awk '/Non-2xx or 3xx/ {print $5}' "$out")
-  printf '%-30s %10s req/s   p50 %9s   p99 %9s   non-2xx %s\n' \
-    "$name" "$rps" "$p50" "$p99" "${errors:-0}"
+  requests=$(awk '/requests in/ {print $1}' "$out")
+  CPU=$(python3 -c "import sys; t,r,hz=map(float,sys.argv[1:]); print(f'{t*1e6/hz/max(r,1):.1f}')" \
+    "$((after - before))" "$requests" "$CLK_TCK")
+  printf '%-30s %10s req/s   p50 %9s   p99 %9s   CPU %6s µs/req   non-2xx %s\n' \
+    "$name" "$rps" "$p50" "$p99" "$CPU" "${errors:-0}"
   RPS=$rps P99=$p99
 }
 
@@ -158,8 +183,8 @@ print(f"    {label}: {mean(a) / mean(b):.2f} (target {target})")
 PY
 }
 
-warmup() { # a short untimed wrk pass
-  MAX_ID=$PRODUCTS wrk -t2 -c"$CONNECTIONS" -d3s -s "bench/$1" "http://127.0.0.1:$PORT" >/dev/null
+warmup() { # warmup LUA [MAX_ID]: a short untimed wrk pass
+  MAX_ID=${2:-$PRODUCTS} wrk -t2 -c"$CONNECTIONS" -d3s -s "bench/$1" "http://127.0.0.1:$PORT" >/dev/null
 }
 
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
@@ -182,37 +207,41 @@ psql "$PG_BENCH_URL" -qc "VACUUM ANALYZE" -c "CHECKPOINT" >/dev/null
 # (a) the floor and (b) every request an L1 hit, alternated ROUNDS times:
 # the machine's speed drifts by more than the gap being measured, and
 # alternating makes a drift hit both alike. The ratios are of the means.
+# The catalog runs as deployed: Redis and the bus on, an L1 of L1_ENTRIES;
+# the hot set (ids 1..HOT_IDS) fits in it.
 if want l1; then
-FLOOR_RPS=() FLOOR_P99=() L1_RPS=() L1_P99=()
+FLOOR_RPS=() FLOOR_P99=() FLOOR_CPU=() L1_RPS=() L1_P99=() L1_CPU=()
 for round in $(seq 1 "$ROUNDS"); do
   "$FLOOR" "127.0.0.1:$PORT" "$PRODUCTS" >"$WORK/floor.log" 2>&1 &
   SERVER_PID=$!
   wait_healthy floor
-  warmup random_ids.lua
-  drive "floor (precomputed map) #$round" random_ids.lua
-  FLOOR_RPS+=("$RPS") FLOOR_P99+=("$P99")
+  warmup random_ids.lua "$HOT_IDS"
+  drive "floor #$round" random_ids.lua "$HOT_IDS"
+  FLOOR_RPS+=("$RPS") FLOOR_P99+=("$P99") FLOOR_CPU+=("$CPU")
   stop_server
 
-  # L1 large enough for every product, warmed.
-  start_catalog l1 "$PG_BENCH_URL" L1_MAX_ENTRIES=$((PRODUCTS * 2)) L1_MAX_BYTES=$((1024 * 1024 * 1024))
-  api POST /cache/warm '{"all":true}' >/dev/null
-  warmup random_ids.lua
-  drive "catalog L1 hit #$round" random_ids.lua
-  L1_RPS+=("$RPS") L1_P99+=("$P99")
-  echo "    L1 hits $(stat levels l1 hits), L1 misses $(stat levels l1 misses)"
+  start_catalog l1 "$PG_BENCH_URL" REDIS_URL="$REDIS_URL" L1_MAX_ENTRIES="$L1_ENTRIES"
+  warmup random_ids.lua "$HOT_IDS"
+  drive "catalog L1 hit #$round" random_ids.lua "$HOT_IDS"
+  L1_RPS+=("$RPS") L1_P99+=("$P99") L1_CPU+=("$CPU")
+  echo "    L1 hits $(stat levels l1 hits), L1 misses $(stat levels l1 misses), L2 $(stat levels l2 state)"
+  api DELETE /cache >/dev/null
   stop_server
 done
 ratio "L1 hit / floor, req/s (means)" "${L1_RPS[*]}" "${FLOOR_RPS[*]}" "≥ 0.85"
+ratio "L1 hit / floor, CPU µs/req (means)" "${L1_CPU[*]}" "${FLOOR_CPU[*]}" "≤ 1.35"
 ratio "L1 hit / floor, p99 (means)" "${L1_P99[*]}" "${FLOOR_P99[*]}" "≤ 1.25"
 fi
 
-# (c) every request an L2 hit: a one-entry L1 in front of a warmed Redis.
+# (c) L2 hits as deployed: an L1 of L1_ENTRIES in front of a warmed Redis,
+# ids uniform over every product, so nearly every request is an L2 hit that
+# fills L1 and evicts.
 if want l2; then
-start_catalog l2 "$PG_BENCH_URL" L1_MAX_ENTRIES=1 REDIS_URL="$REDIS_URL"
+start_catalog l2 "$PG_BENCH_URL" REDIS_URL="$REDIS_URL" L1_MAX_ENTRIES="$L1_ENTRIES"
 api POST /cache/warm '{"all":true}' >/dev/null
 warmup random_ids.lua
 drive "catalog L2 hit" random_ids.lua
-echo "    L2 hits $(stat levels l2 hits), L2 misses $(stat levels l2 misses), L2 errors $(stat levels l2 errors)"
+echo "    L1 hits $(stat levels l1 hits), L2 hits $(stat levels l2 hits), L2 misses $(stat levels l2 misses), L2 errors $(stat levels l2 errors)"
 L2_RPS=$RPS
 api DELETE /cache >/dev/null
 stop_server
@@ -283,4 +312,23 @@ done
 ratio "L2 hit cluster / single node, req/s (means)" "${CLUSTER_RPS[*]}" "${SINGLE_RPS[*]}" "report"
 # Write-behind latency with and without the replica wait, on this cluster.
 PG_URL=$PG_URL ROUNDS=$ROUNDS CLUSTER_URL=$CLUSTER_URL bash bench/write_behind_latency.sh
+fi
+
+# Extra rows: the shapes earlier rounds measured, which skip work a
+# deployment does (no Redis behind a huge L1; a one-entry L1 that refuses
+# every L2 hit). Not the headline.
+if want l1-only; then
+start_catalog l1-only "$PG_BENCH_URL" L1_MAX_ENTRIES=$((PRODUCTS * 2)) L1_MAX_BYTES=$((1024 * 1024 * 1024))
+api POST /cache/warm '{"all":true}' >/dev/null
+warmup random_ids.lua
+drive "extra: L1 of every product, no Redis" random_ids.lua
+stop_server
+fi
+if want l2-only; then
+start_catalog l2-only "$PG_BENCH_URL" L1_MAX_ENTRIES=1 REDIS_URL="$REDIS_URL"
+api POST /cache/warm '{"all":true}' >/dev/null
+warmup random_ids.lua
+drive "extra: L2 hit, one-entry L1" random_ids.lua
+api DELETE /cache >/dev/null
+stop_server
 fi
