@@ -89,8 +89,8 @@ impl<E: fmt::Display> fmt::Display for LoadError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Loader(error) => write!(f, "the cache loader failed: {error}"),
-            Self::TimedOut(limit) => write!(f, "the cache loader took longer than {limit:?}"),
-            Self::Panicked => f.write_str("the cache loader panicked"),
+            Self::TimedOut(limit) => fmt::Display::fmt(&LoaderTimedOut(*limit), f),
+            Self::Panicked => fmt::Display::fmt(&LoaderPanicked, f),
         }
     }
 }
@@ -166,8 +166,8 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Loader { error, .. } => fmt::Display::fmt(error, f),
-            Self::TimedOut(limit) => write!(f, "the cache loader took longer than {limit:?}"),
-            Self::Panicked => f.write_str("the cache loader panicked"),
+            Self::TimedOut(limit) => fmt::Display::fmt(&LoaderTimedOut(*limit), f),
+            Self::Panicked => fmt::Display::fmt(&LoaderPanicked, f),
         }
     }
 }

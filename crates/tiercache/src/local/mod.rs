@@ -114,6 +114,30 @@ impl<K, T> fmt::Debug for LocalCache<K, T> {
     }
 }
 
+/// What an insert pushed out of L1: the entries evicted for room (their
+/// values drop with this, after the shard lock), or the inserted key itself
+/// when it was too heavy to admit.
+pub(crate) struct Evicted<K, T> {
+    entries: Vec<(K, Slot<T>)>,
+    refused: Option<K>,
+}
+
+impl<K, T> Default for Evicted<K, T> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+            refused: None,
+        }
+    }
+}
+
+impl<K, T> Evicted<K, T> {
+    /// The keys that left (or never entered) L1.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &K> {
+        self.entries.iter().map(|(key, _)| key).chain(&self.refused)
+    }
+}
+
 impl<K, T> LocalCache<K, T>
 where
     K: Eq + Hash + Clone,
@@ -259,15 +283,22 @@ where
 
     /// [`insert`](Self::insert) with a stale window, a refresh point and
     /// the degraded mark. A zero fresh time with no stale window stores
-    /// nothing. Returns the keys evicted to make room (`key` itself when it
-    /// is too heavy to admit); empty, and not allocated, in the common case.
+    /// nothing. Returns what was evicted to make room (`key` itself when it
+    /// is too heavy to admit); nothing, and nothing allocated, in the common
+    /// case.
     #[must_use = "the evicted keys are for the cache's events"]
-    pub(crate) fn insert_with(&self, key: &K, value: T, bytes: usize, life: Lifetime) -> Vec<K> {
+    pub(crate) fn insert_with(
+        &self,
+        key: &K,
+        value: T,
+        bytes: usize,
+        life: Lifetime,
+    ) -> Evicted<K, T> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let (fresh_ms, stale_ms) = (ms(life.fresh), ms(life.stale));
         if fresh_ms == 0 && stale_ms == 0 {
             self.remove(key);
-            return Vec::new();
+            return Evicted::default();
         }
         // Weighed as the slot will be: its bytes saturate at `u32::MAX`.
         let stored_bytes = u64::try_from(bytes)
@@ -280,7 +311,10 @@ where
             // every fill.
             self.remove(key);
             self.shared.evictions.fetch_add(1, Ordering::Relaxed);
-            return vec![key.clone()];
+            return Evicted {
+                refused: Some(key.clone()),
+                ..Evicted::default()
+            };
         }
         let now = coarse::now_ms();
         let narrow = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
@@ -315,7 +349,7 @@ where
             // `entry` waits instead of timing out.
             EntryResult::Retained(()) | EntryResult::Removed(..) | EntryResult::Timeout => {
                 self.shared.sub_bytes(bytes);
-                return Vec::new();
+                return Evicted::default();
             }
         };
         if let Err(slot) = guard.insert_with_lifecycle(slot, &mut evicted) {
@@ -323,9 +357,10 @@ where
             // operation happened after this insert, so the value stays out.
             self.shared.sub_bytes(slot.bytes());
         }
-        // The slots (and the last `Arc` of their values) drop here, after
-        // the shard lock.
-        evicted.into_iter().map(|(key, _)| key).collect()
+        Evicted {
+            entries: evicted,
+            refused: None,
+        }
     }
 
     /// Removes `key`; returns whether an entry (expired or not) was present.

@@ -90,7 +90,7 @@ where
         life: Lifetime,
         ticket: Ticket,
     ) -> Filled {
-        for evicted in self.l1.insert_with(key, value, weight, life) {
+        for evicted in self.l1.insert_with(key, value, weight, life).keys() {
             self.events.emit(|| CacheEvent::Evicted {
                 key: evicted.to_string(),
             });

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::error::Error as StdError;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::Instrument;
 
@@ -446,7 +446,7 @@ where
         // A debug span per load (`RUST_LOG=tiercache=debug`); with debug
         // off it costs one level check.
         let span = tracing::debug_span!("load", cache = %self.settings.name, level = "loader");
-        let started = Instant::now();
+        let started = self.loader_timing.start();
         let result = match hard_timeout {
             None => load.instrument(span).await.map_err(Failure::loader),
             Some(limit) => match tokio::time::timeout(limit, load).instrument(span).await {

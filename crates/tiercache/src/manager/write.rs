@@ -436,14 +436,11 @@ where
     /// `negatives` is set.
     pub(super) async fn store_many(
         &self,
-        fills: Vec<(K, Shared<V>)>,
+        mut fills: Vec<(K, Shared<V>)>,
         negatives: bool,
         ticket: Ticket,
     ) {
-        let fills: Vec<_> = fills
-            .into_iter()
-            .filter(|(_, value)| value.is_some() || negatives)
-            .collect();
+        fills.retain(|(_, value)| value.is_some() || negatives);
         #[cfg(feature = "redis")]
         if let Some(l2) = &self.l2 {
             return self.store_many_through(l2, fills, ticket).await;

@@ -220,7 +220,7 @@ impl Inner {
         let call = tokio::time::timeout(self.config.timeout, f(conn)).instrument(
             tracing::debug_span!("redis", cache = %self.config.name, level = "l2", command = what),
         );
-        let started = Instant::now();
+        let started = self.config.timing.start();
         let outcome = call.await;
         self.config.timing.record(started);
         let (failure, unavailable) = match outcome {
