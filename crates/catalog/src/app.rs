@@ -217,7 +217,7 @@ async fn build_product_cache(
         .metrics_recorder(metrics.recorder())
         .codec(RenderedCodec)
         .versioned("version", |p: &RenderedProduct| {
-            u64::try_from(p.product().version).unwrap_or(0)
+            u64::try_from(p.version()).unwrap_or(0)
         })
         .l1_max_entries(config.l1_max_entries)
         .l1_max_bytes(config.l1_max_bytes)

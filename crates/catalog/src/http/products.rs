@@ -7,6 +7,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::AppState;
@@ -22,8 +23,10 @@ const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// Answer to a batch read.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct BatchResponse<'a> {
-    /// Found products, in the order requested.
-    items: Vec<&'a Product>,
+    /// Found products, in the order requested: their cached bodies as they
+    /// are, not parsed and serialised again.
+    #[schema(value_type = Vec<Product>)]
+    items: Vec<&'a RawValue>,
     /// Requested ids that do not exist.
     missing: Vec<i64>,
 }
@@ -119,7 +122,7 @@ pub(super) async fn list_products(
         ListRequest::Batch(ids) => {
             let batch = state.products.get_many(&ids).await?;
             return Ok(Json(BatchResponse {
-                items: batch.items.iter().map(|p| p.product()).collect(),
+                items: batch.items.iter().map(|p| p.json()).collect(),
                 missing: batch.missing,
             })
             .into_response());

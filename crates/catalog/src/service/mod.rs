@@ -188,7 +188,9 @@ impl ProductService {
             .get_or_load(&id, || {
                 // Cloned here, on a miss only: a hit never touches it.
                 let store = Arc::clone(&self.store);
-                async move { Ok::<_, StoreError>(store.get(id).await?.map(RenderedProduct::new)) }
+                async move {
+                    Ok::<_, StoreError>(store.get(id).await?.as_ref().map(RenderedProduct::new))
+                }
             })
             .await?)
     }
@@ -228,6 +230,6 @@ pub(super) fn version_of(product: &Product) -> u64 {
 pub(super) fn by_id(products: Vec<Product>) -> HashMap<i64, RenderedProduct> {
     products
         .into_iter()
-        .map(|p| (p.id, RenderedProduct::new(p)))
+        .map(|p| (p.id, RenderedProduct::new(&p)))
         .collect()
 }

@@ -47,8 +47,8 @@ impl ProductService {
             before_retry(retry).await;
             let current = self.current(id, expected).await?;
             let current = current.product();
-            let product = next(current);
-            let change = Change::Put(RenderedProduct::new(product.clone()));
+            let product = next(&current);
+            let change = Change::Put(RenderedProduct::new(&product));
             match self
                 .cache
                 .write_behind(&id, version_of(&product), change)
@@ -78,9 +78,9 @@ impl ProductService {
             before_retry(retry).await;
             let current = self.current(id, expected).await?;
             let current = current.product();
-            let version = version_of(current).saturating_add(1);
+            let version = version_of(&current).saturating_add(1);
             match self.cache.write_behind(&id, version, Change::Delete).await {
-                Ok(()) => return Ok(current.clone()),
+                Ok(()) => return Ok(current),
                 Err(error) if error.is_conflict() => {}
                 Err(error) => return Err(error.into()),
             }
@@ -98,7 +98,7 @@ impl ProductService {
         let lookup = self.lookup(id).await?;
         let current = lookup.value.ok_or(StoreError::NotFound)?;
         match expected {
-            Expected::Version(v) if v != current.product().version => {
+            Expected::Version(v) if v != current.version() => {
                 Err(StoreError::VersionConflict.into())
             }
             Expected::Version(_) | Expected::Any => Ok(current),
@@ -127,7 +127,7 @@ impl Flush<i64, RenderedProduct> for StoreFlusher {
             let changes: Vec<ProductChange> = batch
                 .iter()
                 .map(|queued| match &queued.change {
-                    Change::Put(product) => ProductChange::Put(product.product().clone()),
+                    Change::Put(product) => ProductChange::Put(product.product()),
                     Change::Delete => ProductChange::Delete {
                         id: queued.key,
                         version: i64::try_from(queued.version).unwrap_or(i64::MAX),

@@ -114,7 +114,7 @@ impl ProductService {
         };
         if put {
             self.cache
-                .set(&product.id, RenderedProduct::new(product.clone()))
+                .set(&product.id, RenderedProduct::new(product))
                 .await;
         }
         self.pages.invalidate_tags(&tags).await;

@@ -78,6 +78,18 @@ pub trait Codec<V>: Send + Sync + fmt::Debug + 'static {
     ///
     /// When the bytes are not a valid encoding of `V` in this format.
     fn decode(&self, bytes: &[u8]) -> Result<V, CodecError>;
+
+    /// Bytes `value` takes in memory, for L1's byte bound; `encoded_len` is
+    /// the length of its encoding.
+    ///
+    /// The default is `encoded_len`, a fair stand-in for most values. A
+    /// codec whose values have a known layout (a rendered response kept in
+    /// one allocation, say) can return their real size, so that
+    /// `l1_max_bytes` bounds memory closely. L1 adds its own cost per entry
+    /// on top.
+    fn weigh(&self, _value: &V, encoded_len: usize) -> usize {
+        encoded_len
+    }
 }
 
 /// A value could not be encoded or decoded.

@@ -30,6 +30,18 @@
 //! and as much less of `max_bytes`. A value heavier than what one shard
 //! admits (97 % of `max_bytes / shards`, all of it for a cache of a few
 //! entries) is not stored at all and counted as an eviction.
+//!
+//! # Memory
+//!
+//! An entry weighs what the manager says it takes (its codec's
+//! [`weigh`](crate::Codec::weigh)) plus [`SLOT_BYTES`], what quick_cache's
+//! structures take per entry, so that `max_bytes` bounds memory, not just
+//! values. quick_cache also keeps *ghosts*, the keys of recent evictions
+//! (S3-FIFO readmits a key straight to its main queue when its ghost is
+//! hit): each takes a slot but has no weight, so ghosts are outside the
+//! bound. Their number is capped so that they take at most
+//! [`GHOST_SHARE_OF_BYTES`] of `max_bytes` (and at most quick_cache's
+//! default of half as many as the entries).
 
 use crate::error::Error;
 
@@ -43,6 +55,19 @@ const MIN_SHARD_ENTRIES: u64 = 128;
 /// default, raised to the whole shard for caches of a few entries, whose
 /// smallest entry would otherwise not fit.
 const HOT_ALLOCATION: f64 = 0.97;
+
+/// What L1's own structures take per entry, the value aside: quick_cache's
+/// slab slot (key, [`Slot`](super::entry::Slot), state, list links) and its
+/// share of the hash table. Measured with 8-byte keys: RSS growth of
+/// 1,000,000 cached products less their values' allocations
+/// (`bench/memory.sh`). A key's own heap bytes (a `String`'s) are not
+/// counted.
+pub(crate) const SLOT_BYTES: u64 = 84;
+/// quick_cache's default share of ghosts: up to half as many as entries.
+const GHOST_ALLOCATION: f64 = 0.5;
+/// The most of `max_bytes` that ghosts (see "Memory" above) may take, and
+/// so how far above `max_bytes` L1's memory can go.
+const GHOST_SHARE_OF_BYTES: f64 = 0.03;
 
 /// An entry's weight: `max(bytes · per_byte, unit)` (see "How both bounds
 /// hold").
@@ -71,6 +96,9 @@ pub(super) struct Layout {
     /// Entries each shard holds.
     shard_slots: u64,
     pub(super) hot_allocation: f64,
+    /// Ghosts per entry slot, so that ghosts take at most
+    /// [`GHOST_SHARE_OF_BYTES`] of `max_bytes`.
+    pub(super) ghost_allocation: f64,
 }
 
 impl Layout {
@@ -99,11 +127,16 @@ impl Layout {
         } else {
             1.0
         };
+        let slots = shards * shard_slots;
+        let ghost_allocation = (max_bytes as f64 * GHOST_SHARE_OF_BYTES
+            / (SLOT_BYTES * slots) as f64)
+            .min(GHOST_ALLOCATION);
         Ok(Self {
             weigh,
             shards,
             shard_slots,
             hot_allocation,
+            ghost_allocation,
         })
     }
 

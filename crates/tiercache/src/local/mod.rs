@@ -48,6 +48,7 @@ use accounting::{Accounting, HITS, MISSES, Shared, SlotWeighter};
 use entry::Slot;
 pub(crate) use entry::{Lifetime, Probe};
 use layout::Layout;
+pub(crate) use layout::SLOT_BYTES;
 
 /// A bounded, TTL-aware, concurrent in-process cache: the L1 of a
 /// [`TieredCache`](crate::TieredCache), usable on its own.
@@ -157,6 +158,7 @@ where
         let options = OptionsBuilder::new()
             .shards(usize::try_from(layout.shards).unwrap_or(1))
             .hot_allocation(layout.hot_allocation)
+            .ghost_allocation(layout.ghost_allocation)
             .estimated_items_capacity(usize::try_from(layout.slots()).unwrap_or(usize::MAX))
             .weight_capacity(layout.capacity())
             .build()

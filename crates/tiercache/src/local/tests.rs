@@ -295,3 +295,24 @@ fn concurrent_inserts_keep_bytes_exact() {
     }
     assert_eq!(stats.bytes, sum);
 }
+
+#[test]
+fn ghosts_take_at_most_their_share_of_the_byte_bound() {
+    for (entries, bytes) in [
+        (10_000, 64 << 20),
+        (1_100_000, 256 << 20),
+        (1_000, 10_000),
+        (1, 1),
+    ] {
+        let layout = super::layout::Layout::new(entries, bytes).unwrap();
+        let ghost_bytes = layout.slots() as f64 * layout.ghost_allocation * SLOT_BYTES as f64;
+        assert!(
+            ghost_bytes <= 0.03 * bytes as f64 + 1e-6,
+            "{entries} {bytes}"
+        );
+        assert!((0.0..=0.5).contains(&layout.ghost_allocation));
+    }
+    // A byte bound with room for them keeps quick_cache's default.
+    let roomy = super::layout::Layout::new(10_000, 64 << 20).unwrap();
+    assert!((roomy.ghost_allocation - 0.5).abs() < f64::EPSILON);
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::encode::ENTRY_OVERHEAD;
+use super::encode::{ENTRY_OVERHEAD, entry_weight};
 use super::{CacheKey, TieredCache};
 use crate::codec;
 use crate::error::Error;
@@ -96,7 +96,7 @@ where
                     tracing::error!(%error, "a write-behind value could not be encoded");
                     Error::Unavailable
                 })?;
-                let weight = ENTRY_OVERHEAD + encoded.len();
+                let weight = entry_weight(inner.codec.as_ref(), &value, encoded.len());
                 let sealed = codec::seal(encoded.clone(), inner.settings.compression_threshold)
                     .map_err(|_| Error::Unavailable)?;
                 let stored = codec::with_version(sealed, version);

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::counters::Counter;
-use super::encode::{BLOCKING_FROM, ENTRY_OVERHEAD};
+use super::encode::{BLOCKING_FROM, ENTRY_OVERHEAD, entry_weight};
 use super::{CacheKey, Inner, Shared};
 use crate::codec::{self, Codec, CodecError, Opened};
 
@@ -68,10 +68,13 @@ pub(crate) fn decode_with<V: 'static>(
             weight: ENTRY_OVERHEAD,
         }),
         Opened::Tombstone => Decoded::Tombstone,
-        Opened::Value(bytes) => Decoded::Entry(Entry {
-            value: Some(Arc::new(codec.decode(&bytes)?)),
-            weight: ENTRY_OVERHEAD + bytes.len(),
-        }),
+        Opened::Value(bytes) => {
+            let value = codec.decode(&bytes)?;
+            Decoded::Entry(Entry {
+                weight: entry_weight(codec, &value, bytes.len()),
+                value: Some(Arc::new(value)),
+            })
+        }
     })
 }
 

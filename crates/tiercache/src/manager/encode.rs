@@ -11,10 +11,21 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{CacheKey, Inner};
-use crate::codec::{self, CodecError};
+use crate::codec::{self, Codec, CodecError};
 
-/// Per-entry weight on top of the encoded value: key, slot and map overhead.
-pub(super) const ENTRY_OVERHEAD: usize = 64;
+/// Per-entry weight on top of the value: what L1's own structures take.
+#[expect(clippy::cast_possible_truncation, reason = "a small constant (84)")]
+pub(super) const ENTRY_OVERHEAD: usize = crate::local::SLOT_BYTES as usize;
+/// A value's L1 weight: what its codec says it takes in memory, plus L1's
+/// own cost per entry.
+pub(super) fn entry_weight<V: 'static>(
+    codec: &dyn Codec<V>,
+    value: &V,
+    encoded_len: usize,
+) -> usize {
+    ENTRY_OVERHEAD + codec.weigh(value, encoded_len)
+}
+
 /// Encoding, compression and decoding above this size run on the blocking
 /// pool, so a huge value cannot stall a runtime worker.
 pub(super) const BLOCKING_FROM: usize = 64 * 1024;
@@ -45,7 +56,7 @@ where
                 return (Encoded::L1Only, ENTRY_OVERHEAD + std::mem::size_of::<V>());
             }
         };
-        let weight = ENTRY_OVERHEAD + encoded.len();
+        let weight = entry_weight(self.codec.as_ref(), value, encoded.len());
         if !self.has_l2() {
             return (Encoded::L1Only, weight);
         }
