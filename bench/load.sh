@@ -39,7 +39,9 @@
 #        SECTIONS ("l1 l2 nocache zipf cluster l1-only l2-only"): which runs to make
 #        CLUSTER_PORT (30100): first of the cluster's six ports (bench/local_cluster.sh)
 # Each run also reports the server's CPU time per request (user + system,
-# from /proc/PID/stat), steadier under a noisy machine than throughput.
+# from /proc/PID/stat), steadier under a noisy machine than throughput, and
+# its context switches per request (all threads, /proc/PID/task/*/status):
+# each is a thread parking or waking, which a hit path should rarely need.
 # Client and server share this machine's cores: compare runs of one
 # invocation with each other, not with other machines.
 set -euo pipefail
@@ -144,15 +146,19 @@ cpu_ticks() { # cpu_ticks PID: user + system time of the process, in clock ticks
   awk '{print $14 + $15}' "/proc/$1/stat"
 }
 
+ctx_switches() { # ctx_switches PID: context switches of all its threads so far
+  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'
+}
+
 # drive NAME LUA [MAX_ID]: one wrk run over ids 1..MAX_ID (default: every
 # product), summarised on one line with the server's CPU µs per request.
 drive() {
   local name=$1 script=$2 max=${3:-$PRODUCTS} out="$WORK/$1.wrk"
-  local before after
-  before=$(cpu_ticks "$SERVER_PID")
+  local before after switches_before switches_after
+  before=$(cpu_ticks "$SERVER_PID") switches_before=$(ctx_switches "$SERVER_PID")
   MAX_ID=$max wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency \
     -s "bench/$script" "http://127.0.0.1:$PORT" >"$out"
-  after=$(cpu_ticks "$SERVER_PID")
+  after=$(cpu_ticks "$SERVER_PID") switches_after=$(ctx_switches "$SERVER_PID")
   local rps p50 p99 errors requests
   rps=$(awk '/^Requests\/sec/ {print $2}' "$out")
   p50=$(awk '$1 == "50%" {print $2}' "$out")
@@ -161,8 +167,10 @@ drive() {
   requests=$(awk '/requests in/ {print $1}' "$out")
   CPU=$(python3 -c "import sys; t,r,hz=map(float,sys.argv[1:]); print(f'{t*1e6/hz/max(r,1):.1f}')" \
     "$((after - before))" "$requests" "$CLK_TCK")
-  printf '%-30s %10s req/s   p50 %9s   p99 %9s   CPU %6s µs/req   non-2xx %s\n' \
-    "$name" "$rps" "$p50" "$p99" "$CPU" "${errors:-0}"
+  SWITCHES=$(python3 -c "import sys; s,r=map(float,sys.argv[1:]); print(f'{s/max(r,1):.2f}')" \
+    "$((switches_after - switches_before))" "$requests")
+  printf '%-30s %10s req/s   p50 %9s   p99 %9s   CPU %6s µs/req   %5s switches/req   non-2xx %s\n' \
+    "$name" "$rps" "$p50" "$p99" "$CPU" "$SWITCHES" "${errors:-0}"
   RPS=$rps P99=$p99
 }
 

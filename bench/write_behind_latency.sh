@@ -50,7 +50,8 @@ source bench/local_cluster.sh
 for tool in wrk redis-server redis-cli psql curl python3; do
   command -v "$tool" >/dev/null || { echo "write_behind_latency.sh: $tool is missing" >&2; exit 2; }
 done
-cargo build --release -p catalog --bin catalog >&2
+# The same build as bench/load.sh, so that both share one set of artifacts.
+cargo build --release -p catalog --bin catalog --example floor >&2
 
 # The cluster: CLUSTER_URL when given (bench/load.sh passes its own), else
 # one of this script's (so that WAIT has a replica from the first write).
