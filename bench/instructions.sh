@@ -39,7 +39,7 @@ BIN=${CATALOG_BIN:-target/release/catalog}
 TOKEN=bench
 PG_DB=catalog_instructions_$$
 WORK=$(mktemp -d)
-SERVER_PID= REDIS_PID=
+SERVER_PID=
 
 case $MODE in
   check | --record) ;;
@@ -48,29 +48,21 @@ esac
 
 cleanup() {
   if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
-  if [ -n "$REDIS_PID" ]; then kill "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; fi
-  psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 || true
+  stop_private_services
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+# shellcheck source=bench/private_services.sh
+source bench/private_services.sh
 
 command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
 # The same build as bench/load.sh, so that both share one set of artifacts
 # (unless CATALOG_BIN names another build, e.g. an earlier commit's).
 [ -n "${CATALOG_BIN:-}" ] || cargo build --release -p catalog --bin catalog --example floor >&2
 
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-  --dir "$WORK" >"$WORK/redis.log" 2>&1 &
-REDIS_PID=$!
-for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-redis-cli -p "$REDIS_PORT" ping >/dev/null || { cat "$WORK/redis.log" >&2; echo "private redis-server on port $REDIS_PORT did not start" >&2; exit 1; }
+start_private_redis "$REDIS_PORT" "$WORK"
 
-psql "$PG_URL" -qc "CREATE DATABASE $PG_DB" >/dev/null || {
-  echo "PostgreSQL at $PG_URL is not reachable; start it with: pg_ctlcluster --skip-systemctl-redirect \$(ls /etc/postgresql) main start" >&2
-  exit 1
-}
-DB_URL="${PG_URL%/*}/$PG_DB?sslmode=disable"
-RUST_LOG=warn "$BIN" seed --database-url "$DB_URL" "$PRODUCTS" >/dev/null
+create_seeded_database "$PG_URL" "$PG_DB" "$PRODUCTS"
 
 env DATABASE_URL="$DB_URL" BIND_ADDR="127.0.0.1:$PORT" RUST_LOG=warn \
   CATALOG_API_TOKEN=$TOKEN REDIS_URL="redis://127.0.0.1:$REDIS_PORT" L1_MAX_ENTRIES=1000 \

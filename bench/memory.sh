@@ -33,29 +33,24 @@ BIN=target/release/catalog
 TOKEN=bench
 PG_DB=catalog_memory_$$
 WORK=$(mktemp -d)
-SERVER_PID= REDIS_PID=
+SERVER_PID=
 
 cleanup() {
   if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
-  if [ -n "$REDIS_PID" ]; then kill "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; fi
-  psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 || true
+  stop_private_services
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+# shellcheck source=bench/private_services.sh
+source bench/private_services.sh
 
 # The same build as bench/load.sh, so that both share one set of artifacts.
 cargo build --release -p catalog --bin catalog --example floor >&2
 
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-  --dir "$WORK" >"$WORK/redis.log" 2>&1 &
-REDIS_PID=$!
-for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-redis-cli -p "$REDIS_PORT" ping >/dev/null || { cat "$WORK/redis.log" >&2; echo "private redis-server did not start" >&2; exit 1; }
+start_private_redis "$REDIS_PORT" "$WORK"
 
-psql "$PG_URL" -qc "CREATE DATABASE $PG_DB" >/dev/null
-DB_URL="${PG_URL%/*}/$PG_DB?sslmode=disable"
 echo "seeding $PRODUCTS products..." >&2
-RUST_LOG=warn "$BIN" seed --database-url "$DB_URL" "$PRODUCTS" >/dev/null
+create_seeded_database "$PG_URL" "$PG_DB" "$PRODUCTS"
 
 api() { # api METHOD PATH [JSON]
   curl -fsS -X "$1" -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
@@ -100,12 +95,24 @@ stop_server() {
 
 l1_stats() { api GET /cache/stats | python3 -c 'import json,sys; l1=json.load(sys.stdin)["levels"]["l1"]; print(l1["entries"], l1["bytes"], l1["evictions"])'; }
 
+# warm_all NAME L1_MAX_BYTES: starts the catalog, warms every product into
+# L1, and sets GROWTH (bytes of RSS growth over the warm) and ENTRIES,
+# L1_BYTES and EVICTIONS (from /cache/stats); leaves the server running.
+warm_all() {
+  start_catalog "$1" "$2"
+  local rss0 rss1
+  rss0=$(steady_rss_kb)
+  api POST /cache/warm '{"all":true}' >/dev/null
+  rss1=$(steady_rss_kb)
+  GROWTH=$(((rss1 - rss0) * 1024))
+  read -r ENTRIES L1_BYTES EVICTIONS < <(l1_stats)
+}
+
+mb() { python3 -c "import sys; print(f'{int(sys.argv[1]) / 1e6:.1f} MB')" "$1"; }
+ratio() { python3 -c "import sys; a, b = map(int, sys.argv[1:]); print(f'{a / b:.3f}')" "$1" "$2"; }
+
 # (a) every product in L1.
-start_catalog all $((1024 * 1024 * 1024))
-rss0=$(steady_rss_kb)
-api POST /cache/warm '{"all":true}' >/dev/null
-rss1=$(steady_rss_kb)
-read -r entries l1_bytes evictions < <(l1_stats)
+warm_all all $((1024 * 1024 * 1024))
 # The bodies L1 serves, summed from batch responses: each one is
 # {"items":[body,body,...],"missing":[...]} with the cached bodies as they are.
 body_bytes=$(python3 - "$PORT" "$PRODUCTS" <<'PY'
@@ -123,29 +130,13 @@ print(total)
 PY
 )
 stop_server
-python3 - "$PRODUCTS" "$rss0" "$rss1" "$entries" "$l1_bytes" "$body_bytes" <<'PY'
-import sys
-products, rss0, rss1, entries, l1_bytes, body = map(int, sys.argv[1:])
-growth = (rss1 - rss0) * 1024
-mb = lambda b: f"{b / 1e6:.1f} MB"
-print(f"every product in L1: {entries} entries, RSS {mb(rss0 * 1024)} -> {mb(rss1 * 1024)}, growth {mb(growth)} ({growth / entries:.0f} B per product)")
-print(f"    bodies {mb(body)} ({body / entries:.0f} B per product): RSS growth / bodies {growth / body:.2f} (target <= 1.5)")
-print(f"    L1 reports {mb(l1_bytes)}: RSS growth / reported {growth / l1_bytes:.3f} (target within 5%)")
-PY
+echo "every product in L1: $ENTRIES entries, RSS growth $(mb "$GROWTH") ($((GROWTH / ENTRIES)) B per product)"
+echo "    bodies $(mb "$body_bytes") ($((body_bytes / ENTRIES)) B per product): RSS growth / bodies $(ratio "$GROWTH" "$body_bytes") (target <= 1.5)"
+echo "    L1 reports $(mb "$L1_BYTES"): RSS growth / reported $(ratio "$GROWTH" "$L1_BYTES") (target within 5 %)"
 
 # (b) an L1 bounded by bytes below what every product needs.
 bound=$((BOUNDED_MB * 1024 * 1024))
-start_catalog bounded "$bound"
-rss0=$(steady_rss_kb)
-api POST /cache/warm '{"all":true}' >/dev/null
-rss1=$(steady_rss_kb)
-read -r entries l1_bytes evictions < <(l1_stats)
+warm_all bounded "$bound"
 stop_server
-python3 - "$bound" "$rss0" "$rss1" "$entries" "$l1_bytes" "$evictions" <<'PY'
-import sys
-bound, rss0, rss1, entries, l1_bytes, evictions = map(int, sys.argv[1:])
-growth = (rss1 - rss0) * 1024
-mb = lambda b: f"{b / 1e6:.1f} MB"
-print(f"L1_MAX_BYTES {mb(bound)}: {entries} entries, {evictions} evictions, L1 reports {mb(l1_bytes)}")
-print(f"    RSS growth {mb(growth)}: / bound {growth / bound:.3f}, / reported {growth / l1_bytes:.3f} (target within 5%)")
-PY
+echo "L1_MAX_BYTES $(mb "$bound"): $ENTRIES entries, $EVICTIONS evictions, L1 reports $(mb "$L1_BYTES")"
+echo "    RSS growth $(mb "$GROWTH"): / bound $(ratio "$GROWTH" "$bound"), / reported $(ratio "$GROWTH" "$L1_BYTES") (target within 5 %)"
