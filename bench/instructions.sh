@@ -38,20 +38,13 @@ export PGOPTIONS="-c client_min_messages=warning"
 BIN=${CATALOG_BIN:-target/release/catalog}
 TOKEN=bench
 PG_DB=catalog_instructions_$$
-WORK=$(mktemp -d)
-SERVER_PID=
 
 case $MODE in
   check | --record) ;;
   *) echo "usage: bench/instructions.sh [--record]" >&2; exit 2 ;;
 esac
 
-cleanup() {
-  if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
-  stop_private_services
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# WORK, the EXIT trap and the private services.
 # shellcheck source=bench/private_services.sh
 source bench/private_services.sh
 

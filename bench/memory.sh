@@ -32,15 +32,8 @@ export PGOPTIONS="-c client_min_messages=warning"
 BIN=target/release/catalog
 TOKEN=bench
 PG_DB=catalog_memory_$$
-WORK=$(mktemp -d)
-SERVER_PID=
 
-cleanup() {
-  if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
-  stop_private_services
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# WORK, the EXIT trap and the private services.
 # shellcheck source=bench/private_services.sh
 source bench/private_services.sh
 

@@ -1,7 +1,9 @@
 # shellcheck shell=bash
 # Sourced by the bench scripts that run the catalog against services of
 # their own, so that a run never touches the shared Redis and leaves nothing
-# behind:
+# behind. Sourcing it makes a scratch directory, WORK, and an EXIT trap
+# that stops the catalog the script started (SERVER_PID), the services
+# below, and removes WORK.
 #
 #   start_private_redis PORT DIR     a redis-server on PORT (no persistence,
 #                                    files in DIR); sets REDIS_PID
@@ -9,10 +11,9 @@
 #                                    creates database NAME next to PG_URL's
 #                                    and seeds PRODUCTS products into it with
 #                                    $BIN; sets DB_URL (TLS off on loopback)
-#   stop_private_services            kills the redis-server and drops the
-#                                    database (call it from the EXIT trap)
 
-REDIS_PID= PRIVATE_DB= PRIVATE_PG_URL=
+REDIS_PID= PRIVATE_DB= PRIVATE_PG_URL= SERVER_PID=
+WORK=$(mktemp -d)
 
 start_private_redis() {
   local port=$1 dir=$2
@@ -37,8 +38,11 @@ create_seeded_database() {
 }
 
 stop_private_services() {
+  if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
   if [ -n "$REDIS_PID" ]; then kill "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; fi
   if [ -n "$PRIVATE_DB" ]; then
     psql "$PRIVATE_PG_URL" -qc "DROP DATABASE IF EXISTS $PRIVATE_DB WITH (FORCE)" >/dev/null 2>&1 || true
   fi
+  rm -rf "$WORK"
 }
+trap stop_private_services EXIT
