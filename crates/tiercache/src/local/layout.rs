@@ -4,7 +4,8 @@
 //! # How both bounds hold
 //!
 //! quick_cache bounds one number, the total *weight*. With `E = max_entries`
-//! and `B = max_bytes`, an entry of `b` bytes weighs `max(b · E, B)` (both
+//! and `B` the entries' byte bound (`max_bytes` less the ghosts' share,
+//! see "Memory"), an entry of `b` bytes weighs `max(b · E, B)` (both
 //! divided by `gcd(B, E)` to keep the numbers small) and the capacity is
 //! `B · E`. Then
 //!
@@ -27,8 +28,8 @@
 //! 256 to 100,000 entries) before the fullest shard starts evicting. Each
 //! shard gets the weight of a whole number of entries, so a sharded cache
 //! has up to `shards − 1` entry slots (under 1 %) fewer than `max_entries`,
-//! and as much less of `max_bytes`. A value heavier than what one shard
-//! admits (97 % of `max_bytes / shards`, all of it for a cache of a few
+//! and as much less of the bytes. A value heavier than what one shard
+//! admits (97 % of `B / shards`, all of it for a cache of a few
 //! entries) is not stored at all and counted as an eviction.
 //!
 //! # Memory
@@ -38,10 +39,12 @@
 //! structures take per entry, so that `max_bytes` bounds memory, not just
 //! values. quick_cache also keeps *ghosts*, the keys of recent evictions
 //! (S3-FIFO readmits a key straight to its main queue when its ghost is
-//! hit): each takes a slot but has no weight, so ghosts are outside the
-//! bound. Their number is capped so that they take at most
-//! [`GHOST_SHARE_OF_BYTES`] of `max_bytes` (and at most quick_cache's
-//! default of half as many as the entries).
+//! hit): each takes a slot but has no weight. Their number is capped so
+//! that they take at most [`GHOST_SHARE_OF_BYTES`] of `max_bytes` (and at
+//! most quick_cache's default of half as many as the entries), and what
+//! that cap lets them take is kept out of the entries' bound: entries are
+//! bound by `max_bytes` less the ghosts' share, so that entries and ghosts
+//! together stay within `max_bytes`.
 
 use crate::error::Error;
 
@@ -66,7 +69,7 @@ pub(crate) const SLOT_BYTES: u64 = 84;
 /// quick_cache's default share of ghosts: up to half as many as entries.
 const GHOST_ALLOCATION: f64 = 0.5;
 /// The most of `max_bytes` that ghosts (see "Memory" above) may take, and
-/// so how far above `max_bytes` L1's memory can go.
+/// so how much less of it entries may take.
 const GHOST_SHARE_OF_BYTES: f64 = 0.03;
 
 /// An entry's weight: `max(bytes · per_byte, unit)` (see "How both bounds
@@ -75,7 +78,7 @@ const GHOST_SHARE_OF_BYTES: f64 = 0.03;
 pub(super) struct Weigh {
     /// `max_entries / gcd`.
     pub(super) per_byte: u64,
-    /// `max_bytes / gcd`: the weight of the lightest entry.
+    /// `entry_bytes / gcd`: the weight of the lightest entry.
     pub(super) unit: u64,
 }
 
@@ -99,14 +102,28 @@ pub(super) struct Layout {
     /// Ghosts per entry slot, so that ghosts take at most
     /// [`GHOST_SHARE_OF_BYTES`] of `max_bytes`.
     pub(super) ghost_allocation: f64,
+    /// The entries' byte bound: `max_bytes` less what ghosts may take.
+    pub(super) entry_bytes: u64,
 }
 
 impl Layout {
     pub(super) fn new(max_entries: u64, max_bytes: u64) -> Result<Self, Error> {
-        let common = gcd(max_entries, max_bytes);
+        let mut shards = MAX_SHARDS;
+        while shards > 1 && max_entries / shards < MIN_SHARD_ENTRIES {
+            shards /= 2;
+        }
+        let shard_slots = max_entries / shards;
+        let slots = shards * shard_slots;
+        let ghost_allocation = (max_bytes as f64 * GHOST_SHARE_OF_BYTES
+            / (SLOT_BYTES as f64 * slots as f64))
+            .min(GHOST_ALLOCATION);
+        let ghost_bytes =
+            max_ghosts(shards, shard_slots, ghost_allocation).saturating_mul(SLOT_BYTES);
+        let entry_bytes = max_bytes.saturating_sub(ghost_bytes).max(1);
+        let common = gcd(max_entries, entry_bytes);
         let weigh = Weigh {
             per_byte: max_entries / common,
-            unit: max_bytes / common,
+            unit: entry_bytes / common,
         };
         // Weights (up to `u32::MAX` bytes each) and the capacity in u64.
         if weigh.per_byte > u64::from(u32::MAX) || max_entries.checked_mul(weigh.unit).is_none() {
@@ -114,11 +131,6 @@ impl Layout {
                 "L1 bounds too large to combine (max_entries × max_bytes)",
             ));
         }
-        let mut shards = MAX_SHARDS;
-        while shards > 1 && max_entries / shards < MIN_SHARD_ENTRIES {
-            shards /= 2;
-        }
-        let shard_slots = max_entries / shards;
         // quick_cache admits an entry only if it fits its hot share: a
         // shard of fewer than 1 / (1 − 0.97) ≈ 34 entries needs all of it.
         let shard_weight = shard_slots * weigh.unit;
@@ -127,16 +139,13 @@ impl Layout {
         } else {
             1.0
         };
-        let slots = shards * shard_slots;
-        let ghost_allocation = (max_bytes as f64 * GHOST_SHARE_OF_BYTES
-            / (SLOT_BYTES * slots) as f64)
-            .min(GHOST_ALLOCATION);
         Ok(Self {
             weigh,
             shards,
             shard_slots,
             hot_allocation,
             ghost_allocation,
+            entry_bytes,
         })
     }
 
@@ -153,6 +162,11 @@ impl Layout {
     pub(super) fn max_weight(&self) -> u64 {
         hot_share(self.shard_slots * self.weigh.unit, self.hot_allocation)
     }
+}
+
+/// The most ghosts quick_cache keeps: each shard's share, rounded down.
+pub(super) fn max_ghosts(shards: u64, shard_slots: u64, ghost_allocation: f64) -> u64 {
+    shards.saturating_mul((shard_slots as f64 * ghost_allocation) as u64)
 }
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {

@@ -63,7 +63,9 @@ pub(crate) use layout::SLOT_BYTES;
 ///
 /// Both bounds hold at all times: an entry of `b` bytes is charged for
 /// `b` bytes or for one entry, whichever is the larger share of its bound,
-/// so neither the byte total nor the entry count can exceed its bound. Mixed sizes may leave up to half of each bound unused. A
+/// so neither the byte total nor the entry count can exceed its bound. Mixed sizes may leave up to half of each bound unused. Up to
+/// 3 % of `max_bytes` is kept for the keys of recent evictions, which
+/// the eviction policy remembers, so that they too stay within it. A
 /// cache of fewer than 256 entries is one shard and holds `max_entries`
 /// small entries exactly; larger ones split over up to 16 shards by key
 /// hash and hold 96–99 % of `max_entries` before the fullest shard

@@ -142,10 +142,12 @@ mod bounds {
             max_bytes in 1_000u64..1 << 20,
             parts in 2u64..64,
         ) {
-            // More entry slots than entries: the bytes bind, exactly (one
-            // entry alone may take at most 97 % of them, see "Shards").
+            // More entry slots than entries: the entries' bytes (the bound
+            // less the ghosts' share) bind, exactly (one entry alone may
+            // take at most 97 % of them, see "Shards").
             let cache = LocalCache::new(200, max_bytes).unwrap();
-            let size = max_bytes / parts;
+            let entry_bytes = crate::local::layout::Layout::new(200, max_bytes).unwrap().entry_bytes;
+            let size = entry_bytes / parts;
             for i in 0..parts {
                 cache.insert(&i, (), usize::try_from(size).unwrap(), MINUTE);
             }
@@ -311,6 +313,17 @@ fn ghosts_take_at_most_their_share_of_the_byte_bound() {
             "{entries} {bytes}"
         );
         assert!((0.0..=0.5).contains(&layout.ghost_allocation));
+        // Entries and ghosts together stay within the bound.
+        let shard_slots = layout.slots() / layout.shards;
+        let ghosts = super::layout::max_ghosts(layout.shards, shard_slots, layout.ghost_allocation);
+        assert!(
+            layout.entry_bytes + ghosts * SLOT_BYTES <= bytes,
+            "{entries} {bytes}: {layout:?}"
+        );
+        assert!(
+            layout.entry_bytes as f64 >= 0.97 * bytes as f64,
+            "{layout:?}"
+        );
     }
     // A byte bound with room for them keeps quick_cache's default.
     let roomy = super::layout::Layout::new(10_000, 64 << 20).unwrap();
