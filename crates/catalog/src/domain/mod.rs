@@ -8,5 +8,5 @@ pub(crate) use product::{
     CATEGORY_MAX_CHARS, DESCRIPTION_MAX_CHARS, NAME_MAX_CHARS, PRICE_MAX_CENTS,
 };
 pub use product::{
-    Category, Description, NewProduct, Price, Product, ProductName, ProductPatch, etag_for,
+    Category, Description, Etag, NewProduct, Price, Product, ProductName, ProductPatch,
 };

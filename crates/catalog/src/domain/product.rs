@@ -46,8 +46,8 @@ pub struct Product {
 
 impl Product {
     /// Strong entity tag for this revision: changes exactly when `version` does.
-    pub fn etag(&self) -> String {
-        etag_for(self.id, self.version)
+    pub fn etag(&self) -> Etag {
+        Etag::new(self.id, self.version)
     }
 
     /// The next version of this product after a full replace by `new`,
@@ -92,9 +92,55 @@ impl Product {
     }
 }
 
-/// The entity tag of product `id` at `version`, quoted as HTTP wants it.
-pub fn etag_for(id: i64, version: i64) -> String {
-    format!("\"{id}-{version}\"")
+/// The entity tag of a product at a version: `"id-version"`, quoted as HTTP
+/// wants it.
+///
+/// Written into a buffer of its own rather than a `String`: every value the
+/// product cache reads from Redis gets one, and an allocation there is a
+/// measurable share of an L2 hit.
+#[derive(Clone, Copy)]
+pub struct Etag {
+    bytes: [u8; Etag::MAX_LEN],
+    len: u8,
+}
+
+impl Etag {
+    /// Two quotes, a dash and two `i64`s of up to 20 characters each.
+    const MAX_LEN: usize = 43;
+
+    /// The tag of product `id` at `version`.
+    pub fn new(id: i64, version: i64) -> Self {
+        let mut bytes = [0; Self::MAX_LEN];
+        let mut len = 0;
+        let mut push = |part: &[u8]| {
+            bytes[len..len + part.len()].copy_from_slice(part);
+            len += part.len();
+        };
+        let mut digits = itoa::Buffer::new();
+        push(b"\"");
+        push(digits.format(id).as_bytes());
+        push(b"-");
+        push(digits.format(version).as_bytes());
+        push(b"\"");
+        Self {
+            bytes,
+            len: u8::try_from(len).expect("MAX_LEN fits in a u8"),
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).expect("quotes, digits and dashes are UTF-8")
+    }
+}
+
+impl fmt::Debug for Etag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 /// A price in exact cents. JSON carries it as a number with at most two decimals.
@@ -423,7 +469,9 @@ mod tests {
 
     #[test]
     fn etag_depends_on_id_and_version() {
-        assert_eq!(etag_for(7, 3), "\"7-3\"");
-        assert_ne!(etag_for(7, 3), etag_for(7, 4));
+        assert_eq!(Etag::new(7, 3).as_str(), "\"7-3\"");
+        assert_ne!(Etag::new(7, 3).as_str(), Etag::new(7, 4).as_str());
+        let widest = Etag::new(i64::MIN, i64::MIN);
+        assert_eq!(widest.as_str(), format!("\"{}-{}\"", i64::MIN, i64::MIN));
     }
 }

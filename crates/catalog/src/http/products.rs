@@ -42,7 +42,7 @@ pub(super) struct PageResponse {
 /// A product response with its `ETag`.
 fn product_response(status: StatusCode, product: &Product) -> Response {
     let mut response = (status, Json(product)).into_response();
-    set_etag(response.headers_mut(), &product.etag());
+    set_etag(response.headers_mut(), product.etag().as_str());
     response
 }
 
