@@ -60,6 +60,10 @@ pub enum ApiError {
     /// 503: the store cannot be reached; the cause is logged, not returned.
     #[error("the store is unavailable")]
     Unavailable(#[source] Cause),
+    /// 503: other writers kept changing the product for as long as a
+    /// write-behind change is retried; retrying later succeeds.
+    #[error("the product is being changed by other requests; retry")]
+    Contended,
     /// 500: a bug; the cause is logged, not returned.
     #[error("internal error")]
     Internal(#[source] Cause),
@@ -81,7 +85,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Contended => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -107,6 +111,7 @@ impl From<ServiceError> for ApiError {
     fn from(err: ServiceError) -> Self {
         match err {
             ServiceError::Store(err) => err.into(),
+            ServiceError::Cache(ref cache) if cache.is_conflict() => Self::Contended,
             ServiceError::Load(_) | ServiceError::Cache(_) if err.is_unavailable() => {
                 Self::Unavailable(err.into())
             }
@@ -260,6 +265,21 @@ mod tests {
         let response = ApiError::from(StoreError::Down).into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn writers_that_keep_losing_the_race_get_a_503_that_says_so() {
+        let err = ApiError::from(ServiceError::Cache(tiercache::Error::Conflict));
+        assert_eq!(
+            err.to_string(),
+            "the product is being changed by other requests; retry"
+        );
+        let response = err.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        // A queue Redis cannot take is still the store being unavailable.
+        let unavailable = ApiError::from(ServiceError::Cache(tiercache::Error::Unavailable));
+        assert_eq!(unavailable.to_string(), "the store is unavailable");
     }
 
     #[test]
