@@ -41,7 +41,9 @@
 # Each run also reports the server's CPU time per request (user + system,
 # from /proc/PID/stat), steadier under a noisy machine than throughput, and
 # its context switches per request (all threads, /proc/PID/task/*/status):
-# each is a thread parking or waking, which a hit path should rarely need.
+# each is a thread parking or waking, which a hit path should rarely need;
+# and the machine's CPU steal over the run (/proc/stat), which explains a
+# slow day.
 # Client and server share this machine's cores: compare runs of one
 # invocation with each other, not with other machines.
 set -euo pipefail
@@ -150,15 +152,22 @@ ctx_switches() { # ctx_switches PID: context switches of all its threads so far
   cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'
 }
 
+cpu_times() { # the machine's CPU time so far: "steal total", in clock ticks
+  awk '$1 == "cpu" {t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t}' /proc/stat
+}
+
 # drive NAME LUA [MAX_ID]: one wrk run over ids 1..MAX_ID (default: every
 # product), summarised on one line with the server's CPU µs per request.
 drive() {
   local name=$1 script=$2 max=${3:-$PRODUCTS} out="$WORK/$1.wrk"
   local before after switches_before switches_after
+  local steal_before total_before steal_after total_after
   before=$(cpu_ticks "$SERVER_PID") switches_before=$(ctx_switches "$SERVER_PID")
+  read -r steal_before total_before < <(cpu_times)
   MAX_ID=$max wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency \
     -s "bench/$script" "http://127.0.0.1:$PORT" >"$out"
   after=$(cpu_ticks "$SERVER_PID") switches_after=$(ctx_switches "$SERVER_PID")
+  read -r steal_after total_after < <(cpu_times)
   local rps p50 p99 errors requests
   rps=$(awk '/^Requests\/sec/ {print $2}' "$out")
   p50=$(awk '$1 == "50%" {print $2}' "$out")
@@ -169,8 +178,14 @@ drive() {
     "$((after - before))" "$requests" "$CLK_TCK")
   SWITCHES=$(python3 -c "import sys; s,r=map(float,sys.argv[1:]); print(f'{s/max(r,1):.2f}')" \
     "$((switches_after - switches_before))" "$requests")
-  printf '%-30s %10s req/s   p50 %9s   p99 %9s   CPU %6s µs/req   %5s switches/req   non-2xx %s\n' \
-    "$name" "$rps" "$p50" "$p99" "$CPU" "$SWITCHES" "${errors:-0}"
+  # CPU time the hypervisor gave to other guests: on a day it is high,
+  # every run of this machine is slower, and runs with more busy processes
+  # (catalog, Redis and wrk) more so.
+  local steal
+  steal=$(python3 -c "import sys; s,t=map(float,sys.argv[1:]); print(f'{100*s/max(t,1):.0f}')" \
+    "$((steal_after - steal_before))" "$((total_after - total_before))")
+  printf '%-30s %10s req/s   p50 %9s   p99 %9s   CPU %6s µs/req   %5s switches/req   steal %s %%   non-2xx %s\n' \
+    "$name" "$rps" "$p50" "$p99" "$CPU" "$SWITCHES" "$steal" "${errors:-0}"
   RPS=$rps P99=$p99
 }
 
