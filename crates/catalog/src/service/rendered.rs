@@ -3,12 +3,11 @@
 //! reference-counted buffer; and [`RenderedCodec`], which stores that body
 //! in Redis as it is.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use std::borrow::Cow;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
@@ -121,14 +120,10 @@ impl RenderedProduct {
     /// Renders `product`'s body and ETag.
     pub fn new(product: &Product) -> Self {
         let body = serde_json::to_vec(product).expect("a product always serialises");
-        Self::with_body(product, &body)
+        Self::with_etag(&product.etag(), &body)
     }
 
-    /// Pairs `product` with `body`, which must be its JSON.
-    fn with_body(product: &Product, body: &[u8]) -> Self {
-        Self::with_etag(&product.etag(), body)
-    }
-
+    /// Pairs a product's `etag` with `body`, which must be its JSON.
     fn with_etag(etag: &Etag, body: &[u8]) -> Self {
         Self {
             rendered: Buffer::new(etag.as_bytes(), body),
