@@ -73,6 +73,9 @@ SERVER_PID=
 cleanup() {
   if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
   stop_cluster
+  # What DELETE /cache keeps (the bus's change logs) under this run's prefix.
+  redis-cli -u "$REDIS_URL" --scan --pattern "${PREFIX}*" 2>/dev/null \
+    | xargs -r redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1 || true
   psql "$PG_URL" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
