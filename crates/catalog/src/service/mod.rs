@@ -127,9 +127,9 @@ impl ServiceError {
                 tiercache::LoadError::TimedOut(_) => true,
                 _ => false,
             },
-            // A queue Redis cannot take, or writers that kept winning the
-            // race for the next version: retry later.
-            Self::Cache(err) => err.is_unavailable() || err.is_conflict(),
+            // A queue Redis cannot take: retry later. (Writers that kept
+            // winning the race for the next version are their own 503.)
+            Self::Cache(err) => err.is_unavailable(),
         }
     }
 }

@@ -64,39 +64,23 @@ impl Retries {
 
 impl ProductService {
     /// Write-behind update: the next version of the current product, put in
-    /// the cache and the durable queue (SPEC §4), retried while other
-    /// writers win the race for that version.
+    /// the cache and the durable queue (SPEC §4).
     pub(super) async fn queue_update(
         &self,
         id: i64,
         expected: Expected,
         next: impl Fn(&Product) -> Product,
     ) -> Result<Updated, ServiceError> {
-        let mut retries = Retries::new();
-        loop {
-            let current = self.current(id, expected).await?;
-            let current = current.product();
+        self.queue_change(id, expected, |current| {
             let product = next(&current);
             let change = Change::Put(RenderedProduct::new(&product));
-            match self
-                .cache
-                .write_behind(&id, version_of(&product), change)
-                .await
-            {
-                Ok(()) => {
-                    return Ok(Updated {
-                        product,
-                        previous_category: current.category.clone(),
-                    });
-                }
-                Err(error) if error.is_conflict() => {
-                    if !retries.pause().await {
-                        return Err(error.into());
-                    }
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
+            let updated = Updated {
+                previous_category: current.category,
+                product,
+            };
+            (version_of(&updated.product), change, updated)
+        })
+        .await
     }
 
     /// Write-behind delete: a "deleted" marker in the cache and the change
@@ -106,18 +90,33 @@ impl ProductService {
         id: i64,
         expected: Expected,
     ) -> Result<Product, ServiceError> {
+        self.queue_change(id, expected, |current| {
+            (
+                version_of(&current).saturating_add(1),
+                Change::Delete,
+                current,
+            )
+        })
+        .await
+    }
+
+    /// Puts the change `change` makes of the current product (its version,
+    /// the change, and what to return) in the cache and the durable queue,
+    /// from a fresh read of the product each time other writers won the race
+    /// for that version (see [`Retries`]).
+    async fn queue_change<T>(
+        &self,
+        id: i64,
+        expected: Expected,
+        change: impl Fn(Product) -> (u64, Change<RenderedProduct>, T),
+    ) -> Result<T, ServiceError> {
         let mut retries = Retries::new();
         loop {
-            let current = self.current(id, expected).await?;
-            let current = current.product();
-            let version = version_of(&current).saturating_add(1);
-            match self.cache.write_behind(&id, version, Change::Delete).await {
-                Ok(()) => return Ok(current),
-                Err(error) if error.is_conflict() => {
-                    if !retries.pause().await {
-                        return Err(error.into());
-                    }
-                }
+            let current = self.current(id, expected).await?.product();
+            let (version, queued, result) = change(current);
+            match self.cache.write_behind(&id, version, queued).await {
+                Ok(()) => return Ok(result),
+                Err(error) if error.is_conflict() && retries.pause().await => {}
                 Err(error) => return Err(error.into()),
             }
         }
