@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::counters::Counter;
 use super::encode::{ENTRY_OVERHEAD, entry_weight};
+use super::local_level::Filled;
 use super::{CacheKey, TieredCache};
 use crate::codec;
 use crate::error::Error;
@@ -126,7 +128,9 @@ where
         match enqueued {
             Enqueued::Queued => {
                 let life = inner.written_lifetime(&value);
-                inner.insert_fenced(key, value, weight, life, ticket);
+                if inner.local.insert_newest(key, value, weight, life, ticket) == Filled::Fenced {
+                    inner.counters.incr(Counter::FencedFills);
+                }
                 inner.announce(std::slice::from_ref(key));
                 Ok(())
             }

@@ -80,6 +80,35 @@ where
         self.events.emit(|| CacheEvent::Cleared { reason });
     }
 
+    /// Puts the newest version of `key`, written under `ticket`, into L1
+    /// ([`insert_fenced`](Self::insert_fenced)), then fences out the fills
+    /// of older versions still under way: reads that found the version it
+    /// replaced, and writes of an older version that were queued before it
+    /// but answer after it. One that landed after the insert is dropped
+    /// with it; the next read takes Redis's copy, which is guarded by
+    /// version.
+    pub(super) fn insert_newest(
+        &self,
+        key: &K,
+        value: Shared<V>,
+        weight: usize,
+        life: Lifetime,
+        ticket: Ticket,
+    ) -> Filled {
+        let written = value.clone();
+        let filled = self.insert_fenced(key, value, weight, life, ticket);
+        self.fences.invalidate(key);
+        let ours = match (self.l1.peek(key), &written) {
+            (Some(Some(held)), Some(value)) => Arc::ptr_eq(&held, value),
+            (Some(None), None) => true,
+            _ => false,
+        };
+        if !ours {
+            self.l1.remove(key);
+        }
+        filled
+    }
+
     /// Puts a value that was loaded under `ticket` into L1, unless its key
     /// was invalidated meanwhile.
     pub(super) fn insert_fenced(
