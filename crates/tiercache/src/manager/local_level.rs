@@ -87,6 +87,7 @@ where
     /// but answer after it. One that landed after the insert is dropped
     /// with it; the next read takes Redis's copy, which is guarded by
     /// version.
+    #[cfg(feature = "redis")]
     pub(super) fn insert_newest(
         &self,
         key: &K,
