@@ -15,18 +15,17 @@ use super::error::{ApiError, Problem};
 use super::extract::{Authenticated, IfNoneMatch, JsonBody, ProductId, if_match};
 use super::list_query::{ListParams, ListRequest};
 use crate::domain::{NewProduct, Product, ProductPatch};
-use crate::service::RenderedProduct;
 
 /// `X-Cache` names the level that answered a product read.
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// Answer to a batch read.
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct BatchResponse<'a> {
-    /// Found products, in the order requested: their cached bodies as they
-    /// are, not parsed and serialised again.
+pub(super) struct BatchResponse {
+    /// Found products, in the order requested: their cached bodies, not
+    /// parsed and serialised again.
     #[schema(value_type = Vec<Product>)]
-    items: Vec<&'a RawValue>,
+    items: Vec<Box<RawValue>>,
     /// Requested ids that do not exist.
     missing: Vec<i64>,
 }
@@ -80,15 +79,14 @@ pub(super) async fn get_product(
         response.headers_mut().insert(X_CACHE, x_cache);
         return Ok(response);
     };
-    // The hit path: body and ETag were rendered when the product entered the
-    // cache; here they only share its buffer.
-    let (etag, body) = RenderedProduct::response_parts(product);
-    let etag = HeaderValue::from_maybe_shared(etag)
+    // The hit path: the product's values were rendered when it entered the
+    // cache; here they are only written out, the body not at all for a 304.
+    let etag = HeaderValue::from_maybe_shared(product.etag())
         .expect("an ETag built from two integers is a valid header");
     let mut response = if if_none_match.matches(&etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let mut response = Response::new(Body::from(body));
+        let mut response = Response::new(Body::from(product.body()));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
