@@ -7,8 +7,8 @@
 #           L1_MAX_BYTES 1 GiB): POST /cache/warm {"all":true} puts every
 #           product in L1. Reports the RSS growth over the server's RSS before
 #           warming, per product and against (a) the bytes of the products'
-#           rendered bodies (fetched back through the batch endpoint, which
-#           embeds each cached body as it is) and (b) the bytes L1 reports in
+#           bodies (fetched back through the batch endpoint, which embeds
+#           each body as GET /products/{id} serves it) and (b) the bytes L1 reports in
 #           /cache/stats.
 #   bounded the same with L1_MAX_BYTES of BOUNDED_MB (256 MiB), which holds
 #           only part of the products: the RSS growth against that bound and
@@ -125,7 +125,7 @@ ratio() { python3 -c "import sys; a, b = map(int, sys.argv[1:]); print(f'{a / b:
 # (a) every product in L1.
 warm_all all $((1024 * 1024 * 1024))
 # The bodies L1 serves, summed from batch responses: each one is
-# {"items":[body,body,...],"missing":[...]} with the cached bodies as they are.
+# {"items":[body,body,...],"missing":[...]} with each body as a GET serves it.
 body_bytes=$(python3 - "$PORT" "$PRODUCTS" <<'PY'
 import json, sys, urllib.request
 port, products = int(sys.argv[1]), int(sys.argv[2])
