@@ -99,7 +99,9 @@ stop_server() {
   SERVER_PID=
 }
 
-l1_stats() { api GET /cache/stats | python3 -c 'import json,sys; l1=json.load(sys.stdin)["levels"]["l1"]; print(l1["entries"], l1["bytes"], l1["evictions"])'; }
+# What L1 reports holding: its entries' bytes and its ghosts' (the keys of
+# recent evictions, which it remembers once it evicts).
+l1_stats() { api GET /cache/stats | python3 -c 'import json,sys; l1=json.load(sys.stdin)["levels"]["l1"]; print(l1["entries"], l1["bytes"] + l1["ghost_bytes"], l1["evictions"])'; }
 
 # warm_all NAME L1_MAX_BYTES: starts the catalog, warms every product into
 # L1, reads every product for READ_LOAD, and sets IDLE and GROWTH (bytes of

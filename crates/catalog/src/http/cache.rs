@@ -50,6 +50,10 @@ struct L1Level {
     entries: u64,
     bytes: u64,
     evictions: u64,
+    /// What L1 holds beyond its entries: the keys of recent evictions,
+    /// which its eviction policy remembers, and slots freed for reuse.
+    /// `bytes + ghost_bytes` is what L1 takes of `L1_MAX_BYTES`.
+    ghost_bytes: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -104,6 +108,7 @@ pub(super) async fn stats(State(state): State<AppState>) -> Json<CacheStatsBody>
                 entries: cache.l1.entries,
                 bytes: cache.l1.bytes,
                 evictions: cache.l1.evictions,
+                ghost_bytes: cache.l1.ghost_bytes,
             },
             l2: L2Level {
                 hits: cache.l2.hits,

@@ -165,6 +165,19 @@ impl Layout {
     }
 }
 
+/// Bytes one slot of quick_cache's slab takes for keys `K` and values `V`:
+/// its largest variant, a resident entry (the key, the value, a state byte
+/// and a `u16` counter), padded to its alignment, then the slot's two
+/// `u32` list links. quick_cache reports the slab's bytes
+/// (`memory_used`), not how many slots it has; this turns one into the
+/// other. A test holds it to quick_cache's own figure, so that a
+/// quick_cache whose slots change shape fails it rather than miscounting.
+pub(super) fn slab_slot_bytes<K, V>() -> usize {
+    let align = align_of::<K>().max(align_of::<V>()).max(align_of::<u32>());
+    let resident = (size_of::<K>() + size_of::<V>() + 3).next_multiple_of(align);
+    (resident + 2 * size_of::<u32>()).next_multiple_of(align)
+}
+
 /// The most ghosts quick_cache keeps: each shard's share, rounded down.
 pub(super) fn max_ghosts(shards: u64, shard_slots: u64, ghost_allocation: f64) -> u64 {
     shards.saturating_mul((shard_slots as f64 * ghost_allocation) as u64)

@@ -398,14 +398,28 @@ where
     }
 
     /// A snapshot of the counters.
+    ///
+    /// Takes each shard's read lock once (for [`L1Stats::ghost_bytes`]).
     pub fn stats(&self) -> L1Stats {
+        let entries = self.len();
         L1Stats {
             hits: self.shared.counters.sum(HITS),
             misses: self.shared.counters.sum(MISSES),
-            entries: self.len(),
+            entries,
             bytes: u64::try_from(self.shared.bytes.load(Ordering::Relaxed)).unwrap_or(0),
             evictions: self.shared.evictions.load(Ordering::Relaxed),
+            ghost_bytes: self.empty_slots(entries).saturating_mul(SLOT_BYTES),
         }
+    }
+
+    /// quick_cache's slab slots that hold no entry, given that `entries`
+    /// do: its ghosts (see "Memory" in [`layout`]) and slots freed by
+    /// removals, which the slab keeps for reuse.
+    fn empty_slots(&self, entries: u64) -> u64 {
+        let slots = self.cache.memory_used().entries / layout::slab_slot_bytes::<K, Slot<T>>();
+        u64::try_from(slots)
+            .unwrap_or(u64::MAX)
+            .saturating_sub(entries)
     }
 
     /// The entry bound this cache was built with.

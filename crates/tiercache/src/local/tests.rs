@@ -26,7 +26,10 @@ fn bytes_follow_insert_replace_remove_and_clear() {
     assert!(!cache.remove(&2));
     assert_eq!(cache.stats().bytes, 30);
     cache.clear();
-    assert_eq!(cache.stats(), L1Stats::default());
+    let stats = cache.stats();
+    assert_eq!((stats.entries, stats.bytes), (0, 0));
+    // The slab keeps the two slots for reuse.
+    assert_eq!(stats.ghost_bytes, 2 * SLOT_BYTES);
 }
 
 #[test]
@@ -328,4 +331,57 @@ fn ghosts_take_at_most_their_share_of_the_byte_bound() {
     // A byte bound with room for them keeps quick_cache's default.
     let roomy = super::layout::Layout::new(10_000, 64 << 20).unwrap();
     assert!((roomy.ghost_allocation - 0.5).abs() < f64::EPSILON);
+}
+
+#[test]
+fn slab_slot_bytes_is_what_quick_cache_takes_per_slot() {
+    fn check<K: Eq + Hash + Clone, T: Clone>(keys: impl Iterator<Item = K>, value: T) {
+        let cache = LocalCache::new(10_000, 1 << 30).unwrap();
+        let mut inserted = 0;
+        for key in keys {
+            cache.insert(&key, value.clone(), 1, MINUTE);
+            inserted += 1;
+        }
+        assert_eq!(cache.len(), inserted as u64);
+        assert_eq!(
+            cache.cache.memory_used().entries,
+            inserted * super::layout::slab_slot_bytes::<K, Slot<T>>(),
+            "{}",
+            std::any::type_name::<(K, T)>()
+        );
+    }
+    check(0..1_000u64, Arc::new(0u8));
+    check(0..1_000i64, Some(Arc::new(0u8)));
+    check((0..1_000).map(|i: u32| i.to_string()), Arc::new(0u8));
+    check(0..1_000u32, ());
+    check(0..1_000u16, [0u64; 3]);
+}
+
+#[test]
+fn ghost_bytes_count_the_slots_that_hold_no_entry() {
+    // One shard (under 256 entries), so that freed slots are reused in order.
+    let cache = LocalCache::new(200, 1 << 30).unwrap();
+    for i in 0..100u64 {
+        cache.insert(&i, (), 1, MINUTE);
+    }
+    assert_eq!(cache.stats().ghost_bytes, 0);
+    for i in 0..40u64 {
+        assert!(cache.remove(&i));
+    }
+    assert_eq!(cache.stats().ghost_bytes, 40 * SLOT_BYTES);
+    for i in 100..130u64 {
+        cache.insert(&i, (), 1, MINUTE);
+    }
+    assert_eq!(cache.stats().ghost_bytes, 10 * SLOT_BYTES);
+
+    // Evictions leave ghosts, which stay within their share of the bound.
+    let max_bytes = 4 << 20;
+    let cache = LocalCache::new(100_000, max_bytes).unwrap();
+    for i in 0..20_000u64 {
+        cache.insert(&i, (), 1_000 + SLOT_BYTES as usize, MINUTE);
+    }
+    let stats = cache.stats();
+    assert!(stats.evictions > 10_000, "{stats:?}");
+    assert!(stats.ghost_bytes > 0, "{stats:?}");
+    assert!(stats.bytes + stats.ghost_bytes <= max_bytes, "{stats:?}");
 }
