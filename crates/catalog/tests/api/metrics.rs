@@ -34,7 +34,8 @@ const CONTRACT: [(&str, &str); 11] = [
 ];
 
 /// The families of the consistency and fail-safe machinery (our additions).
-const ADDED: [(&str, &str); 21] = [
+const ADDED: [(&str, &str); 22] = [
+    ("cache_ghost_bytes", "gauge"),
     ("cache_bus_gaps_total", "counter"),
     ("cache_bus_replays_total", "counter"),
     ("cache_bus_keys_replayed_total", "counter"),
@@ -221,6 +222,10 @@ async fn metrics_agree_with_the_traffic_and_cache_stats(backend: Backend) {
         assert_eq!(
             scrape.value(&format!("cache_size_bytes{l1}")),
             level("/levels/l1/bytes")
+        );
+        assert_eq!(
+            scrape.value(&format!("cache_ghost_bytes{l1}")),
+            level("/levels/l1/ghost_bytes")
         );
         assert_eq!(
             scrape.value("cache_evictions_total"),

@@ -96,6 +96,7 @@ pub(crate) struct Telemetry {
     l2_misses: Counter,
     l1_bytes: Gauge,
     l1_entries: Gauge,
+    l1_ghost_bytes: Gauge,
     evictions: Counter,
     l2_errors: Counter,
     l2_decode_errors: Counter,
@@ -171,6 +172,7 @@ impl Telemetry {
                 l2_misses: counter(CACHE_MISSES, &l2),
                 l1_bytes: gauge(CACHE_SIZE_BYTES, &l1),
                 l1_entries: gauge(CACHE_ENTRIES, &l1),
+                l1_ghost_bytes: gauge(CACHE_GHOST_BYTES, &l1),
                 evictions: counter(CACHE_EVICTIONS, &[]),
                 l2_errors: counter(CACHE_L2_ERRORS, &[]),
                 l2_decode_errors: counter(CACHE_L2_DECODE_ERRORS, &[]),
@@ -227,6 +229,7 @@ impl Telemetry {
         self.l2_misses.absolute(stats.l2.misses);
         self.l1_bytes.set(stats.l1.bytes as f64);
         self.l1_entries.set(stats.l1.entries as f64);
+        self.l1_ghost_bytes.set(stats.l1.ghost_bytes as f64);
         self.evictions.absolute(stats.l1.evictions);
         self.l2_errors.absolute(stats.l2.errors);
         self.l2_decode_errors.absolute(stats.l2.decode_errors);

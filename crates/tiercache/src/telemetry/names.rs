@@ -13,6 +13,9 @@ pub const CACHE_MISSES: &str = "cache_misses_total";
 pub const CACHE_SIZE_BYTES: &str = "cache_size_bytes";
 /// Entries held by L1, `cache_type="l1"`.
 pub const CACHE_ENTRIES: &str = "cache_entries";
+/// What L1 holds beyond its entries (the keys of recent evictions, slots
+/// freed for reuse), `cache_type="l1"`.
+pub const CACHE_GHOST_BYTES: &str = "cache_ghost_bytes";
 /// L1 entries pushed out by its entry or byte bound.
 pub const CACHE_EVICTIONS: &str = "cache_evictions_total";
 /// Failed Redis calls (errors and timeouts).
@@ -199,6 +202,10 @@ pub fn describe(recorder: &dyn Recorder) {
         (
             CACHE_ENTRIES,
             "Entries held by the cache level, negative entries included.",
+        ),
+        (
+            CACHE_GHOST_BYTES,
+            "Bytes the cache level holds beyond its entries: the keys of recent evictions and slots freed for reuse.",
         ),
         (
             WRITE_BEHIND_PENDING,
