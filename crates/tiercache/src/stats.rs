@@ -244,9 +244,9 @@ pub struct L1Stats {
     /// Memory L1's structures hold beyond its entries: the keys of recent
     /// evictions, which its S3-FIFO policy remembers so that a returning
     /// key goes straight to its main queue, and slots that removals freed
-    /// (kept for reuse), each at the 84 bytes L1's structures take per
-    /// entry (which a [`TieredCache`](crate::TieredCache) adds to each
-    /// entry's `bytes`). Within `max_bytes` together with `bytes`: the
+    /// (kept for reuse), each at what L1's structures take per entry (the
+    /// cost a [`TieredCache`](crate::TieredCache) adds to each entry's
+    /// `bytes`). Within `max_bytes` together with `bytes`: the
     /// entries' share of the bound leaves room for the remembered keys.
     pub ghost_bytes: u64,
 }
